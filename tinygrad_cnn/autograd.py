@@ -1,0 +1,263 @@
+"""Reverse-mode automatic differentiation: Function, the graph, backward.
+
+The graph
+---------
+Every op is a ``Function``: ``forward`` maps input *arrays* to one output
+array, ``backward`` maps the output's gradient to one gradient per input.
+Calling a Function on Tensors runs ``forward`` and, when grad mode is on and
+some input requires grad, records the op as the output's ``_ctx``.  The
+Function points back to its inputs' creators (``self.parents``), never to
+the input Tensors themselves, so an intermediate array stays alive only if
+some op saved it with ``save_for_backward``.  Leaves that require grad
+(parameters) are the only Tensors the graph holds on to.
+
+Backward
+--------
+``backward(root, gradient)`` visits the Functions reachable from ``root``
+in topological order (Kahn's algorithm, no recursion: a 150-layer net is
+fine).  A Function runs once all its consumers have handed it their
+gradients, so a Tensor used twice receives the sum of both contributions.
+Leaf gradients are summed over the whole pass, passed through the leaf's
+hooks, then added to ``leaf.grad``.  Saved arrays are dropped after use
+unless ``retain_graph=True``; a second pass through a freed Function raises.
+"""
+import contextlib
+import threading
+
+import numpy as np
+
+from .backend import get_array_module
+
+# ---------------------------------------------------------------- grad mode
+_state = threading.local()
+
+
+def is_grad_enabled():
+    return getattr(_state, "grad_enabled", True)
+
+
+def set_grad_enabled(mode):
+    _state.grad_enabled = bool(mode)
+
+
+class _GradMode(contextlib.ContextDecorator):
+    """Context manager *and* decorator that sets grad mode, then restores it."""
+    enabled = None
+
+    def __enter__(self):
+        self._prev = is_grad_enabled()
+        set_grad_enabled(self.enabled)
+
+    def __exit__(self, *exc):
+        set_grad_enabled(self._prev)
+        return False
+
+
+class no_grad(_GradMode):
+    """Record no graph inside: ``with no_grad():`` or ``@no_grad()``."""
+    enabled = False
+
+
+class enable_grad(_GradMode):
+    """Turn recording back on inside a ``no_grad`` region."""
+    enabled = True
+
+
+# ---------------------------------------------------------------- anomaly mode
+def is_anomaly_enabled():
+    return getattr(_state, "anomaly", False)
+
+
+class detect_anomaly(contextlib.ContextDecorator):
+    """Raise at the first NaN/Inf an op produces, forward or backward, naming the op."""
+
+    def __enter__(self):
+        self._prev = is_anomaly_enabled()
+        _state.anomaly = True
+
+    def __exit__(self, *exc):
+        _state.anomaly = self._prev
+        return False
+
+
+class AnomalyError(RuntimeError):
+    pass
+
+
+def _check_finite(op_name, where, arrays):
+    for i, a in enumerate(arrays):
+        if a is None or a.dtype.kind != "f":
+            continue
+        xp = get_array_module(a)
+        if not bool(xp.isfinite(a).all()):
+            bad = "NaN" if bool(xp.isnan(a).any()) else "Inf"
+            raise AnomalyError(
+                f"anomaly: {op_name}.{where} produced {bad} in "
+                f"{'output' if where == 'forward' else f'the gradient of input {i}'}"
+                f" (shape {tuple(a.shape)})")
+
+
+# ---------------------------------------------------------------- tracing hook
+# A study aid (viz.trace) may set this to a callable(event, fn, arrays).
+trace_hook = None
+
+
+# ---------------------------------------------------------------- Function
+class Function:
+    """One differentiable op.  Subclasses write ``forward`` and ``backward``.
+
+    ``forward(*arrays) -> array`` and ``backward(gy) -> grad or tuple of grads``
+    work on raw NumPy/CuPy arrays.  ``self.needs_input_grad[i]`` says whether
+    input ``i``'s gradient is wanted, so backward can skip the rest (return
+    None there).  Keep only what backward needs via ``save_for_backward``.
+    """
+
+    parents = ()            # per input: creator Function, leaf Tensor, or None
+    needs_input_grad = ()
+    hooks = None            # hooks registered on the output Tensor
+    saved = ()
+    _freed = False
+
+    @property
+    def name(self):
+        return type(self).__name__
+
+    def __call__(self, *inputs):
+        from .tensor import Tensor, as_tensor_like
+        ref = next(x for x in inputs if isinstance(x, Tensor))
+        tensors = [x if isinstance(x, Tensor) else as_tensor_like(x, ref) for x in inputs]
+        arrays = [t.data for t in tensors]
+        _check_same_device(self.name, arrays)
+        record = is_grad_enabled() and any(t.requires_grad for t in tensors)
+        # Known before forward, so forward can save only what backward will use.
+        self.needs_input_grad = tuple(record and t.requires_grad for t in tensors)
+        y = self.forward(*arrays)
+        if is_anomaly_enabled():
+            _check_finite(self.name, "forward", [y])
+        if trace_hook is not None:
+            trace_hook("forward", self, arrays, y)
+        out = Tensor(y)
+        if record:
+            self.parents = tuple(
+                (t._ctx if t._ctx is not None else t) if t.requires_grad else None
+                for t in tensors)
+            out.requires_grad = True
+            out._ctx = self
+        else:
+            self.saved = ()     # no graph: nothing to keep
+        return out
+
+    def save_for_backward(self, *arrays):
+        self.saved = arrays
+
+    def forward(self, *xs):
+        raise NotImplementedError
+
+    def backward(self, gy):
+        raise NotImplementedError
+
+    def release(self):
+        self.saved = ()
+        self._freed = True
+
+    def __repr__(self):
+        return f"<{self.name} backward>"
+
+
+def _check_same_device(op_name, arrays):
+    from .backend import device_of
+    devices = {device_of(a) for a in arrays}
+    if len(devices) > 1:
+        raise RuntimeError(
+            f"{op_name}: inputs are on different devices {sorted(devices)}; "
+            "move them to one device with .to(device)")
+
+
+# ---------------------------------------------------------------- backward
+def _topological_counts(root):
+    """How many consumers (edges) each reachable Function has."""
+    from .tensor import Tensor
+    consumers = {root: 0}
+    stack = [root]
+    while stack:
+        fn = stack.pop()
+        for parent in fn.parents:
+            if parent is None or isinstance(parent, Tensor):
+                continue
+            if parent not in consumers:
+                consumers[parent] = 0
+                stack.append(parent)
+            consumers[parent] += 1
+    return consumers
+
+
+def _accumulate(store, key, g):
+    store[key] = g if key not in store else store[key] + g
+
+
+def _apply_hooks(hooks, g):
+    from .tensor import Tensor
+    for hook in hooks or ():
+        result = hook(Tensor(g))
+        if result is not None:
+            g = result.data if isinstance(result, Tensor) else result
+    return g
+
+
+def backward(root, gradient, retain_graph=False):
+    """Run reverse mode from Tensor ``root`` with upstream gradient ``gradient``."""
+    from .tensor import Tensor
+    if root._ctx is None:            # a leaf: its gradient is the seed itself
+        _accumulate_leaf(root, _apply_hooks(root._hooks, gradient))
+        return
+    pending = _topological_counts(root._ctx)
+    grads = {root._ctx: gradient}
+    leaf_grads, leaves = {}, {}
+    ready = [root._ctx]
+    anomaly = is_anomaly_enabled()
+    with no_grad():
+        while ready:
+            fn = ready.pop()
+            if fn._freed:
+                raise RuntimeError(
+                    f"{fn.name}: trying to backward through the graph a second time: "
+                    "its saved arrays were freed after the first backward. "
+                    "Pass retain_graph=True to the first backward() to keep them.")
+            gy = _apply_hooks(fn.hooks, grads.pop(fn))
+            gxs = fn.backward(gy)
+            if not isinstance(gxs, tuple):
+                gxs = (gxs,)
+            if anomaly:
+                _check_finite(fn.name, "backward", gxs)
+            if trace_hook is not None:
+                trace_hook("backward", fn, [gy], gxs)
+            for parent, gx in zip(fn.parents, gxs):
+                if parent is None:
+                    continue
+                if gx is None:
+                    raise RuntimeError(f"{fn.name}.backward returned no gradient "
+                                       "for an input that requires grad")
+                if isinstance(parent, Tensor):   # keyed by id: Tensor's == is elementwise
+                    _accumulate(leaf_grads, id(parent), gx)
+                    leaves[id(parent)] = parent
+                    continue
+                _accumulate(grads, parent, gx)
+                pending[parent] -= 1
+                if pending[parent] == 0:
+                    ready.append(parent)
+            if not retain_graph:
+                fn.release()
+    for key, g in leaf_grads.items():
+        leaf = leaves[key]
+        _accumulate_leaf(leaf, _apply_hooks(leaf._hooks, g))
+
+
+def _accumulate_leaf(leaf, g):
+    from .tensor import Tensor
+    if g.shape != leaf.shape:
+        raise RuntimeError(f"gradient of shape {tuple(g.shape)} for a leaf of shape "
+                           f"{leaf.shape}")
+    if g.dtype != leaf.data.dtype:
+        g = g.astype(leaf.data.dtype)
+    # Out of place: ``g`` may be shared with another leaf's gradient.
+    leaf.grad = Tensor(g) if leaf.grad is None else Tensor(leaf.grad.data + g)

@@ -1,0 +1,114 @@
+"""Array modules, devices, dtypes and the random generator.
+
+Every op asks ``get_array_module(*arrays)`` which module its inputs live in
+(NumPy on the CPU, CuPy on the GPU) and uses only that module, so one code
+path serves both devices (the DeZero/Chainer ``get_array_module`` idea).
+"""
+import numpy as np
+
+try:  # CuPy is optional: the GPU backend is an extra (pip install -e .[gpu]).
+    import cupy
+except Exception:  # ImportError, or a CUDA runtime that fails to load
+    cupy = None
+
+default_float = np.float32
+
+
+def get_array_module(*arrays):
+    """Return ``cupy`` if any of ``arrays`` is a CuPy array, else ``numpy``."""
+    if cupy is not None:
+        for a in arrays:
+            if isinstance(a, cupy.ndarray):
+                return cupy
+    return np
+
+
+def device_of(array):
+    """The device name of an array: ``'cpu'`` or ``'cuda:N'``."""
+    if cupy is not None and isinstance(array, cupy.ndarray):
+        return f"cuda:{array.device.id}"
+    return "cpu"
+
+
+def parse_device(device):
+    """Normalise ``'cpu'``, ``'cuda'``, ``'cuda:1'`` to ``'cpu'`` / ``'cuda:N'``."""
+    name = str(device)
+    if name == "cpu":
+        return "cpu"
+    if name == "cuda" or name.startswith("cuda:"):
+        index = int(name.split(":")[1]) if ":" in name else 0
+        return f"cuda:{index}"
+    raise ValueError(f"unknown device {device!r}: expected 'cpu', 'cuda' or 'cuda:N'")
+
+
+def to_device(array, device):
+    """Copy ``array`` to ``device`` (no copy when it is already there)."""
+    device = parse_device(device)
+    if device == device_of(array):
+        return array
+    if device == "cpu":
+        return cupy.asnumpy(array)
+    if cupy is None:
+        raise RuntimeError(
+            f"cannot move a tensor to {device}: CuPy is not installed "
+            "(pip install -e .[gpu] on a machine with CUDA)")
+    with cupy.cuda.Device(int(device.split(":")[1])):
+        return cupy.asarray(array)
+
+
+# ---------------------------------------------------------------- dtypes
+_DTYPE_NAMES = {
+    "float32": np.float32, "float": np.float32, "float64": np.float64,
+    "double": np.float64, "float16": np.float16, "half": np.float16,
+    "int64": np.int64, "long": np.int64, "int32": np.int32, "int": np.int32,
+    "uint8": np.uint8, "bool": np.bool_,
+}
+float32, float64, float16 = np.float32, np.float64, np.float16
+int64, int32, uint8, bool_ = np.int64, np.int32, np.uint8, np.bool_
+
+
+def as_dtype(dtype):
+    """Accept a NumPy dtype, a type or a name like ``'float32'``."""
+    if isinstance(dtype, str):
+        if dtype not in _DTYPE_NAMES:
+            raise TypeError(f"unknown dtype {dtype!r}")
+        dtype = _DTYPE_NAMES[dtype]
+    return np.dtype(dtype)
+
+
+def is_float(array):
+    return array.dtype.kind == "f"
+
+
+# ---------------------------------------------------------------- randomness
+class _RandomState:
+    """One seeded generator per array module, reset together by ``manual_seed``."""
+
+    def __init__(self, seed=None):
+        self.seed(seed)
+
+    def seed(self, seed):
+        self._seed = seed
+        self.numpy = np.random.default_rng(seed)
+        self._cupy = None
+
+    def generator(self, xp=np):
+        if xp is np:
+            return self.numpy
+        if self._cupy is None:
+            self._cupy = xp.random.default_rng(self._seed)
+        return self._cupy
+
+
+random_state = _RandomState()
+
+
+def manual_seed(seed):
+    """Seed every random draw of the engine (init, rand/randn, dropout)."""
+    random_state.seed(int(seed))
+    return random_state
+
+
+def rng(xp=np):
+    """The engine's random generator for array module ``xp``."""
+    return random_state.generator(xp)

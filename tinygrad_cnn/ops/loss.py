@@ -1,0 +1,210 @@
+"""Softmax, log-softmax and the losses, with hand-written backward passes.
+
+Softmax subtracts the row maximum before ``exp`` so large logits cannot
+overflow; cross-entropy is fused with log-softmax so its gradient is the
+famous ``softmax(x) - onehot(t)``.
+"""
+import numpy as np
+
+from ..autograd import Function
+from ..backend import get_array_module
+
+
+def _log_softmax(x, axis):
+    xp = get_array_module(x)
+    shifted = x - x.max(axis=axis, keepdims=True)
+    return shifted - xp.log(xp.exp(shifted).sum(axis=axis, keepdims=True))
+
+
+class Softmax(Function):
+    """y = eˣ / Σ eˣ;   dx = y ⊙ (dy - Σ(dy ⊙ y))"""
+    def __init__(self, axis):
+        self.axis = axis
+
+    def forward(self, x):
+        xp = get_array_module(x)
+        y = xp.exp(_log_softmax(x, self.axis))
+        self.save_for_backward(y)
+        return y
+
+    def backward(self, gy):
+        y, = self.saved
+        return y * (gy - (gy * y).sum(axis=self.axis, keepdims=True))
+
+
+class LogSoftmax(Function):
+    """y = x - log Σ eˣ;   dx = dy - softmax(x) Σ dy"""
+    def __init__(self, axis):
+        self.axis = axis
+
+    def forward(self, x):
+        y = _log_softmax(x, self.axis)
+        self.save_for_backward(y)
+        return y
+
+    def backward(self, gy):
+        y, = self.saved
+        xp = get_array_module(gy)
+        return gy - xp.exp(y) * gy.sum(axis=self.axis, keepdims=True)
+
+
+class CrossEntropy(Function):
+    """Softmax cross-entropy over classes (axis 1) with integer targets t.
+
+    lᵢ = -log softmax(xᵢ)[tᵢ];   dlᵢ/dxᵢ = softmax(xᵢ) - onehot(tᵢ)
+    ``reduction``: 'mean' (divide by N), 'sum' or 'none'.
+    """
+    def __init__(self, target, reduction):
+        self.target, self.reduction = target, reduction
+
+    def forward(self, x):
+        xp = get_array_module(x)
+        logp = _log_softmax(x, 1)
+        picked = -_take_target(logp, self.target)
+        self.save_for_backward(logp)
+        if self.reduction == "none":
+            return picked
+        total = picked.sum()
+        return xp.asarray(total / x.dtype.type(self.target.size)
+                          if self.reduction == "mean" else total)
+
+    def backward(self, gy):
+        logp, = self.saved
+        xp = get_array_module(logp)
+        gx = xp.exp(logp)
+        _subtract_onehot(gx, self.target)
+        if self.reduction == "none":
+            return gx * gy.reshape(gy.shape[:1] + (1,) + gy.shape[1:])
+        if self.reduction == "mean":
+            gy = gy / gy.dtype.type(self.target.size)
+        return gx * gy
+
+
+class NLLLoss(Function):
+    """lᵢ = -xᵢ[tᵢ]  (x holds log-probabilities);   dlᵢ/dxᵢ = -onehot(tᵢ)"""
+    def __init__(self, target, reduction):
+        self.target, self.reduction = target, reduction
+
+    def forward(self, x):
+        xp = get_array_module(x)
+        self.shape = x.shape
+        picked = -_take_target(x, self.target)
+        if self.reduction == "none":
+            return picked
+        total = picked.sum()
+        return xp.asarray(total / x.dtype.type(self.target.size)
+                          if self.reduction == "mean" else total)
+
+    def backward(self, gy):
+        xp = get_array_module(gy)
+        gx = xp.zeros(self.shape, dtype=gy.dtype)
+        _subtract_onehot(gx, self.target)
+        if self.reduction == "none":
+            return gx * gy.reshape(gy.shape[:1] + (1,) + gy.shape[1:])
+        if self.reduction == "mean":
+            gy = gy / gy.dtype.type(self.target.size)
+        return gx * gy
+
+
+class MSELoss(Function):
+    """l = (x - y)²;   dl/dx = 2(x - y),  dl/dy = -2(x - y)"""
+    def __init__(self, reduction):
+        self.reduction = reduction
+
+    def forward(self, x, y):
+        diff = x - y
+        self.save_for_backward(diff)
+        sq = diff * diff
+        xp = get_array_module(x)
+        if self.reduction == "none":
+            return sq
+        return xp.asarray(sq.mean() if self.reduction == "mean" else sq.sum())
+
+    def backward(self, gy):
+        diff, = self.saved
+        scale = 2 / diff.size if self.reduction == "mean" else 2
+        gx = diff * (gy * diff.dtype.type(scale))
+        need_x, need_y = self.needs_input_grad
+        return (gx if need_x else None), (-gx if need_y else None)
+
+
+def _target_index(target):
+    """Index arrays that pick element [n, t[n, ...], ...] of an (N, C, ...) array."""
+    xp = get_array_module(target)
+    grids = xp.indices(target.shape, sparse=True)
+    return (grids[0], target) + tuple(grids[1:])
+
+
+def _take_target(x, target):
+    return x[_target_index(target)]
+
+
+def _subtract_onehot(gx, target):
+    gx[_target_index(target)] -= 1
+
+
+# ---------------------------------------------------------------- functions
+def _axis(dim, ndim, op):
+    if dim is None:
+        raise TypeError(f"{op}: pass dim= explicitly (e.g. dim=1 for (N, C) logits)")
+    if not -ndim <= dim < ndim:
+        raise ValueError(f"{op}: dim {dim} is out of range for a tensor with {ndim} dims")
+    return dim % ndim
+
+
+def softmax(x, dim=None):
+    _require_float("softmax", x)
+    return Softmax(_axis(dim, x.ndim, "softmax"))(x)
+
+
+def log_softmax(x, dim=None):
+    _require_float("log_softmax", x)
+    return LogSoftmax(_axis(dim, x.ndim, "log_softmax"))(x)
+
+
+def _check_classification(op, x, target, reduction):
+    from ..tensor import Tensor
+    _require_float(op, x)
+    t = target.data if isinstance(target, Tensor) else target
+    xp = get_array_module(x.data)
+    t = xp.asarray(t)
+    if reduction not in ("mean", "sum", "none"):
+        raise ValueError(f"{op}: reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+    if t.dtype.kind not in "iu":
+        raise TypeError(f"{op}: target must hold integer class indices, got dtype {t.dtype}")
+    if x.ndim < 2 or t.shape != (x.shape[0],) + x.shape[2:]:
+        raise ValueError(f"{op}: input of shape {x.shape} (N, C, ...) needs a target of "
+                         f"shape {(x.shape[0],) + x.shape[2:] if x.ndim >= 2 else '(N,)'}, "
+                         f"got {tuple(t.shape)}")
+    if t.size and (int(t.min()) < 0 or int(t.max()) >= x.shape[1]):
+        bad = int(t.min()) if int(t.min()) < 0 else int(t.max())
+        raise ValueError(f"{op}: target {bad} is out of bounds for {x.shape[1]} classes "
+                         f"(valid: 0 … {x.shape[1] - 1})")
+    return t
+
+
+def cross_entropy(input, target, reduction="mean"):
+    """Mean (or sum, or per-example) softmax cross-entropy of logits (N, C) and classes (N,)."""
+    t = _check_classification("cross_entropy", input, target, reduction)
+    return CrossEntropy(t, reduction)(input)
+
+
+def nll_loss(input, target, reduction="mean"):
+    t = _check_classification("nll_loss", input, target, reduction)
+    return NLLLoss(t, reduction)(input)
+
+
+def mse_loss(input, target, reduction="mean"):
+    _require_float("mse_loss", input)
+    if reduction not in ("mean", "sum", "none"):
+        raise ValueError(f"mse_loss: reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+    tshape = target.shape if hasattr(target, "shape") else np.shape(target)
+    if tuple(tshape) != input.shape:
+        raise ValueError(f"mse_loss: input shape {input.shape} and target shape "
+                         f"{tuple(tshape)} differ")
+    return MSELoss(reduction)(input, target)
+
+
+def _require_float(op, x):
+    if x.dtype.kind != "f":
+        raise TypeError(f"{op}: expected a floating-point tensor, got dtype {x.dtype}")
