@@ -13,7 +13,6 @@ OH = (H + pad_top + pad_bottom - DH·(KH - 1) - 1) // SH + 1.
 import operator
 
 import kernels
-from kernels.conv_numpy import conv_output_size
 
 from ..autograd import Function
 from .shape import pad, stack
@@ -83,8 +82,10 @@ def conv2d_output_hw(input_shape, weight_shape, stride, padding, dilation):
     """(OH, OW) from (H, W) pairs ``stride``, ``dilation`` and 4-tuple ``padding``."""
     (SH, SW), (DH, DW) = stride, dilation
     top, bottom, left, right = padding
-    return (conv_output_size(input_shape[2], weight_shape[2], SH, top + bottom, DH),
-            conv_output_size(input_shape[3], weight_shape[3], SW, left + right, DW))
+    # Looked up at call time: `import kernels` may run before this package finishes loading.
+    size = kernels.conv_numpy.conv_output_size
+    return (size(input_shape[2], weight_shape[2], SH, top + bottom, DH),
+            size(input_shape[3], weight_shape[3], SW, left + right, DW))
 
 
 def _pair(value, name, op):

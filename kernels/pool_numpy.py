@@ -1,0 +1,204 @@
+"""Reference pooling kernels: readable, vectorised NumPy (CuPy works too).
+
+Every kernel takes 4-D (N, C, H, W) arrays and (height, width) pairs for
+``kernel_size``, ``stride``, ``padding`` and ``dilation``; the ops in
+``tinygrad_cnn/ops/pooling.py`` validate arguments and turn ints into
+pairs before calling.  The array module comes from the inputs, so the same
+code runs on NumPy and CuPy arrays.
+
+The trick used throughout: a pooling window has only KH*KW cells, so we
+loop over the kernel offset (i, j) and, for each one, take the strided
+slice of the padded input that holds cell (i, j) of *every* window at once
+-- an (N, C, OH, OW) array.  Forward reduces over those KH*KW slices;
+backward adds the gradient back into the same slices with ``+=``.  Within
+one slice every output lands on a different input cell, and the loop over
+offsets adds up the contributions of overlapping windows (stride < kernel),
+so a cell shared by several windows receives all of them.
+
+Signatures
+----------
+maxpool2d_forward(x, kernel_size, stride, padding, ceil_mode=False, dilation=(1, 1))
+    -> (y, argmax)       y: (N, C, OH, OW); argmax: int64 (N, C, OH, OW), the
+                         row-major offset i*KW + j of the winner inside its window
+maxpool2d_backward(gy, argmax, x_shape, kernel_size, stride, padding, dilation=(1, 1))
+    -> gx                (N, C, H, W)
+avgpool2d_forward(x, kernel_size, stride, padding, ceil_mode=False,
+                  count_include_pad=True, divisor_override=None) -> y
+avgpool2d_backward(gy, x_shape, kernel_size, stride, padding,
+                   count_include_pad=True, divisor_override=None) -> gx
+
+Backward kernels read the output size (OH, OW) from ``gy``, so they need no
+``ceil_mode``.
+"""
+import math
+
+from tinygrad_cnn.backend import get_array_module
+
+
+def pool_output_size(size, kernel, stride, padding, dilation=1, ceil_mode=False):
+    """Number of windows along one axis, exactly as PyTorch counts them.
+
+        out = floor_or_ceil((size + 2p - d(k-1) - 1) / s) + 1
+
+    With ``ceil_mode`` a last, partial window is added when the stride
+    leaves cells uncovered -- but only if it starts inside the input or the
+    left padding (a window starting in the right padding would see nothing
+    but padding).  May return <= 0: callers report that as an error.
+    """
+    span = size + 2 * padding - dilation * (kernel - 1) - 1
+    if ceil_mode:
+        out = -(-span // stride) + 1          # ceil division (span may be < 0)
+        if (out - 1) * stride >= size + padding:
+            out -= 1
+    else:
+        out = span // stride + 1
+    return out
+
+
+def _output_shape(x_shape, kernel_size, stride, padding, dilation, ceil_mode):
+    return tuple(pool_output_size(n, k, s, p, d, ceil_mode) for n, k, s, p, d in
+                 zip(x_shape[2:], kernel_size, stride, padding, dilation))
+
+
+def _padded_extent(size, kernel, stride, padding, dilation, out):
+    """Length of the padded axis: the input plus ``padding`` on both sides,
+    stretched on the far side if the last (ceil_mode) window reaches beyond."""
+    last_window_end = (out - 1) * stride + dilation * (kernel - 1) + 1
+    return max(size + 2 * padding, last_window_end)
+
+
+def _pad(x, padding, out_shape, kernel_size, stride, dilation, value):
+    """Pad H and W of ``x`` with ``value``: ``padding`` before, enough after for every window."""
+    xp = get_array_module(x)
+    widths = [(0, 0), (0, 0)]
+    for size, k, s, p, d, out in zip(x.shape[2:], kernel_size, stride, padding, dilation,
+                                     out_shape):
+        widths.append((p, _padded_extent(size, k, s, p, d, out) - size - p))
+    return xp.pad(x, widths, mode="constant", constant_values=value)
+
+
+def _window_cell(offset, stride, dilation, out_shape):
+    """Slices of the padded input holding cell ``offset`` = (i, j) of every window:
+    rows i*dh, i*dh + sh, ..., one per output row (likewise for columns)."""
+    return (Ellipsis,) + tuple(
+        slice(o * d, o * d + (n - 1) * s + 1, s)
+        for o, s, d, n in zip(offset, stride, dilation, out_shape))
+
+
+def _offsets(kernel_size):
+    """Kernel offsets (i, j) in row-major order, numbered 0 .. KH*KW - 1."""
+    kh, kw = kernel_size
+    return [(i, j) for i in range(kh) for j in range(kw)]
+
+
+def _unpad(gx_padded, x_shape, padding):
+    (h, w), (ph, pw) = x_shape[2:], padding
+    return gx_padded[..., ph:ph + h, pw:pw + w]
+
+
+# ---------------------------------------------------------------- max pooling
+def maxpool2d_forward(x, kernel_size, stride, padding, ceil_mode=False, dilation=(1, 1)):
+    """y[n, c, oh, ow] = max of x over window (oh, ow); also where the max sits.
+
+    The padding is -inf, never 0: a window hanging over the border of an
+    all-negative input must still return a real input value.  Ties go to
+    the FIRST winner in row-major window order (PyTorch's CPU rule), because
+    a later offset replaces the running max only when strictly greater.
+    NaN propagates: a NaN cell always wins (the last NaN in the window, as
+    in PyTorch).
+
+    Returns y (N, C, OH, OW) and argmax (N, C, OH, OW) int64: the row-major
+    offset i*KW + j of the winning cell inside its window.
+    """
+    xp = get_array_module(x)
+    out_shape = _output_shape(x.shape, kernel_size, stride, padding, dilation, ceil_mode)
+    padded = _pad(x, padding, out_shape, kernel_size, stride, dilation, -math.inf)
+    y = xp.full(x.shape[:2] + out_shape, -math.inf, dtype=x.dtype)
+    argmax = xp.zeros(y.shape, dtype=xp.int64)
+    for number, offset in enumerate(_offsets(kernel_size)):
+        candidate = padded[_window_cell(offset, stride, dilation, out_shape)]
+        better = (candidate > y) | xp.isnan(candidate)
+        y = xp.where(better, candidate, y)
+        argmax[better] = number
+    return y, argmax
+
+
+def maxpool2d_backward(gy, argmax, x_shape, kernel_size, stride, padding, dilation=(1, 1)):
+    """gx[n, c, h, w] = sum of gy over the windows whose max was x[n, c, h, w].
+
+    For offset number k, the windows won by their cell k send their gradient
+    to that cell; the loop over k accumulates every window's contribution.
+    """
+    xp = get_array_module(gy)
+    out_shape = gy.shape[2:]
+    padded_shape = tuple(x_shape[:2]) + tuple(
+        _padded_extent(n, k, s, p, d, out) for n, k, s, p, d, out in
+        zip(x_shape[2:], kernel_size, stride, padding, dilation, out_shape))
+    gx = xp.zeros(padded_shape, dtype=gy.dtype)
+    zero = gy.dtype.type(0)
+    for number, offset in enumerate(_offsets(kernel_size)):
+        gx[_window_cell(offset, stride, dilation, out_shape)] += \
+            xp.where(argmax == number, gy, zero)
+    return _unpad(gx, x_shape, padding)
+
+
+# ---------------------------------------------------------------- average pooling
+def _window_counts(size, kernel, stride, padding, out, count_include_pad, xp):
+    """Cells each window counts along one axis (PyTorch's divisor rule).
+
+    A window starts at o*s - p (input coordinates).  It is first clipped to
+    the padded input [-p, size + p) -- a ceil_mode window may run past it --
+    and that length is the count when padding counts; otherwise it is
+    clipped again to the real input [0, size).
+    """
+    start = xp.arange(out) * stride - padding
+    end = xp.minimum(start + kernel, size + padding)
+    if not count_include_pad:
+        start, end = xp.maximum(start, 0), xp.minimum(end, size)
+    return end - start
+
+
+def _divisor(x_shape, out_shape, kernel_size, stride, padding, count_include_pad,
+             divisor_override, dtype, xp):
+    """(OH, OW) array of what each window's sum is divided by."""
+    if divisor_override is not None:
+        return xp.full(out_shape, divisor_override, dtype=dtype)
+    rows, cols = (_window_counts(n, k, s, p, out, count_include_pad, xp) for n, k, s, p, out in
+                  zip(x_shape[2:], kernel_size, stride, padding, out_shape))
+    # The window is a rectangle, so its count is (rows it covers) * (columns it covers).
+    return (rows[:, None] * cols[None, :]).astype(dtype)
+
+
+def avgpool2d_forward(x, kernel_size, stride, padding, ceil_mode=False,
+                      count_include_pad=True, divisor_override=None):
+    """y[n, c, oh, ow] = (sum of x over window (oh, ow), zero padding) / divisor.
+
+    divisor: ``divisor_override`` if given; else the window's cells inside
+    input + padding when ``count_include_pad``, or inside the input only.
+    """
+    xp = get_array_module(x)
+    no_dilation = (1, 1)
+    out_shape = _output_shape(x.shape, kernel_size, stride, padding, no_dilation, ceil_mode)
+    padded = _pad(x, padding, out_shape, kernel_size, stride, no_dilation, 0)
+    total = xp.zeros(x.shape[:2] + out_shape, dtype=x.dtype)
+    for offset in _offsets(kernel_size):
+        total += padded[_window_cell(offset, stride, no_dilation, out_shape)]
+    return total / _divisor(x.shape, out_shape, kernel_size, stride, padding,
+                            count_include_pad, divisor_override, x.dtype, xp)
+
+
+def avgpool2d_backward(gy, x_shape, kernel_size, stride, padding, count_include_pad=True,
+                       divisor_override=None):
+    """gx[n, c, h, w] = sum over the windows containing (h, w) of gy / divisor."""
+    xp = get_array_module(gy)
+    no_dilation = (1, 1)
+    out_shape = gy.shape[2:]
+    share = gy / _divisor(x_shape, out_shape, kernel_size, stride, padding,
+                          count_include_pad, divisor_override, gy.dtype, xp)
+    padded_shape = tuple(x_shape[:2]) + tuple(
+        _padded_extent(n, k, s, p, 1, out) for n, k, s, p, out in
+        zip(x_shape[2:], kernel_size, stride, padding, out_shape))
+    gx = xp.zeros(padded_shape, dtype=gy.dtype)
+    for offset in _offsets(kernel_size):
+        gx[_window_cell(offset, stride, no_dilation, out_shape)] += share
+    return _unpad(gx, x_shape, padding)
