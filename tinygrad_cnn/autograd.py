@@ -24,8 +24,6 @@ unless ``retain_graph=True``; a second pass through a freed Function raises.
 import contextlib
 import threading
 
-import numpy as np
-
 from .backend import get_array_module
 
 # ---------------------------------------------------------------- grad mode
@@ -41,15 +39,29 @@ def set_grad_enabled(mode):
 
 
 class _GradMode(contextlib.ContextDecorator):
-    """Context manager *and* decorator that sets grad mode, then restores it."""
+    """Context manager *and* decorator that sets grad mode, then restores it.
+
+    ``@no_grad()`` and bare ``@no_grad`` both work.  Each call of a decorated
+    function gets a fresh instance (``_recreate_cm``), and previous modes are
+    kept on a stack, so recursion and nested ``with`` of one instance restore
+    the outer mode instead of leaving grad mode switched off.
+    """
     enabled = None
 
+    def _recreate_cm(self):      # ContextDecorator's hook, called once per decorated call
+        return type(self)()
+
+    def __new__(cls, func=None):
+        self = super().__new__(cls)
+        self._prev = []
+        return self(func) if callable(func) else self
+
     def __enter__(self):
-        self._prev = is_grad_enabled()
+        self._prev.append(is_grad_enabled())
         set_grad_enabled(self.enabled)
 
     def __exit__(self, *exc):
-        set_grad_enabled(self._prev)
+        set_grad_enabled(self._prev.pop())
         return False
 
 
@@ -71,12 +83,18 @@ def is_anomaly_enabled():
 class detect_anomaly(contextlib.ContextDecorator):
     """Raise at the first NaN/Inf an op produces, forward or backward, naming the op."""
 
+    def __init__(self):
+        self._prev = []          # a stack, for the same reason as _GradMode's
+
+    def _recreate_cm(self):
+        return type(self)()
+
     def __enter__(self):
-        self._prev = is_anomaly_enabled()
+        self._prev.append(is_anomaly_enabled())
         _state.anomaly = True
 
     def __exit__(self, *exc):
-        _state.anomaly = self._prev
+        _state.anomaly = self._prev.pop()
         return False
 
 
@@ -110,6 +128,8 @@ class Function:
     work on raw NumPy/CuPy arrays.  ``self.needs_input_grad[i]`` says whether
     input ``i``'s gradient is wanted, so backward can skip the rest (return
     None there).  Keep only what backward needs via ``save_for_backward``.
+    Never modify ``gy`` in place: it may be shared with another input's
+    gradient (Add returns it twice) or be a read-only broadcast view (Sum).
     """
 
     parents = ()            # per input: creator Function, leaf Tensor, or None
@@ -132,6 +152,8 @@ class Function:
         # Known before forward, so forward can save only what backward will use.
         self.needs_input_grad = tuple(record and t.requires_grad for t in tensors)
         y = self.forward(*arrays)
+        # An integer/bool output (x.long(), argmax-like ops) carries no gradient.
+        record = record and y.dtype.kind in "fc"
         if is_anomaly_enabled():
             _check_finite(self.name, "forward", [y])
         if trace_hook is not None:
@@ -257,7 +279,10 @@ def _accumulate_leaf(leaf, g):
     if g.shape != leaf.shape:
         raise RuntimeError(f"gradient of shape {tuple(g.shape)} for a leaf of shape "
                            f"{leaf.shape}")
-    if g.dtype != leaf.data.dtype:
-        g = g.astype(leaf.data.dtype)
-    # Out of place: ``g`` may be shared with another leaf's gradient.
-    leaf.grad = Tensor(g) if leaf.grad is None else Tensor(leaf.grad.data + g)
+    if leaf.grad is None:
+        # A copy: ``g`` may be a read-only broadcast view (Sum's backward), the
+        # array another leaf also received (Add's backward) or the caller's own
+        # ``gradient``; the leaf's .grad must be its own writable array.
+        leaf.grad = Tensor(g.astype(leaf.data.dtype, copy=True))
+    else:   # out of place, so a .grad Tensor handed out earlier is not changed
+        leaf.grad = Tensor((leaf.grad.data + g).astype(leaf.data.dtype, copy=False))

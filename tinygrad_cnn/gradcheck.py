@@ -33,7 +33,8 @@ class InputReport:
         self.directional = directional
         self.abs_err = np.abs(analytic - numeric)
         self.bound = atol + rtol * np.abs(numeric)
-        self.n_bad = int((self.abs_err > self.bound).sum())
+        # "not <=" rather than ">": a NaN gradient must count as a mismatch.
+        self.n_bad = int((~(self.abs_err <= self.bound)).sum())
         self.ok = self.n_bad == 0
         excess = self.abs_err - self.bound
         self.worst = np.unravel_index(int(np.argmax(excess)), excess.shape) \
@@ -92,16 +93,21 @@ def _check(leaves, names, compute, eps, atol, rtol, directions, seed, raise_exce
         if leaf.dtype != np.float64:
             raise TypeError(f"gradcheck: {name} has dtype {leaf.dtype}; finite differences "
                             "need float64 (call .double() on the inputs/module)")
-    outputs = [y for y in _as_tuple(compute()) if isinstance(y, Tensor) and y.requires_grad]
-    if not outputs:
+    results = _as_tuple(compute())
+    # Positions, not a filter: under no_grad no output requires grad, so loss()
+    # must pick the differentiable outputs (e.g. max's values, not its indices)
+    # by where they were in the first call.
+    picked = [i for i, y in enumerate(results) if isinstance(y, Tensor) and y.requires_grad]
+    if not picked:
         raise ValueError("gradcheck: the function returned no tensor that requires grad")
+    outputs = [results[i] for i in picked]
     rng = np.random.default_rng(seed)
     upstream = [get_array_module(y.data).asarray(rng.standard_normal(y.shape)) for y in outputs]
 
     def loss():
         with no_grad():
-            ys = [y for y in _as_tuple(compute()) if isinstance(y, Tensor)]
-            return sum(float((y.data * g).sum()) for y, g in zip(ys, upstream))
+            ys = _as_tuple(compute())
+            return sum(float((ys[i].data * g).sum()) for i, g in zip(picked, upstream))
 
     saved_grads = [leaf.grad for leaf in leaves]
     for leaf in leaves:
@@ -130,17 +136,18 @@ def _check(leaves, names, compute, eps, atol, rtol, directions, seed, raise_exce
 
 
 def _numeric_elementwise(leaf, loss, eps):
-    data = leaf.data
+    data = leaf.data                 # perturbed in place: fn reads it through the leaf
     numeric = np.zeros(leaf.shape)
-    flat = data.reshape(-1)          # a view: writing it perturbs leaf.data
-    for i in range(flat.size):
-        old = flat[i].item()
-        flat[i] = old + eps
+    # Multi-indices, not a flat view: reshape(-1) of a non-contiguous array
+    # (a transposed leaf) is a copy, and writing it would perturb nothing.
+    for i in np.ndindex(*leaf.shape):
+        old = data[i].item()
+        data[i] = old + eps
         up = loss()
-        flat[i] = old - eps
+        data[i] = old - eps
         down = loss()
-        flat[i] = old
-        numeric.flat[i] = (up - down) / (2 * eps)
+        data[i] = old
+        numeric[i] = (up - down) / (2 * eps)
     return numeric
 
 

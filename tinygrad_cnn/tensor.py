@@ -20,9 +20,17 @@ def _to_array(data, dtype=None):
     if isinstance(data, np.ndarray) or xp is not np:
         return data
     array = np.asarray(data)
-    if array.dtype == np.float64 and not isinstance(data, np.generic):
+    if array.dtype == np.float64 and not _holds_typed_values(data):
         array = array.astype(default_float)   # Python floats -> float32, as PyTorch
     return array
+
+
+def _holds_typed_values(data):
+    """Whether ``data`` (maybe nested lists) holds NumPy scalars/arrays or Tensors,
+    whose float64 is chosen, rather than only Python floats, whose float64 is not."""
+    if isinstance(data, (list, tuple)):
+        return any(_holds_typed_values(d) for d in data)
+    return isinstance(data, (np.generic, np.ndarray, Tensor))
 
 
 class Tensor:
@@ -109,6 +117,15 @@ class Tensor:
             raise RuntimeError("numpy() on a tensor that requires grad: call "
                                ".detach().numpy()")
         return to_device(self.data, "cpu")
+
+    def __array__(self, dtype=None, copy=None):
+        """``np.asarray(t)``, and ``tensor([t1, t2])`` of 0-d tensors: the data as
+        NumPy, by the same rules as ``numpy()`` (without it NumPy would build an
+        object array of Tensors)."""
+        array = self.numpy()
+        if dtype is not None:
+            array = array.astype(dtype, copy=False)
+        return array.copy() if copy else array
 
     def item(self):
         if self.data.size != 1:
@@ -296,7 +313,7 @@ class Tensor:
     def flatten(self, start_dim=0, end_dim=-1): return shape.flatten(self, start_dim, end_dim)
     def permute(self, *dims): return shape.permute(self, *dims)
     def transpose(self, dim0, dim1): return shape.transpose(self, dim0, dim1)
-    def t(self): return shape.transpose(self, 0, 1)
+    def t(self): return self if self.ndim < 2 else shape.transpose(self, 0, 1)
     T = property(lambda self: shape.permute(self, *reversed(range(self.ndim))))
     def squeeze(self, dim=None): return shape.squeeze(self, dim)
     def unsqueeze(self, dim): return shape.unsqueeze(self, dim)
@@ -342,12 +359,17 @@ def as_tensor_like(x, ref):
     """A constant operand (Python number or array) as a Tensor on ``ref``'s device.
 
     Python numbers take ``ref``'s dtype (``x * 2`` stays float32), except a
-    float next to an integer tensor, which gives the default float.
+    float next to an integer tensor, which gives the default float, and an int
+    next to a bool tensor, which gives int64 (``mask * 2`` counts, as PyTorch).
     """
+    if isinstance(x, np.generic) and x.dtype.kind in "biuf":
+        x = x.item()     # a NumPy scalar counts as a Python number (np.int64(2) * x)
     if isinstance(x, (bool, int, float)):
         dtype = ref.dtype
         if isinstance(x, float) and dtype.kind != "f":
             dtype = np.dtype(default_float)
+        elif not isinstance(x, bool) and isinstance(x, int) and dtype.kind == "b":
+            dtype = np.dtype(np.int64)
         xp = get_array_module(ref.data)
         return Tensor(xp.asarray(x, dtype=dtype))
     return Tensor(to_device(_to_array(x), ref.device))

@@ -1,4 +1,6 @@
 """Matrix products: ``matmul`` (NumPy's @ semantics) and the fused ``linear``."""
+import numpy as np
+
 from ..autograd import Function
 from .elementwise import unbroadcast
 
@@ -43,8 +45,8 @@ class Linear(Function):
 
 
 def matmul(a, b):
-    from ..tensor import Tensor
     a_nd, b_nd = a.ndim, b.ndim
+    a_shape, b_shape = tuple(a.shape), tuple(b.shape)
     if a_nd == 0 or b_nd == 0:
         raise ValueError("matmul: both arguments need at least 1 dimension, "
                          f"got shapes {a.shape} and {b.shape}")
@@ -54,8 +56,13 @@ def matmul(a, b):
     if b_nd == 1:
         b = b.reshape(-1, 1)
     if a.shape[-1] != b.shape[-2]:
-        raise ValueError(f"matmul: shapes {tuple(a.shape)} and {tuple(b.shape)} cannot be "
+        raise ValueError(f"matmul: shapes {a_shape} and {b_shape} cannot be "
                          f"multiplied ({a.shape[-1]} != {b.shape[-2]})")
+    try:
+        np.broadcast_shapes(a.shape[:-2], b.shape[:-2])
+    except ValueError:
+        raise ValueError(f"matmul: the batch axes of shapes {a_shape} and {b_shape} do not "
+                         "broadcast") from None
     y = MatMul()(a, b)
     if a_nd == 1:
         y = y.reshape(*y.shape[:-2], y.shape[-1])

@@ -20,6 +20,8 @@ def normalize_dims(dim, ndim, op):
         if not -size <= d < size:
             raise ValueError(f"{op}: dim {d} is out of range for a tensor with {ndim} dims")
         out.append(d % size)
+    if ndim == 0:    # a 0-d tensor accepts dim 0 / -1 (as PyTorch) but has no axis
+        return ()
     return tuple(sorted(set(out)))
 
 
@@ -74,7 +76,10 @@ class Var(Function):
 
     def backward(self, gy):
         centered, = self.saved
-        return expand(gy, self.axes, self.keepdim) * centered * (2 / self.denominator)
+        xp = get_array_module(gy)
+        with _quiet(xp):   # n <= correction: NaN gradient, as PyTorch (not ZeroDivisionError)
+            scale = gy.dtype.type(2) / gy.dtype.type(self.denominator)
+            return expand(gy, self.axes, self.keepdim) * centered * scale
 
 
 class MaxAll(Function):
@@ -194,7 +199,7 @@ def _arg(x, dim, keepdim, largest):
     pick = a.argmax if largest else a.argmin
     if dim is None:
         return Tensor(get_array_module(a).asarray(pick()).astype("int64"))
-    d, = normalize_dims(dim, x.ndim, "argmax")
+    d, = normalize_dims(dim, x.ndim, "argmax" if largest else "argmin")
     out = pick(axis=d).astype("int64")
     return Tensor(get_array_module(a).expand_dims(out, d) if keepdim else out)
 

@@ -121,7 +121,8 @@ def reshape(x, *shape):
 def permute(x, *dims):
     if len(dims) == 1 and isinstance(dims[0], (tuple, list)):
         dims = tuple(dims[0])
-    if sorted(d % max(x.ndim, 1) for d in dims) != list(range(x.ndim)):
+    in_range = all(-x.ndim <= d < x.ndim for d in dims) or (x.ndim == 0 and not dims)
+    if not in_range or sorted(d % x.ndim for d in dims) != list(range(x.ndim)):
         raise ValueError(f"permute: {dims} is not a permutation of the {x.ndim} dims "
                          f"of a tensor of shape {x.shape}")
     return Permute(tuple(d % x.ndim for d in dims))(x)
