@@ -105,6 +105,18 @@ def test_second_backward_without_retain_graph_raises():
         y.backward()
 
 
+@pytest.mark.parametrize("error", [RuntimeError, ValueError])
+def test_backward_misuse_is_both_runtime_and_value_error(error):
+    """PyTorch code catches RuntimeError; this engine's bad calls raise ValueError."""
+    x = leaf(3)
+    y = (x * 2).sum()
+    y.backward()
+    with pytest.raises(error, match="second time"):
+        y.backward()
+    with pytest.raises(error, match="scalar outputs"):
+        (x * 2).backward()
+
+
 def test_retain_graph_allows_a_second_backward():
     x = leaf(3)
     y = (x.exp() * 2).sum()

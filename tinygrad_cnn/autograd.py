@@ -115,6 +115,12 @@ def _check_finite(op_name, where, arrays):
                 f" (shape {tuple(a.shape)})")
 
 
+class BackwardError(RuntimeError, ValueError):
+    """A backward() that cannot run: a non-scalar without ``gradient``, a freed
+    graph, a tensor outside any graph.  A RuntimeError, as PyTorch raises, and a
+    ValueError, as every bad call in this engine raises."""
+
+
 # ---------------------------------------------------------------- tracing hook
 # A study aid (viz.trace) may set this to a callable(event, fn, arrays).
 trace_hook = None
@@ -241,7 +247,7 @@ def backward(root, gradient, retain_graph=False):
         while ready:
             fn = ready.pop()
             if fn._freed:
-                raise RuntimeError(
+                raise BackwardError(
                     f"{fn.name}: trying to backward through the graph a second time: "
                     "its saved arrays were freed after the first backward. "
                     "Pass retain_graph=True to the first backward() to keep them.")

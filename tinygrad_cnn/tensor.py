@@ -183,15 +183,15 @@ class Tensor:
         scalar (one-element) tensor, where it defaults to 1.
         """
         if not self.requires_grad:
-            raise RuntimeError("backward(): this tensor does not require grad and has no "
-                               "graph (was it made under no_grad, or from leaves without "
-                               "requires_grad=True?)")
+            raise autograd.BackwardError(
+                "backward(): this tensor does not require grad and has no graph (was it "
+                "made under no_grad, or from leaves without requires_grad=True?)")
         xp = get_array_module(self.data)
         if gradient is None:
             if self.data.size != 1:
-                raise RuntimeError(f"backward(): grad can be implicitly created only for "
-                                   f"scalar outputs; this tensor has shape {self.shape}, "
-                                   f"pass gradient= of that shape")
+                raise autograd.BackwardError(
+                    f"backward(): grad can be implicitly created only for scalar outputs; "
+                    f"this tensor has shape {self.shape}, pass gradient= of that shape")
             g = xp.ones(self.data.shape, dtype=self.dtype)
         else:
             g = gradient.data if isinstance(gradient, Tensor) else xp.asarray(gradient)

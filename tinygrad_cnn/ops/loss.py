@@ -58,26 +58,16 @@ class CrossEntropy(Function):
         self.target, self.reduction = target, reduction
 
     def forward(self, x):
-        xp = get_array_module(x)
         logp = _log_softmax(x, 1)
-        picked = -_take_target(logp, self.target)
         self.save_for_backward(logp)
-        if self.reduction == "none":
-            return picked
-        total = picked.sum()
-        return xp.asarray(total / x.dtype.type(self.target.size)
-                          if self.reduction == "mean" else total)
+        return _reduce(-_take_target(logp, self.target), self.reduction)
 
     def backward(self, gy):
         logp, = self.saved
         xp = get_array_module(logp)
         gx = xp.exp(logp)
         _subtract_onehot(gx, self.target)
-        if self.reduction == "none":
-            return gx * gy.reshape(gy.shape[:1] + (1,) + gy.shape[1:])
-        if self.reduction == "mean":
-            gy = gy / gy.dtype.type(self.target.size)
-        return gx * gy
+        return _chain(gx, gy, self.reduction)
 
 
 class NLLLoss(Function):
@@ -86,24 +76,14 @@ class NLLLoss(Function):
         self.target, self.reduction = target, reduction
 
     def forward(self, x):
-        xp = get_array_module(x)
         self.shape = x.shape
-        picked = -_take_target(x, self.target)
-        if self.reduction == "none":
-            return picked
-        total = picked.sum()
-        return xp.asarray(total / x.dtype.type(self.target.size)
-                          if self.reduction == "mean" else total)
+        return _reduce(-_take_target(x, self.target), self.reduction)
 
     def backward(self, gy):
         xp = get_array_module(gy)
         gx = xp.zeros(self.shape, dtype=gy.dtype)
         _subtract_onehot(gx, self.target)
-        if self.reduction == "none":
-            return gx * gy.reshape(gy.shape[:1] + (1,) + gy.shape[1:])
-        if self.reduction == "mean":
-            gy = gy / gy.dtype.type(self.target.size)
-        return gx * gy
+        return _chain(gx, gy, self.reduction)
 
 
 class MSELoss(Function):
@@ -114,11 +94,7 @@ class MSELoss(Function):
     def forward(self, x, y):
         diff = x - y
         self.save_for_backward(diff)
-        sq = diff * diff
-        xp = get_array_module(x)
-        if self.reduction == "none":
-            return sq
-        return xp.asarray(sq.mean() if self.reduction == "mean" else sq.sum())
+        return _reduce(diff * diff, self.reduction)
 
     def backward(self, gy):
         diff, = self.saved
@@ -126,6 +102,26 @@ class MSELoss(Function):
         gx = diff * (gy * diff.dtype.type(scale))
         need_x, need_y = self.needs_input_grad
         return (gx if need_x else None), (-gx if need_y else None)
+
+
+def _reduce(losses, reduction):
+    """Per-example losses (N, ...) -> 'none': as they are; 'sum'; 'mean' over all."""
+    if reduction == "none":
+        return losses
+    total = losses.sum()
+    if reduction == "mean":
+        total = total / losses.dtype.type(losses.size)
+    return get_array_module(losses).asarray(total)
+
+
+def _chain(gx, gy, reduction):
+    """Multiply the per-example gradient gx (N, C, ...) by the upstream gradient of
+    the reduced loss: per example for 'none', divided by the count for 'mean'."""
+    if reduction == "none":
+        return gx * gy.reshape(gy.shape[:1] + (1,) + gy.shape[1:])
+    if reduction == "mean":
+        gy = gy / gy.dtype.type(gx.size // gx.shape[1])
+    return gx * gy
 
 
 def _target_index(target):
