@@ -1,16 +1,26 @@
 """Hot loops behind one interface.
 
 Ops call ``kernels.im2col(...)``, ``kernels.maxpool2d_forward(...)`` and so
-on through this module; which implementation answers is chosen here.
-Today there is one set, the readable vectorised NumPy reference versions
-(``conv_numpy``, ``pool_numpy``), which also run on CuPy arrays because they
-take their array module from the inputs.  Faster versions (Numba on the
-CPU) plug in later by providing the same names.
+on through this module (attribute lookup at call time), and ``set_kernels``
+decides which implementation answers:
+
+- ``"numpy"``: the readable, vectorised NumPy reference versions
+  (``*_numpy.py``).  They take their array module from the inputs, so they
+  also run on CuPy arrays.
+- ``"numba"``: JIT-compiled CPU loops (``*_numba.py``).  A name a Numba module
+  does not provide falls back to the reference version.
+
+The default is Numba; the environment variable ``TINYGRAD_CNN_KERNELS``
+(``numpy`` or ``numba``) or ``tinygrad_cnn.set_kernels(name)`` switch sets.
 """
 import importlib
+import os
 
-# kernel set name -> modules that together provide every name in KERNELS
-_SETS = {"numpy": ("kernels.conv_numpy", "kernels.pool_numpy")}
+# kernel set -> modules searched in order; later modules override earlier ones
+_SETS = {
+    "numpy": ("kernels.conv_numpy", "kernels.pool_numpy"),
+    "numba": ("kernels.conv_numpy", "kernels.pool_numpy"),
+}
 
 KERNELS = (
     "im2col", "col2im",
@@ -21,11 +31,15 @@ KERNELS = (
 active = None
 
 
+def available():
+    return sorted(_SETS)
+
+
 def set_kernels(name):
-    """Select the kernel set (``'numpy'``) used by every op from now on."""
+    """Select the kernel set used by every op from now on; returns the previous one."""
     global active
     if name not in _SETS:
-        raise ValueError(f"unknown kernel set {name!r}; available: {sorted(_SETS)}")
+        raise ValueError(f"unknown kernel set {name!r}; available: {available()}")
     found = {}
     for module_name in _SETS[name]:
         module = importlib.import_module(module_name)
@@ -34,7 +48,8 @@ def set_kernels(name):
     if missing:
         raise ImportError(f"kernel set {name!r} lacks {missing}")
     globals().update(found)
-    active = name
+    previous, active = active, name
+    return previous
 
 
-set_kernels("numpy")
+set_kernels(os.environ.get("TINYGRAD_CNN_KERNELS", "numba"))
