@@ -1,10 +1,32 @@
 import pytest
 
+import kernels
 import tinygrad_cnn as tc
 from tinygrad_cnn import backend
 
 DEVICES = ["cpu"] + (["cuda"] if backend.cupy is not None and
                      backend.cupy.cuda.runtime.getDeviceCount() > 0 else [])
+
+
+def pytest_addoption(parser):
+    parser.addoption("--kernels", default=",".join(kernels.available()),
+                     help="comma-separated kernel sets to run every test under "
+                          f"(default: all of {kernels.available()})")
+
+
+def pytest_generate_tests(metafunc):
+    if "kernel_set" in metafunc.fixturenames:
+        sets = metafunc.config.getoption("--kernels").split(",")
+        metafunc.parametrize("kernel_set", sets, scope="session")
+
+
+@pytest.fixture(autouse=True)
+def kernel_set(request):
+    """Every test runs once per kernel set (NumPy reference, Numba), so the whole
+    gradcheck suite checks both."""
+    previous = kernels.set_kernels(request.param)
+    yield request.param
+    kernels.set_kernels(previous)
 
 
 @pytest.fixture(params=DEVICES)
