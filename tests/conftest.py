@@ -14,9 +14,16 @@ def pytest_addoption(parser):
                           f"(default: all of {kernels.available()})")
 
 
+# Tests of code that calls no kernel (data, the Tensor core) run once, under the first set.
+KERNEL_FREE = ("tests/data/", "tests/test_tensor.py", "tests/test_creation.py")
+
+
 def pytest_generate_tests(metafunc):
     if "kernel_set" in metafunc.fixturenames:
         sets = metafunc.config.getoption("--kernels").split(",")
+        path = metafunc.definition.nodeid
+        if any(path.startswith(prefix) for prefix in KERNEL_FREE):
+            sets = sets[:1]
         metafunc.parametrize("kernel_set", sets, scope="session")
 
 
