@@ -18,14 +18,16 @@ import os
 
 # kernel set -> modules searched in order; later modules override earlier ones
 _SETS = {
-    "numpy": ("kernels.conv_numpy", "kernels.pool_numpy"),
-    "numba": ("kernels.conv_numpy", "kernels.pool_numpy"),
+    "numpy": ("kernels.conv_numpy", "kernels.pool_numpy", "kernels.bn_numpy"),
+    "numba": ("kernels.conv_numpy", "kernels.pool_numpy", "kernels.bn_numpy",
+              "kernels.pool_numba", "kernels.bn_numba"),
 }
 
 KERNELS = (
     "im2col", "col2im",
     "maxpool2d_forward", "maxpool2d_backward",
     "avgpool2d_forward", "avgpool2d_backward",
+    "batchnorm_forward_train", "batchnorm_backward",
 )
 
 active = None

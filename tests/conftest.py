@@ -24,7 +24,7 @@ def pytest_generate_tests(metafunc):
         path = metafunc.definition.nodeid
         if any(path.startswith(prefix) for prefix in KERNEL_FREE):
             sets = sets[:1]
-        metafunc.parametrize("kernel_set", sets, indirect=True, scope="session")
+        metafunc.parametrize("kernel_set", sets, indirect=True)
 
 
 @pytest.fixture(autouse=True)

@@ -274,6 +274,27 @@ def test_float32_in_float32_out(training, fn):
         np.testing.assert_allclose(single, double, rtol=1e-5, atol=1e-5)
 
 
+@train_or_eval
+def test_float32_stays_close_to_float64_on_values_far_from_zero(training):
+    # Many values per channel around 500 with σ ≈ 1: the statistics must not lose the
+    # digits a float32 running sum or E[x²] - μ² would; float32's own rounding of x
+    # (about 3e-5 here) is what is left.
+    x32 = (500 + distinct(8, 2, 16, 16, seed=42)).astype(np.float32)
+    upstream = np.random.default_rng(43).standard_normal(x32.shape)
+    results = []
+    for dtype in (np.float32, np.float64):
+        x = tc.tensor(x32.astype(dtype), requires_grad=True)
+        weight, bias = (tc.tensor(a.astype(dtype), requires_grad=True)
+                        for a in (np.array([0.5, 2.0]), np.array([1.0, -1.0])))
+        rm, rv = tc.tensor(np.array([500.0, 500.0], dtype)), tc.ones(2, dtype=dtype)
+        y = batch_norm(x, rm, rv, weight, bias, training=training)
+        y.backward(upstream.astype(dtype))
+        results.append([cpu(t) for t in (y, x.grad, weight.grad, bias.grad, rm, rv)])
+    for single, double in zip(*results):
+        assert single.dtype == np.float32
+        np.testing.assert_allclose(single, double, rtol=1e-4, atol=1e-4 * np.abs(double).max())
+
+
 def test_float64_params_do_not_promote_float32_input():
     x = tc.tensor(distinct(4, 3, seed=41).astype(np.float32))
     weight, bias = affine_params(3, True)              # float64

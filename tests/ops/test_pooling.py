@@ -33,6 +33,7 @@ AVG_VARIANTS = [dict(count_include_pad=True), dict(count_include_pad=False),
 # (input shape, output_size): smaller, larger than the input, overlapping bins, None
 ADAPTIVE_CONFIGS = {
     "global": ((3, 2, 5, 4), (1, 1)),
+    "global-int": ((2, 3, 6, 5), 1),
     "2x3": ((1, 2, 5, 7), (2, 3)),
     "larger-than-input": ((1, 2, 4, 5), (5, 7)),
     "divisible": ((1, 1, 8, 6), 2),
@@ -298,6 +299,52 @@ def test_max_pool2d_propagates_nan_like_torch():
                                                    return_indices=True)
     np.testing.assert_array_equal(y.data, yt.numpy())      # NaNs compare equal here
     np.testing.assert_array_equal(indices.data, indices_t.numpy())
+
+
+# ---------------------------------------------------------------- global average pool
+@pytest.mark.parametrize("output_size", [1, (1, 1), (1, None)], ids=str)
+def test_global_average_pool_is_the_mean_over_each_plane(output_size):
+    # (1, None) keeps a width of 1: the same global pool, spelled differently
+    x = leaf((2, 3, 4, 1) if output_size == (1, None) else (2, 3, 4, 5))
+    y = adaptive_avg_pool2d(x, output_size)
+    np.testing.assert_allclose(y.data, x.data.mean(axis=(2, 3), keepdims=True), rtol=1e-12)
+    gy = distinct(*y.shape, seed=1)
+    y.backward(gy)
+    area = x.shape[2] * x.shape[3]
+    np.testing.assert_allclose(x.grad.data, np.broadcast_to(gy / area, x.shape), rtol=1e-12)
+
+
+def test_global_average_pool_gradient_is_an_ordinary_array():
+    # not a read-only broadcast view: the ops downstream read it as they read any array
+    x = leaf((2, 3, 4, 5))
+    y = adaptive_avg_pool2d(x, 1)
+    gx = y._ctx.backward(np.ones(y.shape))
+    assert gx.shape == x.shape and gx.flags.c_contiguous and gx.flags.writeable
+
+
+# ---------------------------------------------------------------- float32 against torch
+@pytest.mark.parametrize("op, kw", [
+    ("max_pool2d", dict(kernel_size=3, stride=2, padding=1)),
+    ("max_pool2d", dict(kernel_size=3, stride=2, ceil_mode=True)),
+    ("avg_pool2d", dict(kernel_size=2)),
+    ("avg_pool2d", dict(kernel_size=3, stride=2, padding=1, count_include_pad=False)),
+    ("adaptive_avg_pool2d", dict(output_size=1)),
+], ids=lambda v: v if isinstance(v, str) else "-".join(f"{k}={w}" for k, w in v.items()))
+def test_float32_matches_torch(op, kw):
+    """The float32 path of each kernel set, forward and backward, on a ResNet-like
+    block of 8 planes, against PyTorch's float32 CPU kernels."""
+    torch = pytest.importorskip("torch")
+    ours = {"max_pool2d": max_pool2d, "avg_pool2d": avg_pool2d,
+            "adaptive_avg_pool2d": adaptive_avg_pool2d}[op]
+    values = np.random.default_rng(0).standard_normal((2, 4, 13, 12)).astype(np.float32)
+    x, xt = Tensor(values, requires_grad=True), torch.tensor(values, requires_grad=True)
+    y, yt = ours(x, **kw), getattr(torch.nn.functional, op)(xt, **kw)
+    np.testing.assert_allclose(y.data, yt.detach().numpy(), rtol=1e-6, atol=1e-6)
+    gy = np.random.default_rng(1).standard_normal(y.shape).astype(np.float32)
+    y.backward(gy)
+    yt.backward(torch.tensor(gy))
+    assert x.grad.dtype == np.float32
+    np.testing.assert_allclose(x.grad.data, xt.grad.numpy(), rtol=1e-5, atol=1e-6)
 
 
 # ---------------------------------------------------------------- dtypes

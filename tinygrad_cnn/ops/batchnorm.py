@@ -18,6 +18,8 @@ computes the same with primitive Tensor ops so autograd derives the backward
 import math
 import numbers
 
+import kernels
+
 from ..autograd import Function
 from ..backend import get_array_module
 
@@ -62,42 +64,34 @@ class BatchNorm(Function):
 
     The same two sums give dγ, dβ and the two means in dx, so backward
     needs only x̂ (N, C, ...) and γ s (C,) — x itself is never kept.
+
+    The array work is in ``kernels.batchnorm_forward_train`` and
+    ``kernels.batchnorm_backward`` (``kernels/bn_numpy.py`` is the readable
+    reference; ``bn_numba.py`` fuses each direction into two passes per channel).
     """
     def __init__(self, eps, running_mean=None, running_var=None, momentum=0.1):
         self.eps, self.momentum = eps, momentum
         self.running_mean, self.running_var = running_mean, running_var
 
     def forward(self, x, gamma, beta):
-        xp = get_array_module(x)
-        axes = _reduce_axes(x.ndim)
-        gamma = _per_channel(gamma.astype(x.dtype, copy=False), x.ndim)
-        beta = _per_channel(beta.astype(x.dtype, copy=False), x.ndim)
-        self.count = _values_per_channel(x.shape)
-        mean = x.mean(axis=axes, keepdims=True)
-        centered = x - mean
-        var = (centered * centered).mean(axis=axes, keepdims=True)
-        inv_std = 1 / xp.sqrt(var + x.dtype.type(self.eps))
-        x_hat = centered * inv_std
+        gamma = gamma.astype(x.dtype, copy=False)
+        y, x_hat, mean, var, inv_std = kernels.batchnorm_forward_train(
+            x, gamma, beta.astype(x.dtype, copy=False), self.eps)
         if self.running_mean is not None:
             _update_running_stats(self.running_mean, self.running_var, mean, var,
-                                  self.count, self.momentum)
+                                  _values_per_channel(x.shape), self.momentum)
         need_x, need_gamma, _ = self.needs_input_grad
         self.save_for_backward(x_hat if need_x or need_gamma else None,
                                gamma * inv_std if need_x else None)
-        return gamma * x_hat + beta
+        return y
 
     def backward(self, gy):
         x_hat, scale = self.saved
         need_x, need_gamma, need_beta = self.needs_input_grad
-        axes = _reduce_axes(gy.ndim)
-        sum_gy = gy.sum(axis=axes) if need_x or need_beta else None           # dβ
-        sum_gy_xhat = (gy * x_hat).sum(axis=axes) if need_x or need_gamma else None  # dγ
-        gx = None
-        if need_x:
-            m = gy.dtype.type(self.count)
-            gx = scale * (gy - _per_channel(sum_gy, gy.ndim) / m
-                          - x_hat * (_per_channel(sum_gy_xhat, gy.ndim) / m))
-        return (gx, sum_gy_xhat if need_gamma else None, sum_gy if need_beta else None)
+        if x_hat is None:                       # only dβ = Σ dy is wanted
+            return None, None, gy.sum(axis=_reduce_axes(gy.ndim))
+        gx, dgamma, dbeta = kernels.batchnorm_backward(gy, x_hat, scale)
+        return gx, dgamma if need_gamma else None, dbeta if need_beta else None
 
 
 class BatchNormEval(Function):

@@ -96,17 +96,29 @@ class AdaptiveAvgPool2d(Function):
     for h in bin i, else 0 --
 
         y = A_H x A_Wᵀ        dx = A_Hᵀ dy A_W
+
+    The global pool, output (1, 1), that ends NiN, GoogLeNet, ResNet and
+    DenseNet is a plain mean over H and W instead: y = mean(x) and every cell
+    of a plane gets dy/(H·W).  Same numbers, without N·C tiny matrix products.
     """
     def __init__(self, output_size):
-        self.output_size = output_size
+        self.output_size = tuple(output_size)
 
     def forward(self, x):
+        self.x_shape = x.shape
+        if self.output_size == (1, 1):
+            return x.mean(axis=(2, 3), keepdims=True)
         xp = get_array_module(x)
         self.rows, self.cols = (self.averaging_matrix(n, out, x.dtype, xp) for n, out in
                                 zip(x.shape[2:], self.output_size))
         return self.rows @ x @ self.cols.T
 
     def backward(self, gy):
+        if self.output_size == (1, 1):
+            xp = get_array_module(gy)
+            gx = xp.empty(self.x_shape, dtype=gy.dtype)
+            gx[...] = gy / (self.x_shape[2] * self.x_shape[3])   # broadcast over H, W
+            return gx
         return self.rows.T @ gy @ self.cols
 
     @staticmethod

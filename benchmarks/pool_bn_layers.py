@@ -1,0 +1,146 @@
+"""Pooling and batch norm, layer by layer: NumPy kernels, Numba kernels, PyTorch.
+
+    python -m benchmarks.pool_bn_layers [--repeats 7] [--threads 2]
+
+For the pooling and batch-norm layers of the d2l networks (float32), times
+one forward + backward pass through the op (input, γ and β requiring grad)
+with each kernel set and with ``torch.nn.functional`` (when PyTorch is
+installed, with ``--threads`` threads), alternating the three in every
+repeat so machine noise hits them alike, and prints the best time of each
+and the ratios.  Then times the pooling kernels alone, forward and
+backward, Numba against NumPy (the issue's target: Numba ≥ 3x NumPy on
+pooling backward).
+
+First calls (Numba compilation or cache loading) are not timed.  The Numba
+loops use every core Numba sees; set NUMBA_NUM_THREADS to match --threads
+on a larger machine.
+"""
+import argparse
+import time
+
+import numpy as np
+
+import kernels
+import tinygrad_cnn as tc
+from tinygrad_cnn.ops.batchnorm import batch_norm
+from tinygrad_cnn.ops.pooling import adaptive_avg_pool2d, avg_pool2d, max_pool2d
+
+# name: (op, input shape, keyword arguments)
+LAYERS = {
+    "maxpool 3x3/2 p1 (64,64,48,48)": ("max_pool2d", (64, 64, 48, 48),
+                                       dict(kernel_size=3, stride=2, padding=1)),
+    "avgpool 2x2 (64,64,48,48)": ("avg_pool2d", (64, 64, 48, 48), dict(kernel_size=2)),
+    "avgpool 2x2 lenet (256,6,28,28)": ("avg_pool2d", (256, 6, 28, 28), dict(kernel_size=2)),
+    "global avgpool (64,512,3,3)": ("adaptive_avg_pool2d", (64, 512, 3, 3),
+                                    dict(output_size=1)),
+    "bn2d train (64,64,24,24)": ("batch_norm", (64, 64, 24, 24), {}),
+    "bn2d train (256,6,28,28)": ("batch_norm", (256, 6, 28, 28), {}),
+}
+OURS = {"max_pool2d": max_pool2d, "avg_pool2d": avg_pool2d,
+        "adaptive_avg_pool2d": adaptive_avg_pool2d}
+
+
+def layer_arrays(shape, seed=0):
+    rng = np.random.default_rng(seed)
+    C = shape[1]
+    return (rng.standard_normal(shape, dtype=np.float32),
+            rng.uniform(0.5, 1.5, C).astype(np.float32), rng.uniform(-1, 1, C).astype(np.float32))
+
+
+def ours_step(kernel_set, op, shape, kw):
+    x, gamma, beta = layer_arrays(shape)
+
+    def step():
+        kernels.set_kernels(kernel_set)
+        X = tc.Tensor(x, requires_grad=True)
+        if op == "batch_norm":
+            G, B = tc.Tensor(gamma, requires_grad=True), tc.Tensor(beta, requires_grad=True)
+            y = batch_norm(X, None, None, G, B, training=True)
+        else:
+            y = OURS[op](X, **kw)
+        y.backward(np.ones(y.shape, dtype=np.float32))
+    return step
+
+
+def torch_step(op, shape, kw):
+    import torch
+    F = torch.nn.functional
+    x, gamma, beta = (torch.from_numpy(a) for a in layer_arrays(shape))
+
+    def step():
+        X = x.clone().requires_grad_()
+        if op == "batch_norm":
+            G, B = gamma.clone().requires_grad_(), beta.clone().requires_grad_()
+            y = F.batch_norm(X, None, None, G, B, training=True)
+        else:
+            y = getattr(F, op)(X, **kw)
+        y.backward(torch.ones_like(y))
+    return step
+
+
+def best_times(steps, repeats):
+    """Best wall time of each step, running them in turn ``repeats`` times."""
+    for step in steps.values():
+        step()                          # compile / warm up, untimed
+    best = {name: float("inf") for name in steps}
+    for _ in range(repeats):
+        for name, step in steps.items():
+            start = time.perf_counter()
+            step()
+            best[name] = min(best[name], time.perf_counter() - start)
+    return best
+
+
+def layer_table(repeats, with_torch):
+    print(f"{'forward + backward (float32)':34s} {'numpy ms':>9s} {'numba ms':>9s} "
+          f"{'torch ms':>9s} {'numpy/numba':>12s} {'numba/torch':>12s}")
+    for name, (op, shape, kw) in LAYERS.items():
+        steps = {"numpy": ours_step("numpy", op, shape, kw),
+                 "numba": ours_step("numba", op, shape, kw)}
+        if with_torch:
+            steps["torch"] = torch_step(op, shape, kw)
+        t = best_times(steps, repeats)
+        tt = t.get("torch", float("nan"))
+        print(f"{name:34s} {t['numpy'] * 1e3:9.1f} {t['numba'] * 1e3:9.1f} {tt * 1e3:9.1f} "
+              f"{t['numpy'] / t['numba']:12.2f} {t['numba'] / tt:12.2f}")
+
+
+def kernel_table(repeats):
+    """The pooling kernels alone, forward and backward."""
+    from kernels import pool_numba, pool_numpy
+    print(f"\n{'kernel (float32)':44s} {'numpy ms':>9s} {'numba ms':>9s} {'speed-up':>9s}")
+    x = layer_arrays((64, 64, 48, 48))[0]
+    max_args, avg_args = ((3, 3), (2, 2), (1, 1)), ((2, 2), (2, 2), (0, 0))
+    y, argmax = pool_numpy.maxpool2d_forward(x, *max_args)
+    y_avg = pool_numpy.avgpool2d_forward(x, *avg_args)
+    calls = {
+        "maxpool2d_forward 3x3/2 p1": lambda m: m.maxpool2d_forward(x, *max_args),
+        "maxpool2d_backward 3x3/2 p1": lambda m: m.maxpool2d_backward(y, argmax, x.shape,
+                                                                      *max_args),
+        "avgpool2d_forward 2x2": lambda m: m.avgpool2d_forward(x, *avg_args),
+        "avgpool2d_backward 2x2": lambda m: m.avgpool2d_backward(y_avg, x.shape, *avg_args),
+    }
+    for name, call in calls.items():
+        t = best_times({"numpy": lambda: call(pool_numpy), "numba": lambda: call(pool_numba)},
+                       repeats)
+        print(f"{name + ' (64,64,48,48)':44s} {t['numpy'] * 1e3:9.2f} {t['numba'] * 1e3:9.2f} "
+              f"{t['numpy'] / t['numba']:9.2f}")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    try:
+        import torch
+        torch.set_num_threads(args.threads)
+        with_torch = True
+    except ImportError:
+        with_torch = False
+    layer_table(args.repeats, with_torch)
+    kernel_table(args.repeats)
+
+
+if __name__ == "__main__":
+    main()

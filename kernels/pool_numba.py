@@ -1,0 +1,256 @@
+"""Pooling kernels as compiled loops (Numba): the interface of ``pool_numpy``.
+
+Same signatures, shapes and results as the reference kernels in
+``pool_numpy.py`` (read that file first for what each one means and for
+PyTorch's rules: -inf padding, ties to the first cell in row-major window
+order, NaN propagation, ceil_mode windows, the average's divisor).  Only
+the *how* differs.  The reference loops over the KH*KW kernel offsets and
+touches the whole batch once per offset; here each kernel is one plain loop
+nest that visits every window once, compiled by Numba.  Padding cells are
+skipped: for max pooling that is what -inf padding means (it never wins),
+for average pooling what zero padding means (it adds nothing); only the
+average's divisor counts them.
+
+Two choices make these loops fast, both measured on (64, 64, 48, 48):
+
+- The kernel size is a compile-time constant.  ``_loops(KH, KW)`` compiles
+  the loops once per kernel size (2x2 and 3x3 are all the chapter networks
+  use), so the compiler unrolls the window loops; with KH and KW as run-time
+  values the loops ran 2x (3x3 max) to 6x (2x2 average) slower.
+- The batch is split over threads (``_over_batch``), each running the
+  compiled loop on its own slice of samples with the GIL released
+  (``nogil``).  Samples never share an output cell, so nothing races -- in
+  backward too, where overlapping windows add into shared cells of one
+  plane.  (Numba's own ``parallel=True``/``prange`` lost the first gain:
+  inside a ``prange`` loop the constant-size windows measured no faster
+  than run-time ones.)
+
+What runs where
+---------------
+Only NumPy float32/float64 arrays reach the compiled loops.  Anything else
+(CuPy arrays, which live on the GPU; float16) goes to the NumPy reference
+version, which runs on either device.
+
+Start-up
+--------
+``import numba`` alone takes about half a second, so this module does not
+import it: the first call does, and compiles the loops for that kernel size
+and dtype (about a second each, or loads them from Numba's on-disk cache,
+``cache=True``, in ``kernels/__pycache__``).
+"""
+import functools
+import math
+import os
+import types
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from . import pool_numpy
+
+
+# ---------------------------------------------------------------- the loops
+@functools.cache
+def _loops(KH, KW):
+    """The four pooling loops with the kernel size KH x KW built in as constants.
+
+    Compiled per dtype on first call; Numba's disk cache keys each compiled
+    version by the KH, KW it was built with.
+    """
+    import numba
+    jit = numba.njit(cache=True, nogil=True)
+
+    def maxpool_forward(x, y, argmax, SH, SW, PH, PW, DH, DW):
+        """y[n, c, oh, ow] = max over window (oh, ow); argmax = its offset i*KW + j.
+
+        x: (N, C, H, W); y, argmax: (N, C, OH, OW), written.  A cell takes
+        over only when strictly greater (ties keep the first) or NaN (NaN
+        propagates; the last NaN wins), exactly the reference's rule.  The
+        running max starts at -inf with offset 0, which is what the
+        reference's all -inf start gives when no cell beats it.
+
+        No branches on the values: ``where`` moves by arithmetic, and
+        ``max`` keeps a NaN already held (it returns its first argument
+        unless the second is greater), so the unrolled window stays in
+        registers -- ``if v > best: best, where = v, k`` measured 2-4x slower.
+        """
+        N, C, H, W = x.shape
+        OH, OW = y.shape[2:]
+        for n in range(N):
+            for c in range(C):
+                for oh in range(OH):
+                    for ow in range(OW):
+                        best, where = -math.inf, 0
+                        for i in range(KH):
+                            h = oh * SH - PH + i * DH
+                            if h < 0 or h >= H:          # a padding row: -inf never wins
+                                continue
+                            for j in range(KW):
+                                w = ow * SW - PW + j * DW
+                                if w < 0 or w >= W:
+                                    continue
+                                v = x[n, c, h, w]
+                                takes_over = (v > best) | (v != v)      # v != v: v is NaN
+                                where += takes_over * (i * KW + j - where)
+                                best = max(best, v)
+                                best = v if v != v else best
+                        y[n, c, oh, ow] = best
+                        argmax[n, c, oh, ow] = where
+
+    def maxpool_backward(gy, argmax, gx, SH, SW, PH, PW, DH, DW):
+        """gx[n, c, h, w] = Σ gy over the windows whose max sits at (h, w).
+
+        gy, argmax: (N, C, OH, OW); gx: (N, C, H, W), overwritten.  A winner
+        in the padding (only when a window holds nothing above -inf) sends
+        its gradient nowhere, as in the reference.
+        """
+        N, C, H, W = gx.shape
+        OH, OW = gy.shape[2:]
+        gx[...] = 0
+        for n in range(N):
+            for c in range(C):
+                for oh in range(OH):
+                    for ow in range(OW):
+                        k = argmax[n, c, oh, ow]
+                        h = oh * SH - PH + (k // KW) * DH
+                        w = ow * SW - PW + (k % KW) * DW
+                        if 0 <= h < H and 0 <= w < W:
+                            gx[n, c, h, w] += gy[n, c, oh, ow]
+
+    def avgpool_forward(x, y, divisor, SH, SW, PH, PW):
+        """y[n, c, oh, ow] = Σ x over window (oh, ow) / divisor[oh, ow], summed in x's dtype."""
+        N, C, H, W = x.shape
+        OH, OW = y.shape[2:]
+        for n in range(N):
+            for c in range(C):
+                for oh in range(OH):
+                    for ow in range(OW):
+                        total = x.dtype.type(0)
+                        for i in range(KH):
+                            h = oh * SH - PH + i
+                            if h < 0 or h >= H:
+                                continue
+                            for j in range(KW):
+                                w = ow * SW - PW + j
+                                if 0 <= w < W:
+                                    total += x[n, c, h, w]
+                        y[n, c, oh, ow] = total / divisor[oh, ow]
+
+    def avgpool_backward(gy, gx, divisor, SH, SW, PH, PW):
+        """gx[n, c, h, w] = Σ gy[n, c, oh, ow] / divisor[oh, ow] over the windows holding (h, w)."""
+        N, C, H, W = gx.shape
+        OH, OW = gy.shape[2:]
+        gx[...] = 0
+        for n in range(N):
+            for c in range(C):
+                for oh in range(OH):
+                    for ow in range(OW):
+                        share = gy[n, c, oh, ow] / divisor[oh, ow]
+                        for i in range(KH):
+                            h = oh * SH - PH + i
+                            if h < 0 or h >= H:
+                                continue
+                            for j in range(KW):
+                                w = ow * SW - PW + j
+                                if 0 <= w < W:
+                                    gx[n, c, h, w] += share
+
+    return types.SimpleNamespace(maxpool_forward=jit(maxpool_forward),
+                                 maxpool_backward=jit(maxpool_backward),
+                                 avgpool_forward=jit(avgpool_forward),
+                                 avgpool_backward=jit(avgpool_backward))
+
+
+# ---------------------------------------------------------------- threads
+@functools.cache
+def _thread_pool(pid):
+    """(pool, workers): as many threads as Numba's own (``NUMBA_NUM_THREADS``, all cores
+    by default).  One pool per process id: a forked child inherits the pool but
+    not its threads, so it must start its own."""
+    import numba
+    workers = numba.config.NUMBA_NUM_THREADS
+    return ThreadPoolExecutor(workers, thread_name_prefix="pool_numba"), workers
+
+
+def _over_batch(loop, batch_arrays, *args):
+    """``loop(*batch_arrays, *args)``, run on slices of the batch axis in parallel.
+
+    ``batch_arrays`` are the (N, ...) inputs and outputs, sliced alike; ``args``
+    go to every slice unchanged.  Twice as many slices as threads, handed out
+    as threads come free, so a thread the OS keeps waiting does not hold up
+    the rest.
+    """
+    N = batch_arrays[0].shape[0]
+    pool, workers = _thread_pool(os.getpid())
+    slices = min(N, 2 * workers)
+    if slices <= 1:
+        loop(*batch_arrays, *args)
+        return
+    bounds = [N * s // slices for s in range(slices + 1)]
+    jobs = [pool.submit(loop, *(a[lo:hi] for a in batch_arrays), *args)
+            for lo, hi in zip(bounds, bounds[1:])]
+    for job in jobs:
+        job.result()            # waits, and re-raises an error from the loop
+
+
+def _compilable(*arrays):
+    return all(isinstance(a, np.ndarray) and a.dtype in (np.float32, np.float64)
+               for a in arrays)
+
+
+# ---------------------------------------------------------------- the interface
+def maxpool2d_forward(x, kernel_size, stride, padding, ceil_mode=False, dilation=(1, 1)):
+    """``pool_numpy.maxpool2d_forward``, compiled: x (N, C, H, W) ->
+    (y (N, C, OH, OW), argmax int64 (N, C, OH, OW))."""
+    if not _compilable(x):
+        return pool_numpy.maxpool2d_forward(x, kernel_size, stride, padding, ceil_mode,
+                                            dilation)
+    out_shape = pool_numpy._output_shape(x.shape, kernel_size, stride, padding, dilation,
+                                         ceil_mode)
+    y = np.empty(x.shape[:2] + out_shape, dtype=x.dtype)
+    argmax = np.empty(y.shape, dtype=np.int64)
+    _over_batch(_loops(*kernel_size).maxpool_forward, (np.ascontiguousarray(x), y, argmax),
+                *stride, *padding, *dilation)
+    return y, argmax
+
+
+def maxpool2d_backward(gy, argmax, x_shape, kernel_size, stride, padding, dilation=(1, 1)):
+    """``pool_numpy.maxpool2d_backward``, compiled: gy, argmax (N, C, OH, OW) -> gx (N, C, H, W)."""
+    if not _compilable(gy) or not isinstance(argmax, np.ndarray):
+        return pool_numpy.maxpool2d_backward(gy, argmax, x_shape, kernel_size, stride,
+                                             padding, dilation)
+    gx = np.empty(tuple(x_shape), dtype=gy.dtype)
+    _over_batch(_loops(*kernel_size).maxpool_backward,
+                (np.ascontiguousarray(gy), np.ascontiguousarray(argmax, dtype=np.int64), gx),
+                *stride, *padding, *dilation)
+    return gx
+
+
+def avgpool2d_forward(x, kernel_size, stride, padding, ceil_mode=False,
+                      count_include_pad=True, divisor_override=None):
+    """``pool_numpy.avgpool2d_forward``, compiled: x (N, C, H, W) -> y (N, C, OH, OW)."""
+    if not _compilable(x):
+        return pool_numpy.avgpool2d_forward(x, kernel_size, stride, padding, ceil_mode,
+                                            count_include_pad, divisor_override)
+    out_shape = pool_numpy._output_shape(x.shape, kernel_size, stride, padding, (1, 1),
+                                         ceil_mode)
+    divisor = pool_numpy._divisor(x.shape, out_shape, kernel_size, stride, padding,
+                                  count_include_pad, divisor_override, x.dtype, np)
+    y = np.empty(x.shape[:2] + out_shape, dtype=x.dtype)
+    _over_batch(_loops(*kernel_size).avgpool_forward, (np.ascontiguousarray(x), y), divisor,
+                *stride, *padding)
+    return y
+
+
+def avgpool2d_backward(gy, x_shape, kernel_size, stride, padding, count_include_pad=True,
+                       divisor_override=None):
+    """``pool_numpy.avgpool2d_backward``, compiled: gy (N, C, OH, OW) -> gx (N, C, H, W)."""
+    if not _compilable(gy):
+        return pool_numpy.avgpool2d_backward(gy, x_shape, kernel_size, stride, padding,
+                                             count_include_pad, divisor_override)
+    divisor = pool_numpy._divisor(x_shape, gy.shape[2:], kernel_size, stride, padding,
+                                  count_include_pad, divisor_override, gy.dtype, np)
+    gx = np.empty(tuple(x_shape), dtype=gy.dtype)
+    _over_batch(_loops(*kernel_size).avgpool_backward, (np.ascontiguousarray(gy), gx), divisor,
+                *stride, *padding)
+    return gx

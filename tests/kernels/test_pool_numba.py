@@ -1,0 +1,189 @@
+"""The Numba pooling kernels against the NumPy reference kernels (which
+test_pool_kernels.py checks against explicit loops), float32 and float64, on
+awkward geometries and awkward values (ties, all-negative, NaN and ±inf)."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("numba")
+
+from kernels import pool_numba, pool_numpy  # noqa: E402
+from tinygrad_cnn.backend import to_device  # noqa: E402
+
+# (x shape, kernel, stride, padding, dilation, ceil_mode); padding at most half the
+# kernel, as max_pool2d / avg_pool2d allow
+GEOMETRIES = {
+    "2x2-non-overlapping": ((2, 3, 6, 8), (2, 2), (2, 2), (0, 0), (1, 1), False),
+    "3x3-s2-p1-resnet": ((2, 3, 9, 8), (3, 3), (2, 2), (1, 1), (1, 1), False),
+    "overlap-stride1": ((2, 2, 6, 5), (3, 3), (1, 1), (1, 1), (1, 1), False),
+    "pad-half-kernel": ((2, 2, 6, 7), (4, 4), (1, 3), (2, 2), (1, 1), False),
+    "pad-half-kernel-ceil": ((1, 2, 7, 5), (4, 2), (3, 2), (2, 1), (1, 1), True),
+    "stride-over-kernel": ((2, 2, 9, 11), (2, 2), (4, 3), (1, 0), (1, 1), False),
+    "stride-over-kernel-ceil": ((2, 2, 9, 11), (2, 3), (4, 5), (1, 1), (1, 1), True),
+    "ceil-past-edge": ((1, 3, 6, 6), (3, 3), (2, 2), (0, 0), (1, 1), True),
+    "ceil-drop-last": ((1, 1, 5, 5), (2, 2), (2, 2), (1, 1), (1, 1), True),
+    "1x1-output": ((3, 2, 5, 4), (5, 4), (1, 1), (0, 0), (1, 1), False),
+    "1x1-output-strided": ((2, 3, 3, 3), (3, 3), (5, 5), (1, 1), (1, 1), False),
+    "batch1-odd": ((1, 3, 7, 9), (3, 5), (2, 1), (1, 2), (1, 1), False),
+    "1x1-kernel-stride2": ((2, 3, 5, 6), (1, 1), (2, 2), (0, 0), (1, 1), False),
+    "many-planes": ((4, 16, 9, 9), (3, 3), (1, 1), (1, 1), (1, 1), True),  # several per thread
+    "dilation": ((2, 2, 9, 10), (2, 3), (2, 3), (1, 1), (3, 2), False),
+    "dilation-ceil": ((1, 2, 8, 7), (3, 2), (2, 2), (1, 1), (2, 2), True),
+}
+AVG_GEOMETRIES = {name: g for name, g in GEOMETRIES.items() if g[4] == (1, 1)}
+DTYPES = [np.float32, np.float64]
+MAX_VALUES = ["normal", "ties", "negative", "nan-inf"]
+AVG_VARIANTS = {"include-pad": (True, None), "exclude-pad": (False, None),
+                "divisor-override": (True, 3)}
+
+
+def make_input(kind, shape, dtype, seed=0):
+    """'ties': few distinct values; 'negative': all < 0, so -inf padding must not
+    win; 'nan-inf': about one cell in five NaN, +inf or -inf."""
+    rng = np.random.default_rng(seed)
+    if kind == "ties":
+        return rng.integers(-2, 3, size=shape).astype(dtype)
+    x = rng.standard_normal(shape).astype(dtype)
+    if kind == "negative":
+        return -np.abs(x) - 1
+    if kind == "nan-inf":
+        special = rng.choice([np.nan, np.inf, -np.inf], size=shape)
+        return np.where(rng.random(shape) < 0.2, special, x).astype(dtype)
+    return x
+
+
+def assert_close(actual, expected):
+    # The kernels may add a cell's contributions in another order: allow rounding.
+    assert actual.dtype == expected.dtype and actual.shape == expected.shape
+    rtol = 1e-5 if actual.dtype == np.float32 else 1e-13
+    np.testing.assert_allclose(actual, expected, rtol=rtol, atol=rtol)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("values", MAX_VALUES)
+@pytest.mark.parametrize("geometry", GEOMETRIES.values(), ids=GEOMETRIES.keys())
+def test_maxpool2d_equals_reference(geometry, values, dtype):
+    shape, k, s, p, d, ceil_mode = geometry
+    x = make_input(values, shape, dtype)
+    y, argmax = pool_numba.maxpool2d_forward(x, k, s, p, ceil_mode, d)
+    expected_y, expected_argmax = pool_numpy.maxpool2d_forward(x, k, s, p, ceil_mode, d)
+    assert y.dtype == dtype and argmax.dtype == np.int64
+    np.testing.assert_array_equal(y, expected_y)            # NaN == NaN here
+    np.testing.assert_array_equal(argmax, expected_argmax)  # same winner, ties and NaN too
+
+    gy = make_input("normal", y.shape, dtype, seed=1)
+    assert_close(pool_numba.maxpool2d_backward(gy, argmax, shape, k, s, p, d),
+                 pool_numpy.maxpool2d_backward(gy, argmax, shape, k, s, p, d))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("variant", AVG_VARIANTS.values(), ids=AVG_VARIANTS.keys())
+@pytest.mark.parametrize("geometry", AVG_GEOMETRIES.values(), ids=AVG_GEOMETRIES.keys())
+def test_avgpool2d_equals_reference(geometry, variant, dtype):
+    shape, k, s, p, _, ceil_mode = geometry
+    count_include_pad, divisor_override = variant
+    x = make_input("normal", shape, dtype)
+    y = pool_numba.avgpool2d_forward(x, k, s, p, ceil_mode, count_include_pad, divisor_override)
+    assert_close(y, pool_numpy.avgpool2d_forward(x, k, s, p, ceil_mode, count_include_pad,
+                                                 divisor_override))
+    gy = make_input("normal", y.shape, dtype, seed=1)
+    assert_close(
+        pool_numba.avgpool2d_backward(gy, shape, k, s, p, count_include_pad, divisor_override),
+        pool_numpy.avgpool2d_backward(gy, shape, k, s, p, count_include_pad, divisor_override))
+
+
+def test_avgpool2d_propagates_nan_and_inf_like_the_reference():
+    shape, k, s, p, _, ceil_mode = GEOMETRIES["overlap-stride1"]
+    x = make_input("nan-inf", shape, np.float64)
+    y = pool_numba.avgpool2d_forward(x, k, s, p, ceil_mode)
+    assert np.isnan(y).any() and np.isinf(y).any()
+    with np.errstate(invalid="ignore"):      # inf - inf in the reference's sums
+        expected = pool_numpy.avgpool2d_forward(x, k, s, p, ceil_mode)
+    np.testing.assert_array_equal(y, expected)
+
+
+@pytest.mark.parametrize("kernel", ["max", "avg"])
+def test_non_contiguous_arrays(kernel):
+    # a transposed view, as a backward may hand over: the kernels read any strides
+    shape, k, s, p, d, ceil_mode = GEOMETRIES["3x3-s2-p1-resnet"]
+    x = make_input("normal", shape[::-1], np.float64).transpose(3, 2, 1, 0)
+    assert not x.flags.c_contiguous
+    if kernel == "max":
+        y, argmax = pool_numba.maxpool2d_forward(x, k, s, p, ceil_mode, d)
+        gy = np.asfortranarray(make_input("normal", y.shape, np.float64, seed=1))
+        expected = pool_numpy.maxpool2d_forward(x, k, s, p, ceil_mode, d)
+        np.testing.assert_array_equal(y, expected[0])
+        assert_close(pool_numba.maxpool2d_backward(gy, argmax, shape, k, s, p, d),
+                     pool_numpy.maxpool2d_backward(gy, argmax, shape, k, s, p, d))
+    else:
+        y = pool_numba.avgpool2d_forward(x, k, s, p, ceil_mode)
+        gy = np.asfortranarray(make_input("normal", y.shape, np.float64, seed=1))
+        assert_close(y, pool_numpy.avgpool2d_forward(x, k, s, p, ceil_mode))
+        assert_close(pool_numba.avgpool2d_backward(gy, shape, k, s, p),
+                     pool_numpy.avgpool2d_backward(gy, shape, k, s, p))
+
+
+def test_other_dtypes_use_the_reference_without_compiling(monkeypatch):
+    # float16 (and CuPy arrays, see the next test) must never reach the compiled loops.
+    def no_numba(*kernel_size):
+        raise AssertionError("the compiled loops were asked for")
+    monkeypatch.setattr(pool_numba, "_loops", no_numba)
+    shape, k, s, p, d, ceil_mode = GEOMETRIES["3x3-s2-p1-resnet"]
+    x = make_input("normal", shape, np.float16)
+    y, argmax = pool_numba.maxpool2d_forward(x, k, s, p, ceil_mode, d)
+    assert y.dtype == np.float16
+    np.testing.assert_array_equal(y, pool_numpy.maxpool2d_forward(x, k, s, p, ceil_mode, d)[0])
+    gx = pool_numba.maxpool2d_backward(y, argmax, shape, k, s, p, d)
+    assert gx.dtype == np.float16 and gx.shape == shape
+    y = pool_numba.avgpool2d_forward(x, k, s, p, ceil_mode)
+    assert y.dtype == np.float16
+    assert pool_numba.avgpool2d_backward(y, shape, k, s, p).dtype == np.float16
+
+
+def test_device_arrays_stay_on_their_device(device):
+    shape, k, s, p, d, ceil_mode = GEOMETRIES["dilation-ceil"]
+    x = make_input("normal", shape, np.float64)
+    x_dev = to_device(x, device)
+    y, argmax = pool_numba.maxpool2d_forward(x_dev, k, s, p, ceil_mode, d)
+    gx = pool_numba.maxpool2d_backward(y, argmax, shape, k, s, p, d)
+    avg = pool_numba.avgpool2d_forward(x_dev, k, s, p, ceil_mode)
+    gx_avg = pool_numba.avgpool2d_backward(avg, shape, k, s, p)
+    for array in (y, argmax, gx, avg, gx_avg):
+        assert type(array) is type(x_dev)
+    np.testing.assert_array_equal(to_device(y, "cpu"),
+                                  pool_numpy.maxpool2d_forward(x, k, s, p, ceil_mode, d)[0])
+
+
+def test_import_does_not_import_numba():
+    # Numba's import costs ~0.5 s: it waits for the first kernel call, even with
+    # the Numba kernel set selected (the default).
+    code = ("import sys, tinygrad_cnn, kernels, kernels.pool_numba, kernels.bn_numba; "
+            "assert kernels.active == 'numba', kernels.active; "
+            "assert 'numba' not in sys.modules, 'numba imported at import time'")
+    env = {k: v for k, v in os.environ.items() if k != "TINYGRAD_CNN_KERNELS"}
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                            text=True, cwd=Path(__file__).parents[2])
+    assert result.returncode == 0, result.stderr
+
+
+def test_a_forked_child_gets_its_own_threads():
+    # A child forked after the thread pool started inherits the pool object but not its
+    # threads; reusing it would wait forever.  Run in a subprocess with a timeout.
+    code = """if True:
+        import os, numpy as np
+        from kernels import pool_numba
+        x = np.random.default_rng(0).standard_normal((8, 2, 6, 6))
+        expected = pool_numba.maxpool2d_forward(x, (2, 2), (2, 2), (0, 0))[0]
+        pid = os.fork()
+        if pid == 0:
+            y = pool_numba.maxpool2d_forward(x, (2, 2), (2, 2), (0, 0))[0]
+            os._exit(0 if np.array_equal(y, expected) else 1)
+        assert os.waitpid(pid, 0)[1] == 0, "the child computed something else"
+    """
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=120, cwd=Path(__file__).parents[2])
+    assert result.returncode == 0, result.stderr
