@@ -1,105 +1,446 @@
-"""Training-step throughput on the CPU: this engine against PyTorch, side by side.
+"""Training-step throughput and peak memory on the CPU: our two kernel sets and PyTorch.
 
-    python -m benchmarks.cpu [--steps 20] [--threads 2]
+    python -m benchmarks.cpu [--networks lenet,resnet18] [--batch N] [--steps N]
+                             [--rounds 2] [--threads 2] [--kernels numba,numpy]
 
-Builds the d2l LeNet (Fashion-MNIST size, batch 256) in both engines with the
-same weights and alternates timed training steps (forward, cross-entropy,
-backward, SGD step) between them, so machine noise hits both alike.  Prints
-examples/s for each and the ratio.  (The full per-network table comes with the
-kernels issue.)
+For each network (``models.names()``; default: the ones the speed issue sets
+targets for) and each engine -- this engine with the Numba kernel set, with
+the NumPy reference set, and PyTorch CPU when it is installed -- one training
+step (forward, cross-entropy, zero_grad, backward, SGD step) is timed
+``--steps`` times, after one step on a batch of 2 (Numba compiles) and
+``--warmup`` full-batch steps.  Every measurement runs in a fresh subprocess,
+so its peak resident memory is its own; engines alternate inside every
+round, so machine noise (other jobs, thermal drift) hits all of them alike,
+and the best round counts.
+
+Same work for every engine: the weights are this engine's initialisation
+(``manual_seed``) loaded into a PyTorch twin of the network, and every step
+uses the same batch.  The twin is built from our module tree (standard layers
+by their PyTorch names and arguments; a custom block's own ``forward`` run
+with PyTorch's ``F``), and its eval-mode output is checked against ours
+before anything is timed.
+
+Writes ``benchmarks/results/cpu.json`` (all figures, git-ignored) and
+``benchmarks/results.md`` (the table, committed); see benchmarks/README.md.
 """
 import argparse
+import datetime
+import inspect
+import json
 import os
+import platform
+import resource
 import statistics
+import subprocess
+import sys
 import time
+import types
+from collections import OrderedDict
+from pathlib import Path
 
 import numpy as np
 
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
 
-def lenet(nn):
-    return nn.Sequential(
-        nn.Conv2d(1, 6, kernel_size=5, padding=2), nn.Sigmoid(),
-        nn.AvgPool2d(kernel_size=2, stride=2),
-        nn.Conv2d(6, 16, kernel_size=5), nn.Sigmoid(),
-        nn.AvgPool2d(kernel_size=2, stride=2),
-        nn.Flatten(),
-        nn.Linear(16 * 5 * 5, 120), nn.Sigmoid(),
-        nn.Linear(120, 84), nn.Sigmoid(),
-        nn.Linear(84, 10))
+# The speed issue's targets; --networks all runs every registered network.
+DEFAULT_NETWORKS = ("lenet", "lenet_bn", "resnet18", "alexnet")
+# d2l's input side comes from the registry; the batch from the issue: a training
+# step of a big network at 224x224 takes seconds here, so those get small batches.
+DEFAULT_BATCH = {"lenet": 256, "lenet_bn": 256, "lenet_bn_scratch": 256,
+                 "alexnet": 32, "alexnet_cifar10": 64, "vgg11": 32, "vgg11_small": 32,
+                 "nin": 32}
+BATCH_96 = 64        # GoogLeNet, ResNet, DenseNet at 96x96
+STEPS_SMALL, STEPS_BIG = 20, 3     # timed steps for 28x28 networks / the rest
 
 
-def ours_step(batch):
+# ================================================================ the network
+def build_ours(name):
+    """Our network ``name``, initialised from seed 0 (so every engine gets these weights)."""
     import tinygrad_cnn as tc
-    import tinygrad_cnn.nn.functional as F
-    from tinygrad_cnn import nn, optim
-    net = lenet(nn)
-    opt = optim.SGD(net.parameters(), lr=0.9)
-    X, y = tc.tensor(batch[0]), tc.tensor(batch[1])
-
-    def step():
-        loss = F.cross_entropy(net(X), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return step, net
+    import models
+    tc.manual_seed(0)
+    return models.get(name)
 
 
-def torch_step(batch, weights, threads):
-    import torch
-    torch.set_num_threads(threads)
-    net = lenet(torch.nn)
-    net.load_state_dict({k: torch.from_numpy(v) for k, v in weights.items()})
-    opt = torch.optim.SGD(net.parameters(), lr=0.9)
-    X, y = torch.from_numpy(batch[0]), torch.from_numpy(batch[1])
-
-    def step():
-        loss = torch.nn.functional.cross_entropy(net(X), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return step
-
-
-def time_steps(step, n):
-    times = []
-    for _ in range(n):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=os.cpu_count())
-    parser.add_argument("--batch", type=int, default=256)
-    args = parser.parse_args()
-
+def batch_for(input_shape, batch):
+    """The one batch every engine trains on: uniform pixels, classes 0-9."""
     rng = np.random.default_rng(0)
-    batch = (rng.random((args.batch, 1, 28, 28), dtype=np.float32),
-             rng.integers(0, 10, args.batch))
-    ours, net = ours_step(batch)
-    runners = {"tinygrad_cnn": ours}
+    return (rng.random((batch,) + tuple(input_shape), dtype=np.float32),
+            rng.integers(0, 10, batch))
+
+
+def torch_twin(module, torch):
+    """The same network in PyTorch, built from our module tree.
+
+    Standard layers map to the ``torch.nn`` class of the same name, with the
+    constructor arguments read from our layer's attributes (they have
+    PyTorch's names).  A custom block (ResNet's ``Residual``, GoogLeNet's
+    ``Inception``) keeps its children's names and runs its own ``forward``
+    source with ``F``/``tc``/``nn`` bound to PyTorch's.  State-dict keys then
+    match, and ``load_state_dict(strict=True)`` checks the structure.
+    """
+    tnn = torch.nn
+    kind = type(module)
+    if kind.__name__ in ("Sequential", "ModuleList") and kind.__module__.startswith(
+            "tinygrad_cnn."):
+        children = OrderedDict((k, torch_twin(m, torch)) for k, m in module._modules.items())
+        return tnn.Sequential(children) if kind.__name__ == "Sequential" else \
+            tnn.ModuleList(children.values())
+    if kind.__module__.startswith("tinygrad_cnn.") and hasattr(tnn, kind.__name__):
+        torch_class = getattr(tnn, kind.__name__)
+        kwargs = {}
+        for arg in inspect.signature(torch_class.__init__).parameters:
+            if arg == "bias":
+                kwargs[arg] = module._parameters.get("bias") is not None
+            elif arg in module.__dict__:
+                kwargs[arg] = module.__dict__[arg]
+        return torch_class(**kwargs)
+    twin = _twin_block(torch, kind)
+    for key, value in module.__dict__.items():     # plain settings (counts, flags)
+        if not key.startswith("_") and key != "training":
+            object.__setattr__(twin, key, value)
+    for key, param in module._parameters.items():
+        twin.register_parameter(key, None if param is None else
+                                tnn.Parameter(torch.from_numpy(np.array(param.data))))
+    for key, buf in module._buffers.items():
+        twin.register_buffer(key, None if buf is None else torch.from_numpy(np.array(buf.data)))
+    for key, child in module._modules.items():
+        twin.add_module(key, None if child is None else torch_twin(child, torch))
+    return twin
+
+
+def _twin_block(torch, our_class):
+    """A torch Module that runs ``our_class.forward``'s code on PyTorch tensors.
+
+    The same function bodies, with the global names ``F``, ``tc`` and ``nn``
+    rebound to PyTorch's, and so are the module-level helper functions the
+    forward calls (d2l's from-scratch ``batch_norm``).
+    """
+    home = our_class.__module__
+    torch_globals = dict(vars(sys.modules[home]), F=torch.nn.functional, tc=torch,
+                         nn=torch.nn)
+
+    def rebind(function):
+        return types.FunctionType(function.__code__, torch_globals, function.__name__,
+                                  function.__defaults__, function.__closure__)
+
+    for key, value in list(torch_globals.items()):
+        if isinstance(value, types.FunctionType) and value.__module__ == home:
+            torch_globals[key] = rebind(value)
+    forward = rebind(our_class.forward)
+    return type(our_class.__name__, (torch.nn.Module,), {"forward": forward})()
+
+
+def check_twin(ours, twin, X, torch):
+    """Raise if the twin's eval-mode output differs from ours on a few examples."""
+    import tinygrad_cnn as tc
+    ours.eval(), twin.eval()
+    with tc.no_grad(), torch.no_grad():
+        a = ours(tc.tensor(X[:4])).data
+        b = twin(torch.from_numpy(X[:4])).numpy()
+    ours.train(), twin.train()
+    scale = max(float(np.abs(b).max()), 1e-6)
+    if not np.allclose(a, b, rtol=1e-3, atol=1e-4 * scale):
+        raise RuntimeError(f"the PyTorch twin computes something else "
+                           f"(max difference {float(np.abs(a - b).max()):.3g})")
+
+
+# ================================================================ one measurement
+def training_setup(engine, name, lr, check_input):
+    """Build network ``name`` and an SGD optimizer for ``engine``.
+
+    Returns ``on_batch(X, y)``, which gives a function running one training
+    step on that batch (NumPy arrays, wrapped without a copy).
+    """
+    ours = build_ours(name)
+    if engine == "torch":
+        import torch
+        twin = torch_twin(ours, torch)
+        state = {k: torch.from_numpy(np.array(v.data)) for k, v in ours.state_dict().items()}
+        twin.load_state_dict(state, strict=True)
+        check_twin(ours, twin, check_input, torch)
+        del ours
+        net, F, wrap = twin, torch.nn.functional, torch.from_numpy
+        opt = torch.optim.SGD(net.parameters(), lr=lr)
+    else:
+        import tinygrad_cnn as tc
+        import tinygrad_cnn.nn.functional as F
+        from tinygrad_cnn import optim
+        net, wrap = ours, tc.Tensor
+        opt = optim.SGD(net.parameters(), lr=lr)
+
+    def on_batch(X, y):
+        X, y = wrap(X), wrap(y)
+
+        def step():
+            loss = F.cross_entropy(net(X), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            return loss
+        return step
+    return on_batch
+
+
+def _status_mb(field):
+    """A memory figure of this process from /proc/self/status, in MiB."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024      # the file says kB
+    raise KeyError(field)
+
+
+def _rss_mb():
+    """The current resident set size."""
+    return _status_mb("VmRSS")
+
+
+def _peak_rss_mb():
+    """The peak resident set size of this process image (since the last reset).
+
+    VmHWM, not ``getrusage(RUSAGE_SELF).ru_maxrss``: Linux keeps ru_maxrss
+    across exec, so a worker would report at least its parent's size (the
+    parent has imported PyTorch); VmHWM belongs to the new address space.
+    """
     try:
-        weights = {k: v.numpy() for k, v in net.state_dict().items()}
-        runners["torch"] = torch_step(batch, weights, args.threads)
-    except ImportError:
-        print("torch not installed: measuring tinygrad_cnn alone")
-    for step in runners.values():      # warm up (allocations, BLAS threads)
+        return _status_mb("VmHWM")
+    except (OSError, KeyError):     # not Linux: the rusage figure, KiB on Linux/BSD
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _reset_peak_rss():
+    """Start VmHWM again from the current size (Linux 4.0+); False where impossible."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def measure(engine, name, batch, steps, warmup, threads):
+    """Run in a fresh process: time ``steps`` training steps, report memory."""
+    import models
+    spec = models.spec(name)
+    X, y = batch_for(spec.input_shape, batch)
+    if engine == "torch":
+        import torch
+        torch.set_num_threads(threads)
+    else:
+        import kernels
+        kernels.set_kernels(engine)
+    on_batch = training_setup(engine, name, spec.lr, check_input=X)
+    # First a step on a batch of 2: Numba compiles (or loads its cache), the
+    # gradients come to exist.  The resident size after it is the baseline:
+    # weights, gradients, libraries, compiled kernels.  The peak is measured
+    # from there (VmHWM reset), so the compiler's memory does not count.
+    start = time.perf_counter()
+    on_batch(*batch_for(spec.input_shape, 2))()
+    first = time.perf_counter() - start
+    baseline = _rss_mb()
+    reset = _reset_peak_rss()
+    step = on_batch(X, y)
+    for _ in range(warmup):
         step()
-    results = {name: [] for name in runners}
-    for _ in range(args.rounds):       # alternate, so noise hits both alike
-        for name, step in runners.items():
-            results[name].append(args.batch / time_steps(step, args.steps))
-    print(f"LeNet training step, batch {args.batch}, {args.threads} threads "
-          f"(median step of {args.steps}, best of {args.rounds} rounds):")
-    best = {name: max(v) for name, v in results.items()}
-    for name, rate in best.items():
-        print(f"  {name:13s} {rate:9.0f} examples/s")
-    if "torch" in best:
-        print(f"  ratio tinygrad_cnn / torch = {best['tinygrad_cnn'] / best['torch']:.2f}")
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        loss = step()
+        times.append(time.perf_counter() - start)
+    result = dict(step_s=statistics.median(times), step_mean_s=statistics.fmean(times),
+                  first_step_s=first, peak_rss_mb=_peak_rss_mb(), baseline_rss_mb=baseline,
+                  peak_includes_compiler=not reset, loss=float(loss.item()))
+    result["examples_per_s"] = batch / result["step_s"]
+    if engine != "torch":
+        import kernels
+        result["numba_kernels"] = sorted(
+            k for k in kernels.KERNELS if "numba" in getattr(kernels, k).__module__)
+    return result
+
+
+def run_worker(engine, name, batch, steps, warmup, threads):
+    """``measure`` in a fresh subprocess with ``threads`` threads everywhere."""
+    env = dict(os.environ, TINYGRAD_CNN_KERNELS="numpy" if engine == "torch" else engine)
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
+                "NUMBA_NUM_THREADS"):
+        env[var] = str(threads)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    args = [sys.executable, "-m", "benchmarks.cpu", "--worker", engine, name,
+            str(batch), str(steps), str(warmup), str(threads)]
+    proc = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        lines = (proc.stderr or proc.stdout).strip().splitlines()
+        return {"error": lines[-1] if lines else f"exit status {proc.returncode}"}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+# ================================================================ the machine
+def machine():
+    info = {"python": platform.python_version(), "numpy": np.__version__,
+            "cpus": os.cpu_count(), "load_average": os.getloadavg()}
+    try:
+        with open("/proc/cpuinfo") as f:
+            models_ = [line.split(":", 1)[1].strip() for line in f
+                       if line.startswith("model name")]
+        info["cpu"] = models_[0] if models_ else platform.processor()
+    except OSError:
+        info["cpu"] = platform.processor()
+    try:
+        import threadpoolctl
+        info["blas"] = [f"{p['internal_api']} {p['version']} ({p.get('architecture')}, "
+                        f"{p['num_threads']} threads)"
+                        for p in threadpoolctl.threadpool_info() if p["user_api"] == "blas"]
+    except ImportError:
+        blas = np.show_config(mode="dicts")["Build Dependencies"]["blas"]
+        info["blas"] = [f"{blas.get('name')} {blas.get('version')}"]
+    for package in ("numba", "torch"):
+        try:
+            info[package] = __import__(package).__version__
+        except ImportError:
+            info[package] = None
+    return info
+
+
+# ================================================================ report
+def best(runs):
+    """The fastest round's figures, and the smallest memory figures of all rounds."""
+    ok = [r for r in runs if "error" not in r]
+    if not ok:
+        return runs[-1] if runs else None
+    result = dict(max(ok, key=lambda r: r["examples_per_s"]))
+    result["peak_rss_mb"] = min(r["peak_rss_mb"] for r in ok)
+    result["step_memory_mb"] = min(r["peak_rss_mb"] - r["baseline_rss_mb"] for r in ok)
+    return result
+
+
+def markdown(report):
+    m, a = report["machine"], report["args"]
+    lines = [
+        "# CPU benchmark: training-step throughput and memory",
+        "",
+        f"`{' '.join(['python -m benchmarks.cpu'] + report['argv'])}`, {report['date']}",
+        "",
+        f"Machine: {m['cpu']}, {m['cpus']} CPUs, {a['threads']} threads per engine; "
+        f"Python {m['python']}, NumPy {m['numpy']} ({'; '.join(m['blas'])}), "
+        f"Numba {m['numba']}, PyTorch {m['torch']}. "
+        f"Load average at start: {', '.join(f'{x:.1f}' for x in m['load_average'])}.",
+        "",
+        "examples/s: batch / median step time (forward, cross-entropy, zero_grad, "
+        "backward, SGD step), best of the rounds. Peak RSS: the worker process's peak "
+        "resident size while training on the full batch (VmHWM, libraries included). "
+        "Training memory: that peak minus the resident size after one step on a batch "
+        "of 2 (activations, temporaries, allocator caches). First step: that batch-2 "
+        "step, untimed, including Numba's compilation or cache loading. Ratios are "
+        "ours / PyTorch's, measured in the same run; memory figures are the smallest "
+        "of the rounds.",
+        "",
+        "| network | batch | engine | examples/s | × PyTorch | peak RSS MB | × PyTorch | "
+        "training memory MB | × PyTorch | first step s |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for net in report["networks"]:
+        theirs = best(net["runs"].get("torch", []))
+        if theirs is not None and "error" in theirs:
+            theirs = None
+        for engine, runs in net["runs"].items():
+            r = best(runs)
+            if r is None:
+                continue
+            if "error" in r:
+                lines.append(f"| {net['name']} | {net['batch']} | {engine} | "
+                             f"error: {r['error'][:80]} | | | | | | |")
+                continue
+            label = "PyTorch" if engine == "torch" else f"ours, {engine} kernels"
+
+            def ratio(key):
+                if theirs is None or engine == "torch" or theirs[key] <= 0:
+                    return ""
+                return f"{r[key] / theirs[key]:.2f}"
+            lines.append(
+                f"| {net['name']} | {net['batch']} | {label} | {r['examples_per_s']:.1f} | "
+                f"{ratio('examples_per_s')} | {r['peak_rss_mb']:.0f} | {ratio('peak_rss_mb')} | "
+                f"{r['step_memory_mb']:.0f} | {ratio('step_memory_mb')} | "
+                f"{r['first_step_s']:.2f} |")
+    numba_runs = [r for net in report["networks"] for r in net["runs"].get("numba", [])]
+    if numba_runs:
+        provided = sorted({k for r in numba_runs for k in r.get("numba_kernels", [])})
+        lines += ["", "Kernels the Numba set provides (the rest fall back to NumPy): "
+                  + (", ".join(provided) if provided else "none yet") + "."]
+    return "\n".join(lines) + "\n"
+
+
+# ================================================================ main
+def parse_args(argv):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--networks", default=",".join(DEFAULT_NETWORKS),
+                        help="comma-separated registry names, or 'all' "
+                             f"(default: {','.join(DEFAULT_NETWORKS)})")
+    parser.add_argument("--batch", type=int, default=None,
+                        help="batch size for every network (default: per network, "
+                             "256 for LeNet, 64 at 96x96, 32 at 224x224)")
+    parser.add_argument("--steps", type=int, default=None,
+                        help=f"timed steps per measurement (default: {STEPS_SMALL} for "
+                             f"28x28 networks, {STEPS_BIG} for the rest)")
+    parser.add_argument("--warmup", type=int, default=1,
+                        help="untimed full-batch steps before the timed ones, after "
+                             "the untimed batch-2 step (default 1)")
+    parser.add_argument("--rounds", type=int, default=2,
+                        help="measurements per engine, alternating (default 2)")
+    parser.add_argument("--threads", type=int, default=os.cpu_count(),
+                        help="threads for BLAS, Numba and PyTorch (default: all CPUs)")
+    parser.add_argument("--kernels", default="numba,numpy",
+                        help="our kernel sets to run (default: numba,numpy)")
+    parser.add_argument("--no-torch", action="store_true", help="skip PyTorch")
+    parser.add_argument("--out", default=str(HERE / "results" / "cpu.json"))
+    parser.add_argument("--markdown", default=str(HERE / "results.md"))
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "--worker":
+        engine, name, batch, steps, warmup, threads = argv[1:]
+        print(json.dumps(measure(engine, name, int(batch), int(steps), int(warmup),
+                                 int(threads))))
+        return
+    args = parse_args(argv)
+    sys.path.insert(0, str(ROOT))
+    import models
+    names = models.names() if args.networks == "all" else args.networks.split(",")
+    for name in names:
+        models.spec(name)       # an unknown name fails now, not after minutes
+    engines = [k for k in args.kernels.split(",") if k]
+    if not args.no_torch:
+        try:
+            import torch  # noqa: F401
+            engines.append("torch")
+        except ImportError:
+            print("PyTorch is not installed: measuring this engine alone")
+    report = {"date": datetime.datetime.now().isoformat(timespec="seconds"),
+              "argv": argv, "args": vars(args), "machine": machine(), "networks": []}
+    for name in names:
+        spec = models.spec(name)
+        batch = args.batch or DEFAULT_BATCH.get(name, BATCH_96)
+        steps = args.steps or (STEPS_SMALL if spec.input_shape[1] <= 32 else STEPS_BIG)
+        entry = {"name": name, "batch": batch, "input_shape": spec.input_shape,
+                 "steps": steps, "runs": {e: [] for e in engines}}
+        report["networks"].append(entry)
+        for round_ in range(args.rounds):
+            for engine in engines:
+                r = run_worker(engine, name, batch, steps, args.warmup, args.threads)
+                entry["runs"][engine].append(r)
+                shown = r.get("error") or (f"{r['examples_per_s']:9.1f} examples/s  "
+                                           f"peak {r['peak_rss_mb']:6.0f} MB")
+                print(f"{name:10s} batch {batch:3d}  round {round_ + 1}  {engine:6s} {shown}",
+                      flush=True)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(report, indent=1))
+    table = markdown(report)
+    Path(args.markdown).write_text(table)
+    print()
+    print(table)
 
 
 if __name__ == "__main__":

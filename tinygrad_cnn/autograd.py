@@ -18,13 +18,21 @@ in topological order (Kahn's algorithm, no recursion: a 150-layer net is
 fine).  A Function runs once all its consumers have handed it their
 gradients, so a Tensor used twice receives the sum of both contributions.
 Leaf gradients are summed over the whole pass, passed through the leaf's
-hooks, then added to ``leaf.grad``.  Saved arrays are dropped after use
+hooks, then added to ``leaf.grad``.  A gradient array that a backward has
+just made, and handed to no one else, is summed into in place and becomes
+a leaf's ``.grad`` without a copy (``_is_fresh``): for a large network that
+saves a copy of every parameter each step.  Saved arrays are dropped after use
 unless ``retain_graph=True``; a second pass through a freed Function raises.
 """
 import contextlib
 import threading
 
+from . import backend
 from .backend import get_array_module
+
+# tensor.py imports this module first, so it cannot be imported here; it hands
+# over these two names once they exist (see the end of tensor.py).
+Tensor = as_tensor_like = None
 
 # ---------------------------------------------------------------- grad mode
 _state = threading.local()
@@ -136,6 +144,9 @@ class Function:
     None there).  Keep only what backward needs via ``save_for_backward``.
     Never modify ``gy`` in place: it may be shared with another input's
     gradient (Add returns it twice) or be a read-only broadcast view (Sum).
+    Return ``gy`` itself, a view of it, or a new array -- never an array kept
+    elsewhere (a saved one): a new array belongs to the engine, which may add
+    into it or make it a leaf's ``.grad`` without copying (``_is_fresh``).
     """
 
     parents = ()            # per input: creator Function, leaf Tensor, or None
@@ -149,14 +160,20 @@ class Function:
         return type(self).__name__
 
     def __call__(self, *inputs):
-        from .tensor import Tensor, as_tensor_like
-        ref = next(x for x in inputs if isinstance(x, Tensor))
-        tensors = [x if isinstance(x, Tensor) else as_tensor_like(x, ref) for x in inputs]
-        arrays = [t.data for t in tensors]
-        _check_same_device(self.name, arrays)
-        record = is_grad_enabled() and any(t.requires_grad for t in tensors)
+        # Runs once per op, so it is written for speed: no generators, the
+        # device check only where two inputs could disagree (and CuPy exists),
+        # constants wrapped only when there are some.
+        for x in inputs:
+            if not isinstance(x, Tensor):
+                inputs = _wrap_constants(inputs)
+                break
+        arrays = [t.data for t in inputs]
+        if len(arrays) > 1 and backend.cupy is not None:
+            _check_same_device(self.name, arrays)
+        needs = [t._requires_grad for t in inputs]
+        record = True in needs and is_grad_enabled()
         # Known before forward, so forward can save only what backward will use.
-        self.needs_input_grad = tuple(record and t.requires_grad for t in tensors)
+        self.needs_input_grad = tuple(needs) if record else (False,) * len(needs)
         y = self.forward(*arrays)
         # An integer/bool output (x.long(), argmax-like ops) carries no gradient.
         record = record and y.dtype.kind in "fc"
@@ -166,10 +183,10 @@ class Function:
             trace_hook("forward", self, arrays, y)
         out = Tensor(y)
         if record:
-            self.parents = tuple(
-                (t._ctx if t._ctx is not None else t) if t.requires_grad else None
-                for t in tensors)
-            out.requires_grad = True
+            self.parents = tuple([
+                (t._ctx if t._ctx is not None else t) if t._requires_grad else None
+                for t in inputs])
+            out._requires_grad = True      # y is floating point (checked above)
             out._ctx = self
         else:
             self.saved = ()     # no graph: nothing to keep
@@ -192,9 +209,14 @@ class Function:
         return f"<{self.name} backward>"
 
 
+def _wrap_constants(inputs):
+    """Python numbers / arrays among the inputs as Tensors like the first Tensor."""
+    ref = next(x for x in inputs if isinstance(x, Tensor))
+    return [x if isinstance(x, Tensor) else as_tensor_like(x, ref) for x in inputs]
+
+
 def _check_same_device(op_name, arrays):
-    from .backend import device_of
-    devices = {device_of(a) for a in arrays}
+    devices = {backend.device_of(a) for a in arrays}
     if len(devices) > 1:
         raise RuntimeError(
             f"{op_name}: inputs are on different devices {sorted(devices)}; "
@@ -204,12 +226,10 @@ def _check_same_device(op_name, arrays):
 # ---------------------------------------------------------------- backward
 def _topological_counts(root):
     """How many consumers (edges) each reachable Function has."""
-    from .tensor import Tensor
     consumers = {root: 0}
     stack = [root]
     while stack:
-        fn = stack.pop()
-        for parent in fn.parents:
+        for parent in stack.pop().parents:
             if parent is None or isinstance(parent, Tensor):
                 continue
             if parent not in consumers:
@@ -219,13 +239,36 @@ def _topological_counts(root):
     return consumers
 
 
-def _accumulate(store, key, g):
-    store[key] = g if key not in store else store[key] + g
+def _is_fresh(gx, gy, gxs):
+    """Whether ``gx``, returned by a backward that received ``gy``, is a new array
+    that nothing else holds, so the engine may add into it or keep it as a
+    leaf's ``.grad`` without a copy.
+
+    Not fresh: ``gy`` passed through (Add: also the caller's seed, or another
+    input's gradient), a view (Sum's read-only broadcast, a reshape), or one
+    array returned for two inputs.  (So a backward must not return an array it
+    keeps elsewhere, e.g. a saved one: return ``gy``, a view, or a new array.)
+    """
+    if gx is gy or gx.base is not None:
+        return False
+    if len(gxs) > 1:
+        return [g is gx for g in gxs].count(True) == 1
+    return True
+
+
+def _accumulate(store, key, g, fresh):
+    """``store[key]`` = [sum of gradients so far, whether that array is fresh]."""
+    entry = store.get(key)
+    if entry is None:
+        store[key] = [g, fresh]
+    elif entry[1] and entry[0].dtype == g.dtype and entry[0].shape == g.shape:
+        entry[0] += g          # our own array: add in place, no new allocation
+    else:
+        entry[0], entry[1] = entry[0] + g, True
 
 
 def _apply_hooks(hooks, g):
-    from .tensor import Tensor
-    for hook in hooks or ():
+    for hook in hooks:
         result = hook(Tensor(g))
         if result is not None:
             g = result.data if isinstance(result, Tensor) else result
@@ -234,15 +277,17 @@ def _apply_hooks(hooks, g):
 
 def backward(root, gradient, retain_graph=False):
     """Run reverse mode from Tensor ``root`` with upstream gradient ``gradient``."""
-    from .tensor import Tensor
     if root._ctx is None:            # a leaf: its gradient is the seed itself
-        _accumulate_leaf(root, _apply_hooks(root._hooks, gradient))
+        g = _apply_hooks(root._hooks, gradient) if root._hooks else gradient
+        _accumulate_leaf(root, g, fresh=False)
         return
     pending = _topological_counts(root._ctx)
-    grads = {root._ctx: gradient}
+    grads = {root._ctx: [gradient, False]}   # the caller's array: never written into
     leaf_grads, leaves = {}, {}
     ready = [root._ctx]
     anomaly = is_anomaly_enabled()
+    # A study hook may keep the arrays it is shown: then none is written into.
+    may_reuse = trace_hook is None
     with no_grad():
         while ready:
             fn = ready.pop()
@@ -251,7 +296,9 @@ def backward(root, gradient, retain_graph=False):
                     f"{fn.name}: trying to backward through the graph a second time: "
                     "its saved arrays were freed after the first backward. "
                     "Pass retain_graph=True to the first backward() to keep them.")
-            gy = _apply_hooks(fn.hooks, grads.pop(fn))
+            gy = grads.pop(fn)[0]
+            if fn.hooks:
+                gy = _apply_hooks(fn.hooks, gy)
             gxs = fn.backward(gy)
             if not isinstance(gxs, tuple):
                 gxs = (gxs,)
@@ -265,30 +312,37 @@ def backward(root, gradient, retain_graph=False):
                 if gx is None:
                     raise RuntimeError(f"{fn.name}.backward returned no gradient "
                                        "for an input that requires grad")
+                fresh = may_reuse and _is_fresh(gx, gy, gxs)
                 if isinstance(parent, Tensor):   # keyed by id: Tensor's == is elementwise
-                    _accumulate(leaf_grads, id(parent), gx)
+                    _accumulate(leaf_grads, id(parent), gx, fresh)
                     leaves[id(parent)] = parent
                     continue
-                _accumulate(grads, parent, gx)
+                _accumulate(grads, parent, gx, fresh)
                 pending[parent] -= 1
                 if pending[parent] == 0:
                     ready.append(parent)
             if not retain_graph:
                 fn.release()
-    for key, g in leaf_grads.items():
+            # Drop this step's arrays before the next backward runs: a gradient
+            # already summed into another is garbage, and activations are large.
+            gy = gxs = gx = None
+    for key, (g, fresh) in leaf_grads.items():
         leaf = leaves[key]
-        _accumulate_leaf(leaf, _apply_hooks(leaf._hooks, g))
+        if leaf._hooks:      # a hook's result may be an array its author keeps
+            g, fresh = _apply_hooks(leaf._hooks, g), False
+        _accumulate_leaf(leaf, g, fresh)
 
 
-def _accumulate_leaf(leaf, g):
-    from .tensor import Tensor
-    if g.shape != leaf.shape:
+def _accumulate_leaf(leaf, g, fresh):
+    """Add ``g`` to ``leaf.grad``; a ``fresh`` array (see ``_is_fresh``) becomes
+    the leaf's ``.grad`` as it is, any other one is copied first: it may be a
+    read-only view, the array another leaf also received, or the caller's own
+    ``gradient``, and ``.grad`` must be the leaf's own writable array."""
+    if g.shape != leaf.data.shape:
         raise RuntimeError(f"gradient of shape {tuple(g.shape)} for a leaf of shape "
                            f"{leaf.shape}")
+    dtype = leaf.data.dtype
     if leaf.grad is None:
-        # A copy: ``g`` may be a read-only broadcast view (Sum's backward), the
-        # array another leaf also received (Add's backward) or the caller's own
-        # ``gradient``; the leaf's .grad must be its own writable array.
-        leaf.grad = Tensor(g.astype(leaf.data.dtype, copy=True))
+        leaf.grad = Tensor(g if fresh and g.dtype == dtype else g.astype(dtype, copy=True))
     else:   # out of place, so a .grad Tensor handed out earlier is not changed
-        leaf.grad = Tensor((leaf.grad.data + g).astype(leaf.data.dtype, copy=False))
+        leaf.grad = Tensor((leaf.grad.data + g).astype(dtype, copy=False))

@@ -195,18 +195,36 @@ class SGD(Optimizer):
                              f"dampening={group['dampening']})")
 
     def _update(self, p, grad, group, state):
-        momentum = group["momentum"]
-        d = grad
+        # In place wherever the array is ours (the momentum buffer, a temporary
+        # made here), so a step allocates one temporary per parameter (two with
+        # weight decay and Nesterov); ``grad`` itself is only read.  Python-float
+        # factors keep float32 float32.
+        momentum, lr = group["momentum"], group["lr"]
+        d, d_is_ours = grad, False
         if group["weight_decay"] != 0:
-            d = d + group["weight_decay"] * p.data
+            d = p.data * group["weight_decay"]
+            d += grad
+            d_is_ours = True
         if momentum != 0:
-            if "momentum_buffer" not in state:
-                buf = d.copy()      # own copy: the buffer must not share the gradient array
+            buf = state.get("momentum_buffer")
+            if buf is None:
+                # own copy: the buffer must not share the gradient array (and
+                # xp.array gives an array even where d is a 0-d product's scalar)
+                buf = state["momentum_buffer"] = get_array_module(d).array(d)
             else:
-                buf = momentum * state["momentum_buffer"] + (1 - group["dampening"]) * d
-            state["momentum_buffer"] = buf
-            d = d + momentum * buf if group["nesterov"] else buf
-        p.data -= group["lr"] * d
+                buf *= momentum
+                buf += d if group["dampening"] == 0 else (1 - group["dampening"]) * d
+            if group["nesterov"]:
+                d_plus = buf * momentum
+                d_plus += d
+                d, d_is_ours = d_plus, True
+            else:
+                d, d_is_ours = buf, False
+        if d_is_ours:
+            d *= lr
+            p.data -= d
+        else:
+            p.data -= lr * d
 
 
 # ---------------------------------------------------------------- Adam / AdamW
@@ -253,15 +271,27 @@ class Adam(Optimizer):
                 p.data *= 1 - lr * wd
             else:
                 grad = grad + wd * p.data
-        state["exp_avg"] = beta1 * state["exp_avg"] + (1 - beta1) * grad
-        state["exp_avg_sq"] = beta2 * state["exp_avg_sq"] + (1 - beta2) * grad * grad
-        second = state["exp_avg_sq"]
+        # The moments are updated in place (they are ours); each line makes at
+        # most one temporary, and Python-float factors keep float32 float32.
+        exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
+        exp_avg *= beta1
+        exp_avg += (1 - beta1) * grad
+        exp_avg_sq *= beta2
+        square = grad * grad
+        square *= 1 - beta2
+        exp_avg_sq += square
+        del square           # before the next temporary: one alive at a time
+        second = exp_avg_sq
         if group["amsgrad"]:
-            state["max_exp_avg_sq"] = xp.maximum(state["max_exp_avg_sq"], second)
+            xp.maximum(state["max_exp_avg_sq"], second, out=state["max_exp_avg_sq"])
             second = state["max_exp_avg_sq"]
-        step_size = lr / (1 - beta1 ** t)
-        denom = xp.sqrt(second) / math.sqrt(1 - beta2 ** t) + group["eps"]
-        p.data -= step_size * state["exp_avg"] / denom
+        # One new array (out=: an array even for a 0-d parameter) becomes the step.
+        denom = xp.sqrt(second, out=xp.empty_like(second))
+        denom /= math.sqrt(1 - beta2 ** t)
+        denom += group["eps"]
+        step = xp.divide(exp_avg, denom, out=denom)
+        step *= lr / (1 - beta1 ** t)
+        p.data -= step
 
 
 class AdamW(Adam):

@@ -390,3 +390,6 @@ class _Move(autograd.Function):
 
 # The ops import Tensor, so they are imported after it is defined.
 from .ops import elementwise, loss, matmul, reduction, shape  # noqa: E402
+
+# autograd creates Tensors but cannot import this module (it is imported by it).
+autograd.Tensor, autograd.as_tensor_like = Tensor, as_tensor_like

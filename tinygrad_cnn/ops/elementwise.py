@@ -184,14 +184,25 @@ class Sigmoid(Function):
     """y = 1 / (1 + e⁻ˣ);   dy/dx = y (1 - y)"""
     def forward(self, x):
         xp = get_array_module(x)
-        y = 0.5 * xp.tanh(0.5 * x) + 0.5    # = σ(x), without overflow in exp(-x)
+        # σ(x) = ½ tanh(x/2) + ½: no overflow in exp(-x) for very negative x.
+        # Computed in place in the one new array: activations are large, and
+        # each extra temporary is another pass through memory.
+        # (A Python float keeps float32 float32; asarray because a 0-d x gives
+        # a NumPy scalar, which cannot be written into.)
+        y = xp.asarray(x * 0.5)
+        xp.tanh(y, out=y)
+        y *= 0.5
+        y += 0.5
         y = y.astype(x.dtype, copy=False)
         self.save_for_backward(y)
         return y
 
     def backward(self, gy):
         y, = self.saved
-        return gy * y * (1 - y)
+        gx = 1 - y           # the one new array; the products go into it in place
+        gx *= y
+        gx *= gy
+        return gx
 
 
 class Tanh(Function):
@@ -203,7 +214,9 @@ class Tanh(Function):
 
     def backward(self, gy):
         y, = self.saved
-        return gy * (1 - y * y)
+        gx = 1 - y * y
+        gx *= gy             # in place: one temporary fewer
+        return gx
 
 
 class Cast(Function):

@@ -116,12 +116,15 @@ def _reduce(losses, reduction):
 
 def _chain(gx, gy, reduction):
     """Multiply the per-example gradient gx (N, C, ...) by the upstream gradient of
-    the reduced loss: per example for 'none', divided by the count for 'mean'."""
+    the reduced loss: per example for 'none', divided by the count for 'mean'.
+    gx is a new array the caller made, so it is scaled in place."""
     if reduction == "none":
-        return gx * gy.reshape(gy.shape[:1] + (1,) + gy.shape[1:])
+        gx *= gy.reshape(gy.shape[:1] + (1,) + gy.shape[1:])
+        return gx
     if reduction == "mean":
         gy = gy / gy.dtype.type(gx.size // gx.shape[1])
-    return gx * gy
+    gx *= gy
+    return gx
 
 
 def _target_index(target):
