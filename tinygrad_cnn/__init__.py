@@ -12,6 +12,7 @@ from .ops.matmul import matmul
 from .ops.reduction import amax, amin, argmax, argmin, max, mean, min, sum, var
 from .ops.shape import cat, flatten, permute, reshape, squeeze, stack, transpose, unsqueeze
 from .gradcheck import gradcheck, gradcheck_module
+from .summary import summary
 from . import nn, optim
 
 __version__ = "0.1.0"
