@@ -43,7 +43,7 @@ def _output_hw(x_shape, kernel_size, stride, padding, dilation):
     return OH, OW
 
 
-def im2col(x, kernel_size, stride, padding, dilation):
+def im2col(x, kernel_size, stride, padding, dilation, merge_batch=False):
     """Unfold every receptive field of ``x`` into one column.
 
     Shapes::
@@ -65,6 +65,18 @@ def im2col(x, kernel_size, stride, padding, dilation):
     DeZero's (N, C, KH, KW, OH, OW) layout instead needs ``tensordot``, which
     copies the whole column matrix into a transposed order first.
 
+    ``merge_batch=True`` puts the images' columns side by side instead::
+
+        col  (C*KH*KW, N*OH*OW),   col[(c*KH + i)*KW + j, n*OH*OW + oh*OW + ow]
+
+    so the whole batch is ONE matrix and each convolution product is ONE
+    GEMM (``W @ col``, ``dy @ colᵀ``, ``Wᵀ @ dy``) instead of N small ones.
+    That is what ``conv2d`` uses: in deep layers OH*OW is tiny (3x3 = 9
+    columns per image), and BLAS is slow on such thin matrices -- the
+    ``dW`` sum above becomes N rank-9 updates.  The price is transposing
+    the output (O, N, OH*OW) -> (N, O, OH*OW), which is C*KH*KW/O times
+    smaller than the columns (about 9x for a 3x3 conv).
+
     How: a 6-D strided *view* of the zero-padded input holds every window
     without copying (the kernel offset (i, j) steps by the dilation, the
     output pixel (oh, ow) by the stride); the final reshape makes the one
@@ -81,15 +93,18 @@ def im2col(x, kernel_size, stride, padding, dilation):
     windows = xp.lib.stride_tricks.as_strided(
         x_pad, shape=(N, C, KH, KW, OH, OW),
         strides=(sN, sC, DH * sH, DW * sW, SH * sH, SW * sW))
+    if merge_batch:                         # (C, KH, KW, N, OH, OW) -> one matrix
+        return windows.transpose(1, 2, 3, 0, 4, 5).reshape(C * KH * KW, N * OH * OW)
     return windows.reshape(N, C * KH * KW, OH * OW)
 
 
-def col2im(col, x_shape, kernel_size, stride, padding, dilation):
+def col2im(col, x_shape, kernel_size, stride, padding, dilation, merge_batch=False):
     """The adjoint of ``im2col``: add every column entry back onto its pixel.
 
     Shapes::
 
         col  (N, C*KH*KW, OH*OW)          (im2col's layout)
+             or (C*KH*KW, N*OH*OW)        (with merge_batch, as im2col's)
         out  x_shape = (N, C, H, W)
 
     Overlapping windows read a pixel several times, so its gradient is the
@@ -105,7 +120,10 @@ def col2im(col, x_shape, kernel_size, stride, padding, dilation):
     (KH, KW), (SH, SW), (DH, DW) = kernel_size, stride, dilation
     top, bottom, left, right = padding
     OH, OW = _output_hw(x_shape, kernel_size, stride, padding, dilation)
-    col = col.reshape(N, C, KH, KW, OH, OW)
+    if merge_batch:     # a view in the unmerged order: the loop below serves both
+        col = col.reshape(C, KH, KW, N, OH, OW).transpose(3, 0, 1, 2, 4, 5)
+    else:
+        col = col.reshape(N, C, KH, KW, OH, OW)
     x_pad = xp.zeros((N, C, H + top + bottom, W + left + right), dtype=col.dtype)
     for i in range(KH):
         rows = slice(i * DH, i * DH + SH * (OH - 1) + 1, SH)

@@ -3,9 +3,11 @@ twin conv2d_simple, and argument checking."""
 import numpy as np
 import pytest
 
+import kernels
 from tests.inputs import distinct
 from tinygrad_cnn import Tensor, gradcheck
-from tinygrad_cnn.ops.conv import conv2d, conv2d_simple
+from tinygrad_cnn.ops import conv as conv_module
+from tinygrad_cnn.ops.conv import conv2d, conv2d_simple, set_column_budget
 
 
 def config(x_shape, w_shape, bias=True, stride=1, padding=0, dilation=1, groups=1):
@@ -15,6 +17,7 @@ def config(x_shape, w_shape, bias=True, stride=1, padding=0, dilation=1, groups=
 
 CONFIGS = {
     "k1": config((2, 3, 4, 5), (4, 3, 1, 1)),
+    "k1-groups2-nobias": config((2, 4, 3, 3), (6, 2, 1, 1), False, groups=2),
     "k3-pad1-batch3": config((3, 2, 5, 6), (3, 2, 3, 3), padding=1),
     "k3-stride2-pad2-nobias": config((1, 2, 7, 6), (2, 2, 3, 3), False, stride=2, padding=2),
     "k5-stride4-pad2": config((1, 1, 9, 11), (2, 1, 5, 5), stride=4, padding=2),
@@ -110,11 +113,15 @@ def test_gradcheck_when_only_some_inputs_require_grad(which):
         assert (t.grad is not None) == flag
 
 
-def test_backward_does_not_keep_the_input():
-    cfg = CONFIGS["k3-pad1-batch3"]
+@pytest.mark.parametrize("name", ["k3-pad1-batch3", "k1", "dilation2-pad1"])
+def test_backward_keeps_the_input_not_the_columns(name):
+    # dW needs the columns, but backward rebuilds them from x: it saves x itself
+    # (no copy) and W, nothing of the columns' size.
+    cfg = CONFIGS[name]
     x, w, b = make_inputs(cfg)
     y = conv2d(x, w, b, **cfg["kwargs"])
-    assert not any(a is x.data for a in y.grad_fn.saved)
+    x_saved, w_saved = y.grad_fn.saved
+    assert x_saved is x.data and w_saved is w.data
 
 
 # ---------------------------------------------------------------- forward
@@ -248,3 +255,195 @@ def test_conv2d_simple_checks_arguments_too(name):
     x, w, b, kwargs, error, message = BAD[name]
     with pytest.raises(error, match=message.replace("conv2d:", "conv2d_simple:")):
         conv2d_simple(x, w, b, **kwargs)
+
+
+# ---------------------------------------------------------------- column chunks
+@pytest.fixture
+def column_budget():
+    """Set the column budget inside a test; restored afterwards."""
+    previous = conv_module.column_budget
+    yield set_column_budget
+    set_column_budget(previous)
+
+
+def column_bytes_per_image(cfg):
+    """im2col's bytes per image for cfg, counted from the output size by hand."""
+    _, C, H, W = cfg["x_shape"]
+    KH, KW = cfg["w_shape"][2:]
+    (SH, SW), (top, bottom, left, right), (DH, DW), _ = loop_geometry(cfg)
+    OH = (H + top + bottom - DH * (KH - 1) - 1) // SH + 1
+    OW = (W + left + right - DW * (KW - 1) - 1) // SW + 1
+    return C * KH * KW * OH * OW * 8          # float64
+
+
+CHUNKED = {
+    "k3-pad1": config((5, 2, 5, 6), (3, 2, 3, 3), padding=1),
+    "stride2-groups2": config((5, 4, 7, 6), (6, 2, 3, 2), stride=2, padding=(1, 0), groups=2),
+    "dilation2-nobias": config((5, 1, 8, 7), (2, 1, 3, 3), False, dilation=2),
+}
+
+
+def run_conv(cfg, g):
+    x, w, b = make_inputs(cfg)
+    y = conv2d(x, w, b, **cfg["kwargs"])
+    chunks = y.grad_fn.chunks
+    y.backward(g)
+    return [y.detach().numpy()] + [t.grad.numpy() for t in (x, w, b) if t is not None], chunks
+
+
+@pytest.mark.parametrize("cfg", CHUNKED.values(), ids=CHUNKED.keys())
+def test_chunked_batch_equals_whole_batch(cfg, column_budget):
+    x, w, b = make_inputs(cfg)
+    g = np.random.default_rng(0).standard_normal(conv2d(x, w, b, **cfg["kwargs"]).shape)
+    whole, chunks = run_conv(cfg, g)
+    assert len(chunks) == 1
+    # room for two images' columns: the batch of 5 splits into chunks of 1, 2 and 2
+    column_budget(2 * column_bytes_per_image(cfg) + 7)
+    chunked, chunks = run_conv(cfg, g)
+    assert sorted(len(range(5)[c]) for c in chunks) == [1, 2, 2]
+    assert [i for c in chunks for i in range(5)[c]] == list(range(5))
+    for part, reference in zip(chunked, whole):
+        np.testing.assert_allclose(part, reference, rtol=1e-13, atol=1e-13)
+
+
+def test_a_budget_below_one_image_takes_one_image_at_a_time(column_budget):
+    cfg = CHUNKED["k3-pad1"]
+    column_budget(1)
+    x, w, b = make_inputs(cfg)
+    y = conv2d(x, w, b, **cfg["kwargs"])
+    assert [len(range(5)[c]) for c in y.grad_fn.chunks] == [1] * 5
+    np.testing.assert_allclose(y.detach().numpy(),
+                               conv2d_loops(x.data, w.data, b.data, *loop_geometry(cfg)),
+                               rtol=1e-12, atol=1e-12)
+
+
+CHUNKED_SMALL = {   # for gradcheck, whose cost grows with the number of elements
+    "k2-pad1": config((5, 1, 3, 4), (2, 1, 2, 2), padding=1),
+    "stride2-groups2-nobias": config((5, 2, 4, 3), (2, 1, 2, 2), False, stride=2, groups=2),
+}
+
+
+@pytest.mark.parametrize("cfg", CHUNKED_SMALL.values(), ids=CHUNKED_SMALL.keys())
+def test_gradcheck_chunked(cfg, column_budget):
+    column_budget(2 * column_bytes_per_image(cfg))
+    x, w, b = make_inputs(cfg)
+    args = (x, w) if b is None else (x, w, b)
+    assert len(conv2d(*args, **cfg["kwargs"]).grad_fn.chunks) == 3
+    gradcheck(lambda *t: conv2d(*t, **cfg["kwargs"]), args)
+
+
+def test_column_buffers_stay_within_the_budget(column_budget, monkeypatch):
+    cfg = CHUNKED["stride2-groups2"]
+    budget = 3 * column_bytes_per_image(cfg)
+    column_budget(budget)
+    built = []
+
+    def recording_im2col(*args, **kwargs):
+        col = reference_im2col(*args, **kwargs)
+        built.append(col.nbytes)
+        return col
+    reference_im2col = kernels.im2col
+    monkeypatch.setattr(kernels, "im2col", recording_im2col)
+    x, w, b = make_inputs(cfg)
+    conv2d(x, w, b, **cfg["kwargs"]).sum().backward()
+    assert len(built) == 4                     # chunks of 3 + 2 (or 2 + 3), forward and backward
+    assert max(built) <= budget
+
+
+def test_set_column_budget_returns_the_previous_bound(column_budget):
+    previous = conv_module.column_budget
+    assert column_budget(1234) == previous
+    assert conv_module.column_budget == 1234
+
+
+@pytest.mark.parametrize("nbytes", [0, -5, 2.5, "1MB", True])
+def test_set_column_budget_rejects_non_positive_ints(nbytes, column_budget):
+    with pytest.raises(ValueError, match=r"set_column_budget: expected a positive int number "
+                                         r"of bytes, got " + repr(nbytes).replace(".", r"\.")):
+        column_budget(nbytes)
+
+
+# ---------------------------------------------------------------- 1×1 fast path
+POINTWISE = {
+    "k1": CONFIGS["k1"],
+    "k1-groups2-nobias": CONFIGS["k1-groups2-nobias"],
+    "k1-dilation2": config((3, 2, 4, 3), (5, 2, 1, 1), dilation=2),
+}
+
+
+@pytest.mark.parametrize("cfg", POINTWISE.values(), ids=POINTWISE.keys())
+def test_pointwise_path_equals_the_im2col_path(cfg):
+    # Padding by 1 and cropping the border back off gives the same numbers
+    # through the general im2col path.
+    x1, w1, b1 = make_inputs(cfg)
+    x2, w2, b2 = make_inputs(cfg)
+    kwargs = dict(cfg["kwargs"], padding=0)
+    fast = conv2d(x1, w1, b1, **kwargs)
+    padded = conv2d(x2, w2, b2, **dict(kwargs, padding=1))
+    assert fast.grad_fn.pointwise and not padded.grad_fn.pointwise
+    general = padded[:, :, 1:-1, 1:-1]
+    np.testing.assert_allclose(fast.detach().numpy(), general.detach().numpy(),
+                               rtol=1e-13, atol=1e-13)
+    g = np.random.default_rng(0).standard_normal(fast.shape)
+    fast.backward(g)
+    general.backward(g)
+    pairs = [(x1, x2), (w1, w2)] + ([(b1, b2)] if b1 is not None else [])
+    for a, b in pairs:
+        np.testing.assert_allclose(a.grad.numpy(), b.grad.numpy(), rtol=1e-13, atol=1e-13)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_pointwise_reads_a_non_contiguous_input(dtype):
+    cfg = CONFIGS["k1"]
+    x, w, b = make_inputs(cfg, dtype=dtype)
+    x_t = Tensor(np.ascontiguousarray(x.data.transpose(0, 1, 3, 2)).transpose(0, 1, 3, 2),
+                 requires_grad=True)
+    assert not x_t.data.flags.c_contiguous
+    y = conv2d(x_t, w, b)
+    expected = conv2d_loops(x.data.astype(np.float64), w.data, b.data, *loop_geometry(cfg))
+    tolerance = 1e-5 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(y.detach().numpy(), expected, rtol=tolerance, atol=tolerance)
+    y.sum().backward()
+    assert x_t.grad.shape == x_t.shape
+
+
+@pytest.mark.parametrize("batch, image_bytes, budget", [
+    (64, 10, 490), (5, 3, 6), (7, 100, 1), (1, 50, 1000), (10, 4, 40), (0, 8, 100)])
+def test_batch_chunks_are_few_balanced_and_within_budget(batch, image_bytes, budget):
+    chunks = conv_module.batch_chunks(batch, image_bytes, budget)
+    sizes = [len(range(batch)[c]) for c in chunks]
+    assert [i for c in chunks for i in range(batch)[c]] == list(range(batch))  # in order, once
+    per_chunk = max(1, budget // image_bytes)                # images that fit (at least one)
+    assert max(sizes) <= per_chunk
+    assert len(chunks) == max(1, -(-batch // per_chunk))    # no more chunks than needed
+    assert max(sizes) - min(sizes) <= 1
+
+
+# ---------------------------------------------------------------- aliasing
+@pytest.mark.parametrize("x_shape, kernel, stride", [
+    ((1, 3, 3, 3), 3, 1),        # one window covering the whole image
+    ((1, 3, 2, 2), 1, 2),        # 1×1 stride 2 with a 1×1 output
+    ((1, 2, 4, 1), 1, 2),        # a single-column image
+    ((2, 3, 4, 4), 2, 2)])       # windows tiling the image
+def test_backward_leaves_a_shared_input_intact(x_shape, kernel, stride):
+    # im2col without padding may return a view of x.  Backward reuses the
+    # column buffer for Wᵀ @ dy; that must never overwrite x, which a second
+    # consumer (here another conv) still needs for its own backward.
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(x_shape)
+    w1 = rng.standard_normal((4, x_shape[1], kernel, kernel))
+    w2 = rng.standard_normal((4, x_shape[1], 3, 3))
+    shared = Tensor(x.copy(), requires_grad=True)
+    w1_t, w2_t = Tensor(w1, requires_grad=True), Tensor(w2, requires_grad=True)
+    loss = conv2d(shared, w1_t, stride=stride).sum() + (conv2d(shared, w2_t, padding=1) ** 2).sum()
+    loss.backward()
+    np.testing.assert_array_equal(shared.data, x)
+    # dW2 = Σ 2·y2 ⋆ x: checked against the loops on the untouched input
+    y2 = conv2d_loops(x, w2, None, (1, 1), (1, 1, 1, 1), (1, 1), 1)
+    expected = np.zeros_like(w2)
+    xp = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)))
+    for i in range(3):
+        for j in range(3):
+            window = xp[:, :, i:i + x_shape[2], j:j + x_shape[3]]
+            expected[:, :, i, j] = np.einsum("nohw,nchw->oc", 2 * y2, window)
+    np.testing.assert_allclose(w2_t.grad.numpy(), expected, rtol=1e-12, atol=1e-12)

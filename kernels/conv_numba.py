@@ -1,0 +1,169 @@
+"""im2col / col2im as compiled loops (Numba): the interface of ``conv_numpy``.
+
+Same signatures, shapes and results as the reference kernels in
+``conv_numpy.py`` (read that file first for what the two functions mean);
+only the *how* differs.  The reference version is vectorised NumPy: one
+strided copy for im2col, KH·KW slice-``+=`` passes over the whole batch for
+col2im.  Here each function is one plain loop nest, compiled by Numba and
+run on all cores:
+
+- ``im2col`` gives each thread whole rows of the column matrix (one kernel
+  tap (c, i, j) per row).  Rows never overlap, so the threads never write
+  the same element.
+- ``col2im`` gives each thread whole (n, c) image planes and lets it add
+  every tap of every window into its plane, which stays in the cache.
+  Splitting the work over kernel taps instead would race: two taps of
+  overlapping windows add into the same pixel.
+
+Where a tap falls on the padding, im2col writes 0 and col2im adds nothing;
+the loops visit only the output positions whose tap lands inside the image
+(``_inside`` works those ranges out once per call), so the inner loops have
+no bounds test.
+
+What runs where
+---------------
+Only NumPy float32/float64 arrays reach the compiled loops.  Anything else
+(CuPy arrays, which live on the GPU; other dtypes) is handed to the NumPy
+reference version, which runs on either device.
+
+Start-up
+--------
+``import numba`` alone takes about half a second, so this module does not
+import it: the first call does, and compiles the loops (or loads them from
+Numba's on-disk cache, ``cache=True``, in ``kernels/__pycache__``).  Until
+then ``prange`` is the built-in ``range`` and the loops are ordinary
+Python, which also lets you step through them in a debugger (slowly).
+"""
+import functools
+
+import numpy as np
+
+from . import conv_numpy
+
+prange = range          # numba.prange once _compiled() has imported Numba
+
+
+# ---------------------------------------------------------------- the loops
+# Speed note: indices computed in the inner loops are cast to unsigned
+# (np.uint64).  Numba, like Python, counts a negative index from the end,
+# which costs a test on every access; an unsigned index skips it, and the
+# loops run 1.3-2x faster.  Nothing wraps: the loops visit only positions
+# inside the image (``_inside``), so every index is >= 0 anyway.
+def _im2col_loops(x, col, rows_inside, cols_inside, KH, KW, SH, SW, DH, DW, top, left, OW):
+    """x: (N, C, H, W) -> col: (C·KH·KW, N, OH·OW) (any strides), where
+
+        col[(c·KH + i)·KW + j, n, oh·OW + ow]
+            = x[n, c, oh·SH + i·DH - top, ow·SW + j·DW - left],  0 on the padding.
+    """
+    N = x.shape[0]
+    for row in prange(col.shape[0]):           # one kernel tap (c, i, j) per row
+        c, i, j = row // (KH * KW), row // KW % KH, row % KW
+        h0, w0 = i * DH - top, j * DW - left     # where the tap reads for output (0, 0)
+        for n in range(N):
+            out = col[row, n]                    # (OH·OW,): this tap over image n
+            out[:] = 0
+            for oh in range(rows_inside[i, 0], rows_inside[i, 1]):
+                h = np.uint64(oh * SH + h0)
+                for ow in range(cols_inside[j, 0], cols_inside[j, 1]):
+                    out[np.uint64(oh * OW + ow)] = x[n, c, h, np.uint64(ow * SW + w0)]
+
+
+def _col2im_loops(col, x, rows_inside, cols_inside, KH, KW, SH, SW, DH, DW, top, left, OW):
+    """x[n, c, h, w] = Σ of the col entries im2col copied from (n, c, h, w).
+
+    col: (C·KH·KW, N, OH·OW), any strides; x: (N, C, H, W), overwritten.
+    """
+    N, C = x.shape[:2]
+    # One (n, c) image plane per thread: no races.  Planes go channel-major so
+    # that consecutive planes read consecutive stretches of each col row.
+    for plane in prange(N * C):
+        c, n = plane // N, plane % N
+        image = x[n, c]
+        image[:] = 0
+        for i in range(KH):
+            h0 = i * DH - top
+            for j in range(KW):
+                w0 = j * DW - left
+                tap = col[(c * KH + i) * KW + j, n]       # (OH·OW,)
+                for oh in range(rows_inside[i, 0], rows_inside[i, 1]):
+                    h = np.uint64(oh * SH + h0)
+                    for ow in range(cols_inside[j, 0], cols_inside[j, 1]):
+                        image[h, np.uint64(ow * SW + w0)] += tap[np.uint64(oh * OW + ow)]
+
+
+@functools.cache
+def _compiled():
+    """Import Numba and compile the loops, once (later runs load Numba's disk cache)."""
+    # (kernels/__init__.py has set OMP_WAIT_POLICY before this import: read why there)
+    import numba
+    global prange
+    prange = numba.prange          # read when the loops compile: parallel loops from here on
+    jit = numba.njit(cache=True, parallel=True)
+    return jit(_im2col_loops), jit(_col2im_loops)
+
+
+# ---------------------------------------------------------------- geometry
+def _inside(taps, dilation, pad, stride, size, out_size):
+    """Per kernel tap t: the output positions [lo, hi) whose input position
+    o·stride + t·dilation - pad lies inside [0, size).  Shape (taps, 2)."""
+    ranges = np.empty((taps, 2), dtype=np.int64)
+    for t in range(taps):
+        offset = t * dilation - pad
+        lo = max(0, -(offset // stride))                    # ceil(-offset / stride)
+        hi = min(out_size, -((offset - size) // stride))    # ceil((size - offset) / stride)
+        ranges[t] = lo, max(lo, hi)
+    return ranges
+
+
+def _loop_arguments(x_shape, kernel_size, stride, padding, dilation):
+    """(OH, OW) and the geometry arguments shared by both loops."""
+    H, W = x_shape[2:]
+    (KH, KW), (SH, SW), (DH, DW) = kernel_size, stride, dilation
+    top, _, left, _ = padding
+    OH, OW = conv_numpy._output_hw(x_shape, kernel_size, stride, padding, dilation)
+    rows_inside = _inside(KH, DH, top, SH, H, OH)
+    cols_inside = _inside(KW, DW, left, SW, W, OW)
+    return (OH, OW), (rows_inside, cols_inside, KH, KW, SH, SW, DH, DW, top, left, OW)
+
+
+def _compilable(array):
+    return isinstance(array, np.ndarray) and array.dtype in (np.float32, np.float64)
+
+
+# ---------------------------------------------------------------- the interface
+def im2col(x, kernel_size, stride, padding, dilation, merge_batch=False):
+    """``conv_numpy.im2col``, compiled.  x (N, C, H, W) ->
+    col (N, C·KH·KW, OH·OW), or (C·KH·KW, N·OH·OW) with ``merge_batch``."""
+    if not _compilable(x):
+        return conv_numpy.im2col(x, kernel_size, stride, padding, dilation, merge_batch)
+    im2col_loops, _ = _compiled()
+    x = np.ascontiguousarray(x)            # the loops read x row by row
+    N, C = x.shape[:2]
+    (OH, OW), geometry = _loop_arguments(x.shape, kernel_size, stride, padding, dilation)
+    rows = C * kernel_size[0] * kernel_size[1]
+    if merge_batch:
+        col = np.empty((rows, N, OH * OW), dtype=x.dtype)
+        im2col_loops(x, col, *geometry)
+        return col.reshape(rows, N * OH * OW)
+    col = np.empty((N, rows, OH * OW), dtype=x.dtype)
+    im2col_loops(x, col.transpose(1, 0, 2), *geometry)      # the loops index (row, n, l)
+    return col
+
+
+def col2im(col, x_shape, kernel_size, stride, padding, dilation, merge_batch=False):
+    """``conv_numpy.col2im``, compiled: col (N, C·KH·KW, OH·OW), or
+    (C·KH·KW, N·OH·OW) with ``merge_batch`` -> x (N, C, H, W)."""
+    if not _compilable(col):
+        return conv_numpy.col2im(col, x_shape, kernel_size, stride, padding, dilation,
+                                 merge_batch)
+    _, col2im_loops = _compiled()
+    N, C = x_shape[:2]
+    (OH, OW), geometry = _loop_arguments(x_shape, kernel_size, stride, padding, dilation)
+    rows = C * kernel_size[0] * kernel_size[1]
+    if merge_batch:
+        col = col.reshape(rows, N, OH * OW)
+    else:
+        col = col.reshape(N, rows, OH * OW).transpose(1, 0, 2)
+    x = np.empty(x_shape, dtype=col.dtype)
+    col2im_loops(col, x, *geometry)
+    return x
