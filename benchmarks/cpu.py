@@ -222,13 +222,16 @@ def _reset_peak_rss():
 
 def measure(engine, name, batch, steps, warmup, threads):
     """Run in a fresh process: time ``steps`` training steps, report memory."""
+    if engine == "torch":
+        # Before ``models``: importing our kernels sets OMP_WAIT_POLICY=PASSIVE
+        # (see kernels/__init__.py), and PyTorch's OpenMP reads it when torch
+        # loads.  PyTorch is measured with its own defaults.
+        import torch
+        torch.set_num_threads(threads)
     import models
     spec = models.spec(name)
     X, y = batch_for(spec.input_shape, batch)
-    if engine == "torch":
-        import torch
-        torch.set_num_threads(threads)
-    else:
+    if engine != "torch":
         import kernels
         kernels.set_kernels(engine)
     on_batch = training_setup(engine, name, spec.lr, check_input=X)
