@@ -9,7 +9,7 @@ import pytest
 import tinygrad_cnn as tc
 from models import googlenet
 from tests.inputs import distinct
-from tests.models.test_resnet import (assert_forward_backward,
+from tests.models.checks import (assert_forward_backward,
                                       assert_loads_float32_torch_state_dict,
                                       assert_sgd_lowers_loss, assert_torch_parity,
                                       count_parameters, once_per_run, shape_walk)

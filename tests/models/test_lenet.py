@@ -11,7 +11,7 @@ import models
 import tinygrad_cnn as tc
 from models import lenet
 from tests.inputs import distinct
-from tests.models.test_resnet import (assert_forward_backward, assert_sgd_lowers_loss,
+from tests.models.checks import (assert_forward_backward, assert_sgd_lowers_loss,
                                       count_parameters, once_per_run)
 from tests.models.torch_nets import assert_same_as_torch, torch_nets
 from tinygrad_cnn import nn

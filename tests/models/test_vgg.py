@@ -14,7 +14,7 @@ import models
 import tinygrad_cnn as tc
 from models import vgg
 from tests.inputs import distinct
-from tests.models.test_resnet import (assert_forward_backward, assert_sgd_lowers_loss,
+from tests.models.checks import (assert_forward_backward, assert_sgd_lowers_loss,
                                       count_parameters, once_per_run)
 from tests.models.torch_nets import (assert_same_as_torch, assert_same_state_layout,
                                      torch_nets)
@@ -132,6 +132,19 @@ def test_small_state_dict_layout_matches_torch(request, kernel_set, vgg11_small_
 
 
 # ================================================================ whole network
+def test_vgg11_forward_backward_at_d2l_size(request, kernel_set, vgg11_net):
+    """The full network (129M parameters, about 7.6 GFLOP per image forward)."""
+    once_per_run(request, kernel_set)
+    assert_forward_backward(vgg11_net.train(), (2, 1, 224, 224))
+
+
+def test_vgg11_sgd_steps_lower_the_loss(request, kernel_set, vgg11_net):
+    """As the small one below: dropout off, one image."""
+    once_per_run(request, kernel_set)
+    assert_sgd_lowers_loss(vgg11_net.eval(), (1, 1, 224, 224),
+                           lr=models.spec("vgg11").lr, steps=2)
+
+
 def test_small_forward_backward_at_d2l_size(request, kernel_set, vgg11_small_net):
     once_per_run(request, kernel_set)
     assert_forward_backward(vgg11_small_net.train(), (2, 1, 224, 224))
