@@ -112,3 +112,19 @@ def manual_seed(seed):
 def rng(xp=np):
     """The engine's random generator for array module ``xp``."""
     return random_state.generator(xp)
+
+
+def get_rng_state():
+    """The engine's generator state as plain JSON-serialisable data (for
+    checkpoints): the seed and the NumPy generator's bit-generator state.
+
+    The CuPy generator is not included: after ``set_rng_state`` it starts
+    again from the seed, so GPU draws (dropout masks) are not resumed exactly.
+    """
+    return {"seed": random_state._seed, "numpy": random_state.numpy.bit_generator.state}
+
+
+def set_rng_state(state):
+    """Put the engine's generator back where ``get_rng_state`` found it."""
+    random_state.seed(state["seed"])
+    random_state.numpy.bit_generator.state = state["numpy"]

@@ -132,6 +132,15 @@ class DataLoader:
         """Make the next ``iter`` give epoch ``epoch``'s order (for resuming a run)."""
         self.epoch = int(epoch)
 
+    def state_dict(self):
+        """What decides the next epoch's order and random transforms (with the
+        engine's generator, when ``seed`` is None): for checkpoints."""
+        return {"epoch": self.epoch, "seed": self.seed}
+
+    def load_state_dict(self, state):
+        self.seed = state["seed"]
+        self.set_epoch(state["epoch"])
+
     def __len__(self):
         n = len(self.dataset)
         return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
