@@ -14,8 +14,10 @@ def pytest_addoption(parser):
                           f"(default: all of {kernels.available()})")
 
 
-# Tests of code that calls no kernel (data, the Tensor core) run once, under the first set.
-KERNEL_FREE = ("tests/data/", "tests/test_tensor.py", "tests/test_creation.py")
+# Tests of code that calls no kernel (data, the Tensor core) run once, under the first set;
+# so do the training-loop, checkpoint and CLI tests, whose logic is the same under every set.
+KERNEL_FREE = ("tests/data/", "tests/test_tensor.py", "tests/test_creation.py",
+               "tests/test_train.py", "tests/test_checkpoint.py", "tests/test_cli.py")
 
 
 def pytest_generate_tests(metafunc):
