@@ -3,11 +3,15 @@ run writes, seeded reproducibility, exact resumption after an epoch and after
 Ctrl-C mid-epoch, the NaN stop, schedules."""
 import json
 import math
+import os
+import signal
 
 import numpy as np
 import pytest
 
 import tinygrad_cnn as tc
+from tinygrad_cnn import optim
+from tinygrad_cnn.checkpoint import load_checkpoint
 from tinygrad_cnn.data import DataLoader
 from tinygrad_cnn.train import (CHECKPOINT_FILE, NonFiniteLossError, cosine_schedule,
                                 evaluate, fit, init_xavier, step_schedule)
@@ -189,6 +193,28 @@ def test_ctrl_c_saves_a_checkpoint_and_resuming_ends_the_same(tmp_path, capsys):
     assert len(rows) == 1                  # epoch 1 finished, epoch 2 did not
     assert_same_run(straight, resumed_run(tmp_path, 3))
     assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 3
+
+
+def test_ctrl_c_inside_a_step_waits_for_the_step_to_finish(tmp_path):
+    net = tiny_net()
+    optimizer = optim.SGD(net.parameters(), lr=0.5)
+    real_step, steps = optimizer.step, []
+
+    def step_hit_by_ctrl_c():
+        if len(steps) == 1:
+            os.kill(os.getpid(), signal.SIGINT)     # arrives half-way through step 2
+        steps.append(weights(net))
+        real_step()
+
+    optimizer.step = step_hit_by_ctrl_c
+    with pytest.raises(KeyboardInterrupt):
+        quiet_fit(net, *loaders(), 2, lr=0.5, optimizer=optimizer, out_dir=tmp_path)
+    checkpoint = load_checkpoint(tmp_path / CHECKPOINT_FILE)
+    assert len(steps) == 2 and checkpoint.meta["position"]["batch"] == 2
+    now = weights(net)               # after the whole second step, not half of it
+    for key, value in now.items():
+        np.testing.assert_array_equal(checkpoint.model_state[key], value)
+    assert all(not np.array_equal(steps[1][key], now[key]) for key in now)
 
 
 def test_resume_refuses_another_model(tmp_path):

@@ -126,5 +126,6 @@ def get_rng_state():
 
 def set_rng_state(state):
     """Put the engine's generator back where ``get_rng_state`` found it."""
-    random_state.seed(state["seed"])
+    if state["seed"] != random_state._seed:
+        random_state.seed(state["seed"])
     random_state.numpy.bit_generator.state = state["numpy"]

@@ -156,6 +156,9 @@ def fit(net, train_iter, test_iter, num_epochs, lr, device="cpu", *, momentum=0.
                               weight_decay=weight_decay)
     run = _Run(net, optimizer, train_iter, test_iter, num_epochs, device, lr_schedule,
                out_dir, progress, plot, verbose, meta or {})
+    if resume is True and out_dir is None:
+        raise ValueError("fit: resume=True resumes from out_dir's checkpoint; give out_dir "
+                         "or a checkpoint path")
     if resume:
         run.resume(Path(out_dir) / CHECKPOINT_FILE if resume is True else resume)
     else:
@@ -186,6 +189,7 @@ class _Run:
         self.epoch, self.batch = 0, 0
         self.sums = [0.0, 0, 0, 0.0]
         self.epoch_start = self.rng_after_step = None
+        self.resuming = False     # the first epoch must replay the checkpoint's state
 
     # ------------------------------------------------------------ starting
     def start(self):
@@ -209,6 +213,7 @@ class _Run:
         self.epoch_start = position["epoch_start"]
         self.rng_after_step = position["rng_after_step"]
         self.history = checkpoint.meta["history"]
+        self.resuming = True
         self._rewrite_metrics()
         self._say(f"resuming from {checkpoint.path}: epoch {self.epoch + 1}, "
                   f"batch {self.batch + 1}")
@@ -242,13 +247,15 @@ class _Run:
             for group in self.optimizer.param_groups:
                 group["lr"] = float(self.lr_schedule(self.epoch))
         self.net.train()
-        self._restore(self.epoch_start)
+        if self.resuming:
+            self._restore(self.epoch_start)
         batches = iter(self.train_iter)
         try:
-            if self.batch:
+            if self.resuming and self.batch:
                 set_rng_state(self.rng_after_step)
                 for _ in range(self.batch):   # replay the finished part of the epoch
                     next(batches)
+            self.resuming = False
             bar = _progress_bar(batches, self.train_iter, self.batch, self.progress,
                                 f"epoch {self.epoch + 1}/{self.num_epochs}")
             for X, y in bar:
