@@ -10,6 +10,7 @@ setup(
     packages=find_packages(include=["tinygrad_cnn", "tinygrad_cnn.*", "kernels", "kernels.*",
                                     "models", "models.*"]),
     install_requires=["numpy>=1.24", "numba>=0.58", "matplotlib>=3.6", "tqdm>=4.60"],
+    entry_points={"console_scripts": ["tinygrad-cnn = tinygrad_cnn.cli:main"]},
     extras_require={
         "gpu": ["cupy-cuda12x"],
         "test": ["pytest>=7"],
