@@ -188,7 +188,7 @@ def test_ctrl_c_saves_a_checkpoint_and_resuming_ends_the_same(tmp_path, capsys):
     with pytest.raises(KeyboardInterrupt):
         fit(net, InterruptingLoader(train_iter, epoch=1, batch=2), test_iter, 3, lr=0.5,
             momentum=0.9, out_dir=tmp_path, progress=False)
-    assert "interrupted at epoch 2, batch 2; checkpoint saved" in capsys.readouterr().out
+    assert "interrupted in epoch 2 after 2 batches; checkpoint saved" in capsys.readouterr().out
     rows = (tmp_path / "metrics.jsonl").read_text().splitlines()
     assert len(rows) == 1                  # epoch 1 finished, epoch 2 did not
     assert_same_run(straight, resumed_run(tmp_path, 3))

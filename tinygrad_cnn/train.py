@@ -215,8 +215,11 @@ class _Run:
         self.history = checkpoint.meta["history"]
         self.resuming = True
         self._rewrite_metrics()
-        self._say(f"resuming from {checkpoint.path}: epoch {self.epoch + 1}, "
-                  f"batch {self.batch + 1}")
+        if self.epoch >= self.num_epochs:
+            self._say(f"{checkpoint.path}: all {self.epoch} epochs already done")
+        else:
+            self._say(f"resuming from {checkpoint.path} in epoch {self.epoch + 1} after "
+                      f"{self.batch} batches")
 
     def _snapshot(self):
         """Generator and loader states: what decides the next epoch's batches."""
@@ -323,7 +326,7 @@ class _Run:
             self._say("interrupted (no out_dir, nothing saved)")
             return
         path = self._save(self.out_dir / CHECKPOINT_FILE)
-        self._say(f"interrupted at epoch {self.epoch + 1}, batch {self.batch}; "
+        self._say(f"interrupted in epoch {self.epoch + 1} after {self.batch} batches; "
                   f"checkpoint saved to {path}")
 
     def _rewrite_metrics(self):
