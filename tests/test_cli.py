@@ -140,6 +140,13 @@ def test_eval_of_a_corrupt_checkpoint(capsys, tmp_path, fashion):
     assert len(err.strip().splitlines()) == 1
 
 
+def test_debug_variable_shows_the_traceback(capsys, tmp_path, fashion, monkeypatch):
+    (tmp_path / "broken.npz").write_bytes(b"PK\x03\x04 not really")
+    monkeypatch.setenv("TINYGRAD_CNN_DEBUG", "1")
+    with pytest.raises(ValueError, match="broken.npz: not a readable checkpoint"):
+        run(capsys, "eval", tmp_path / "broken.npz", "--data-dir", fashion)
+
+
 def test_ctrl_c_and_divergence_end_without_traceback(capsys, fashion, tmp_path, monkeypatch):
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt

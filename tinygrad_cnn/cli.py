@@ -9,9 +9,11 @@
 This is the top layer: it imports ``models`` and the data sets inside the
 commands, so that the engine below never depends on them.  Bad arguments end
 with one line on stderr and exit code 2, failures while running with one line
-and exit code 1; Ctrl-C during training saves a checkpoint and exits with 130.
+and exit code 1 (``TINYGRAD_CNN_DEBUG=1`` shows the traceback instead); Ctrl-C
+during training saves a checkpoint and exits with 130.
 """
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -49,6 +51,8 @@ def main(argv=None):
         print(f"{where}: interrupted{hint}", file=sys.stderr)
         return 130
     except (ValueError, TypeError, OSError, ArithmeticError, RuntimeError) as exc:
+        if os.environ.get("TINYGRAD_CNN_DEBUG"):
+            raise                       # a bug in the engine deserves its traceback
         # One line: some messages (data set not found) list folders line by line.
         print(f"{where}: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 1
