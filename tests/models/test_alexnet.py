@@ -61,10 +61,15 @@ def test_builder_takes_in_channels_and_num_classes():
 def test_matches_torch(request, kernel_set):
     """Eval mode only: dropout masks differ between libraries.  float32: in
     float64 the 46.8M weights and gradients, twice, make this the slowest test
-    by far; the float64 parity of the same layers is shown on LeNet and NiN."""
+    by far; the float64 parity of the same layers is shown on LeNet and NiN.
+
+    rtol 1e-3: measured against both libraries in float64 (which agree to
+    1e-17), PyTorch's float32 gradient of the first conv's weight is off by
+    2.3e-3 of its largest entry (ours by 6e-7), so 1e-4 tests PyTorch's
+    rounding, not ours."""
     once_per_run(request, kernel_set)
     assert_same_as_torch(alexnet.alexnet(), torch_nets().alexnet(), (2, 1, 224, 224),
-                         modes=("eval",), dtype=np.float32, rtol=1e-4)
+                         modes=("eval",), dtype=np.float32, rtol=1e-3)
 
 
 def test_forward_backward_at_d2l_size(request, kernel_set, d2l_alexnet):
