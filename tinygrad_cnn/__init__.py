@@ -13,6 +13,7 @@ from .ops.reduction import amax, amin, argmax, argmin, max, mean, min, sum, var
 from .ops.shape import cat, flatten, permute, reshape, squeeze, stack, transpose, unsqueeze
 from .gradcheck import gradcheck, gradcheck_module
 from .summary import summary
+from .tracing import trace
 from . import nn, optim
 
 __version__ = "0.1.0"

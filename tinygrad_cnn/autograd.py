@@ -130,7 +130,9 @@ class BackwardError(RuntimeError, ValueError):
 
 
 # ---------------------------------------------------------------- tracing hook
-# A study aid (viz.trace) may set this to a callable(event, fn, arrays).
+# A study aid (``tinygrad_cnn.trace``, tracing.py) may set this to a callable
+# ``(event, fn, inputs, outputs)``: ("forward", fn, input arrays, output array)
+# as each op runs, ("backward", fn, [gy], input gradients) as each backward does.
 trace_hook = None
 
 
@@ -150,6 +152,7 @@ class Function:
     """
 
     parents = ()            # per input: creator Function, leaf Tensor, or None
+    out_shape = None        # the output's shape, once recorded (for pictures of the graph)
     needs_input_grad = ()
     hooks = None            # hooks registered on the output Tensor
     saved = ()
@@ -188,6 +191,7 @@ class Function:
                 for t in inputs])
             out._requires_grad = True      # y is floating point (checked above)
             out._ctx = self
+            self.out_shape = y.shape
         else:
             self.saved = ()     # no graph: nothing to keep
         return out
