@@ -75,10 +75,15 @@ def summary(net, input_shape, *, dtype=None, device=None, show=True):
     X = zeros(*input_shape, dtype=dtype, device=device)
 
     rows = []
+
+    def record(name, child, out):
+        rows.append(LayerRow(name, type(child).__name__, _shape_of(out),
+                             sum(p.numel() for p in child.parameters())))
+
     modes = {module: module.training for module in net.modules()}
     try:
         net.eval()
-        with no_grad(), _recording_children(net, rows):
+        with no_grad(), recording_children(net, record):
             net(X)
     finally:
         for module, training in modes.items():
@@ -101,9 +106,10 @@ def _check_shape(input_shape):
 
 
 @contextlib.contextmanager
-def _recording_children(net, rows):
-    """While active, each top-level child of ``net`` appends a ``LayerRow`` to
-    ``rows`` every time it runs (a network without children records itself).
+def recording_children(net, record):
+    """While active, each top-level child of ``net`` calls ``record(name, child,
+    output)`` every time it runs (a network without children records itself).
+    ``summary`` records shapes this way, ``viz.plot_feature_maps`` activations.
 
     Module.__call__ runs ``self.forward``, so an instance attribute ``forward``
     wrapping the class's method is seen first; deleting it afterwards uncovers
@@ -115,7 +121,7 @@ def _recording_children(net, rows):
         for name, child in children:
             if "forward" in vars(child):      # already wrapped or customised: leave it
                 continue
-            object.__setattr__(child, "forward", _recorded(name, child, rows))
+            object.__setattr__(child, "forward", _recorded(name, child, record))
             wrapped.append(child)
         yield
     finally:
@@ -123,13 +129,12 @@ def _recording_children(net, rows):
             del vars(child)["forward"]
 
 
-def _recorded(name, child, rows):
+def _recorded(name, child, record):
     forward = child.forward
 
     def forward_and_record(*args, **kwargs):
         out = forward(*args, **kwargs)
-        rows.append(LayerRow(name, type(child).__name__, _shape_of(out),
-                             sum(p.numel() for p in child.parameters())))
+        record(name, child, out)
         return out
     return forward_and_record
 
