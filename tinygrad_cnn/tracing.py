@@ -7,12 +7,12 @@ order), with the gradient it received and the gradients it handed on::
     >>> with tc.trace():
     ...     loss = (x @ w).relu().sum()
     ...     loss.backward()
-    forward   MatMul   (2, 3) (3, 4) -> (2, 4)
-    forward   ReLU     (2, 4) -> (2, 4)
-    forward   Sum      (2, 4) -> ()
-    backward  Sum      grad () -> (2, 4)
-    backward  ReLU     grad (2, 4) -> (2, 4)
-    backward  MatMul   grad (2, 4) -> (2, 3) (3, 4)
+    forward   MatMul       (2, 3) (3, 4) -> (2, 4)
+    forward   ReLU         (2, 4) -> (2, 4)
+    forward   Sum          (2, 4) -> ()
+    backward  Sum          grad () -> (2, 4)
+    backward  ReLU         grad (2, 4) -> (2, 4)
+    backward  MatMul       grad (2, 4) -> (2, 3) (3, 4)
 
 An input gradient the op did not compute (its input needs none) shows as
 ``-``.  Built on ``autograd.trace_hook``: while a trace is active the engine
