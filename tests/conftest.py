@@ -15,9 +15,13 @@ def pytest_addoption(parser):
 
 
 # Tests of code that calls no kernel (data, the Tensor core) run once, under the first set;
-# so do the training-loop, checkpoint and CLI tests, whose logic is the same under every set.
+# so do the training-loop, checkpoint and CLI tests, whose logic is the same under every set,
+# and the study tools': the docs' derivations (the kernel sets' agreement is tested in
+# tests/kernels/), tracing, pictures and the examples (which choose their own set).
 KERNEL_FREE = ("tests/data/", "tests/test_tensor.py", "tests/test_creation.py",
-               "tests/test_train.py", "tests/test_checkpoint.py", "tests/test_cli.py")
+               "tests/test_train.py", "tests/test_checkpoint.py", "tests/test_cli.py",
+               "tests/docs/", "tests/test_trace.py", "tests/test_viz.py",
+               "tests/test_examples.py")
 
 
 def pytest_generate_tests(metafunc):
