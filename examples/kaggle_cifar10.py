@@ -57,7 +57,8 @@ def run(data_dir, out, args):
                          normalize])
     plain = T.Compose([T.ToTensor(), normalize])
     train_set = ImageFolder(folders / "train", augment)
-    valid_set, test_set = ImageFolder(folders / "valid", plain), ImageFolder(folders / "test", plain)
+    valid_set = ImageFolder(folders / "valid", plain)
+    test_set = ImageFolder(folders / "test", plain)
 
     batch_size = args.batch_size or (4 if args.quick else 128)
     net = models.get("resnet18", in_channels=3, num_classes=len(train_set.classes))

@@ -16,7 +16,8 @@ from models.vgg import VGG11_ARCH, vgg, vgg_block
 def main():
     args = chapter.parser(__doc__.splitlines()[0]).parse_args()
     block = vgg_block(2, 3, 8)
-    print("vgg_block(2, 3, 8) maps", (1, 3, 16, 16), "to", tuple(block(tc.rand(1, 3, 16, 16)).shape))
+    print("vgg_block(2, 3, 8) maps", (1, 3, 16, 16), "to",
+          tuple(block(tc.rand(1, 3, 16, 16)).shape))            # convs keep H, W; the pool halves
     ratio = 4
     small_conv_arch = [(num_convs, channels // ratio) for num_convs, channels in VGG11_ARCH]
     print("conv_arch", VGG11_ARCH, "-> small", small_conv_arch)
