@@ -239,3 +239,34 @@ def test_unbroadcast_sums_over_the_stretched_axes(grad_shape, shape):
         j = tuple(k if n > 1 else 0 for k, n in zip(i, full))[len(grad_shape) - len(shape):]
         expected[j] += g[i]
     np.testing.assert_allclose(out, expected)
+
+
+# ---------------------------------------------------------------- dtype promotion
+# PyTorch's rule where NumPy's differs: an integer operand takes its float
+# partner's dtype, and integer division gives the default float (float32).
+PROMOTIONS = [
+    ("int64 * 0.5", lambda a, f32, f64: a * 0.5, np.float32),
+    ("0.5 * int64", lambda a, f32, f64: 0.5 * a, np.float32),
+    ("int64 + 1", lambda a, f32, f64: a + 1, np.int64),
+    ("int64 / 2", lambda a, f32, f64: a / 2, np.float32),
+    ("2 / int64", lambda a, f32, f64: 2 / a, np.float32),
+    ("int64 / int64", lambda a, f32, f64: a / a, np.float32),
+    ("int64 ** 0.5", lambda a, f32, f64: a ** 0.5, np.float32),
+    ("int64 * float32", lambda a, f32, f64: a * f32, np.float32),
+    ("float64 - int64", lambda a, f32, f64: f64 - a, np.float64),
+    ("bool * float32", lambda a, f32, f64: (a > 1) * f32, np.float32),
+]
+
+
+@pytest.mark.parametrize("expression, expected", [(e, d) for e, _, d in PROMOTIONS],
+                         ids=[e for e, _, _ in PROMOTIONS])
+def test_mixed_dtypes_promote_as_pytorch(expression, expected):
+    f = {e: f for e, f, _ in PROMOTIONS}[expression]
+    a = Tensor(np.array([1, 2, 3]))
+    f32, f64 = Tensor(np.ones(3, np.float32)), Tensor(np.ones(3))
+    y = f(a, f32, f64)
+    assert y.dtype == expected
+    np.testing.assert_allclose(y.numpy(), f(a.numpy(), f32.numpy(), f64.numpy()), rtol=1e-6)
+    torch = pytest.importorskip("torch")
+    t = f(torch.tensor([1, 2, 3]), torch.ones(3), torch.ones(3, dtype=torch.float64))
+    assert str(t.dtype) == f"torch.{np.dtype(expected).name}"

@@ -4,7 +4,7 @@ Binary ops broadcast like NumPy; their backward sums the gradient back to
 each input's own shape (``unbroadcast``).
 """
 from ..autograd import Function
-from ..backend import get_array_module
+from ..backend import default_float, get_array_module
 
 
 def unbroadcast(g, shape):
@@ -18,10 +18,21 @@ def unbroadcast(g, shape):
     return g.reshape(shape)
 
 
+def promote(a, b):
+    """PyTorch's dtype rule where NumPy's differs: an integer or bool operand
+    next to a float one takes the float's dtype (int64 * float32 -> float32,
+    where NumPy gives float64)."""
+    if a.dtype.kind == "f" and b.dtype.kind in "biu":
+        return a, b.astype(a.dtype)
+    if b.dtype.kind == "f" and a.dtype.kind in "biu":
+        return a.astype(b.dtype), b
+    return a, b
+
+
 class _Binary(Function):
     def forward(self, a, b):
         self.shapes = (a.shape, b.shape)
-        return self.compute(a, b)
+        return self.compute(*promote(a, b))
 
     def reduce(self, ga, gb):
         sa, sb = self.shapes
@@ -63,6 +74,8 @@ class Mul(_Binary):
 class Div(_Binary):
     """y = a / b;   dy/da = 1/b, dy/db = -a/b² = -y/b"""
     def compute(self, a, b):
+        if a.dtype.kind != "f":     # integers divide to the default float, as in PyTorch
+            a, b = promote(a.astype(default_float), b)
         y = a / b
         self.save_for_backward(b, y if self.needs_input_grad[1] else None)
         return y
