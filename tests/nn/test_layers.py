@@ -291,7 +291,7 @@ def test_batchnorm_rejects_the_wrong_rank_and_channel_count():
 def test_layers_name_themselves_on_a_shape_mismatch():
     with pytest.raises(ValueError, match=re.escape(
             "Conv2d(3, 6, kernel_size=(5, 5), stride=(1, 1)): expected a 4-D input "
-            "(N, 3, H, W) with 3 channels, got input of shape (1, 1, 28, 28)")):
+            "(N, 3, H, W) or a 3-D one (3, H, W), got input of shape (1, 1, 28, 28)")):
         nn.Conv2d(3, 6, 5)(tc.randn(1, 1, 28, 28))
     with pytest.raises(ValueError, match=re.escape(
             "Linear(in_features=400, out_features=120, bias=True): expected input with 400 "
@@ -311,3 +311,12 @@ def test_layers_name_themselves_on_a_shape_mismatch():
 def test_bad_constructor_arguments(make, message):
     with pytest.raises(ValueError, match=message):
         make()
+
+
+def test_conv2d_layer_takes_one_unbatched_image():
+    conv = nn.Conv2d(3, 6, 5, padding=1)
+    image = tc.randn(3, 9, 8)
+    y = conv(image)
+    assert y.shape == (6, 7, 6)
+    batched = conv(image.reshape(1, 3, 9, 8))
+    np.testing.assert_allclose(y.detach().numpy(), batched.detach().numpy()[0], rtol=1e-6)

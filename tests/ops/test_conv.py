@@ -193,9 +193,9 @@ def ones(*shape, dtype=np.float64):
 
 
 BAD = {
-    "3-D input": (ones(3, 5, 5), ones(2, 3, 3, 3), None, {},
-                  ValueError, r"conv2d: expected a 4-D input \(N, C, H, W\), got shape "
-                              r"\(3, 5, 5\)"),
+    "2-D input": (ones(5, 5), ones(2, 3, 3, 3), None, {},
+                  ValueError, r"conv2d: expected a 3-D \(C, H, W\) or 4-D \(N, C, H, W\) "
+                              r"input, got shape \(5, 5\)"),
     "2-D weight": (ones(1, 3, 5, 5), ones(2, 27), None, {},
                    ValueError, r"conv2d: expected a 4-D weight .*got shape \(2, 27\)"),
     "channels": (ones(1, 3, 8, 8), ones(6, 1, 5, 5), None, {},
@@ -447,3 +447,17 @@ def test_backward_leaves_a_shared_input_intact(x_shape, kernel, stride):
             window = xp[:, :, i:i + x_shape[2], j:j + x_shape[3]]
             expected[:, :, i, j] = np.einsum("nohw,nchw->oc", 2 * y2, window)
     np.testing.assert_allclose(w2_t.grad.numpy(), expected, rtol=1e-12, atol=1e-12)
+
+
+# ---------------------------------------------------------------- unbatched input
+@pytest.mark.parametrize("op", [conv2d, conv2d_simple], ids=["conv2d", "conv2d_simple"])
+def test_unbatched_input_is_one_image(op):
+    # PyTorch accepts (C, H, W): the result is the batch-of-one result without its batch axis.
+    cfg = CONFIGS["k3-pad1-batch3"]
+    x, w, b = make_inputs(cfg)
+    image = Tensor(x.data[1], requires_grad=True)
+    y = op(image, w, b, padding=1)
+    expected = conv2d_loops(x.data[1:2], w.data, b.data, *loop_geometry(cfg))[0]
+    assert y.shape == expected.shape
+    np.testing.assert_allclose(y.detach().numpy(), expected, rtol=1e-12, atol=1e-12)
+    gradcheck(lambda t: op(t, w, b, padding=1), (image,))

@@ -38,9 +38,9 @@ class Conv2d(Module):
         _default_init(self.weight, self.bias)
 
     def forward(self, input):
-        if input.ndim != 4 or input.shape[1] != self.in_channels:
+        if input.ndim not in (3, 4) or input.shape[-3] != self.in_channels:
             raise ValueError(f"{self!r}: expected a 4-D input (N, {self.in_channels}, H, W) "
-                             f"with {self.in_channels} channels, got input of shape "
+                             f"or a 3-D one ({self.in_channels}, H, W), got input of shape "
                              f"{input.shape}")
         return F.conv2d(input, self.weight, self.bias, self.stride, self.padding,
                         self.dilation, self.groups)

@@ -26,7 +26,7 @@ import kernels
 
 from ..autograd import Function
 from ..backend import get_array_module
-from .shape import pad, stack
+from .shape import pad, squeeze, stack, unsqueeze
 
 column_budget = 16 * 2**20      # bytes of im2col columns built at once (see set_column_budget)
 
@@ -252,7 +252,8 @@ def conv2d_geometry(input_shape, weight_shape, stride=1, padding=0, dilation=1, 
     """
     input_shape, weight_shape = tuple(input_shape), tuple(weight_shape)
     if len(input_shape) != 4:
-        raise ValueError(f"{op}: expected a 4-D input (N, C, H, W), got shape {input_shape}")
+        raise ValueError(f"{op}: expected a 3-D (C, H, W) or 4-D (N, C, H, W) input, "
+                         f"got shape {input_shape}")
     if len(weight_shape) != 4:
         raise ValueError(f"{op}: expected a 4-D weight (O, C/groups, KH, KW), got shape "
                          f"{weight_shape}")
@@ -302,16 +303,22 @@ def _check_bias(op, bias, weight_shape):
 def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     """PyTorch's ``F.conv2d``: y (N, O, OH, OW) = x (N, C, H, W) ⋆ W (O, C/groups, KH, KW) + b.
 
+    An unbatched input (C, H, W) gives an unbatched output (O, OH, OW).
+
     ``stride``, ``dilation``: int or (H, W) pair.  ``padding``: int, (H, W)
     pair, ``'valid'`` (none) or ``'same'`` (output as large as the input;
     stride 1 only; an odd total pads one more pixel at the bottom/right).
     """
     _check_float("conv2d", input=input, weight=weight, bias=bias)
+    unbatched = input.ndim == 3         # one (C, H, W) image, as PyTorch accepts
+    if unbatched:
+        input = unsqueeze(input, 0)
     stride, padding, dilation, _ = conv2d_geometry(input.shape, weight.shape, stride, padding,
                                                    dilation, groups)
     _check_bias("conv2d", bias, weight.shape)
     args = (input, weight) if bias is None else (input, weight, bias)
-    return Conv2d(stride, padding, dilation, groups)(*args)
+    y = Conv2d(stride, padding, dilation, groups)(*args)
+    return squeeze(y, 0) if unbatched else y
 
 
 def conv2d_simple(input, weight, bias=None, stride=1, padding=0):
@@ -325,6 +332,8 @@ def conv2d_simple(input, weight, bias=None, stride=1, padding=0):
     but every step is visible.
     """
     _check_float("conv2d_simple", input=input, weight=weight, bias=bias)
+    if input.ndim == 3:                 # one (C, H, W) image
+        return squeeze(conv2d_simple(unsqueeze(input, 0), weight, bias, stride, padding), 0)
     stride, padding, _, (OH, OW) = conv2d_geometry(input.shape, weight.shape, stride, padding,
                                                    op="conv2d_simple")
     _check_bias("conv2d_simple", bias, weight.shape)
