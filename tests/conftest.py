@@ -2,10 +2,10 @@ import pytest
 
 import kernels
 import tinygrad_cnn as tc
-from tinygrad_cnn import backend
 
-DEVICES = ["cpu"] + (["cuda"] if backend.cupy is not None and
-                     backend.cupy.cuda.runtime.getDeviceCount() > 0 else [])
+# The 'cuda' runs carry the gpu marker, so -m "not gpu" leaves them out.
+DEVICES = ["cpu"] + ([pytest.param("cuda", marks=pytest.mark.gpu)]
+                     if tc.cuda.is_available() else [])
 
 
 def pytest_addoption(parser):
@@ -18,10 +18,13 @@ def pytest_addoption(parser):
 # so do the training-loop, checkpoint and CLI tests, whose logic is the same under every set,
 # and the study tools': the docs' derivations (the kernel sets' agreement is tested in
 # tests/kernels/), tracing, pictures and the examples (which choose their own set).
+# The CUDA kernels' tests run in a subprocess (the simulator) or on CuPy arrays, which
+# go to the GPU kernels whatever the CPU set, and the device tests call no kernel.
 KERNEL_FREE = ("tests/data/", "tests/test_tensor.py", "tests/test_creation.py",
                "tests/test_train.py", "tests/test_checkpoint.py", "tests/test_cli.py",
                "tests/docs/", "tests/test_trace.py", "tests/test_viz.py",
-               "tests/test_examples.py")
+               "tests/test_examples.py",
+               "tests/kernels_cuda/", "tests/gpu/", "tests/test_cuda.py")
 
 
 def pytest_generate_tests(metafunc):

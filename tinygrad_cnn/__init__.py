@@ -14,7 +14,7 @@ from .ops.shape import cat, flatten, permute, reshape, squeeze, stack, transpose
 from .gradcheck import gradcheck, gradcheck_module
 from .summary import summary
 from .tracing import trace
-from . import nn, optim
+from . import cuda, nn, optim
 
 __version__ = "0.1.0"
 bool = backend.bool_

@@ -219,11 +219,17 @@ def _wrap_constants(inputs):
     return [x if isinstance(x, Tensor) else as_tensor_like(x, ref) for x in inputs]
 
 
+class DeviceMismatchError(ValueError, RuntimeError):
+    """Inputs of one op on different devices.  A ValueError, as every bad call in
+    this engine raises, and a RuntimeError, as PyTorch raises."""
+
+
 def _check_same_device(op_name, arrays):
-    devices = {backend.device_of(a) for a in arrays}
-    if len(devices) > 1:
-        raise RuntimeError(
-            f"{op_name}: inputs are on different devices {sorted(devices)}; "
+    devices = [backend.device_of(a) for a in arrays]
+    if len(set(devices)) > 1:
+        listed = ", ".join(f"input {i} on {d}" for i, d in enumerate(devices))
+        raise DeviceMismatchError(
+            f"{op_name}: inputs are on different devices ({listed}); "
             "move them to one device with .to(device)")
 
 

@@ -4,12 +4,15 @@ Every op asks ``get_array_module(*arrays)`` which module its inputs live in
 (NumPy on the CPU, CuPy on the GPU) and uses only that module, so one code
 path serves both devices (the DeZero/Chainer ``get_array_module`` idea).
 """
+import contextlib
+
 import numpy as np
 
-try:  # CuPy is optional: the GPU backend is an extra (pip install -e .[gpu]).
+try:  # CuPy is optional: the GPU backend is an extra (pip install -e ".[gpu]").
     import cupy
-except Exception:  # ImportError, or a CUDA runtime that fails to load
-    cupy = None
+    cupy_import_error = None
+except Exception as exc:  # ImportError, or a CUDA runtime that fails to load
+    cupy, cupy_import_error = None, exc
 
 default_float = np.float32
 
@@ -41,19 +44,78 @@ def parse_device(device):
     raise ValueError(f"unknown device {device!r}: expected 'cpu', 'cuda' or 'cuda:N'")
 
 
+def cuda_device_count():
+    """How many CUDA devices CuPy sees: 0 without CuPy, or without a driver or GPU."""
+    if cupy is None:
+        return 0
+    try:
+        return cupy.cuda.runtime.getDeviceCount()
+    except Exception:   # CUDARuntimeError: no driver, or no device
+        return 0
+
+
+def require_device(device):
+    """``parse_device(device)``, checked to exist: a clear error, before any
+    work, for ``'cuda'`` on a machine that cannot run it."""
+    device = parse_device(device)
+    if device == "cpu":
+        return device
+    if cupy is None:
+        reason = ("CuPy is not installed" if isinstance(cupy_import_error, ImportError)
+                  else f"CuPy failed to load ({cupy_import_error})")
+        raise RuntimeError(
+            f"device '{device}' needs CuPy, but {reason}: install the GPU extra with "
+            'pip install -e ".[gpu]" (CuPy for CUDA 12, cupy-cuda12x) on a machine '
+            "with an NVIDIA GPU, or use device 'cpu'")
+    count = cuda_device_count()
+    if count == 0:
+        raise RuntimeError(f"device '{device}': CuPy is installed but no CUDA device was "
+                           "found (no NVIDIA GPU, or no driver); use device 'cpu'")
+    index = int(device.split(":")[1])
+    if index >= count:
+        raise RuntimeError(f"device '{device}' does not exist: CuPy sees {count} CUDA "
+                           f"device(s), cuda:0 to cuda:{count - 1}")
+    return device
+
+
 def to_device(array, device):
-    """Copy ``array`` to ``device`` (no copy when it is already there)."""
+    """Copy ``array`` to ``device`` (no copy when it is already there).
+
+    GPU arrays come from CuPy's default memory pool: freed arrays go back to
+    the pool, not to the driver, so nvidia-smi shows the pool's size, and
+    allocations after the first step cost almost nothing.
+    ``tinygrad_cnn.cuda.empty_cache()`` hands the unused blocks back.
+    """
     device = parse_device(device)
     if device == device_of(array):
         return array
     if device == "cpu":
         return cupy.asnumpy(array)
-    if cupy is None:
-        raise RuntimeError(
-            f"cannot move a tensor to {device}: CuPy is not installed "
-            "(pip install -e .[gpu] on a machine with CUDA)")
+    require_device(device)
     with cupy.cuda.Device(int(device.split(":")[1])):
         return cupy.asarray(array)
+
+
+class OutOfMemoryError(RuntimeError):
+    """The GPU ran out of memory: raised instead of CuPy's error, with advice."""
+
+
+def out_of_memory_errors():
+    """The exception classes meaning "GPU memory ran out" (none without CuPy)."""
+    return () if cupy is None else (cupy.cuda.memory.OutOfMemoryError,)
+
+
+@contextlib.contextmanager
+def explain_out_of_memory(what):
+    """Turn CuPy's out-of-memory error inside the block into ``OutOfMemoryError``
+    naming ``what`` was running and what to do.  Free when nothing is raised:
+    the ``except`` clause is only evaluated for an exception."""
+    try:
+        yield
+    except out_of_memory_errors() as exc:
+        raise OutOfMemoryError(
+            f"{what}: the GPU ran out of memory ({exc}); use a smaller batch size "
+            "(--batch-size), a smaller input size or a smaller network") from exc
 
 
 # ---------------------------------------------------------------- dtypes

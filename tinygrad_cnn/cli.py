@@ -17,6 +17,8 @@ import os
 import sys
 from pathlib import Path
 
+from .backend import require_device
+
 PROG = "tinygrad-cnn"
 # d2l's normalisation for the Kaggle CIFAR-10 assignment (per-channel mean, std).
 CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
@@ -226,6 +228,7 @@ def run_train(args):
     from .train import CHECKPOINT_FILE, cosine_schedule, fit
 
     spec = _spec(args.model)
+    require_device(args.device)     # no GPU: say so before the data are read
     _existing_dir(args.data_dir)
     epochs = args.epochs or spec.num_epochs
     lr = args.lr or spec.lr
@@ -268,6 +271,7 @@ def run_eval(args):
 
     if not args.checkpoint.is_file():
         raise UsageError(f"{args.checkpoint}: no such checkpoint file")
+    require_device(args.device)
     _existing_dir(args.data_dir)
     checkpoint = load_checkpoint(args.checkpoint)
     run = checkpoint.meta.get("run", {})
@@ -417,6 +421,7 @@ def run_kaggle_cifar10(args):
     from .data import transforms as T
     from .train import fit, predict, step_schedule
 
+    require_device(args.device)
     _existing_dir(args.data_dir)
     _spec(args.model)
     if args.valid_ratio >= 1:

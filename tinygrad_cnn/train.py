@@ -29,7 +29,8 @@ import numpy as np
 
 from . import nn, optim
 from .autograd import no_grad
-from .backend import get_rng_state, manual_seed, parse_device, set_rng_state, to_device
+from .backend import (explain_out_of_memory, get_rng_state, manual_seed, require_device,
+                      set_rng_state, to_device)
 from .checkpoint import atomic_open, load_checkpoint, save_checkpoint
 from .nn import functional as F
 
@@ -88,7 +89,7 @@ def _eval_mode(net):
 def evaluate(net, data_iter, device=None):
     """``(mean cross-entropy, accuracy, number of examples)`` of ``net`` on ``data_iter``."""
     loss_sum, correct, count = 0.0, 0, 0
-    with _eval_mode(net):
+    with _eval_mode(net), explain_out_of_memory("evaluate"):
         for X, y in data_iter:
             if device is not None:
                 X, y = X.to(device), y.to(device)
@@ -110,7 +111,7 @@ def predict(net, data_iter, device=None):
     """The predicted class of every example of ``data_iter`` (labels are ignored),
     as a NumPy int64 array."""
     predictions = []
-    with _eval_mode(net):
+    with _eval_mode(net), explain_out_of_memory("predict"):
         for X, _ in data_iter:
             if device is not None:
                 X = X.to(device)
@@ -149,7 +150,7 @@ def fit(net, train_iter, test_iter, num_epochs, lr, device="cpu", *, momentum=0.
         init_xavier(net)
     elif init is not None:
         raise ValueError(f"fit: init must be 'xavier' or None, got {init!r}")
-    device = parse_device(device)
+    device = require_device(device)    # no GPU: say so before any work
     net.to(device)
     if optimizer is None:
         optimizer = optim.SGD(net.parameters(), lr=lr, momentum=momentum,
@@ -261,11 +262,14 @@ class _Run:
             self.resuming = False
             bar = _progress_bar(batches, self.train_iter, self.batch, self.progress,
                                 f"epoch {self.epoch + 1}/{self.num_epochs}")
-            for X, y in bar:
-                self._step(X, y)
-                if self.progress:
-                    bar.set_postfix(loss=f"{self.sums[0] / self.sums[2]:.3f}",
-                                    acc=f"{self.sums[1] / self.sums[2]:.3f}", refresh=False)
+            # (once per epoch, not per step: the guard costs nothing while no error comes)
+            with explain_out_of_memory(f"fit: training in epoch {self.epoch + 1}"):
+                for X, y in bar:
+                    self._step(X, y)
+                    if self.progress:
+                        bar.set_postfix(loss=f"{self.sums[0] / self.sums[2]:.3f}",
+                                        acc=f"{self.sums[1] / self.sums[2]:.3f}",
+                                        refresh=False)
         finally:
             if hasattr(batches, "close"):    # stops a DataLoader's prefetch thread
                 batches.close()

@@ -120,12 +120,13 @@ class DataLoader:
         self.drop_last = drop_last
         self.seed = seed
         self.prefetch = int(prefetch)
-        self.device = None if device is None else backend.parse_device(device)
+        # checked now: a missing GPU is reported before the first batch is made
+        self.device = None if device is None else backend.require_device(device)
         self.epoch = 0
 
     def to(self, device):
         """Put the batches on ``device`` from now on (returns self, as Module.to)."""
-        self.device = backend.parse_device(device)
+        self.device = backend.require_device(device)
         return self
 
     def set_epoch(self, epoch):

@@ -1,0 +1,53 @@
+"""``tinygrad_cnn.cuda``: is there a GPU, and waiting for it (``torch.cuda``'s names).
+
+    import tinygrad_cnn as tc
+    device = "cuda" if tc.cuda.is_available() else "cpu"
+    net.to(device)
+
+The GPU backend is CuPy (``pip install -e ".[gpu]"``).  Without it, or
+without an NVIDIA GPU, ``is_available()`` is False and moving a tensor to
+``'cuda'`` raises a RuntimeError saying which of the two is missing.
+
+GPU work is asynchronous: a CuPy call returns once the kernel is queued.
+Timing code must call ``synchronize()`` before reading the clock.
+
+Memory comes from CuPy's default memory pool (``cupy.get_default_memory_pool()``):
+a freed array's block is kept for the next allocation of that size, so after the
+first training step no step asks the driver for memory.  ``empty_cache()`` gives
+the unused blocks back (to another process, say); ``memory_allocated()`` and
+``memory_reserved()`` read the pool.
+"""
+from . import backend
+
+
+def device_count():
+    """Number of CUDA devices CuPy sees (0 without CuPy, a driver or a GPU)."""
+    return backend.cuda_device_count()
+
+
+def is_available():
+    """Whether ``'cuda'`` can be used: CuPy is installed and sees a GPU."""
+    return device_count() > 0
+
+
+def synchronize(device="cuda"):
+    """Wait until every kernel queued on ``device`` has finished."""
+    device = backend.require_device(device)
+    with backend.cupy.cuda.Device(int(device.split(":")[1])):
+        backend.cupy.cuda.Device().synchronize()
+
+
+def empty_cache():
+    """Give the memory pool's unused blocks back to the driver (no-op without CuPy)."""
+    if backend.cupy is not None:
+        backend.cupy.get_default_memory_pool().free_all_blocks()
+
+
+def memory_allocated():
+    """Bytes held by live GPU arrays (0 without CuPy)."""
+    return 0 if backend.cupy is None else backend.cupy.get_default_memory_pool().used_bytes()
+
+
+def memory_reserved():
+    """Bytes the pool holds from the driver, live arrays and cached blocks (0 without CuPy)."""
+    return 0 if backend.cupy is None else backend.cupy.get_default_memory_pool().total_bytes()
