@@ -12,7 +12,14 @@ decides which implementation answers:
 
 The default is Numba; the environment variable ``TINYGRAD_CNN_KERNELS``
 (``numpy`` or ``numba``) or ``tinygrad_cnn.set_kernels(name)`` switch sets.
+
+CuPy (GPU) arrays go elsewhere, whatever the set: to the ``numba.cuda``
+kernels (``*_cuda.py``) when Numba can reach the GPU, else to the NumPy
+reference, which runs on CuPy arrays as it is.  Only when CuPy is installed
+is each kernel wrapped to look at its first argument; without CuPy there can
+be no GPU arrays, and the set's functions are called directly.
 """
+import functools
 import importlib
 import os
 
@@ -32,6 +39,10 @@ _SETS = {
               "kernels.bn_numpy", "kernels.pool_numba", "kernels.bn_numba"),
 }
 
+# for CuPy arrays, in the same override order
+_GPU_MODULES = ("kernels.conv_numpy", "kernels.pool_numpy", "kernels.bn_numpy",
+                "kernels.conv_cuda", "kernels.pool_cuda", "kernels.bn_cuda")
+
 KERNELS = (
     "im2col", "col2im",
     "maxpool2d_forward", "maxpool2d_backward",
@@ -46,21 +57,63 @@ def available():
     return sorted(_SETS)
 
 
+def _collect(module_names):
+    """Kernel name -> function, later modules overriding earlier ones."""
+    found = {}
+    for module_name in module_names:
+        module = importlib.import_module(module_name)
+        found.update({k: getattr(module, k) for k in KERNELS if hasattr(module, k)})
+    return found
+
+
 def set_kernels(name):
     """Select the kernel set used by every op from now on; returns the previous one."""
     global active
     if name not in _SETS:
         raise ValueError(f"unknown kernel set {name!r}; available: {available()}")
-    found = {}
-    for module_name in _SETS[name]:
-        module = importlib.import_module(module_name)
-        found.update({k: getattr(module, k) for k in KERNELS if hasattr(module, k)})
+    found = _collect(_SETS[name])
     missing = [k for k in KERNELS if k not in found]
     if missing:
         raise ImportError(f"kernel set {name!r} lacks {missing}")
+    # Imported here, not at the top: tinygrad_cnn's __init__ imports this module.
+    from tinygrad_cnn import backend
+    if backend.cupy is not None:
+        found = {k: _dispatching(k, f, backend.cupy.ndarray) for k, f in found.items()}
     globals().update(found)
     previous, active = active, name
     return previous
+
+
+# ---------------------------------------------------------------- GPU arrays
+_gpu_kernels = None     # name -> function for CuPy arrays, chosen at the first one
+
+
+def gpu_kernels():
+    """The kernels CuPy arrays go to: the numba.cuda ones, or the NumPy
+    reference where Numba cannot reach the GPU (no CUDA toolkit it can use)."""
+    global _gpu_kernels
+    if _gpu_kernels is None:
+        _gpu_kernels = _collect(_GPU_MODULES if numba_cuda_works() else _GPU_MODULES[:3])
+    return _gpu_kernels
+
+
+def numba_cuda_works():
+    """Whether Numba's CUDA target imports and sees a GPU (or its simulator)."""
+    try:
+        from numba import cuda
+        return bool(cuda.is_available())
+    except Exception:      # ImportError, or a CUDA library Numba cannot load
+        return False
+
+
+def _dispatching(name, cpu_kernel, gpu_array_type):
+    """``cpu_kernel``, except that a CuPy first argument goes to the GPU kernel."""
+    @functools.wraps(cpu_kernel)
+    def kernel(array, *args, **kwargs):
+        if isinstance(array, gpu_array_type):
+            return gpu_kernels()[name](array, *args, **kwargs)
+        return cpu_kernel(array, *args, **kwargs)
+    return kernel
 
 
 set_kernels(os.environ.get("TINYGRAD_CNN_KERNELS", "numba"))

@@ -16,6 +16,7 @@ import pytest
 
 import kernels
 import tinygrad_cnn as tc
+from kernels import conv_numpy
 from tinygrad_cnn import backend, nn
 from tinygrad_cnn.autograd import DeviceMismatchError
 from tinygrad_cnn.cli import main
@@ -230,3 +231,49 @@ def test_other_errors_pass_through_unchanged(no_cupy):
         with backend.explain_out_of_memory("step"):
             raise MemoryError("host memory")
     assert type(info.value) is MemoryError
+
+
+# ---------------------------------------------------------------- kernel dispatch
+X = np.arange(2 * 3 * 4 * 4, dtype=np.float32).reshape(2, 3, 4, 4)
+GEOMETRY = dict(kernel_size=(3, 3), stride=(1, 1), padding=(1, 1, 1, 1), dilation=(1, 1))
+
+
+def test_without_cupy_the_kernels_are_called_directly(no_cupy):
+    kernels.set_kernels("numpy")
+    assert kernels.im2col is conv_numpy.im2col      # no wrapper: NumPy pays nothing
+
+
+def test_cupy_arrays_go_to_the_gpu_kernels(with_cupy, monkeypatch):
+    with_cupy()
+    calls = []
+
+    def gpu_im2col(x, *args, **kwargs):
+        calls.append(type(x))
+        return "from the GPU kernel"
+    monkeypatch.setattr(kernels, "_gpu_kernels", {"im2col": gpu_im2col})
+    kernels.set_kernels("numpy")
+    assert kernels.im2col(X.view(FakeGpuArray), **GEOMETRY) == "from the GPU kernel"
+    np.testing.assert_array_equal(kernels.im2col(X, **GEOMETRY),
+                                  conv_numpy.im2col(X, **GEOMETRY))
+    assert calls == [FakeGpuArray]
+    assert kernels.im2col.__name__ == "im2col" and kernels.im2col.__module__ == "kernels.conv_numpy"
+
+
+def test_gpu_kernels_fall_back_to_the_reference_without_numba_cuda(monkeypatch):
+    monkeypatch.setattr(kernels, "_gpu_kernels", None)
+    monkeypatch.setattr(kernels, "numba_cuda_works", lambda: False)
+    chosen = kernels.gpu_kernels()
+    assert {name: f.__module__ for name, f in chosen.items()} == {
+        "im2col": "kernels.conv_numpy", "col2im": "kernels.conv_numpy",
+        "maxpool2d_forward": "kernels.pool_numpy", "maxpool2d_backward": "kernels.pool_numpy",
+        "avgpool2d_forward": "kernels.pool_numpy", "avgpool2d_backward": "kernels.pool_numpy",
+        "batchnorm_forward_train": "kernels.bn_numpy", "batchnorm_backward": "kernels.bn_numpy"}
+
+
+def test_gpu_kernels_are_the_cuda_ones_when_numba_reaches_the_gpu(monkeypatch):
+    monkeypatch.setattr(kernels, "_gpu_kernels", None)
+    monkeypatch.setattr(kernels, "numba_cuda_works", lambda: True)
+    chosen = kernels.gpu_kernels()
+    assert sorted(chosen) == sorted(kernels.KERNELS)
+    assert {f.__module__ for f in chosen.values()} == {
+        "kernels.conv_cuda", "kernels.pool_cuda", "kernels.bn_cuda"}
