@@ -4,8 +4,8 @@ Plain data (no Numba import), so pytest can name one test per case while a
 single simulator subprocess (``check_simulator.py``) runs them all.  Shapes
 are tiny: the simulator runs every GPU thread as a Python thread.
 
-Each case: (name, kernel family, input shape, keyword arguments).  Every case
-runs in float32 and float64.
+Each case: (name, input shape, ...arguments).  Every kernel case runs in
+float32 and float64.
 """
 
 CONV = [  # im2col and col2im, both column layouts; padding is (top, bottom, left, right)
@@ -72,10 +72,19 @@ BATCHNORM = [  # (name, x shape, offset added to x: a large one tests the two-pa
     ("bn_large_mean", (4, 2, 2, 2), 1000.0),
 ]
 
+# Whole ops, through the kernels interface as the engine calls it: a small
+# network (grouped/strided conv, BN 2-D and 1-D, max and avg pooling) trained one
+# step.  float64 only: the calls are the same in both dtypes (the kernel cases
+# above check float32), and through a few layers and batch norm over 2 examples
+# float32 rounding differences grow to 1e-3, which would blur a tolerance.
+NETWORK = [("ops_small_network", (2, 1, 6, 6))]
+NETWORK_DTYPES = ("float64",)
+
 DTYPES = ("float32", "float64")
 
 
 def case_ids():
     """Every case name, as the checker reports them: '<case>[<dtype>]'."""
     names = [c[0] for c in CONV + MAXPOOL + AVGPOOL + BATCHNORM]
-    return [f"{name}[{dtype}]" for name in names for dtype in DTYPES]
+    return ([f"{name}[{dtype}]" for name in names for dtype in DTYPES]
+            + [f"{c[0]}[{dtype}]" for c in NETWORK for dtype in NETWORK_DTYPES])

@@ -22,7 +22,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from tests.kernels_cuda.cases import AVGPOOL, BATCHNORM, CONV, DTYPES, MAXPOOL  # noqa: E402
+from tests.kernels_cuda.cases import (AVGPOOL, BATCHNORM, CONV, DTYPES, MAXPOOL,  # noqa: E402
+                                     NETWORK, NETWORK_DTYPES)
 
 # Copies (im2col, max pooling's y and argmax) must agree exactly; sums may
 # round differently (another order, or float64 where the reference rounds).
@@ -125,6 +126,47 @@ def check_batchnorm(shape, offset, dtype, gpu, ref):
     return first_difference(*found)
 
 
+def small_network(channels):
+    """For (N, channels, 6, 6) input: 6x6 -> max pool 3x3 -> conv 3x3 -> avg pool 4x4."""
+    from tinygrad_cnn import nn
+    return nn.Sequential(
+        nn.Conv2d(channels, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
+        nn.MaxPool2d(3, stride=2, padding=1),
+        nn.Conv2d(4, 4, 3, stride=2, padding=2, groups=2), nn.ReLU(),
+        nn.AvgPool2d(2, stride=1, padding=1, count_include_pad=False),
+        nn.Flatten(), nn.Linear(4 * 4 * 4, 6), nn.BatchNorm1d(6), nn.Linear(6, 3))
+
+
+def train_step(shape, dtype, use_gpu_kernels):
+    """Loss and every gradient of one step of ``small_network``, with the ops
+    calling the CUDA kernels (on NumPy arrays: the simulator) or the NumPy set."""
+    import kernels
+    import tinygrad_cnn as tc
+    import tinygrad_cnn.nn.functional as F
+    kernels.set_kernels("numpy")
+    if use_gpu_kernels:     # what the dispatch does for CuPy arrays, here for NumPy ones
+        vars(kernels).update(kernels._collect(kernels._GPU_MODULES))
+    try:
+        tc.manual_seed(0)
+        net = small_network(shape[1]).to(np.dtype(dtype))
+        x = tc.tensor(values(shape, "normal", dtype, 0), requires_grad=True)
+        loss = F.cross_entropy(net(x), tc.tensor(np.arange(shape[0]) % 3))
+        loss.backward()
+        grads = {"x": x.grad.numpy()}
+        grads.update((k, p.grad.numpy()) for k, p in net.named_parameters())
+        return loss.item(), grads
+    finally:
+        kernels.set_kernels("numpy")
+
+
+def check_network(shape, dtype):
+    loss, grads = train_step(shape, dtype, use_gpu_kernels=True)
+    loss_ref, grads_ref = train_step(shape, dtype, use_gpu_kernels=False)
+    return first_difference(
+        compare("loss", np.float64(loss), np.float64(loss_ref), dtype=dtype),
+        *(compare(f"gradient of {k}", grads[k], g, dtype=dtype) for k, g in grads_ref.items()))
+
+
 def run_all(name_filter=""):
     from kernels import bn_cuda, bn_numpy, conv_cuda, conv_numpy, pool_cuda, pool_numpy
     checks = (
@@ -135,10 +177,11 @@ def run_all(name_filter=""):
         + [(n, lambda d, s=s, kw=kw: check_avgpool(s, kw, d, pool_cuda, pool_numpy))
            for n, s, kw in AVGPOOL]
         + [(n, lambda d, s=s, o=o: check_batchnorm(s, o, d, bn_cuda, bn_numpy))
-           for n, s, o in BATCHNORM])
+           for n, s, o in BATCHNORM]
+        + [(n, lambda d, s=s: check_network(s, d), NETWORK_DTYPES) for n, s in NETWORK])
     results = {}
-    for name, check in checks:
-        for dtype in DTYPES:
+    for name, check, *dtypes in checks:
+        for dtype in (dtypes[0] if dtypes else DTYPES):
             case = f"{name}[{dtype}]"
             if name_filter not in case:
                 continue
