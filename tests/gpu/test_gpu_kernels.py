@@ -27,10 +27,11 @@ class OnGpu:
         def call(*args, **kwargs):
             args = [cupy.asarray(a) if isinstance(a, np.ndarray) else a for a in args]
             out = kernel(*args, **kwargs)
-            assert isinstance(out if not isinstance(out, tuple) else out[-1],
-                              (cupy.ndarray, type(None)))
-            back = (lambda a: None if a is None else cupy.asnumpy(a))
-            return tuple(map(back, out)) if isinstance(out, tuple) else back(out)
+            outputs = out if isinstance(out, tuple) else (out,)
+            assert all(o is None or isinstance(o, cupy.ndarray) for o in outputs), \
+                f"{name} returned host arrays for CuPy input"
+            back = [None if o is None else cupy.asnumpy(o) for o in outputs]
+            return tuple(back) if isinstance(out, tuple) else back[0]
         return call
 
 
