@@ -19,7 +19,7 @@ import math
 
 from numba import cuda, float64
 
-from kernels.cuda_common import THREADS, launch
+from kernels.cuda_common import THREADS, launch, launch_blocks
 from tinygrad_cnn.backend import get_array_module
 
 
@@ -112,7 +112,7 @@ def batchnorm_forward_train(x, gamma, beta, eps):
     xp = get_array_module(x)
     x3, C = _as_ncl(x), x.shape[1]
     mean64, var64 = xp.empty(C, xp.float64), xp.empty(C, xp.float64)
-    _moments_kernel[C, THREADS](x3, mean64, var64)
+    launch_blocks(_moments_kernel, C, x3, mean64, var64)
     mean, var = mean64.astype(x.dtype), var64.astype(x.dtype)
     inv_std = 1 / xp.sqrt(var + x.dtype.type(eps))
     y, x_hat = xp.empty(x3.shape, x.dtype), xp.empty(x3.shape, x.dtype)
@@ -125,7 +125,7 @@ def batchnorm_backward(gy, x_hat, scale):
     xp = get_array_module(gy)
     gy3, x_hat3, C = _as_ncl(gy), _as_ncl(x_hat), gy.shape[1]
     dbeta64, dgamma64 = xp.empty(C, xp.float64), xp.empty(C, xp.float64)
-    _grad_sums_kernel[C, THREADS](gy3, x_hat3, dbeta64, dgamma64)
+    launch_blocks(_grad_sums_kernel, C, gy3, x_hat3, dbeta64, dgamma64)
     dbeta, dgamma = dbeta64.astype(gy.dtype), dgamma64.astype(gy.dtype)
     if scale is None:
         return None, dgamma, dbeta

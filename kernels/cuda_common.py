@@ -26,6 +26,12 @@ def launch(kernel, total, *args):
     kernel[(total + threads - 1) // threads, threads](*args)
 
 
+def launch_blocks(kernel, blocks, *args):
+    """Run ``kernel(*args)`` with ``blocks`` blocks of ``THREADS`` threads each
+    (a block per channel, for the batch-norm sums)."""
+    kernel[blocks, THREADS](*args)
+
+
 @cuda.jit(device=True)
 def unravel4(index, shape):
     """(n, c, h, w) of the row-major flat ``index`` into a 4-D ``shape``."""

@@ -85,10 +85,18 @@ def maxpool2d_backward(gy, argmax, x_shape, kernel_size, stride, padding, dilati
 def _window_count(o, size, kernel, stride, padding, count_include_pad):
     """Cells window ``o`` counts along one axis (pool_numpy._window_counts): clipped
     to the padded input, and to the input itself unless padding counts."""
+    # (clipped with ifs, not min/max: Numba 0.68's CUDA target did not compile
+    # two-argument min/max -- see tests/kernels_cuda/compile_ptx.py; the
+    # simulator, which runs the kernel as Python, cannot notice)
     start = o * stride - padding
-    end = min(start + kernel, size + padding)
+    end = start + kernel
+    if end > size + padding:
+        end = size + padding
     if not count_include_pad:
-        start, end = max(start, 0), min(end, size)
+        if start < 0:
+            start = 0
+        if end > size:
+            end = size
     return end - start
 
 
