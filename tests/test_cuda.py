@@ -88,6 +88,12 @@ def test_device_count_asks_cupy(with_cupy, settings, count):
     assert tc.cuda.is_available() is (count > 0)
 
 
+def test_memory_figures_are_zero_without_a_gpu(with_cupy):
+    with_cupy(device_count=0)      # the pool is not touched: CuPy would raise
+    assert tc.cuda.memory_allocated() == 0 and tc.cuda.memory_reserved() == 0
+    tc.cuda.empty_cache()
+
+
 def test_tensors_report_their_device(with_cupy):
     with_cupy()
     assert tc.ones(2).device == "cpu"

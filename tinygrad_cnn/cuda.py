@@ -37,17 +37,26 @@ def synchronize(device="cuda"):
         backend.cupy.cuda.Device().synchronize()
 
 
+def _memory_pool():
+    """CuPy's default memory pool, or None where there is no GPU (CuPy then
+    raises CUDARuntimeError on any use of it)."""
+    return backend.cupy.get_default_memory_pool() if is_available() else None
+
+
 def empty_cache():
-    """Give the memory pool's unused blocks back to the driver (no-op without CuPy)."""
-    if backend.cupy is not None:
-        backend.cupy.get_default_memory_pool().free_all_blocks()
+    """Give the memory pool's unused blocks back to the driver (no-op without a GPU)."""
+    pool = _memory_pool()
+    if pool is not None:
+        pool.free_all_blocks()
 
 
 def memory_allocated():
-    """Bytes held by live GPU arrays (0 without CuPy)."""
-    return 0 if backend.cupy is None else backend.cupy.get_default_memory_pool().used_bytes()
+    """Bytes held by live GPU arrays (0 without a GPU)."""
+    pool = _memory_pool()
+    return 0 if pool is None else pool.used_bytes()
 
 
 def memory_reserved():
-    """Bytes the pool holds from the driver, live arrays and cached blocks (0 without CuPy)."""
-    return 0 if backend.cupy is None else backend.cupy.get_default_memory_pool().total_bytes()
+    """Bytes the pool holds from the driver, live arrays and cached blocks (0 without a GPU)."""
+    pool = _memory_pool()
+    return 0 if pool is None else pool.total_bytes()
