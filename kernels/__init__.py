@@ -14,14 +14,16 @@ The default is Numba; the environment variable ``TINYGRAD_CNN_KERNELS``
 (``numpy`` or ``numba``) or ``tinygrad_cnn.set_kernels(name)`` switch sets.
 
 CuPy (GPU) arrays go elsewhere, whatever the set: to the ``numba.cuda``
-kernels (``*_cuda.py``) when Numba can reach the GPU, else to the NumPy
-reference, which runs on CuPy arrays as it is.  Only when CuPy is installed
-is each kernel wrapped to look at its first argument; without CuPy there can
-be no GPU arrays, and the set's functions are called directly.
+kernels (``*_cuda.py``) when Numba can compile for the GPU, else (with a
+warning) to the NumPy reference, which runs on CuPy arrays as it is.  Only
+when CuPy is installed is each kernel wrapped to look at its first argument;
+without CuPy there can be no GPU arrays, and the set's functions are called
+directly.
 """
 import functools
 import importlib
 import os
+import warnings
 
 # Numba's parallel loops run on OpenMP threads, which by default busy-wait
 # after each loop.  With as many threads as cores they then take the cores
@@ -90,18 +92,30 @@ _gpu_kernels = None     # name -> function for CuPy arrays, chosen at the first 
 
 def gpu_kernels():
     """The kernels CuPy arrays go to: the numba.cuda ones, or the NumPy
-    reference where Numba cannot reach the GPU (no CUDA toolkit it can use)."""
+    reference where Numba cannot compile for the GPU."""
     global _gpu_kernels
     if _gpu_kernels is None:
-        _gpu_kernels = _collect(_GPU_MODULES if numba_cuda_works() else _GPU_MODULES[:3])
+        if numba_cuda_works():
+            _gpu_kernels = _collect(_GPU_MODULES)
+        else:
+            warnings.warn("Numba cannot compile CUDA kernels here (it needs NVIDIA's NVVM "
+                          "library: a CUDA toolkit, or pip install numba-cuda[cu12]); "
+                          "convolution, pooling and batch norm run the NumPy reference "
+                          "kernels on the GPU instead, which is slower", stacklevel=3)
+            _gpu_kernels = _collect(_GPU_MODULES[:3])
     return _gpu_kernels
 
 
 def numba_cuda_works():
-    """Whether Numba's CUDA target imports and sees a GPU (or its simulator)."""
+    """Whether Numba can compile and launch CUDA kernels: it sees a GPU (or is
+    its simulator) and finds NVVM, NVIDIA's compiler library, which CuPy's
+    wheels do not bring."""
     try:
-        from numba import cuda
-        return bool(cuda.is_available())
+        from numba import config, cuda
+        if config.ENABLE_CUDASIM:
+            return True
+        from numba.cuda.cudadrv import nvvm
+        return bool(cuda.is_available()) and bool(nvvm.is_available())
     except Exception:      # ImportError, or a CUDA library Numba cannot load
         return False
 

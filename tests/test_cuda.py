@@ -268,7 +268,8 @@ def test_cupy_arrays_go_to_the_gpu_kernels(with_cupy, monkeypatch):
 def test_gpu_kernels_fall_back_to_the_reference_without_numba_cuda(monkeypatch):
     monkeypatch.setattr(kernels, "_gpu_kernels", None)
     monkeypatch.setattr(kernels, "numba_cuda_works", lambda: False)
-    chosen = kernels.gpu_kernels()
+    with pytest.warns(UserWarning, match="NumPy reference kernels on the GPU"):
+        chosen = kernels.gpu_kernels()
     assert {name: f.__module__ for name, f in chosen.items()} == {
         "im2col": "kernels.conv_numpy", "col2im": "kernels.conv_numpy",
         "maxpool2d_forward": "kernels.pool_numpy", "maxpool2d_backward": "kernels.pool_numpy",
@@ -283,3 +284,15 @@ def test_gpu_kernels_are_the_cuda_ones_when_numba_reaches_the_gpu(monkeypatch):
     assert sorted(chosen) == sorted(kernels.KERNELS)
     assert {f.__module__ for f in chosen.values()} == {
         "kernels.conv_cuda", "kernels.pool_cuda", "kernels.bn_cuda"}
+
+
+@pytest.mark.parametrize("gpu, nvvm, works", [(True, True, True), (True, False, False),
+                                              (False, True, False)])
+def test_numba_cuda_works_needs_a_gpu_and_nvvm(monkeypatch, gpu, nvvm, works):
+    """CuPy's wheels bring no NVVM: a GPU alone must not send arrays to kernels
+    that cannot compile."""
+    from numba import cuda
+    from numba.cuda.cudadrv import nvvm as nvvm_module
+    monkeypatch.setattr(cuda, "is_available", lambda: gpu)
+    monkeypatch.setattr(nvvm_module, "is_available", lambda: nvvm)
+    assert kernels.numba_cuda_works() is works
