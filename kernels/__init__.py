@@ -49,6 +49,8 @@ KERNELS = (
     "im2col", "col2im",
     "maxpool2d_forward", "maxpool2d_backward",
     "avgpool2d_forward", "avgpool2d_backward",
+    "adaptive_avgpool2d_forward", "adaptive_avgpool2d_backward",
+    "adaptive_maxpool2d_forward", "adaptive_maxpool2d_backward",
     "batchnorm_forward_train", "batchnorm_backward",
 )
 

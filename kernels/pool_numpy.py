@@ -26,6 +26,12 @@ avgpool2d_forward(x, kernel_size, stride, padding, ceil_mode=False,
                   count_include_pad=True, divisor_override=None) -> y
 avgpool2d_backward(gy, x_shape, kernel_size, stride, padding,
                    count_include_pad=True, divisor_override=None) -> gx
+adaptive_avgpool2d_forward(x, output_size) -> y          (N, C, OH, OW)
+adaptive_avgpool2d_backward(gy, x_shape) -> gx            (N, C, H, W)
+adaptive_maxpool2d_forward(x, output_size)
+    -> (y, indices)      indices: int64 (N, C, OH, OW), row * W + col of each
+                         bin's max in its (H, W) plane (PyTorch's format)
+adaptive_maxpool2d_backward(gy, indices, x_shape) -> gx
 
 Backward kernels read the output size (OH, OW) from ``gy``, so they need no
 ``ceil_mode``.
@@ -202,3 +208,89 @@ def avgpool2d_backward(gy, x_shape, kernel_size, stride, padding, count_include_
     for offset in _offsets(kernel_size):
         gx[_window_cell(offset, stride, no_dilation, out_shape)] += share
     return _unpad(gx, x_shape, padding)
+
+
+# ---------------------------------------------------------------- adaptive pooling
+def adaptive_bins(size, out):
+    """PyTorch's bins along one axis: bin i covers [floor(i*size/out), ceil((i+1)*size/out)).
+
+    Bins cover the axis, may overlap by a cell, and repeat cells when out > size.
+    """
+    return [(i * size // out, -(-(i + 1) * size // out)) for i in range(out)]
+
+
+def _averaging_matrix(size, out, dtype, xp):
+    """A (out, size): A[i, h] = 1/len(bin i) for h in bin i, else 0, so A @ v averages v per bin."""
+    matrix = xp.zeros((out, size), dtype=dtype)
+    for i, (start, end) in enumerate(adaptive_bins(size, out)):
+        matrix[i, start:end] = 1 / (end - start)
+    return matrix
+
+
+def adaptive_avgpool2d_forward(x, output_size):
+    """y[n, c, i, j] = mean of x over row bin i x column bin j.
+
+    The mean over a rectangle is a mean over rows then over columns: with the
+    averaging matrices A_H (OH, H) and A_W (OW, W), y = A_H x A_Wᵀ (a batched
+    matrix product over the (n, c) planes).  The global pool, output (1, 1),
+    that ends NiN, GoogLeNet, ResNet and DenseNet is a plain mean instead:
+    same numbers, without N·C tiny matrix products.
+    """
+    if tuple(output_size) == (1, 1):
+        return x.mean(axis=(2, 3), keepdims=True)
+    xp = get_array_module(x)
+    rows, cols = (_averaging_matrix(n, out, x.dtype, xp)
+                  for n, out in zip(x.shape[2:], output_size))
+    return rows @ x @ cols.T
+
+
+def adaptive_avgpool2d_backward(gy, x_shape):
+    """gx = A_Hᵀ gy A_W (the gradient of A X B is Aᵀ dY Bᵀ); for the global
+    pool every cell of a plane gets gy / (H·W)."""
+    xp = get_array_module(gy)
+    if gy.shape[2:] == (1, 1):
+        gx = xp.empty(x_shape, dtype=gy.dtype)
+        gx[...] = gy / (x_shape[2] * x_shape[3])      # broadcast over H, W
+        return gx                                      # an ordinary array, not a view
+    rows, cols = (_averaging_matrix(n, out, gy.dtype, xp)
+                  for n, out in zip(x_shape[2:], gy.shape[2:]))
+    return rows.T @ gy @ cols
+
+
+def adaptive_maxpool2d_forward(x, output_size):
+    """y[n, c, i, j] = max of x over row bin i x column bin j, and where it sits.
+
+    One vectorised argmax per bin (OH·OW of them, each over the whole batch):
+    ties go to the first cell in row-major bin order, as ``argmax`` returns
+    the first maximum (a NaN counts as the maximum; the first NaN wins).
+
+    Returns y and indices (N, C, OH, OW) int64: row * W + col of the max in
+    its plane, PyTorch's format, which backward and ``return_indices`` use.
+    """
+    xp = get_array_module(x)
+    n, c, h, w = x.shape
+    row_bins, col_bins = (adaptive_bins(size, out) for size, out in zip((h, w), output_size))
+    indices = xp.empty((n, c) + tuple(output_size), dtype=xp.int64)
+    for i, (top, bottom) in enumerate(row_bins):
+        for j, (left, right) in enumerate(col_bins):
+            window = x[:, :, top:bottom, left:right].reshape(n, c, -1)
+            first_max = window.argmax(axis=-1)
+            width = right - left
+            indices[:, :, i, j] = (top + first_max // width) * w + left + first_max % width
+    planes = x.reshape(n, c, h * w)
+    y = xp.take_along_axis(planes, indices.reshape(n, c, -1), axis=-1)
+    return y.reshape(indices.shape), indices
+
+
+def adaptive_maxpool2d_backward(gy, indices, x_shape):
+    """gx[n, c, h, w] = Σ gy over the bins whose max is x[n, c, h, w].
+
+    A scatter-add: bincount sums the weights of repeated indices, so a cell
+    that wins several (overlapping or repeated) bins gets every contribution.
+    """
+    xp = get_array_module(gy)
+    n, c, h, w = x_shape
+    plane_start = (xp.arange(n * c) * (h * w)).reshape(n, c, 1, 1)
+    flat = (plane_start + indices).ravel()
+    gx = xp.bincount(flat, weights=gy.ravel(), minlength=n * c * h * w)
+    return gx.astype(gy.dtype, copy=False).reshape(x_shape)

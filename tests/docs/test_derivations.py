@@ -10,9 +10,9 @@ import pytest
 import tinygrad_cnn as tc
 import tinygrad_cnn.nn.functional as F
 from kernels import bn_numpy, conv_numpy
+from kernels.pool_numpy import adaptive_bins
 from models.lenet import batch_norm as d2l_batch_norm
 from tinygrad_cnn import Tensor, autograd
-from tinygrad_cnn.ops.pooling import adaptive_bins
 
 RNG = np.random.default_rng(0)
 

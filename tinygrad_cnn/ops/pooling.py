@@ -3,12 +3,12 @@
 Inputs are (N, C, H, W), or (C, H, W) treated as a batch of one.  Each
 window (KH, KW) slides with ``stride`` over the input padded by
 ``padding``; there are (OH, OW) windows, counted by ``pool_output_size``.
-The hot loops live in ``kernels`` (``kernels.maxpool2d_forward`` ...), so
-the kernel set can be switched at run time; adaptive pooling is written
-here, as it loops only over a few output bins.
+The hot loops live in ``kernels`` (``kernels.maxpool2d_forward``,
+``kernels.adaptive_avgpool2d_forward`` ...), so the kernel set can be
+switched at run time; the ops here hold the graph logic (what backward needs).
 
 The output-size rule is geometry, not a hot loop: every kernel set shares
-``kernels.pool_numpy.pool_output_size``.  It is looked up at call time --
+``kernels.pool_numpy.pool_output_size`` (and ``adaptive_bins``).  It is looked up at call time --
 ``kernels`` imports ``tinygrad_cnn.backend`` and so may still be half
 initialised while this module is imported.
 """
@@ -80,92 +80,49 @@ class AvgPool2d(Function):
                                           self.divisor_override)
 
 
-def adaptive_bins(size, out):
-    """PyTorch's bins along one axis: bin i covers [floor(i*size/out), ceil((i+1)*size/out)).
-
-    Bins cover the axis, may overlap by a cell, and repeat cells when out > size.
-    """
-    return [(i * size // out, -(-(i + 1) * size // out)) for i in range(out)]
-
-
 class AdaptiveAvgPool2d(Function):
     """y[n,c,i,j] = mean of x over row bin i x column bin j.
 
-    The mean over a rectangle is a mean over rows then over columns, so with
-    the averaging matrices A_H (OH, H), A_W (OW, W) -- A[i, h] = 1/len(bin i)
-    for h in bin i, else 0 --
+    Bins are PyTorch's (``kernels.pool_numpy.adaptive_bins``).  The mean over a
+    rectangle is a mean over rows then over columns, so with the averaging
+    matrices A_H (OH, H), A_W (OW, W) -- A[i, h] = 1/len(bin i) for h in
+    bin i, else 0 --
 
         y = A_H x A_Wᵀ        dx = A_Hᵀ dy A_W
 
     The global pool, output (1, 1), that ends NiN, GoogLeNet, ResNet and
-    DenseNet is a plain mean over H and W instead: y = mean(x) and every cell
-    of a plane gets dy/(H·W).  Same numbers, without N·C tiny matrix products.
+    DenseNet is a plain mean over H and W: every cell of a plane gets dy/(H·W).
+    Backward needs only the input's shape.
     """
     def __init__(self, output_size):
         self.output_size = tuple(output_size)
 
     def forward(self, x):
         self.x_shape = x.shape
-        if self.output_size == (1, 1):
-            return x.mean(axis=(2, 3), keepdims=True)
-        xp = get_array_module(x)
-        self.rows, self.cols = (self.averaging_matrix(n, out, x.dtype, xp) for n, out in
-                                zip(x.shape[2:], self.output_size))
-        return self.rows @ x @ self.cols.T
+        return kernels.adaptive_avgpool2d_forward(x, self.output_size)
 
     def backward(self, gy):
-        if self.output_size == (1, 1):
-            xp = get_array_module(gy)
-            gx = xp.empty(self.x_shape, dtype=gy.dtype)
-            gx[...] = gy / (self.x_shape[2] * self.x_shape[3])   # broadcast over H, W
-            return gx
-        return self.rows.T @ gy @ self.cols
-
-    @staticmethod
-    def averaging_matrix(size, out, dtype, xp):
-        matrix = xp.zeros((out, size), dtype=dtype)
-        for i, (start, end) in enumerate(adaptive_bins(size, out)):
-            matrix[i, start:end] = 1 / (end - start)
-        return matrix
+        return kernels.adaptive_avgpool2d_backward(gy, self.x_shape)
 
 
 class AdaptiveMaxPool2d(Function):
-    """y[n,c,i,j] = max of x over row bin i x column bin j.
+    """y[n,c,i,j] = max of x over row bin i x column bin j (the first one on ties).
 
     dx[n,c,h,w] = Σ dy[n,c,i,j] over the bins whose max is x[n,c,h,w]
-    (bins may overlap, so one cell can win several).
+    (bins may overlap, so one cell can win several).  Forward keeps where each
+    max sits -- row * W + col in its plane, PyTorch's format -- for backward
+    and for ``return_indices``.
     """
     def __init__(self, output_size):
-        self.output_size = output_size
+        self.output_size = tuple(output_size)
 
     def forward(self, x):
-        xp = get_array_module(x)
-        n, c, h, w = x.shape
-        row_bins, col_bins = (adaptive_bins(size, out) for size, out in
-                              zip((h, w), self.output_size))
-        # indices: row * W + col of each bin's max in its plane (PyTorch's format)
-        self.indices = xp.zeros((n, c) + tuple(self.output_size), dtype=xp.int64)
-        for i, (top, bottom) in enumerate(row_bins):
-            for j, (left, right) in enumerate(col_bins):
-                window = x[:, :, top:bottom, left:right].reshape(n, c, -1)
-                first_max = window.argmax(axis=-1)       # ties: first in row-major order
-                width = right - left
-                self.indices[:, :, i, j] = ((top + first_max // width) * w
-                                            + left + first_max % width)
+        y, self.indices = kernels.adaptive_maxpool2d_forward(x, self.output_size)
         self.x_shape = x.shape
-        planes = x.reshape(n, c, h * w)
-        return xp.take_along_axis(planes, self.indices.reshape(n, c, -1),
-                                  axis=-1).reshape(self.indices.shape)
+        return y
 
     def backward(self, gy):
-        """Scatter-add: bincount sums the weights of repeated indices, so a
-        cell chosen by several bins gets every contribution."""
-        xp = get_array_module(gy)
-        n, c, h, w = self.x_shape
-        plane_start = (xp.arange(n * c) * (h * w)).reshape(n, c, 1, 1)
-        flat = (plane_start + self.indices).ravel()
-        gx = xp.bincount(flat, weights=gy.ravel(), minlength=n * c * h * w)
-        return gx.astype(gy.dtype, copy=False).reshape(self.x_shape)
+        return kernels.adaptive_maxpool2d_backward(gy, self.indices, self.x_shape)
 
 
 # ---------------------------------------------------------------- validation
