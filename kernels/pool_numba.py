@@ -25,6 +25,10 @@ Two choices make these loops fast, both measured on (64, 64, 48, 48):
   inside a ``prange`` loop the constant-size windows measured no faster
   than run-time ones.)
 
+Adaptive pooling (``_adaptive_loops``) has no fixed window to build in: its
+loops read each bin's edges from small arrays and run over the (N·C, H, W)
+stack of planes, so a batch of one still splits over threads.
+
 What runs where
 ---------------
 Only NumPy float32/float64 arrays reach the compiled loops.  Anything else
@@ -161,6 +165,82 @@ def _loops(KH, KW):
                                  avgpool_backward=jit(avgpool_backward))
 
 
+@functools.cache
+def _adaptive_loops():
+    """The adaptive pooling loops, on (P, H, W) stacks of planes (P = N·C).
+
+    Bins vary in size, so there is no constant to build in; each loop reads
+    bin i's rows [top[i], bottom[i]) and bin j's columns [left[j], right[j])
+    from int64 arrays (``_bin_edges``).  Each plane is one thread's (see
+    ``_over_batch``), so overlapping bins adding into it never race.
+    """
+    import numba
+    jit = numba.njit(cache=True, nogil=True)
+
+    def avg_forward(x, y, top, bottom, left, right):
+        """y[p, i, j] = mean of x[p] over bin (i, j), summed in float64: a bin may
+        be a whole large plane (the global pool), where float32 sums drift."""
+        P = x.shape[0]
+        OH, OW = y.shape[1:]
+        for p in range(P):
+            for i in range(OH):
+                for j in range(OW):
+                    total = 0.0
+                    for h in range(top[i], bottom[i]):
+                        for w in range(left[j], right[j]):
+                            total += x[p, h, w]
+                    y[p, i, j] = total / ((bottom[i] - top[i]) * (right[j] - left[j]))
+
+    def avg_backward(gy, gx, top, bottom, left, right):
+        """gx[p, h, w] = Σ gy[p, i, j] / (cells in bin (i, j)) over the bins holding (h, w)."""
+        P = gx.shape[0]
+        OH, OW = gy.shape[1:]
+        gx[...] = 0
+        for p in range(P):
+            for i in range(OH):
+                for j in range(OW):
+                    cells = (bottom[i] - top[i]) * (right[j] - left[j])
+                    share = gy[p, i, j] / gy.dtype.type(cells)    # stays float32 for float32
+                    for h in range(top[i], bottom[i]):
+                        for w in range(left[j], right[j]):
+                            gx[p, h, w] += share
+
+    def max_forward(x, y, indices, top, bottom, left, right):
+        """y[p, i, j] = max of x[p] over bin (i, j); indices = its h * W + w.
+
+        The running max starts at the bin's first cell and moves only to a
+        strictly greater cell, or to a NaN while it holds none: the first
+        maximum, or the first NaN, as the reference's ``argmax`` picks.
+        """
+        P, H, W = x.shape
+        OH, OW = y.shape[1:]
+        for p in range(P):
+            for i in range(OH):
+                for j in range(OW):
+                    best, where = x[p, top[i], left[j]], top[i] * W + left[j]
+                    for h in range(top[i], bottom[i]):
+                        for w in range(left[j], right[j]):
+                            v = x[p, h, w]
+                            if v > best or (v != v and best == best):   # v != v: v is NaN
+                                best, where = v, h * W + w
+                    y[p, i, j] = best
+                    indices[p, i, j] = where
+
+    def max_backward(gy, indices, gx):
+        """gx[p, h, w] = Σ gy[p, i, j] over the bins whose max sits at h * W + w."""
+        P, H, W = gx.shape
+        OH, OW = gy.shape[1:]
+        gx[...] = 0
+        for p in range(P):
+            for i in range(OH):
+                for j in range(OW):
+                    k = indices[p, i, j]
+                    gx[p, k // W, k % W] += gy[p, i, j]
+
+    return types.SimpleNamespace(avg_forward=jit(avg_forward), avg_backward=jit(avg_backward),
+                                 max_forward=jit(max_forward), max_backward=jit(max_backward))
+
+
 # ---------------------------------------------------------------- threads
 @functools.cache
 def _thread_pool(pid):
@@ -253,4 +333,61 @@ def avgpool2d_backward(gy, x_shape, kernel_size, stride, padding, count_include_
     gx = np.empty(tuple(x_shape), dtype=gy.dtype)
     _over_batch(_loops(*kernel_size).avgpool_backward, (np.ascontiguousarray(gy), gx), divisor,
                 *stride, *padding)
+    return gx
+
+
+# ---------------------------------------------------------------- adaptive pooling
+def _planes(a):
+    """(N, C, H, W) -> (N·C, H, W): adaptive pooling treats every plane alike, and a
+    batch of one still splits over threads by channel."""
+    return np.ascontiguousarray(a).reshape((-1,) + a.shape[2:])
+
+
+def _bin_edges(x_shape, output_size):
+    """(top, bottom, left, right): int64 arrays of ``pool_numpy.adaptive_bins`` edges."""
+    rows, cols = (np.array(pool_numpy.adaptive_bins(n, out), dtype=np.int64).reshape(out, 2)
+                  for n, out in zip(x_shape[2:], output_size))
+    return rows[:, 0], rows[:, 1], cols[:, 0], cols[:, 1]
+
+
+def adaptive_avgpool2d_forward(x, output_size):
+    """``pool_numpy.adaptive_avgpool2d_forward``, compiled: x (N, C, H, W) -> y (N, C, OH, OW)."""
+    if not _compilable(x):
+        return pool_numpy.adaptive_avgpool2d_forward(x, output_size)
+    y = np.empty(x.shape[:2] + tuple(output_size), dtype=x.dtype)
+    _over_batch(_adaptive_loops().avg_forward, (_planes(x), _planes(y)),
+                *_bin_edges(x.shape, output_size))
+    return y
+
+
+def adaptive_avgpool2d_backward(gy, x_shape):
+    """``pool_numpy.adaptive_avgpool2d_backward``, compiled: gy (N, C, OH, OW) -> gx (N, C, H, W)."""
+    if not _compilable(gy):
+        return pool_numpy.adaptive_avgpool2d_backward(gy, x_shape)
+    gx = np.empty(tuple(x_shape), dtype=gy.dtype)
+    _over_batch(_adaptive_loops().avg_backward, (_planes(gy), _planes(gx)),
+                *_bin_edges(x_shape, gy.shape[2:]))
+    return gx
+
+
+def adaptive_maxpool2d_forward(x, output_size):
+    """``pool_numpy.adaptive_maxpool2d_forward``, compiled: x (N, C, H, W) ->
+    (y, indices int64 (N, C, OH, OW), row * W + col in the plane)."""
+    if not _compilable(x):
+        return pool_numpy.adaptive_maxpool2d_forward(x, output_size)
+    y = np.empty(x.shape[:2] + tuple(output_size), dtype=x.dtype)
+    indices = np.empty(y.shape, dtype=np.int64)
+    _over_batch(_adaptive_loops().max_forward, (_planes(x), _planes(y), _planes(indices)),
+                *_bin_edges(x.shape, output_size))
+    return y, indices
+
+
+def adaptive_maxpool2d_backward(gy, indices, x_shape):
+    """``pool_numpy.adaptive_maxpool2d_backward``, compiled: gy, indices (N, C, OH, OW) ->
+    gx (N, C, H, W)."""
+    if not _compilable(gy) or not isinstance(indices, np.ndarray):
+        return pool_numpy.adaptive_maxpool2d_backward(gy, indices, x_shape)
+    gx = np.empty(tuple(x_shape), dtype=gy.dtype)
+    _over_batch(_adaptive_loops().max_backward,
+                (_planes(gy), _planes(np.asarray(indices, dtype=np.int64)), _planes(gx)))
     return gx

@@ -187,3 +187,98 @@ def test_a_forked_child_gets_its_own_threads():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             timeout=120, cwd=Path(__file__).parents[2])
     assert result.returncode == 0, result.stderr
+
+
+# ---------------------------------------------------------------- adaptive pooling
+# (x shape, output size): bins that split evenly, overlap (5 -> 3: neighbours share a
+# cell), repeat cells (output larger than the input), the global pool, batch 1, odd sizes
+ADAPTIVE_GEOMETRIES = {
+    "even-split": ((2, 3, 8, 6), (4, 3)),
+    "overlapping-5to3": ((2, 2, 5, 5), (3, 3)),
+    "overlapping-odd": ((3, 2, 7, 9), (4, 5)),
+    "larger-than-input": ((2, 2, 3, 4), (5, 7)),
+    "global-1x1": ((3, 4, 5, 7), (1, 1)),
+    "1x1-input": ((2, 3, 1, 1), (2, 3)),
+    "batch1-odd": ((1, 5, 9, 7), (2, 5)),
+    "many-planes": ((4, 16, 7, 7), (3, 3)),     # several planes per thread
+}
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("geometry", ADAPTIVE_GEOMETRIES.values(),
+                         ids=ADAPTIVE_GEOMETRIES.keys())
+def test_adaptive_avgpool2d_equals_reference(geometry, dtype):
+    shape, out = geometry
+    x = make_input("normal", shape, dtype)
+    assert_close(pool_numba.adaptive_avgpool2d_forward(x, out),
+                 pool_numpy.adaptive_avgpool2d_forward(x, out))
+    gy = make_input("normal", shape[:2] + out, dtype, seed=1)
+    assert_close(pool_numba.adaptive_avgpool2d_backward(gy, shape),
+                 pool_numpy.adaptive_avgpool2d_backward(gy, shape))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("values", MAX_VALUES)
+@pytest.mark.parametrize("geometry", ADAPTIVE_GEOMETRIES.values(),
+                         ids=ADAPTIVE_GEOMETRIES.keys())
+def test_adaptive_maxpool2d_equals_reference(geometry, values, dtype):
+    shape, out = geometry
+    x = make_input(values, shape, dtype)
+    y, indices = pool_numba.adaptive_maxpool2d_forward(x, out)
+    expected_y, expected_indices = pool_numpy.adaptive_maxpool2d_forward(x, out)
+    assert y.dtype == dtype and indices.dtype == np.int64
+    np.testing.assert_array_equal(y, expected_y)                # NaN == NaN here
+    np.testing.assert_array_equal(indices, expected_indices)    # same winner, ties and NaN too
+
+    gy = make_input("normal", y.shape, dtype, seed=1)
+    assert_close(pool_numba.adaptive_maxpool2d_backward(gy, indices, shape),
+                 pool_numpy.adaptive_maxpool2d_backward(gy, indices, shape))
+
+
+def test_adaptive_maxpool2d_ties_go_to_the_first_cell_of_each_bin():
+    # all cells equal: every bin's max is its top-left cell; the overlapping bins of
+    # 5 -> 3 ([0, 2), [1, 4), [3, 5)) start at rows and columns 0, 1, 3
+    x = np.zeros((1, 1, 5, 5), dtype=np.float32)
+    _, indices = pool_numba.adaptive_maxpool2d_forward(x, (3, 3))
+    starts = np.array([0, 1, 3])
+    np.testing.assert_array_equal(indices[0, 0], starts[:, None] * 5 + starts[None, :])
+    # a cell that wins several overlapping bins collects all their gradients
+    # (1, 1) lies in bins (0..1, 0..1), (3, 3) in bins (1..2, 1..2); bin (1, 1) holds
+    # both, tied, and goes to (1, 1), first in row-major order
+    x[0, 0, 1, 1] = x[0, 0, 3, 3] = 1.0
+    _, indices = pool_numba.adaptive_maxpool2d_forward(x, (3, 3))
+    gx = pool_numba.adaptive_maxpool2d_backward(np.ones((1, 1, 3, 3), np.float32), indices,
+                                                x.shape)
+    assert (gx[0, 0, 1, 1], gx[0, 0, 3, 3], gx.sum()) == (4, 3, 9)
+
+
+def test_adaptive_kernels_read_non_contiguous_arrays():
+    shape, out = ADAPTIVE_GEOMETRIES["overlapping-odd"]
+    x = make_input("normal", shape[::-1], np.float64).transpose(3, 2, 1, 0)
+    gy = np.asfortranarray(make_input("normal", shape[:2] + out, np.float64, seed=1))
+    assert not x.flags.c_contiguous and not gy.flags.c_contiguous
+    assert_close(pool_numba.adaptive_avgpool2d_forward(x, out),
+                 pool_numpy.adaptive_avgpool2d_forward(x, out))
+    assert_close(pool_numba.adaptive_avgpool2d_backward(gy, shape),
+                 pool_numpy.adaptive_avgpool2d_backward(gy, shape))
+    y, indices = pool_numba.adaptive_maxpool2d_forward(x, out)
+    np.testing.assert_array_equal(y, pool_numpy.adaptive_maxpool2d_forward(x, out)[0])
+    assert_close(pool_numba.adaptive_maxpool2d_backward(gy, np.asfortranarray(indices), shape),
+                 pool_numpy.adaptive_maxpool2d_backward(gy, indices, shape))
+
+
+def test_adaptive_kernels_leave_other_dtypes_and_devices_to_the_reference(monkeypatch,
+                                                                         device):
+    def no_numba():
+        raise AssertionError("the compiled loops were asked for")
+    monkeypatch.setattr(pool_numba, "_adaptive_loops", no_numba)
+    shape, out = ADAPTIVE_GEOMETRIES["overlapping-5to3"]
+    dtypes = [np.float16] + ([np.float64] if device != "cpu" else [])
+    for dtype in dtypes:
+        x = to_device(make_input("normal", shape, dtype), device)
+        y = pool_numba.adaptive_avgpool2d_forward(x, out)
+        gx = pool_numba.adaptive_avgpool2d_backward(y, shape)
+        y_max, indices = pool_numba.adaptive_maxpool2d_forward(x, out)
+        gx_max = pool_numba.adaptive_maxpool2d_backward(y_max, indices, shape)
+        for array in (y, gx, y_max, gx_max):
+            assert type(array) is type(x) and array.dtype == dtype
