@@ -31,6 +31,12 @@ GEOMETRIES = {
     "batch1-odd": ((1, 3, 7, 9), (3, 5), (2, 1), (1, 2), (1, 1), False),
     "1x1-kernel-stride2": ((2, 3, 5, 6), (1, 1), (2, 2), (0, 0), (1, 1), False),
     "many-planes": ((4, 16, 9, 9), (3, 3), (1, 1), (1, 1), (1, 1), True),  # several per thread
+    # stride == kernel, no padding: average backward's tiled loop; odd sizes leave
+    # cells past the last window (floor) or make part windows (ceil)
+    "tiled-odd-floor": ((2, 3, 7, 9), (2, 2), (2, 2), (0, 0), (1, 1), False),
+    "tiled-odd-ceil": ((2, 3, 7, 9), (2, 2), (2, 2), (0, 0), (1, 1), True),
+    "tiled-3x2-batch1": ((1, 4, 8, 7), (3, 2), (3, 2), (0, 0), (1, 1), False),
+    "tiled-3x2-ceil": ((1, 4, 8, 7), (3, 2), (3, 2), (0, 0), (1, 1), True),
     "dilation": ((2, 2, 9, 10), (2, 3), (2, 3), (1, 1), (3, 2), False),
     "dilation-ceil": ((1, 2, 8, 7), (3, 2), (2, 2), (1, 1), (2, 2), True),
 }
