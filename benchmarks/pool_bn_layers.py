@@ -1,6 +1,6 @@
 """Pooling and batch norm, layer by layer: NumPy kernels, Numba kernels, PyTorch.
 
-    python -m benchmarks.pool_bn_layers [--repeats 7] [--threads 2]
+    python -m benchmarks.pool_bn_layers [--repeats 7] [--threads 2] [--kernels-only]
 
 For the pooling and batch-norm layers of the d2l networks (float32), times
 one forward + backward pass through the op (input, γ and β requiring grad)
@@ -9,7 +9,8 @@ installed, with ``--threads`` threads), alternating the three in every
 repeat so machine noise hits them alike, and prints the best time of each
 and the ratios.  Then times the pooling kernels alone, forward and
 backward, Numba against NumPy (the issue's target: Numba ≥ 3x NumPy on
-pooling backward).
+pooling backward), the average pool's backward on every 2x2 pool of LeNet
+and DenseNet, and the adaptive pools.
 
 First calls (Numba compilation or cache loading) are not timed.  The Numba
 loops use every core Numba sees; set NUMBA_NUM_THREADS to match --threads
@@ -105,25 +106,61 @@ def layer_table(repeats, with_torch):
               f"{t['numpy'] / t['numba']:12.2f} {t['numba'] / tt:12.2f}")
 
 
-def kernel_table(repeats):
-    """The pooling kernels alone, forward and backward."""
-    from kernels import pool_numba, pool_numpy
-    print(f"\n{'kernel (float32)':44s} {'numpy ms':>9s} {'numba ms':>9s} {'speed-up':>9s}")
+# 2x2 average pools of the chapter networks, as backward sees them (the input's shape):
+# LeNet's two (batch 256) and DenseNet's three transitions (batch 64, 96x96 images)
+AVG_POOL_INPUTS = [(256, 6, 28, 28), (256, 16, 10, 10),
+                   (64, 96, 24, 24), (64, 112, 12, 12), (64, 120, 6, 6)]
+# adaptive pools: GoogLeNet's global one (96x96 images), and bins that overlap (13 -> 5)
+ADAPTIVE_POOLS = [((64, 1024, 3, 3), (1, 1)), ((64, 64, 13, 13), (5, 5))]
+
+
+def kernel_calls():
+    """name -> call(kernel module): the pooling kernels alone, float32."""
+    from kernels import pool_numpy
     x = layer_arrays((64, 64, 48, 48))[0]
     max_args, avg_args = ((3, 3), (2, 2), (1, 1)), ((2, 2), (2, 2), (0, 0))
     y, argmax = pool_numpy.maxpool2d_forward(x, *max_args)
     y_avg = pool_numpy.avgpool2d_forward(x, *avg_args)
+    big = "(64,64,48,48)"
     calls = {
-        "maxpool2d_forward 3x3/2 p1": lambda m: m.maxpool2d_forward(x, *max_args),
-        "maxpool2d_backward 3x3/2 p1": lambda m: m.maxpool2d_backward(y, argmax, x.shape,
-                                                                      *max_args),
-        "avgpool2d_forward 2x2": lambda m: m.avgpool2d_forward(x, *avg_args),
-        "avgpool2d_backward 2x2": lambda m: m.avgpool2d_backward(y_avg, x.shape, *avg_args),
+        f"maxpool2d_forward 3x3/2 p1 {big}": lambda m: m.maxpool2d_forward(x, *max_args),
+        f"maxpool2d_backward 3x3/2 p1 {big}": lambda m: m.maxpool2d_backward(
+            y, argmax, x.shape, *max_args),
+        f"avgpool2d_forward 2x2 {big}": lambda m: m.avgpool2d_forward(x, *avg_args),
+        f"avgpool2d_backward 2x2 {big}": lambda m: m.avgpool2d_backward(y_avg, x.shape,
+                                                                        *avg_args),
     }
-    for name, call in calls.items():
+    for shape in AVG_POOL_INPUTS:
+        gy = layer_arrays(shape[:2] + (shape[2] // 2, shape[3] // 2))[0]
+        calls[f"avgpool2d_backward 2x2 {shape}"] = \
+            lambda m, gy=gy, shape=shape: m.avgpool2d_backward(gy, shape, *avg_args)
+    for shape, out in ADAPTIVE_POOLS:
+        x_ad = layer_arrays(shape)[0]
+        gy = layer_arrays(shape[:2] + out)[0]
+        _, indices = pool_numpy.adaptive_maxpool2d_forward(x_ad, out)
+        where = f"{shape}->{out}"
+        calls.update({
+            f"adaptive_avgpool2d_forward {where}":
+                lambda m, x_ad=x_ad, out=out: m.adaptive_avgpool2d_forward(x_ad, out),
+            f"adaptive_avgpool2d_backward {where}":
+                lambda m, gy=gy, shape=shape: m.adaptive_avgpool2d_backward(gy, shape),
+            f"adaptive_maxpool2d_forward {where}":
+                lambda m, x_ad=x_ad, out=out: m.adaptive_maxpool2d_forward(x_ad, out),
+            f"adaptive_maxpool2d_backward {where}":
+                lambda m, gy=gy, indices=indices, shape=shape:
+                    m.adaptive_maxpool2d_backward(gy, indices, shape),
+        })
+    return calls
+
+
+def kernel_table(repeats):
+    """The pooling kernels alone, Numba against NumPy, each pair timed in turn."""
+    from kernels import pool_numba, pool_numpy
+    print(f"\n{'kernel (float32)':62s} {'numpy ms':>9s} {'numba ms':>9s} {'speed-up':>9s}")
+    for name, call in kernel_calls().items():
         t = best_times({"numpy": lambda: call(pool_numpy), "numba": lambda: call(pool_numba)},
                        repeats)
-        print(f"{name + ' (64,64,48,48)':44s} {t['numpy'] * 1e3:9.2f} {t['numba'] * 1e3:9.2f} "
+        print(f"{name:62s} {t['numpy'] * 1e3:9.2f} {t['numba'] * 1e3:9.2f} "
               f"{t['numpy'] / t['numba']:9.2f}")
 
 
@@ -131,6 +168,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--kernels-only", action="store_true",
+                        help="skip the layer table (forward + backward through the ops)")
     args = parser.parse_args()
     try:
         import torch
@@ -138,7 +177,8 @@ def main():
         with_torch = True
     except ImportError:
         with_torch = False
-    layer_table(args.repeats, with_torch)
+    if not args.kernels_only:
+        layer_table(args.repeats, with_torch)
     kernel_table(args.repeats)
 
 

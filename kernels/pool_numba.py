@@ -212,32 +212,50 @@ def _adaptive_loops():
     jit = numba.njit(cache=True, nogil=True)
 
     def avg_forward(x, y, top, bottom, left, right):
-        """y[p, i, j] = mean of x[p] over bin (i, j), summed in float64: a bin may
-        be a whole large plane (the global pool), where float32 sums drift."""
-        P = x.shape[0]
+        """y[p, i, j] = mean of x[p] over bin (i, j), in two steps: first sum the
+        rows of row bin i column by column (cols[w]: W independent sums, one
+        contiguous loop the compiler vectorises), then each column bin's cells
+        of cols.  Summing bin by bin was one long chain of dependent additions
+        per bin and measured 1.5-3x slower.  Sums are float64: a bin may be a
+        large part of a plane, where float32 sums drift.
+        """
+        P, H, W = x.shape
         OH, OW = y.shape[1:]
+        cols = np.empty(W)
         for p in range(P):
             for i in range(OH):
+                cols[:] = 0
+                for h in range(top[i], bottom[i]):
+                    for w in range(W):
+                        cols[w] += x[p, h, w]
                 for j in range(OW):
                     total = 0.0
-                    for h in range(top[i], bottom[i]):
-                        for w in range(left[j], right[j]):
-                            total += x[p, h, w]
+                    for w in range(left[j], right[j]):
+                        total += cols[w]
                     y[p, i, j] = total / ((bottom[i] - top[i]) * (right[j] - left[j]))
 
     def avg_backward(gy, gx, top, bottom, left, right):
-        """gx[p, h, w] = Σ gy[p, i, j] / (cells in bin (i, j)) over the bins holding (h, w)."""
-        P = gx.shape[0]
+        """gx[p, h, w] = Σ gy[p, i, j] / (cells in bin (i, j)) over the bins holding (h, w).
+
+        avg_forward's two steps in reverse: spread row bin i's shares over the
+        columns (cols[w]), then add cols to every row of the bin -- contiguous
+        rows, not bin-sized pieces (2x faster on (64, 64, 13, 13) -> (5, 5)).
+        """
+        P, H, W = gx.shape
         OH, OW = gy.shape[1:]
+        cols = np.empty(W, dtype=gy.dtype)
         gx[...] = 0
         for p in range(P):
             for i in range(OH):
+                cols[:] = 0
                 for j in range(OW):
                     cells = (bottom[i] - top[i]) * (right[j] - left[j])
                     share = gy[p, i, j] / gy.dtype.type(cells)    # stays float32 for float32
-                    for h in range(top[i], bottom[i]):
-                        for w in range(left[j], right[j]):
-                            gx[p, h, w] += share
+                    for w in range(left[j], right[j]):
+                        cols[w] += share
+                for h in range(top[i], bottom[i]):
+                    for w in range(W):
+                        gx[p, h, w] += cols[w]
 
     def max_forward(x, y, indices, top, bottom, left, right):
         """y[p, i, j] = max of x[p] over bin (i, j); indices = its h * W + w.
@@ -255,24 +273,46 @@ def _adaptive_loops():
                     for h in range(top[i], bottom[i]):
                         for w in range(left[j], right[j]):
                             v = x[p, h, w]
-                            if v > best or (v != v and best == best):   # v != v: v is NaN
-                                best, where = v, h * W + w
+                            # no branch on the values (as in maxpool_forward): v != v is NaN
+                            takes_over = (v > best) | ((v != v) & (best == best))
+                            where += takes_over * (h * W + w - where)
+                            best = v if takes_over else best
                     y[p, i, j] = best
                     indices[p, i, j] = where
 
     def max_backward(gy, indices, gx):
-        """gx[p, h, w] = Σ gy[p, i, j] over the bins whose max sits at h * W + w."""
-        P, H, W = gx.shape
+        """gx[p, k] = Σ gy[p, i, j] over the bins whose max sits at k = h * W + w
+        (gx: (P, H·W), so k indexes it directly)."""
         OH, OW = gy.shape[1:]
         gx[...] = 0
-        for p in range(P):
+        for p in range(gx.shape[0]):
             for i in range(OH):
                 for j in range(OW):
-                    k = indices[p, i, j]
-                    gx[p, k // W, k % W] += gy[p, i, j]
+                    gx[p, indices[p, i, j]] += gy[p, i, j]
+
+    def global_avg_forward(x, y):
+        """The global pool, output (1, 1): y[p] = mean of x[p].  x: (P, H·W), so the sum
+        runs over one contiguous row, not H short ones (the general loop's 1.5x)."""
+        P, HW = x.shape
+        for p in range(P):
+            total = 0.0
+            for k in range(HW):
+                total += x[p, k]
+            y[p] = total / HW
+
+    def global_avg_backward(gy, gx):
+        """gx[p, k] = gy[p] / (H·W) on every cell: written once, no zeroing (the general
+        loop's zero-then-add measured 5x slower on GoogLeNet's (64, 1024, 3, 3))."""
+        P, HW = gx.shape
+        for p in range(P):
+            share = gy[p] / gy.dtype.type(HW)
+            for k in range(HW):
+                gx[p, k] = share
 
     return types.SimpleNamespace(avg_forward=jit(avg_forward), avg_backward=jit(avg_backward),
-                                 max_forward=jit(max_forward), max_backward=jit(max_backward))
+                                 max_forward=jit(max_forward), max_backward=jit(max_backward),
+                                 global_avg_forward=jit(global_avg_forward),
+                                 global_avg_backward=jit(global_avg_backward))
 
 
 # ---------------------------------------------------------------- threads
@@ -376,10 +416,11 @@ def avgpool2d_backward(gy, x_shape, kernel_size, stride, padding, count_include_
 
 
 # ---------------------------------------------------------------- adaptive pooling
-def _planes(a):
-    """(N, C, H, W) -> (N·C, H, W): adaptive pooling treats every plane alike, and a
-    batch of one still splits over threads by channel."""
-    return np.ascontiguousarray(a).reshape((-1,) + a.shape[2:])
+def _planes(a, flat=False):
+    """(N, C, H, W) -> (N·C, H, W), or (N·C, H·W) if ``flat``: adaptive pooling treats
+    every plane alike, and a batch of one still splits over threads by channel."""
+    planes = a.shape[0] * a.shape[1]
+    return np.ascontiguousarray(a).reshape((planes, -1) if flat else (planes,) + a.shape[2:])
 
 
 def _bin_edges(x_shape, output_size):
@@ -394,8 +435,11 @@ def adaptive_avgpool2d_forward(x, output_size):
     if not _compilable(x):
         return pool_numpy.adaptive_avgpool2d_forward(x, output_size)
     y = np.empty(x.shape[:2] + tuple(output_size), dtype=x.dtype)
-    _over_batch(_adaptive_loops().avg_forward, (_planes(x), _planes(y)),
-                *_bin_edges(x.shape, output_size))
+    if tuple(output_size) == (1, 1):
+        _over_batch(_adaptive_loops().global_avg_forward, (_planes(x, flat=True), y.ravel()))
+    else:
+        _over_batch(_adaptive_loops().avg_forward, (_planes(x), _planes(y)),
+                    *_bin_edges(x.shape, output_size))
     return y
 
 
@@ -404,8 +448,12 @@ def adaptive_avgpool2d_backward(gy, x_shape):
     if not _compilable(gy):
         return pool_numpy.adaptive_avgpool2d_backward(gy, x_shape)
     gx = np.empty(tuple(x_shape), dtype=gy.dtype)
-    _over_batch(_adaptive_loops().avg_backward, (_planes(gy), _planes(gx)),
-                *_bin_edges(x_shape, gy.shape[2:]))
+    if gy.shape[2:] == (1, 1):
+        _over_batch(_adaptive_loops().global_avg_backward,
+                    (np.ascontiguousarray(gy).ravel(), _planes(gx, flat=True)))
+    else:
+        _over_batch(_adaptive_loops().avg_backward, (_planes(gy), _planes(gx)),
+                    *_bin_edges(x_shape, gy.shape[2:]))
     return gx
 
 
@@ -428,5 +476,5 @@ def adaptive_maxpool2d_backward(gy, indices, x_shape):
         return pool_numpy.adaptive_maxpool2d_backward(gy, indices, x_shape)
     gx = np.empty(tuple(x_shape), dtype=gy.dtype)
     _over_batch(_adaptive_loops().max_backward,
-                (_planes(gy), _planes(np.asarray(indices, dtype=np.int64)), _planes(gx)))
+                (_planes(gy), _planes(np.asarray(indices, dtype=np.int64)), _planes(gx, True)))
     return gx
