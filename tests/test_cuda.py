@@ -265,6 +265,10 @@ def test_cupy_arrays_go_to_the_gpu_kernels(with_cupy, monkeypatch):
     assert kernels.im2col.__name__ == "im2col" and kernels.im2col.__module__ == "kernels.conv_numpy"
 
 
+ADAPTIVE = ("adaptive_avgpool2d_forward", "adaptive_avgpool2d_backward",
+            "adaptive_maxpool2d_forward", "adaptive_maxpool2d_backward")
+
+
 def test_gpu_kernels_fall_back_to_the_reference_without_numba_cuda(monkeypatch):
     monkeypatch.setattr(kernels, "_gpu_kernels", None)
     monkeypatch.setattr(kernels, "numba_cuda_works", lambda: False)
@@ -274,7 +278,8 @@ def test_gpu_kernels_fall_back_to_the_reference_without_numba_cuda(monkeypatch):
         "im2col": "kernels.conv_numpy", "col2im": "kernels.conv_numpy",
         "maxpool2d_forward": "kernels.pool_numpy", "maxpool2d_backward": "kernels.pool_numpy",
         "avgpool2d_forward": "kernels.pool_numpy", "avgpool2d_backward": "kernels.pool_numpy",
-        "batchnorm_forward_train": "kernels.bn_numpy", "batchnorm_backward": "kernels.bn_numpy"}
+        "batchnorm_forward_train": "kernels.bn_numpy", "batchnorm_backward": "kernels.bn_numpy",
+        **{name: "kernels.pool_numpy" for name in ADAPTIVE}}
 
 
 def test_gpu_kernels_are_the_cuda_ones_when_numba_reaches_the_gpu(monkeypatch):
@@ -282,8 +287,11 @@ def test_gpu_kernels_are_the_cuda_ones_when_numba_reaches_the_gpu(monkeypatch):
     monkeypatch.setattr(kernels, "numba_cuda_works", lambda: True)
     chosen = kernels.gpu_kernels()
     assert sorted(chosen) == sorted(kernels.KERNELS)
-    assert {f.__module__ for f in chosen.values()} == {
+    assert {f.__module__ for name, f in chosen.items() if name not in ADAPTIVE} == {
         "kernels.conv_cuda", "kernels.pool_cuda", "kernels.bn_cuda"}
+    # Adaptive pooling has no CUDA loops: its reference is matrix products
+    # (cuBLAS on CuPy arrays) and, for the global pool, a mean.
+    assert {chosen[name].__module__ for name in ADAPTIVE} == {"kernels.pool_numpy"}
 
 
 @pytest.mark.parametrize("gpu, nvvm, works", [(True, True, True), (True, False, False),

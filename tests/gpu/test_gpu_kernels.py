@@ -90,7 +90,8 @@ def test_cupy_arrays_are_dispatched_to_the_gpu_kernels():
     expected = ({"kernels.conv_cuda", "kernels.pool_cuda", "kernels.bn_cuda"}
                 if kernels.numba_cuda_works() else  # else the reference, on CuPy arrays
                 {"kernels.conv_numpy", "kernels.pool_numpy", "kernels.bn_numpy"})
-    assert {f.__module__ for f in kernels.gpu_kernels().values()} == expected
+    assert {f.__module__ for name, f in kernels.gpu_kernels().items()
+            if not name.startswith("adaptive")} == expected   # adaptive: the reference
     x = cupy.arange(16, dtype=cupy.float32).reshape(1, 1, 4, 4)
     y, argmax = kernels.maxpool2d_forward(x, (2, 2), (2, 2), (0, 0))
     assert isinstance(y, cupy.ndarray)
