@@ -17,12 +17,12 @@ loops use every core Numba sees; set NUMBA_NUM_THREADS to match --threads
 on a larger machine.
 """
 import argparse
-import time
 
 import numpy as np
 
 import kernels
 import tinygrad_cnn as tc
+from benchmarks.conv_layers import best_times
 from tinygrad_cnn.ops.batchnorm import batch_norm
 from tinygrad_cnn.ops.pooling import adaptive_avg_pool2d, avg_pool2d, max_pool2d
 
@@ -77,19 +77,6 @@ def torch_step(op, shape, kw):
             y = getattr(F, op)(X, **kw)
         y.backward(torch.ones_like(y))
     return step
-
-
-def best_times(steps, repeats):
-    """Best wall time of each step, running them in turn ``repeats`` times."""
-    for step in steps.values():
-        step()                          # compile / warm up, untimed
-    best = {name: float("inf") for name in steps}
-    for _ in range(repeats):
-        for name, step in steps.items():
-            start = time.perf_counter()
-            step()
-            best[name] = min(best[name], time.perf_counter() - start)
-    return best
 
 
 def layer_table(repeats, with_torch):
