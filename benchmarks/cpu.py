@@ -147,11 +147,11 @@ def check_twin(ours, twin, X, torch):
 
 
 # ================================================================ one measurement
-def training_setup(engine, name, lr, check_input):
-    """Build network ``name`` and an SGD optimizer for ``engine``.
+def training_setup(engine, name, lr, check_input, device="cpu"):
+    """Build network ``name`` and an SGD optimizer for ``engine`` on ``device``.
 
     Returns ``on_batch(X, y)``, which gives a function running one training
-    step on that batch (NumPy arrays, wrapped without a copy).
+    step on that batch (NumPy arrays, wrapped without a copy on the CPU).
     """
     ours = build_ours(name)
     if engine == "torch":
@@ -161,13 +161,15 @@ def training_setup(engine, name, lr, check_input):
         twin.load_state_dict(state, strict=True)
         check_twin(ours, twin, check_input, torch)
         del ours
-        net, F, wrap = twin, torch.nn.functional, torch.from_numpy
+        net, F = twin.to(device), torch.nn.functional
+        wrap = lambda a: torch.from_numpy(a).to(device)  # noqa: E731
         opt = torch.optim.SGD(net.parameters(), lr=lr)
     else:
         import tinygrad_cnn as tc
         import tinygrad_cnn.nn.functional as F
         from tinygrad_cnn import optim
-        net, wrap = ours, tc.Tensor
+        net = ours.to(device)
+        wrap = lambda a: tc.Tensor(a).to(device)  # noqa: E731
         opt = optim.SGD(net.parameters(), lr=lr)
 
     def on_batch(X, y):
@@ -269,10 +271,16 @@ def run_worker(engine, name, batch, steps, warmup, threads):
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
                 "NUMBA_NUM_THREADS"):
         env[var] = str(threads)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-    args = [sys.executable, "-m", "benchmarks.cpu", "--worker", engine, name,
-            str(batch), str(steps), str(warmup), str(threads)]
-    proc = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True)
+    return run_module("benchmarks.cpu", ["--worker", engine, name, str(batch), str(steps),
+                                         str(warmup), str(threads)], env)
+
+
+def run_module(module, args, env):
+    """``python -m module args`` from the repository root in a fresh process;
+    its last line of output as JSON, or ``{"error": its last line}`` if it fails."""
+    env = dict(env, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")])))
+    proc = subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True)
     if proc.returncode != 0:
         lines = (proc.stderr or proc.stdout).strip().splitlines()
         return {"error": lines[-1] if lines else f"exit status {proc.returncode}"}

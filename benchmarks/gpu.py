@@ -29,7 +29,6 @@ import datetime
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -38,7 +37,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.cpu import _peak_rss_mb, batch_for, build_ours, check_twin, machine, torch_twin  # noqa: E402
+from benchmarks.cpu import _peak_rss_mb, batch_for, machine, run_module, training_setup  # noqa: E402
 
 ENGINES = ("ours-cpu", "ours-gpu", "torch-cpu", "torch-cuda")
 CPU_ENGINES = ("ours-cpu", "torch-cpu")
@@ -46,46 +45,16 @@ DEFAULT_BATCHES = "32,128"
 
 
 # ================================================================ one measurement
-def _ours(name, lr, device, X, y):
-    """A training step of our network on ``device``, its synchronize and its memory figure."""
+def _synchronize_and_memory(engine, device):
+    """(wait for the device's queued work, peak memory in MiB) for ``engine`` on ``device``."""
+    if device == "cpu":
+        return (lambda: None), _peak_rss_mb
+    if engine.startswith("torch"):
+        import torch
+        return torch.cuda.synchronize, lambda: torch.cuda.max_memory_allocated() / 2**20
     import tinygrad_cnn as tc
-    import tinygrad_cnn.nn.functional as F
-    from tinygrad_cnn import optim
-    net = build_ours(name).to(device)
-    opt = optim.SGD(net.parameters(), lr=lr)
-    X, y = tc.tensor(X, device=device), tc.tensor(y, device=device)
-
-    def step():
-        loss = F.cross_entropy(net(X), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    if device == "cpu":
-        return step, lambda: None, _peak_rss_mb
     # CuPy's pool keeps every block it was given, so its size after the steps is their peak.
-    return step, tc.cuda.synchronize, lambda: tc.cuda.memory_reserved() / 2**20
-
-
-def _torch(name, lr, device, X, y):
-    import numpy as np
-    import torch
-    ours = build_ours(name)
-    twin = torch_twin(ours, torch)
-    twin.load_state_dict({k: torch.from_numpy(np.array(v.data))
-                          for k, v in ours.state_dict().items()}, strict=True)
-    check_twin(ours, twin, X, torch)
-    net = twin.to(device)
-    opt = torch.optim.SGD(net.parameters(), lr=lr)
-    X, y = torch.from_numpy(X).to(device), torch.from_numpy(y).to(device)
-
-    def step():
-        loss = torch.nn.functional.cross_entropy(net(X), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    if device == "cpu":
-        return step, lambda: None, _peak_rss_mb
-    return step, torch.cuda.synchronize, lambda: torch.cuda.max_memory_allocated() / 2**20
+    return tc.cuda.synchronize, lambda: tc.cuda.memory_reserved() / 2**20
 
 
 def measure(engine, name, batch, steps, warmup):
@@ -94,8 +63,9 @@ def measure(engine, name, batch, steps, warmup):
     spec = models.spec(name)
     X, y = batch_for(spec.input_shape, batch)
     device = "cpu" if engine in CPU_ENGINES else "cuda"
-    setup = _torch if engine.startswith("torch") else _ours
-    step, synchronize, memory_mb = setup(name, spec.lr, device, X, y)
+    library = "torch" if engine.startswith("torch") else "ours"
+    step = training_setup(library, name, spec.lr, X, device)(X, y)
+    synchronize, memory_mb = _synchronize_and_memory(engine, device)
     start = time.perf_counter()
     step()
     synchronize()
@@ -116,15 +86,8 @@ def measure(engine, name, batch, steps, warmup):
 
 def run_worker(engine, name, batch, steps, warmup):
     """``measure`` in a fresh subprocess; ``{"error": last line}`` if it fails."""
-    env = dict(os.environ, TINYGRAD_CNN_KERNELS="numba")
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-    args = [sys.executable, "-m", "benchmarks.gpu", "--worker", engine, name, str(batch),
-            str(steps), str(warmup)]
-    proc = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True)
-    if proc.returncode != 0:
-        lines = (proc.stderr or proc.stdout).strip().splitlines()
-        return {"error": lines[-1] if lines else f"exit status {proc.returncode}"}
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return run_module("benchmarks.gpu", ["--worker", engine, name, str(batch), str(steps),
+                                         str(warmup)], dict(os.environ, TINYGRAD_CNN_KERNELS="numba"))
 
 
 # ================================================================ what can run here
