@@ -38,7 +38,11 @@ import types
 from collections import OrderedDict
 from pathlib import Path
 
-import numpy as np
+# The environment as the user started us, before anything (our kernels) adds
+# to it: PyTorch's workers get this one.
+USER_ENVIRONMENT = dict(os.environ)
+
+import numpy as np  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -267,12 +271,25 @@ def measure(engine, name, batch, steps, warmup, threads):
 
 def run_worker(engine, name, batch, steps, warmup, threads):
     """``measure`` in a fresh subprocess with ``threads`` threads everywhere."""
-    env = dict(os.environ, TINYGRAD_CNN_KERNELS="numpy" if engine == "torch" else engine)
+    return run_module("benchmarks.cpu", ["--worker", engine, name, str(batch), str(steps),
+                                         str(warmup), str(threads)],
+                      worker_environment(engine, threads))
+
+
+def worker_environment(engine, threads):
+    """The user's environment with ``threads`` threads everywhere; for our
+    engines also the thread settings ``kernels`` sets on import
+    (``kernels.THREAD_ENVIRONMENT``), which a worker, importing NumPy before
+    our kernels, would otherwise get too late for OpenBLAS to read.
+    PyTorch's workers run with PyTorch's own defaults."""
+    env = dict(USER_ENVIRONMENT, TINYGRAD_CNN_KERNELS="numpy" if engine == "torch" else engine)
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
                 "NUMBA_NUM_THREADS"):
         env[var] = str(threads)
-    return run_module("benchmarks.cpu", ["--worker", engine, name, str(batch), str(steps),
-                                         str(warmup), str(threads)], env)
+    if engine != "torch":
+        import kernels
+        env = {**kernels.THREAD_ENVIRONMENT, **env}     # values the user set win
+    return env
 
 
 def run_module(module, args, env):

@@ -25,14 +25,30 @@ import importlib
 import os
 import warnings
 
-# Numba's parallel loops run on OpenMP threads, which by default busy-wait
-# after each loop.  With as many threads as cores they then take the cores
-# from the BLAS threads of the matrix product that comes next: ResNet-18's
-# convolutions ran 2x slower on 2 cores, LeNet's training step 1.8x.  Passive
-# threads sleep at once.  OpenMP reads the setting when it starts (the first
-# parallel loop of any *_numba module), so it is set here, before any can
-# run; a value already in the environment wins.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# How the compiled loops share the cores with OpenBLAS, the matrix products'
+# library.  Both settings are environment variables that a library reads once,
+# when it starts, so they are set here, before either can start; a value
+# already in the environment wins.
+THREAD_ENVIRONMENT = {
+    # Numba's parallel loops run on OpenMP threads, which by default busy-wait
+    # after each loop.  With as many threads as cores they then take the cores
+    # from the BLAS threads of the matrix product that comes next: ResNet-18's
+    # convolutions ran 2x slower on 2 cores, LeNet's training step 1.8x.
+    # Passive threads sleep at once.  (OpenMP starts at the first parallel
+    # loop of any *_numba module.)
+    "OMP_WAIT_POLICY": "PASSIVE",
+    # The other way round: after every matrix product OpenBLAS's worker
+    # threads busy-wait for 2^28 CPU cycles (about 0.1 s), taking a core from
+    # the im2col or pooling loop that comes next.  In a ResNet-18 training
+    # step that spinning was 22% of all CPU samples (perf); 2^4 cycles makes
+    # them sleep at once, and the step ran 4-25% faster in each of 12 paired
+    # runs.  OpenBLAS reads it when NumPy loads it: ``tinygrad_cnn`` imports
+    # this module before NumPy for that reason (a program that imports NumPy
+    # first must set the variable itself; see the README's Speed section).
+    "OPENBLAS_THREAD_TIMEOUT": "4",
+}
+for _name, _value in THREAD_ENVIRONMENT.items():
+    os.environ.setdefault(_name, _value)
 
 # kernel set -> modules searched in order; later modules override earlier ones
 _SETS = {
