@@ -104,22 +104,22 @@ class Conv2d(Function):
                           and not any(self.padding))
         if self.pointwise:
             y = self._pointwise_forward(x, W)
+            if b is not None:
+                y += b.reshape(1, O, 1)
         else:
-            y = self._im2col_forward(x, W, OH * OW)
-        if b is not None:
-            y += b.reshape(1, O, 1)
+            y = self._im2col_forward(x, W, b, OH * OW)
         return y.reshape(N, O, OH, OW)
 
     def backward(self, gy):
         x, W = self.saved
         need = self.needs_input_grad
+        need_b = len(need) == 3 and need[2]
         if self.pointwise:
             gx, gW = self._pointwise_backward(gy, x, W)
+            gb = gy.sum(axis=(0, 2, 3)) if need_b else None
         else:
-            gx, gW = self._im2col_backward(gy, x, W)
-        if len(need) == 2:
-            return gx, gW
-        return gx, gW, (gy.sum(axis=(0, 2, 3)) if need[2] else None)
+            gx, gW, gb = self._im2col_backward(gy, x, W, need_b)
+        return (gx, gW) if len(need) == 2 else (gx, gW, gb)
 
     # ------------------------------------------------ the general case: im2col
     def _columns(self, x):
@@ -129,7 +129,7 @@ class Conv2d(Function):
         rows, columns = col.shape
         return col.reshape(self.groups, rows // self.groups, columns)
 
-    def _im2col_forward(self, x, W, L):
+    def _im2col_forward(self, x, W, b, L):
         xp = get_array_module(x, W)
         N, C = x.shape[:2]
         O, _, KH, KW = W.shape
@@ -139,22 +139,28 @@ class Conv2d(Function):
         y = xp.empty((N, O, L), dtype=xp.result_type(x, W))
         for chunk in self.chunks:
             y_chunk = Wg @ self._columns(x[chunk])                 # (G, O/G, n·L): the GEMM
-            y[chunk] = y_chunk.reshape(O, -1, L).transpose(1, 0, 2)  # -> (n, O, L)
+            y_chunk = y_chunk.reshape(O, -1, L).transpose(1, 0, 2)   # -> (n, O, L)
+            if b is None:
+                y[chunk] = y_chunk
+            else:       # the bias rides along the copy: no second pass over y
+                xp.add(y_chunk, b.reshape(O, 1), out=y[chunk])
         return y
 
-    def _im2col_backward(self, gy, x, W):
+    def _im2col_backward(self, gy, x, W, need_b):
         need_x, need_W = self.needs_input_grad[:2]
         xp = get_array_module(gy)
         _, O, OH, OW = gy.shape
         G = self.groups
         WgT = W.reshape(G, O // G, -1).swapaxes(1, 2) if need_x else None     # (G, K, O/G)
-        gW = 0
+        gW = gb = 0
         gx = xp.empty(self.x_shape, dtype=gy.dtype) if need_x else None
         for chunk in self.chunks:
             n = len(gy[chunk])
             # (n, O, OH, OW) -> (G, O/G, n·L), the layout of the forward's product
             gy_chunk = xp.ascontiguousarray(gy[chunk].reshape(n, O, OH * OW).transpose(1, 0, 2))
             gy_chunk = gy_chunk.reshape(G, O // G, n * OH * OW)
+            if need_b:      # db = Σ dy, summed while the chunk is in the cache
+                gb = gb + gy_chunk.sum(axis=2).reshape(O)
             col = None
             if need_W:
                 col = self._columns(x[chunk])
@@ -169,7 +175,8 @@ class Conv2d(Function):
                                            (n,) + self.x_shape[1:], self.W_shape[2:],
                                            self.stride, self.padding, self.dilation,
                                            merge_batch=True)
-        return gx, (gW.reshape(self.W_shape) if need_W else None)
+        return (gx, gW.reshape(self.W_shape) if need_W else None,
+                gb if need_b else None)
 
     # ------------------------------------------------ 1×1, stride 1, no padding
     def _pointwise_forward(self, x, W):
