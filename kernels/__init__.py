@@ -41,10 +41,11 @@ THREAD_ENVIRONMENT = {
     # threads busy-wait for 2^28 CPU cycles (about 0.1 s), taking a core from
     # the im2col or pooling loop that comes next.  In a ResNet-18 training
     # step that spinning was 22% of all CPU samples (perf); 2^4 cycles makes
-    # them sleep at once, and the step ran 4-25% faster in each of 12 paired
-    # runs.  OpenBLAS reads it when NumPy loads it: ``tinygrad_cnn`` imports
-    # this module before NumPy for that reason (a program that imports NumPy
-    # first must set the variable itself; see the README's Speed section).
+    # them sleep at once, and the step ran faster in each of 12 paired runs
+    # (by 1-26%, median 10%).  OpenBLAS reads it when NumPy loads it:
+    # ``tinygrad_cnn`` imports this module before NumPy for that reason (a
+    # program that imports NumPy first must set the variable itself; see the
+    # README's Speed section).
     "OPENBLAS_THREAD_TIMEOUT": "4",
 }
 for _name, _value in THREAD_ENVIRONMENT.items():
