@@ -62,6 +62,14 @@ def make_input(kind, shape, dtype, seed=0):
     return x
 
 
+@pytest.fixture(autouse=True)
+def threads_even_for_small_arrays(monkeypatch):
+    """The test arrays are small, and arrays this small run on the calling
+    thread (``PARALLEL_MIN_BYTES``); the threaded path, where races would
+    show, is the one to check."""
+    monkeypatch.setattr(pool_numba, "PARALLEL_MIN_BYTES", 0)
+
+
 def assert_close(actual, expected):
     # The kernels may add a cell's contributions in another order: allow rounding.
     assert actual.dtype == expected.dtype and actual.shape == expected.shape
@@ -182,6 +190,7 @@ def test_a_forked_child_gets_its_own_threads():
     code = """if True:
         import os, numpy as np
         from kernels import pool_numba
+        pool_numba.PARALLEL_MIN_BYTES = 0        # threads even for this small array
         x = np.random.default_rng(0).standard_normal((8, 2, 6, 6))
         expected = pool_numba.maxpool2d_forward(x, (2, 2), (2, 2), (0, 0))[0]
         pid = os.fork()
@@ -193,6 +202,23 @@ def test_a_forked_child_gets_its_own_threads():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             timeout=120, cwd=Path(__file__).parents[2])
     assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("threads", [False, True], ids=["calling-thread", "threads"])
+def test_small_arrays_stay_on_the_calling_thread(monkeypatch, threads):
+    x = make_input("normal", (4, 3, 6, 6), np.float32)
+    monkeypatch.setattr(pool_numba, "PARALLEL_MIN_BYTES", 0 if threads else x.nbytes * 4)
+    submitted = []
+    pool, _ = pool_numba._thread_pool(os.getpid())
+    real_submit = pool.submit
+    monkeypatch.setattr(pool, "submit", lambda *a: submitted.append(a) or real_submit(*a))
+    y, argmax = pool_numba.maxpool2d_forward(x, (2, 2), (2, 2), (0, 0))
+    gx = pool_numba.maxpool2d_backward(y, argmax, x.shape, (2, 2), (2, 2), (0, 0))
+    expected_y, expected_argmax = pool_numpy.maxpool2d_forward(x, (2, 2), (2, 2), (0, 0))
+    assert_close(y, expected_y)
+    assert_close(gx, pool_numpy.maxpool2d_backward(y, expected_argmax, x.shape, (2, 2),
+                                                   (2, 2), (0, 0)))
+    assert bool(submitted) == threads
 
 
 # ---------------------------------------------------------------- adaptive pooling
