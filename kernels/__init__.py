@@ -1,8 +1,9 @@
 """Hot loops behind one interface.
 
-Ops call ``kernels.im2col(...)``, ``kernels.maxpool2d_forward(...)`` and so
-on through this module (attribute lookup at call time), and ``set_kernels``
-decides which implementation answers:
+Ops (and ``optim.SGD``) call ``kernels.im2col(...)``,
+``kernels.maxpool2d_forward(...)`` and so on through this module (attribute
+lookup at call time), and ``set_kernels`` decides which implementation
+answers:
 
 - ``"numpy"``: the readable, vectorised NumPy reference versions
   (``*_numpy.py``).  They take their array module from the inputs, so they
@@ -15,7 +16,9 @@ The default is Numba; the environment variable ``TINYGRAD_CNN_KERNELS``
 
 CuPy (GPU) arrays go elsewhere, whatever the set: to the ``numba.cuda``
 kernels (``*_cuda.py``) when Numba can compile for the GPU, else (with a
-warning) to the NumPy reference, which runs on CuPy arrays as it is.  Only
+warning) to the NumPy reference, which runs on CuPy arrays as it is.  The
+elementwise kernels (ReLU, the sigmoid's backward, the SGD step) have no
+CUDA version: CuPy arrays always take their reference.  Only
 when CuPy is installed is each kernel wrapped to look at its first argument;
 without CuPy there can be no GPU arrays, and the set's functions are called
 directly.
@@ -53,14 +56,20 @@ for _name, _value in THREAD_ENVIRONMENT.items():
 
 # kernel set -> modules searched in order; later modules override earlier ones
 _SETS = {
-    "numpy": ("kernels.conv_numpy", "kernels.pool_numpy", "kernels.bn_numpy"),
+    "numpy": ("kernels.conv_numpy", "kernels.pool_numpy", "kernels.bn_numpy",
+              "kernels.elementwise_numpy"),
     "numba": ("kernels.conv_numpy", "kernels.pool_numpy", "kernels.conv_numba",
-              "kernels.bn_numpy", "kernels.pool_numba", "kernels.bn_numba"),
+              "kernels.bn_numpy", "kernels.pool_numba", "kernels.bn_numba",
+              "kernels.elementwise_numpy", "kernels.elementwise_numba"),
 }
 
-# for CuPy arrays, in the same override order
-_GPU_MODULES = ("kernels.conv_numpy", "kernels.pool_numpy", "kernels.bn_numpy",
-                "kernels.conv_cuda", "kernels.pool_cuda", "kernels.bn_cuda")
+# For CuPy arrays, in the same override order: the references, which run on
+# CuPy arrays, then the CUDA kernels.  The elementwise kernels have no CUDA
+# version: CuPy runs each of the reference's expressions as one GPU kernel.
+_GPU_REFERENCE_MODULES = ("kernels.conv_numpy", "kernels.pool_numpy", "kernels.bn_numpy",
+                          "kernels.elementwise_numpy")
+_GPU_MODULES = _GPU_REFERENCE_MODULES + ("kernels.conv_cuda", "kernels.pool_cuda",
+                                         "kernels.bn_cuda")
 
 KERNELS = (
     "im2col", "col2im",
@@ -69,6 +78,7 @@ KERNELS = (
     "adaptive_avgpool2d_forward", "adaptive_avgpool2d_backward",
     "adaptive_maxpool2d_forward", "adaptive_maxpool2d_backward",
     "batchnorm_forward_train", "batchnorm_backward",
+    "relu_forward", "relu_backward", "sigmoid_backward", "sgd_update",
 )
 
 active = None
@@ -121,7 +131,7 @@ def gpu_kernels():
                           "library: a CUDA toolkit, or pip install numba-cuda[cu12]); "
                           "convolution, pooling and batch norm run the NumPy reference "
                           "kernels on the GPU instead, which is slower", stacklevel=3)
-            _gpu_kernels = _collect(_GPU_MODULES[:3])
+            _gpu_kernels = _collect(_GPU_REFERENCE_MODULES)
     return _gpu_kernels
 
 

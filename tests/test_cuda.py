@@ -267,6 +267,7 @@ def test_cupy_arrays_go_to_the_gpu_kernels(with_cupy, monkeypatch):
 
 ADAPTIVE = ("adaptive_avgpool2d_forward", "adaptive_avgpool2d_backward",
             "adaptive_maxpool2d_forward", "adaptive_maxpool2d_backward")
+ELEMENTWISE = ("relu_forward", "relu_backward", "sigmoid_backward", "sgd_update")
 
 
 def test_gpu_kernels_fall_back_to_the_reference_without_numba_cuda(monkeypatch):
@@ -279,7 +280,8 @@ def test_gpu_kernels_fall_back_to_the_reference_without_numba_cuda(monkeypatch):
         "maxpool2d_forward": "kernels.pool_numpy", "maxpool2d_backward": "kernels.pool_numpy",
         "avgpool2d_forward": "kernels.pool_numpy", "avgpool2d_backward": "kernels.pool_numpy",
         "batchnorm_forward_train": "kernels.bn_numpy", "batchnorm_backward": "kernels.bn_numpy",
-        **{name: "kernels.pool_numpy" for name in ADAPTIVE}}
+        **{name: "kernels.pool_numpy" for name in ADAPTIVE},
+        **{name: "kernels.elementwise_numpy" for name in ELEMENTWISE}}
 
 
 def test_gpu_kernels_are_the_cuda_ones_when_numba_reaches_the_gpu(monkeypatch):
@@ -287,11 +289,14 @@ def test_gpu_kernels_are_the_cuda_ones_when_numba_reaches_the_gpu(monkeypatch):
     monkeypatch.setattr(kernels, "numba_cuda_works", lambda: True)
     chosen = kernels.gpu_kernels()
     assert sorted(chosen) == sorted(kernels.KERNELS)
-    assert {f.__module__ for name, f in chosen.items() if name not in ADAPTIVE} == {
+    assert {f.__module__ for name, f in chosen.items()
+            if name not in ADAPTIVE + ELEMENTWISE} == {
         "kernels.conv_cuda", "kernels.pool_cuda", "kernels.bn_cuda"}
     # Adaptive pooling has no CUDA loops: its reference is matrix products
-    # (cuBLAS on CuPy arrays) and, for the global pool, a mean.
+    # (cuBLAS on CuPy arrays) and, for the global pool, a mean.  Nor have the
+    # elementwise kernels: CuPy runs each reference expression as one GPU kernel.
     assert {chosen[name].__module__ for name in ADAPTIVE} == {"kernels.pool_numpy"}
+    assert {chosen[name].__module__ for name in ELEMENTWISE} == {"kernels.elementwise_numpy"}
 
 
 @pytest.mark.parametrize("gpu, nvvm, works", [(True, True, True), (True, False, False),

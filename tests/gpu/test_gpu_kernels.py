@@ -9,6 +9,9 @@ import tinygrad_cnn as tc
 from tests.kernels_cuda import check_simulator as check
 from tests.kernels_cuda.cases import AVGPOOL, BATCHNORM, CONV, DTYPES, MAXPOOL
 
+# no CUDA loops: CuPy arrays take the reference (one GPU kernel per expression)
+ELEMENTWISE = ("relu_forward", "relu_backward", "sigmoid_backward", "sgd_update")
+
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not tc.cuda.is_available(), reason="needs CuPy and a GPU")]
 
@@ -90,8 +93,10 @@ def test_cupy_arrays_are_dispatched_to_the_gpu_kernels():
     expected = ({"kernels.conv_cuda", "kernels.pool_cuda", "kernels.bn_cuda"}
                 if kernels.numba_cuda_works() else  # else the reference, on CuPy arrays
                 {"kernels.conv_numpy", "kernels.pool_numpy", "kernels.bn_numpy"})
-    assert {f.__module__ for name, f in kernels.gpu_kernels().items()
-            if not name.startswith("adaptive")} == expected   # adaptive: the reference
+    chosen = kernels.gpu_kernels()
+    assert {chosen[name].__module__ for name in ELEMENTWISE} == {"kernels.elementwise_numpy"}
+    assert {f.__module__ for name, f in chosen.items()      # adaptive: the reference
+            if not name.startswith("adaptive") and name not in ELEMENTWISE} == expected
     x = cupy.arange(16, dtype=cupy.float32).reshape(1, 1, 4, 4)
     y, argmax = kernels.maxpool2d_forward(x, (2, 2), (2, 2), (0, 0))
     assert isinstance(y, cupy.ndarray)

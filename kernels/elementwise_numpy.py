@@ -1,0 +1,93 @@
+"""Reference elementwise kernels: ReLU, the sigmoid's backward and the SGD
+update, in NumPy (CuPy works too).
+
+The ops that call them -- ``ReLU`` and ``Sigmoid`` in
+``tinygrad_cnn/ops/elementwise.py``, ``SGD`` in ``tinygrad_cnn/optim.py`` --
+state the math; here is only the array work.  Each is a few whole-array
+NumPy expressions, so each makes a pass through memory (and often a
+temporary) per expression; ``elementwise_numba.py`` does each in one pass.
+The array module comes from the inputs, so the same code runs on NumPy and
+CuPy arrays.
+
+Scalar factors stay Python floats: NumPy casts a Python float to the
+array's dtype, so float32 arrays are computed in float32.
+
+Signatures
+----------
+relu_forward(x) -> y                       y = max(x, 0)
+relu_backward(gy, y) -> gx                 gx = 0 where y <= 0, else gy
+sigmoid_backward(gy, y) -> gx              gx = gy·y·(1 - y)
+sgd_update(param, grad, momentum_buffer, lr, momentum, dampening, weight_decay, nesterov)
+    -> momentum_buffer                     updates ``param`` (and the buffer) in place;
+                                           None in, a new buffer out on the first step
+"""
+from tinygrad_cnn.backend import get_array_module
+
+
+def relu_forward(x):
+    """y = max(x, 0), in x's dtype; a NaN x stays NaN."""
+    return get_array_module(x).maximum(x, 0).astype(x.dtype, copy=False)
+
+
+def relu_backward(gy, y):
+    """gx = 0 where y <= 0, else gy  (y = max(x, 0), the forward's output).
+
+    PyTorch's ``threshold_backward``, NaN included: a NaN y is not <= 0, so
+    it passes gy on; a NaN gy is passed on only where y > 0 (or y is NaN),
+    elsewhere the 0 wins.  (``gy * (y > 0)`` would be cheaper in NumPy but
+    turns a NaN or inf gy into NaN where it should give 0.)
+    """
+    xp = get_array_module(gy)
+    return xp.where(y <= 0, gy.dtype.type(0), gy)
+
+
+def sigmoid_backward(gy, y):
+    """gx = gy·y·(1 - y)  (y = σ(x), the forward's output), computed as ((1 - y)·y)·gy."""
+    gx = 1 - y           # the one new array; the products go into it in place
+    gx *= y
+    gx *= gy
+    return gx
+
+
+def sgd_update(param, grad, momentum_buffer, lr, momentum, dampening, weight_decay,
+               nesterov):
+    """One step of ``torch.optim.SGD`` on ``param``, in place::
+
+        d = grad + weight_decay·param
+        buf = d  (first step: momentum_buffer is None),  else  momentum·buf + (1 - dampening)·d
+        d = d + momentum·buf  (nesterov)  else  buf          (only when momentum ≠ 0)
+        param = param - lr·d
+
+    Returns the momentum buffer: a new one on the first step (None given),
+    else the one given, updated in place (untouched when momentum is 0).
+    ``grad`` is only read.
+    """
+    # In place wherever the array is ours (the momentum buffer, a temporary
+    # made here), so a step allocates one temporary per parameter (two with
+    # weight decay and Nesterov).
+    d, d_is_ours = grad, False
+    if weight_decay != 0:
+        d = param * weight_decay
+        d += grad
+        d_is_ours = True
+    buf = momentum_buffer
+    if momentum != 0:
+        if buf is None:
+            # own copy: the buffer must not share the gradient array (and
+            # xp.array gives an array even where d is a 0-d product's scalar)
+            buf = get_array_module(d).array(d)
+        else:
+            buf *= momentum
+            buf += d if dampening == 0 else (1 - dampening) * d
+        if nesterov:
+            d_plus = buf * momentum
+            d_plus += d
+            d, d_is_ours = d_plus, True
+        else:
+            d, d_is_ours = buf, False
+    if d_is_ours:
+        d *= lr
+        param -= d
+    else:
+        param -= lr * d
+    return buf

@@ -1,0 +1,239 @@
+"""The elementwise kernels: elementwise_numba against elementwise_numpy (the
+reference), bit for bit, float32 and float64, on odd shapes, 0-d arrays and
+non-contiguous views; ReLU's NaN rule and the SGD step against PyTorch.
+tests/ops/test_elementwise.py gradchecks the ReLU and Sigmoid ops and
+tests/test_optim.py the optimiser, under both kernel sets."""
+import numpy as np
+import pytest
+
+pytest.importorskip("numba")
+
+import kernels  # noqa: E402
+from kernels import elementwise_numba, elementwise_numpy  # noqa: E402
+from tinygrad_cnn.backend import to_device  # noqa: E402
+
+DTYPES = [np.float32, np.float64]
+SHAPES = {"0-d": (), "1-element": (1,), "odd-1d": (7,), "odd-3d": (3, 5, 7),
+          "nchw": (2, 3, 4, 5), "empty": (0, 3)}
+# How an array reaches the kernel: as it is, or as a non-contiguous view of a bigger one.
+LAYOUTS = {
+    "contiguous": lambda a: a,
+    "transposed": lambda a: a.T,
+    "strided": lambda a: np.repeat(a, 2, axis=-1)[..., ::2] if a.ndim else a,
+}
+
+
+def random_array(shape, dtype, seed, special=False):
+    """Standard normal values; with ``special``, about one in four NaN, ±inf, +0.0 or -0.0."""
+    rng = np.random.default_rng(seed)
+    a = rng.standard_normal(shape)
+    if special:
+        odd = rng.choice([np.nan, np.inf, -np.inf, 0.0, -0.0], size=shape)
+        a = np.where(rng.random(shape) < 0.25, odd, a)
+    return np.asarray(a, dtype=dtype)
+
+
+def assert_identical(actual, expected):
+    """Same dtype, shape and values: NaN where NaN, and the same sign of every
+    number, zeros included (a NaN's sign bit depends on operand order, which
+    the compiler may swap, so it is not compared)."""
+    assert isinstance(actual, np.ndarray)
+    assert actual.dtype == expected.dtype and actual.shape == expected.shape
+    np.testing.assert_array_equal(actual, expected)
+    numbers = ~np.isnan(expected)
+    np.testing.assert_array_equal(np.signbit(actual[numbers]), np.signbit(expected[numbers]))
+
+
+# ---------------------------------------------------------------- activations
+@pytest.mark.parametrize("layout", LAYOUTS.values(), ids=LAYOUTS.keys())
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", SHAPES.values(), ids=SHAPES.keys())
+def test_relu_forward_equals_reference(shape, dtype, layout):
+    x = layout(random_array(shape, dtype, seed=0, special=True))
+    assert_identical(elementwise_numba.relu_forward(x), elementwise_numpy.relu_forward(x))
+
+
+@pytest.mark.parametrize("layout", LAYOUTS.values(), ids=LAYOUTS.keys())
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", SHAPES.values(), ids=SHAPES.keys())
+@pytest.mark.parametrize("name", ["relu_backward", "sigmoid_backward"])
+def test_activation_backward_equals_reference(name, shape, dtype, layout):
+    gy = layout(random_array(shape, dtype, seed=1, special=True))
+    x = random_array(shape, dtype, seed=2, special=True)
+    y = layout(np.asarray(elementwise_numpy.relu_forward(x) if name == "relu_backward"
+                          else 1 / (1 + np.exp(-x))))     # an array even when 0-d, as the ops save
+    with np.errstate(invalid="ignore"):         # inf·0 in the reference: NaN, as in the loop
+        expected = getattr(elementwise_numpy, name)(gy, y)
+    assert_identical(getattr(elementwise_numba, name)(gy, y), expected)
+
+
+@pytest.mark.parametrize("name", ["relu_backward", "sigmoid_backward"])
+def test_activation_backward_reads_a_broadcast_gradient(name):
+    # y.sum().backward() hands over a read-only, zero-stride view of ones.
+    y = elementwise_numpy.relu_forward(random_array((4, 3, 5), np.float32, seed=3))
+    gy = np.broadcast_to(np.float32(1.5), y.shape)
+    assert_identical(getattr(elementwise_numba, name)(gy, y),
+                     getattr(elementwise_numpy, name)(gy, y))
+
+
+RELU_NAN_CASES = {     # (y, gy) -> gx, PyTorch's threshold_backward: 0 where y <= 0, else gy
+    "nan-y-passes-gy": (np.nan, 5.0, 5.0),
+    "nan-gy-alive": (2.0, np.nan, np.nan),
+    "nan-gy-dead": (0.0, np.nan, 0.0),
+    "inf-gy-dead": (0.0, np.inf, 0.0),
+    "inf-y": (np.inf, 3.0, 3.0),
+}
+
+
+@pytest.mark.parametrize("module", [elementwise_numpy, elementwise_numba],
+                         ids=["numpy", "numba"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_relu_backward_nan_rule(module, dtype):
+    y, gy, want = (np.array(column, dtype=dtype) for column in zip(*RELU_NAN_CASES.values()))
+    np.testing.assert_array_equal(module.relu_backward(gy, y), want)
+
+
+def test_relu_backward_nan_rule_is_pytorchs():
+    torch = pytest.importorskip("torch")
+    y, gy, want = (np.array(column, dtype=np.float32) for column in zip(*RELU_NAN_CASES.values()))
+    from_torch = torch.ops.aten.threshold_backward(torch.from_numpy(gy), torch.from_numpy(y), 0)
+    np.testing.assert_array_equal(from_torch.numpy(), want)
+
+
+# ---------------------------------------------------------------- SGD
+SGD_OPTIONS = {   # (lr, momentum, dampening, weight_decay, nesterov)
+    "plain": (0.1, 0, 0, 0, False),
+    "weight-decay": (0.1, 0, 0, 0.01, False),
+    "momentum": (0.05, 0.9, 0, 0, False),
+    "dampening": (0.05, 0.9, 0.3, 0, False),
+    "dampening-weight-decay": (0.05, 0.5, 0.5, 0.02, False),
+    "nesterov": (0.05, 0.8, 0, 0, True),
+    "nesterov-weight-decay": (0.02, 0.9, 0, 0.1, True),
+}
+STEPS = 4
+
+
+def sgd_steps(module, param, grads, options):
+    """Run ``module.sgd_update`` over ``grads``; the momentum buffers after each step."""
+    buf, buffers = None, []
+    for grad in grads:
+        buf = module.sgd_update(param, grad, buf, *options)
+        buffers.append(None if buf is None else buf.copy())
+    return buffers
+
+
+def gradients(shape, dtype, seed=10):
+    return [random_array(shape, dtype, seed + step) for step in range(STEPS)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", SHAPES.values(), ids=SHAPES.keys())
+@pytest.mark.parametrize("options", SGD_OPTIONS.values(), ids=SGD_OPTIONS.keys())
+def test_sgd_update_equals_reference_step_by_step(options, shape, dtype):
+    grads = gradients(shape, dtype)
+    params = {name: random_array(shape, dtype, seed=4) for name in ("numpy", "numba")}
+    buffers = {name: sgd_steps(module, params[name], grads, options) for name, module in
+               (("numpy", elementwise_numpy), ("numba", elementwise_numba))}
+    assert_identical(params["numba"], params["numpy"])
+    for actual, expected in zip(buffers["numba"], buffers["numpy"]):
+        if expected is None:
+            assert actual is None            # no momentum: no buffer
+        else:
+            assert_identical(actual, expected)
+
+
+@pytest.mark.parametrize("options", SGD_OPTIONS.values(), ids=SGD_OPTIONS.keys())
+def test_sgd_update_reads_non_contiguous_gradients(options):
+    shape = (3, 5, 4)
+    # a broadcast gradient (zero strides, read-only), then transposed views
+    grads = [np.broadcast_to(np.float32(0.5), shape)] + [
+        g.T for g in gradients(shape[::-1], np.float32)]
+    params = {name: random_array(shape, np.float32, seed=5) for name in ("numpy", "numba")}
+    for name, module in (("numpy", elementwise_numpy), ("numba", elementwise_numba)):
+        sgd_steps(module, params[name], grads, options)
+    assert_identical(params["numba"], params["numpy"])
+
+
+@pytest.mark.parametrize("options", SGD_OPTIONS.values(), ids=SGD_OPTIONS.keys())
+def test_sgd_update_of_a_non_contiguous_parameter_is_in_place(options):
+    # The loop writes only contiguous arrays; a view of a bigger array takes the
+    # reference, which must still update the view (and nothing else) in place.
+    whole = {name: random_array((4, 6), np.float64, seed=6) for name in ("numpy", "numba")}
+    grads = gradients((4, 3), np.float64)
+    for name, module in (("numpy", elementwise_numpy), ("numba", elementwise_numba)):
+        sgd_steps(module, whole[name][:, ::2], grads, options)
+    assert_identical(whole["numba"], whole["numpy"])
+    np.testing.assert_array_equal(whole["numba"][:, 1::2],
+                                  random_array((4, 6), np.float64, seed=6)[:, 1::2])
+
+
+@pytest.mark.parametrize("module", [elementwise_numpy, elementwise_numba],
+                         ids=["numpy", "numba"])
+def test_sgd_first_buffer_is_a_copy_and_the_gradient_is_only_read(module):
+    param, grad = random_array((5,), np.float32, 7), random_array((5,), np.float32, 8)
+    grad_before = grad.copy()
+    buf = module.sgd_update(param, grad, None, 0.1, 0.9, 0.5, 0, False)
+    np.testing.assert_array_equal(buf, grad)        # d itself: no dampening on the first step
+    assert not np.shares_memory(buf, grad)
+    module.sgd_update(param, grad, buf, 0.1, 0.9, 0.5, 0, False)
+    np.testing.assert_array_equal(grad, grad_before)
+
+
+@pytest.mark.parametrize("options", SGD_OPTIONS.values(), ids=SGD_OPTIONS.keys())
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_sgd_update_matches_torch_optim_sgd(dtype, options):
+    torch = pytest.importorskip("torch")
+    lr, momentum, dampening, weight_decay, nesterov = options
+    shape = (3, 7)
+    grads = gradients(shape, dtype)
+    param = random_array(shape, dtype, seed=9)
+    theirs = torch.nn.Parameter(torch.from_numpy(param.copy()))
+    opt = torch.optim.SGD([theirs], lr=lr, momentum=momentum, dampening=dampening,
+                          weight_decay=weight_decay, nesterov=nesterov)
+    for grad in grads:
+        theirs.grad = torch.from_numpy(grad.copy())
+        opt.step()
+    sgd_steps(elementwise_numba, param, grads, options)
+    # PyTorch may fuse a·b + c into one rounding: allow a few ulps.
+    rtol = 1e-6 if dtype == np.float32 else 1e-14
+    np.testing.assert_allclose(param, theirs.detach().numpy(), rtol=rtol, atol=rtol)
+
+
+# ---------------------------------------------------------------- what runs where
+def test_other_dtypes_use_the_reference_without_compiling(monkeypatch):
+    def no_numba():
+        raise AssertionError("the compiled loops were asked for")
+    monkeypatch.setattr(elementwise_numba, "_compiled", no_numba)
+    x16, gy16 = (random_array((3, 4), np.float16, seed) for seed in (0, 1))
+    for name in ("relu_backward", "sigmoid_backward"):
+        assert_identical(getattr(elementwise_numba, name)(gy16, x16),
+                         getattr(elementwise_numpy, name)(gy16, x16))
+    assert_identical(elementwise_numba.relu_forward(x16), elementwise_numpy.relu_forward(x16))
+    # mixed dtypes: a float64 gradient for a float32 parameter
+    param = random_array((3, 4), np.float32, 2)
+    expected = param.copy()
+    elementwise_numpy.sgd_update(expected, gy16.astype(np.float64), None, 0.1, 0.9, 0, 0, False)
+    buf = elementwise_numba.sgd_update(param, gy16.astype(np.float64), None, 0.1, 0.9, 0, 0,
+                                       False)
+    assert_identical(param, expected)
+    assert buf.dtype == np.float64            # the reference's buffer: a copy of d
+
+
+def test_the_kernel_set_chooses_the_elementwise_kernels(kernel_set):
+    module = {"numpy": "kernels.elementwise_numpy", "numba": "kernels.elementwise_numba"}
+    for name in ("relu_forward", "relu_backward", "sigmoid_backward", "sgd_update"):
+        assert getattr(kernels, name).__module__ == module[kernel_set]
+
+
+def test_device_arrays_stay_on_their_device(device):
+    x, gy = (to_device(random_array((4, 3), np.float32, seed), device) for seed in (0, 1))
+    y = elementwise_numba.relu_forward(x)
+    for out in (y, elementwise_numba.relu_backward(gy, y),
+                elementwise_numba.sigmoid_backward(gy, y)):
+        assert type(out) is type(x)
+    param = to_device(random_array((4, 3), np.float32, 2), device)
+    buf = elementwise_numba.sgd_update(param, gy, None, 0.1, 0.9, 0, 0.01, True)
+    assert type(buf) is type(param)
+    expected = random_array((4, 3), np.float32, 2)
+    elementwise_numpy.sgd_update(expected, to_device(gy, "cpu"), None, 0.1, 0.9, 0, 0.01, True)
+    np.testing.assert_allclose(to_device(param, "cpu"), expected, rtol=1e-6)
