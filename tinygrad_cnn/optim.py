@@ -18,6 +18,8 @@ import numbers
 
 import numpy as np
 
+import kernels
+
 from .autograd import enable_grad
 from .backend import device_of, get_array_module, to_device
 from .tensor import Tensor
@@ -195,36 +197,13 @@ class SGD(Optimizer):
                              f"dampening={group['dampening']})")
 
     def _update(self, p, grad, group, state):
-        # In place wherever the array is ours (the momentum buffer, a temporary
-        # made here), so a step allocates one temporary per parameter (two with
-        # weight decay and Nesterov); ``grad`` itself is only read.  Python-float
-        # factors keep float32 float32.
-        momentum, lr = group["momentum"], group["lr"]
-        d, d_is_ours = grad, False
-        if group["weight_decay"] != 0:
-            d = p.data * group["weight_decay"]
-            d += grad
-            d_is_ours = True
-        if momentum != 0:
-            buf = state.get("momentum_buffer")
-            if buf is None:
-                # own copy: the buffer must not share the gradient array (and
-                # xp.array gives an array even where d is a 0-d product's scalar)
-                buf = state["momentum_buffer"] = get_array_module(d).array(d)
-            else:
-                buf *= momentum
-                buf += d if group["dampening"] == 0 else (1 - group["dampening"]) * d
-            if group["nesterov"]:
-                d_plus = buf * momentum
-                d_plus += d
-                d, d_is_ours = d_plus, True
-            else:
-                d, d_is_ours = buf, False
-        if d_is_ours:
-            d *= lr
-            p.data -= d
-        else:
-            p.data -= lr * d
+        # One pass over p.data (and the momentum buffer), in place; the kernel
+        # makes the buffer on the first step, a copy of d.
+        buf = kernels.sgd_update(p.data, grad, state.get("momentum_buffer"), group["lr"],
+                                 group["momentum"], group["dampening"],
+                                 group["weight_decay"], group["nesterov"])
+        if buf is not None:
+            state["momentum_buffer"] = buf
 
 
 # ---------------------------------------------------------------- Adam / AdamW
