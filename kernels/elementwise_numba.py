@@ -67,7 +67,7 @@ def _sgd_loop(param, grad, buf, lr, has_momentum, momentum, dampening_factor,
     """One SGD step per element, in place in ``param`` and ``buf``; see sgd_update.
 
     ``dampening_factor`` = 1 - dampening (1·d is exactly d when dampening is 0).
-    ``buf`` is touched only with momentum, and only written on the first step.
+    ``buf`` is touched only with momentum, and not read on the first step.
     The has_* flags are decided on the Python values, as the reference does.
     """
     for i in range(param.size):
@@ -92,10 +92,12 @@ def _compiled():
 
 
 def _compilable(*arrays):
-    """NumPy float32/float64 arrays, all of one dtype."""
+    """NumPy float32/float64 arrays, all of one dtype and one shape (the flat
+    loops do not broadcast, and would read past a smaller array)."""
+    first = arrays[0]
     return (all(isinstance(a, np.ndarray) for a in arrays)
-            and arrays[0].dtype in (np.float32, np.float64)
-            and all(a.dtype == arrays[0].dtype for a in arrays))
+            and first.dtype in (np.float32, np.float64)
+            and all(a.dtype == first.dtype and a.shape == first.shape for a in arrays))
 
 
 def _flat(a):

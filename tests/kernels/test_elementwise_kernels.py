@@ -219,6 +219,18 @@ def test_other_dtypes_use_the_reference_without_compiling(monkeypatch):
     assert buf.dtype == np.float64            # the reference's buffer: a copy of d
 
 
+def test_gradients_of_another_shape_use_the_reference():
+    # The flat loops cannot broadcast: a (1, 4) gradient for a (3, 4) parameter goes
+    # to the reference, whichever array is smaller.
+    grad, y = random_array((1, 4), np.float32, 0), random_array((3, 4), np.float32, 1)
+    assert_identical(elementwise_numba.relu_backward(grad, y),
+                     elementwise_numpy.relu_backward(grad, y))
+    params = [random_array((3, 4), np.float32, 2) for _ in range(2)]
+    for param, module in zip(params, (elementwise_numpy, elementwise_numba)):
+        module.sgd_update(param, grad, None, 0.1, 0, 0, 0.01, False)
+    assert_identical(params[1], params[0])
+
+
 def test_the_kernel_set_chooses_the_elementwise_kernels(kernel_set):
     module = {"numpy": "kernels.elementwise_numpy", "numba": "kernels.elementwise_numba"}
     for name in ("relu_forward", "relu_backward", "sigmoid_backward", "sgd_update"):
