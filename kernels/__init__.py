@@ -56,23 +56,27 @@ for _name, _value in THREAD_ENVIRONMENT.items():
 
 # kernel set -> modules searched in order; later modules override earlier ones
 _SETS = {
-    "numpy": ("kernels.conv_numpy", "kernels.pool_numpy", "kernels.bn_numpy",
-              "kernels.elementwise_numpy"),
+    "numpy": ("kernels.conv_numpy", "kernels.winograd_numpy", "kernels.pool_numpy",
+              "kernels.bn_numpy", "kernels.elementwise_numpy"),
     "numba": ("kernels.conv_numpy", "kernels.pool_numpy", "kernels.conv_numba",
+              "kernels.winograd_numpy", "kernels.winograd_numba",
               "kernels.bn_numpy", "kernels.pool_numba", "kernels.bn_numba",
               "kernels.elementwise_numpy", "kernels.elementwise_numba"),
 }
 
 # For CuPy arrays, in the same override order: the references, which run on
-# CuPy arrays, then the CUDA kernels.  The elementwise kernels have no CUDA
-# version: CuPy runs each of the reference's expressions as one GPU kernel.
-_GPU_REFERENCE_MODULES = ("kernels.conv_numpy", "kernels.pool_numpy", "kernels.bn_numpy",
-                          "kernels.elementwise_numpy")
+# CuPy arrays, then the CUDA kernels.  The elementwise and Winograd kernels
+# have no CUDA version: CuPy runs each of the reference's expressions (einsum
+# included) as GPU kernels.
+_GPU_REFERENCE_MODULES = ("kernels.conv_numpy", "kernels.winograd_numpy", "kernels.pool_numpy",
+                          "kernels.bn_numpy", "kernels.elementwise_numpy")
 _GPU_MODULES = _GPU_REFERENCE_MODULES + ("kernels.conv_cuda", "kernels.pool_cuda",
                                          "kernels.bn_cuda")
 
 KERNELS = (
     "im2col", "col2im",
+    "winograd_weight", "winograd_weight_backward", "winograd_input", "winograd_input_backward",
+    "winograd_output", "winograd_output_backward",
     "maxpool2d_forward", "maxpool2d_backward",
     "avgpool2d_forward", "avgpool2d_backward",
     "adaptive_avgpool2d_forward", "adaptive_avgpool2d_backward",

@@ -268,6 +268,8 @@ def test_cupy_arrays_go_to_the_gpu_kernels(with_cupy, monkeypatch):
 ADAPTIVE = ("adaptive_avgpool2d_forward", "adaptive_avgpool2d_backward",
             "adaptive_maxpool2d_forward", "adaptive_maxpool2d_backward")
 ELEMENTWISE = ("relu_forward", "relu_backward", "sigmoid_backward", "sgd_update")
+WINOGRAD = ("winograd_weight", "winograd_weight_backward", "winograd_input",
+            "winograd_input_backward", "winograd_output", "winograd_output_backward")
 
 
 def test_gpu_kernels_fall_back_to_the_reference_without_numba_cuda(monkeypatch):
@@ -281,7 +283,8 @@ def test_gpu_kernels_fall_back_to_the_reference_without_numba_cuda(monkeypatch):
         "avgpool2d_forward": "kernels.pool_numpy", "avgpool2d_backward": "kernels.pool_numpy",
         "batchnorm_forward_train": "kernels.bn_numpy", "batchnorm_backward": "kernels.bn_numpy",
         **{name: "kernels.pool_numpy" for name in ADAPTIVE},
-        **{name: "kernels.elementwise_numpy" for name in ELEMENTWISE}}
+        **{name: "kernels.elementwise_numpy" for name in ELEMENTWISE},
+        **{name: "kernels.winograd_numpy" for name in WINOGRAD}}
 
 
 def test_gpu_kernels_are_the_cuda_ones_when_numba_reaches_the_gpu(monkeypatch):
@@ -290,13 +293,15 @@ def test_gpu_kernels_are_the_cuda_ones_when_numba_reaches_the_gpu(monkeypatch):
     chosen = kernels.gpu_kernels()
     assert sorted(chosen) == sorted(kernels.KERNELS)
     assert {f.__module__ for name, f in chosen.items()
-            if name not in ADAPTIVE + ELEMENTWISE} == {
+            if name not in ADAPTIVE + ELEMENTWISE + WINOGRAD} == {
         "kernels.conv_cuda", "kernels.pool_cuda", "kernels.bn_cuda"}
     # Adaptive pooling has no CUDA loops: its reference is matrix products
     # (cuBLAS on CuPy arrays) and, for the global pool, a mean.  Nor have the
-    # elementwise kernels: CuPy runs each reference expression as one GPU kernel.
+    # elementwise kernels: CuPy runs each reference expression as one GPU kernel;
+    # nor the Winograd transforms (einsum on CuPy arrays).
     assert {chosen[name].__module__ for name in ADAPTIVE} == {"kernels.pool_numpy"}
     assert {chosen[name].__module__ for name in ELEMENTWISE} == {"kernels.elementwise_numpy"}
+    assert {chosen[name].__module__ for name in WINOGRAD} == {"kernels.winograd_numpy"}
 
 
 @pytest.mark.parametrize("gpu, nvvm, works", [(True, True, True), (True, False, False),

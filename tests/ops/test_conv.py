@@ -380,7 +380,7 @@ def test_pointwise_path_equals_the_im2col_path(cfg):
     kwargs = dict(cfg["kwargs"], padding=0)
     fast = conv2d(x1, w1, b1, **kwargs)
     padded = conv2d(x2, w2, b2, **dict(kwargs, padding=1))
-    assert fast.grad_fn.pointwise and not padded.grad_fn.pointwise
+    assert fast.grad_fn.method == "pointwise" and padded.grad_fn.method == "im2col"
     general = padded[:, :, 1:-1, 1:-1]
     np.testing.assert_allclose(fast.detach().numpy(), general.detach().numpy(),
                                rtol=1e-13, atol=1e-13)
@@ -461,3 +461,109 @@ def test_unbatched_input_is_one_image(op):
     assert y.shape == expected.shape
     np.testing.assert_allclose(y.detach().numpy(), expected, rtol=1e-12, atol=1e-12)
     gradcheck(lambda t: op(t, w, b, padding=1), (image,))
+
+
+# ---------------------------------------------------------------- 3×3 stride 1: Winograd
+# Shapes Conv2d hands to Winograd F(2×2, 3×3) (16+ channels, 3×3, stride 1,
+# output tiles mostly used): odd output sizes leave half-used tiles.
+WINOGRAD = {
+    "pad1": config((2, 16, 6, 6), (16, 16, 3, 3), padding=1),
+    "pad1-odd-nobias": config((3, 16, 7, 9), (20, 16, 3, 3), False, padding=1),
+    "valid": config((2, 17, 8, 6), (16, 17, 3, 3)),
+    "pad-pair": config((1, 16, 5, 8), (16, 16, 3, 3), padding=(2, 0)),
+    "same": config((2, 16, 6, 7), (16, 16, 3, 3), padding="same"),
+}
+# ... and shapes it leaves to im2col
+NOT_WINOGRAD = {
+    "stride2": config((2, 16, 8, 8), (16, 16, 3, 3), stride=2, padding=1),
+    "dilation2": config((2, 16, 8, 8), (16, 16, 3, 3), dilation=2, padding=2),
+    "groups2": config((2, 16, 6, 6), (16, 8, 3, 3), padding=1, groups=2),
+    "8-channels": config((2, 8, 6, 6), (16, 8, 3, 3), padding=1),
+    "3x3-output": config((2, 16, 3, 3), (16, 16, 3, 3), padding=1),
+    "5x5-kernel": config((2, 16, 8, 8), (16, 16, 5, 5), padding=2),
+}
+
+
+@pytest.fixture
+def algorithm():
+    """Set conv2d's algorithm inside a test; restored afterwards."""
+    previous = conv_module.algorithm
+    yield conv_module.set_algorithm
+    conv_module.set_algorithm(previous)
+
+
+@pytest.mark.parametrize("cfg", WINOGRAD.values(), ids=WINOGRAD.keys())
+def test_winograd_path_equals_the_im2col_path(cfg, algorithm):
+    g = None
+    results = {}
+    for name in ("auto", "im2col"):
+        algorithm(name)
+        x, w, b = make_inputs(cfg)
+        y = conv2d(x, w, b, **cfg["kwargs"])
+        assert y.grad_fn.method == ("winograd" if name == "auto" else "im2col")
+        if g is None:
+            g = np.random.default_rng(0).standard_normal(y.shape)
+        y.backward(g)
+        results[name] = [y.detach().numpy()] + [t.grad.numpy() for t in (x, w, b)
+                                                 if t is not None]
+    for fast, plain in zip(results["auto"], results["im2col"]):
+        np.testing.assert_allclose(fast, plain, rtol=1e-11, atol=1e-11)
+
+
+@pytest.mark.parametrize("cfg", [WINOGRAD["pad1-odd-nobias"], WINOGRAD["pad-pair"]],
+                         ids=["pad1-odd-nobias", "pad-pair"])
+def test_winograd_gradcheck(cfg):
+    x, w, b = make_inputs(cfg)
+    assert conv2d(x, w, b, **cfg["kwargs"]).grad_fn.method == "winograd"
+    gradcheck(lambda x, w, b: conv2d(x, w, b, **cfg["kwargs"]), (x, w, b))
+
+
+def test_winograd_matches_explicit_loops():
+    cfg = WINOGRAD["pad1-odd-nobias"]
+    x, w, b = make_inputs(cfg)
+    y = conv2d(x, w, b, **cfg["kwargs"])
+    assert y.grad_fn.method == "winograd"
+    expected = conv2d_loops(x.data, w.data, None, *loop_geometry(cfg))
+    np.testing.assert_allclose(y.detach().numpy(), expected, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("cfg", NOT_WINOGRAD.values(), ids=NOT_WINOGRAD.keys())
+def test_winograd_only_where_it_pays(cfg):
+    x, w, b = make_inputs(cfg)
+    assert conv2d(x, w, b, **cfg["kwargs"]).grad_fn.method == "im2col"
+
+
+def test_winograd_chunks_equal_the_whole_batch(column_budget):
+    cfg = WINOGRAD["pad1-odd-nobias"]
+    x, w, _ = make_inputs(cfg)
+    g = np.random.default_rng(1).standard_normal((3, 20, 7, 9))
+    y = conv2d(x, w, **cfg["kwargs"])
+    assert len(y.grad_fn.chunks) == 1
+    y.backward(g)
+    whole = [y.detach().numpy(), x.grad.numpy(), w.grad.numpy()]
+    column_budget(1)                            # one image per chunk
+    x2, w2, _ = make_inputs(cfg)
+    y2 = conv2d(x2, w2, **cfg["kwargs"])
+    assert len(y2.grad_fn.chunks) == 3
+    y2.backward(g)
+    for a, b in zip(whole, [y2.detach().numpy(), x2.grad.numpy(), w2.grad.numpy()]):
+        np.testing.assert_allclose(a, b, rtol=1e-13, atol=1e-13)
+
+
+def test_winograd_float32_error_is_close_to_im2col_s(algorithm):
+    # Winograd's transforms add and halve before multiplying, so float32
+    # rounding grows a little; measured here against a float64 result.
+    cfg = config((4, 64, 12, 12), (64, 64, 3, 3), padding=1)
+    x, w, b = make_inputs(cfg, requires_grad=False)
+    exact = conv2d(x, w, b, padding=1).numpy()
+    errors = {}
+    for name in ("auto", "im2col"):
+        algorithm(name)
+        y = conv2d(*(Tensor(t.data.astype(np.float32)) for t in (x, w, b)), padding=1)
+        errors[name] = np.abs(y.numpy() - exact).max() / np.abs(exact).max()
+    assert errors["auto"] < 4 * errors["im2col"] + 1e-7, errors
+
+
+def test_set_algorithm_rejects_unknown_names(algorithm):
+    with pytest.raises(ValueError, match="set_algorithm: expected 'auto' or 'im2col', got 'fft'"):
+        algorithm("fft")

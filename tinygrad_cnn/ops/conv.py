@@ -20,6 +20,7 @@ above glibc's 32 MB mmap threshold comes fresh from the OS on every call
 (allocating and filling 85 MB took 25 ms here, 16 MB 0.3 ms), and a
 ResNet-18 trunk of convolutions ran ~10% slower with 256 MB chunks.
 """
+import math
 import operator
 
 import kernels
@@ -29,6 +30,39 @@ from ..backend import get_array_module
 from .shape import pad, squeeze, stack, unsqueeze
 
 column_budget = 16 * 2**20      # bytes of im2col columns built at once (see set_column_budget)
+
+
+algorithm = "auto"       # "auto" or "im2col" (see set_algorithm)
+
+# Winograd's 16 products are (O, C) @ (C, tiles): with fewer channels than this
+# they are too thin for the matrix-product library to run near its speed.
+WINOGRAD_MIN_CHANNELS = 16
+
+
+def set_algorithm(name):
+    """Choose how conv2d computes 3×3 stride-1 convolutions; return the previous choice.
+
+    ``"auto"`` (the default): Winograd's F(2×2, 3×3) (kernels/winograd_numpy.py),
+    2.25x fewer multiplications, where the layer suits it (see
+    ``Conv2d._choose_method``); im2col elsewhere.  ``"im2col"``: im2col and
+    one matrix product for every convolution, the textbook way.
+    """
+    global algorithm
+    if name not in ("auto", "im2col"):
+        raise ValueError(f"set_algorithm: expected 'auto' or 'im2col', got {name!r}")
+    previous, algorithm = algorithm, name
+    return previous
+
+
+def _winograd_tiles(out_hw):
+    """(TH, TW): Winograd tiles along each axis, each giving 2 outputs."""
+    return tuple(-(-size // 2) for size in out_hw)
+
+
+def _tiles_well_used(out_hw):
+    """Whether 2x2 output tiles cover out_hw with at most a quarter of them
+    wasted: a 3x3 output needs 2x2 tiles, 16 cells for 9 outputs."""
+    return 4 * math.prod(out_hw) >= 3 * 4 * math.prod(_winograd_tiles(out_hw))
 
 
 def set_column_budget(nbytes):
@@ -99,13 +133,13 @@ class Conv2d(Function):
         self.x_shape, self.W_shape = x.shape, W.shape
         N, O = x.shape[0], W.shape[0]
         OH, OW = conv2d_output_hw(x.shape, W.shape, self.stride, self.padding, self.dilation)
-        # (dilation does not matter for a 1×1 kernel)
-        self.pointwise = (W.shape[2:] == (1, 1) and self.stride == (1, 1)
-                          and not any(self.padding))
-        if self.pointwise:
+        self.method = self._choose_method(x.shape, W.shape, (OH, OW))
+        if self.method == "pointwise":
             y = self._pointwise_forward(x, W)
             if b is not None:
                 y += b.reshape(1, O, 1)
+        elif self.method == "winograd":
+            y = self._winograd_forward(x, W, b, (OH, OW))
         else:
             y = self._im2col_forward(x, W, b, OH * OW)
         return y.reshape(N, O, OH, OW)
@@ -114,12 +148,70 @@ class Conv2d(Function):
         x, W = self.saved
         need = self.needs_input_grad
         need_b = len(need) == 3 and need[2]
-        if self.pointwise:
+        if self.method == "pointwise":
             gx, gW = self._pointwise_backward(gy, x, W)
             gb = gy.sum(axis=(0, 2, 3)) if need_b else None
+        elif self.method == "winograd":
+            gx, gW, gb = self._winograd_backward(gy, x, need_b)
         else:
             gx, gW, gb = self._im2col_backward(gy, x, W, need_b)
         return (gx, gW) if len(need) == 2 else (gx, gW, gb)
+
+    def _choose_method(self, x_shape, W_shape, out_hw):
+        """'pointwise', 'winograd' or 'im2col' (see the class docstring)."""
+        C, (KH, KW) = x_shape[1], W_shape[2:]
+        # (dilation does not matter for a 1×1 kernel)
+        if (KH, KW) == (1, 1) and self.stride == (1, 1) and not any(self.padding):
+            return "pointwise"
+        if (algorithm == "auto" and (KH, KW) == (3, 3) and self.stride == (1, 1)
+                and self.dilation == (1, 1) and self.groups == 1
+                and min(C, W_shape[0]) >= WINOGRAD_MIN_CHANNELS and _tiles_well_used(out_hw)):
+            return "winograd"
+        return "im2col"
+
+    # ------------------------------------------------ 3×3, stride 1: Winograd
+    def _winograd_forward(self, x, W, b, out_hw):
+        xp = get_array_module(x, W)
+        N, C = x.shape[:2]
+        O = W.shape[0]
+        tiles = _winograd_tiles(out_hw)
+        U = kernels.winograd_weight(W).reshape(16, O, C)
+        self.U = U if self.needs_input_grad[0] else None        # backward's dx needs it
+        bytes_per_image = 16 * (C + O) * tiles[0] * tiles[1] * x.dtype.itemsize
+        self.chunks = batch_chunks(N, bytes_per_image, column_budget)
+        y = xp.empty((N, O) + tuple(out_hw), dtype=xp.result_type(x, W))
+        for chunk in self.chunks:
+            V = kernels.winograd_input(x[chunk], self.padding, tiles)      # (4, 4, C, n, TH, TW)
+            n = V.shape[3]
+            M = U @ V.reshape(16, C, -1)                  # the 16 products: (16, O, n·TH·TW)
+            y[chunk] = kernels.winograd_output(M.reshape((4, 4, O, n) + tiles), out_hw)
+        if b is not None:
+            y += b.reshape(1, O, 1, 1)
+        return y.reshape(N, O, -1)
+
+    def _winograd_backward(self, gy, x, need_b):
+        need_x, need_W = self.needs_input_grad[:2]
+        xp = get_array_module(gy)
+        N, C = self.x_shape[:2]
+        O = self.W_shape[0]
+        tiles = _winograd_tiles(gy.shape[2:])
+        gx = xp.empty(self.x_shape, dtype=gy.dtype) if need_x else None
+        gU = 0
+        for chunk in self.chunks:
+            gM = kernels.winograd_output_backward(gy[chunk])     # (4, 4, O, n, TH, TW)
+            n = gM.shape[3]
+            gM = gM.reshape(16, O, -1)
+            if need_W:
+                V = kernels.winograd_input(x[chunk], self.padding, tiles).reshape(16, C, -1)
+                gU = gU + gM @ V.swapaxes(1, 2)                  # (16, O, C)
+            if need_x:
+                gV = self.U.swapaxes(1, 2) @ gM                  # (16, C, n·TH·TW)
+                gx[chunk] = kernels.winograd_input_backward(
+                    gV.reshape((4, 4, C, n) + tiles), (n,) + self.x_shape[1:], self.padding)
+        gW = kernels.winograd_weight_backward(gU.reshape(4, 4, O, C)) if need_W else None
+        gb = gy.sum(axis=(0, 2, 3)) if need_b else None
+        self.U = None
+        return gx, gW, gb
 
     # ------------------------------------------------ the general case: im2col
     def _columns(self, x):

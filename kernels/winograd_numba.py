@@ -1,0 +1,270 @@
+"""Winograd F(2x2, 3x3) transforms as compiled loops (Numba): the interface of
+``winograd_numpy``.
+
+Read ``winograd_numpy.py`` first: it states the algorithm, the shapes and
+the three matrices.  Here the matrix products with Bᵀ and Aᵀ, whose entries
+are 0 and ±1, are written out as the additions they are (about 32 per tile
+instead of 128 multiply-adds), and each function is one loop over image
+planes, compiled by Numba and run on all cores:
+
+- ``winograd_input`` and ``winograd_output_backward`` read one plane of
+  ``x`` or ``gy`` per (c, n) or (o, n) iteration and write that plane's
+  tiles into 16 separate matrices; planes never share a tile, so no two
+  threads write the same element.
+- ``winograd_input_backward`` sums overlapping tiles back into an input
+  plane.  One thread owns each (n, c) plane, as in ``col2im``: splitting
+  the tiles of one plane over threads would race where tiles overlap.
+- ``winograd_output`` reads each tile's 16 products and writes its 2x2
+  output block, which no other tile writes.
+
+The padding is not materialised: the input loops treat cells outside the
+image as 0 (reading) or drop them (adding back).
+
+Only NumPy float32/float64 arrays reach the loops; anything else (CuPy,
+float16) goes to the reference.  Numba is imported at the first call (see
+``conv_numba.py``, start-up).
+"""
+import functools
+import types
+
+import numpy as np
+
+from . import winograd_numpy
+from .winograd_numpy import winograd_tiles
+
+prange = range          # numba.prange once _compiled() has imported Numba
+
+
+# ---------------------------------------------------------------- the loops
+# Each loop works on whole rows: a row of tiles shares its four input rows,
+# so Bᵀ (or A) combines those rows once, in contiguous loops the compiler
+# vectorises, and only the column step goes tile by tile.  (Tile by tile with
+# a 4x4 scratch tile, the input transform ran 5x slower than im2col.)  The
+# scratch rows are allocated once per plane: array expressions inside the
+# loops would allocate on every row.
+def _input_loops(x, V, top, left):
+    """V[:, :, c, n, t, s] = Bᵀ d B,  d = x[n, c, 2t - top : +4, 2s - left : +4] (0 outside)."""
+    N, C, H, W = x.shape
+    TH, TW = V.shape[4:]
+    width = 2 * TW + 2
+    for plane in prange(C * N):
+        c, n = plane // N, plane % N
+        d = np.zeros((4, width), dtype=x.dtype)     # the 4 rows of a row of tiles, padded
+        e = np.empty((4, width), dtype=x.dtype)     # Bᵀ d
+        for t in range(TH):
+            for i in range(4):
+                h = 2 * t - top + i
+                if 0 <= h < H:
+                    for w in range(W):
+                        d[i, left + w] = x[n, c, h, w]
+                else:
+                    d[i, :] = 0
+            for w in range(width):                  # Bᵀ d: the rows combined
+                e[0, w] = d[0, w] - d[2, w]
+                e[1, w] = d[1, w] + d[2, w]
+                e[2, w] = d[2, w] - d[1, w]
+                e[3, w] = d[1, w] - d[3, w]
+            for a in range(4):                      # (Bᵀ d) B: the columns, tile by tile
+                for s in range(TW):
+                    w = 2 * s
+                    V[a, 0, c, n, t, s] = e[a, w] - e[a, w + 2]
+                    V[a, 1, c, n, t, s] = e[a, w + 1] + e[a, w + 2]
+                    V[a, 2, c, n, t, s] = e[a, w + 2] - e[a, w + 1]
+                    V[a, 3, c, n, t, s] = e[a, w + 1] - e[a, w + 3]
+
+
+def _input_backward_loops(gV, gx, top, left):
+    """gx[n, c] = Σ over tiles of B gV Bᵀ, added where the tile lies (cells outside dropped)."""
+    N, C, H, W = gx.shape
+    TH, TW = gV.shape[4:]
+    width = 2 * TW + 2
+    for plane in prange(N * C):
+        c, n = plane // N, plane % N
+        padded = np.zeros((2 * TH + 2, width), dtype=gx.dtype)
+        g = np.empty((4, width), dtype=gx.dtype)    # gV B: each tile row a, spread out
+        for t in range(TH):
+            for a in range(4):          # gV B: column j mixes the columns b with B[j, b] ≠ 0
+                g[a, :] = 0
+                for s in range(TW):
+                    w = 2 * s
+                    v0, v1 = gV[a, 0, c, n, t, s], gV[a, 1, c, n, t, s]
+                    v2, v3 = gV[a, 2, c, n, t, s], gV[a, 3, c, n, t, s]
+                    g[a, w] += v0
+                    g[a, w + 1] += v1 - v2 + v3
+                    g[a, w + 2] += v2 + v1 - v0
+                    g[a, w + 3] -= v3
+            h = 2 * t
+            for w in range(width):      # B (gV B): the rows, added into the tiles' 4 rows
+                padded[h, w] += g[0, w]
+                padded[h + 1, w] += g[1, w] - g[2, w] + g[3, w]
+                padded[h + 2, w] += g[2, w] + g[1, w] - g[0, w]
+                padded[h + 3, w] -= g[3, w]
+        for h in range(H):
+            for w in range(W):
+                gx[n, c, h, w] = padded[top + h, left + w]
+
+
+def _output_loops(M, y):
+    """y[n, o, 2t:2t+2, 2s:2s+2] = Aᵀ M[:, :, o, n, t, s] A, cropped to y's size."""
+    N, O, OH, OW = y.shape
+    TH, TW = M.shape[4:]
+    for plane in prange(O * N):
+        o, n = plane // N, plane % N
+        r = np.empty((2, 4, TW), dtype=y.dtype)     # Aᵀ M for a row of tiles
+        for t in range(TH):
+            for b in range(4):                      # Aᵀ M: the rows combined
+                for s in range(TW):
+                    m0, m1 = M[0, b, o, n, t, s], M[1, b, o, n, t, s]
+                    m2, m3 = M[2, b, o, n, t, s], M[3, b, o, n, t, s]
+                    r[0, b, s] = m0 + m1 + m2
+                    r[1, b, s] = m1 - m2 - m3
+            for i in range(min(2, OH - 2 * t)):     # (Aᵀ M) A: the columns
+                for s in range(TW):
+                    y[n, o, 2 * t + i, 2 * s] = r[i, 0, s] + r[i, 1, s] + r[i, 2, s]
+                    if 2 * s + 1 < OW:
+                        y[n, o, 2 * t + i, 2 * s + 1] = r[i, 1, s] - r[i, 2, s] - r[i, 3, s]
+
+
+def _output_backward_loops(gy, gM):
+    """gM[:, :, o, n, t, s] = A gy[n, o, 2t:2t+2, 2s:2s+2] Aᵀ (cells past gy's edge are 0)."""
+    N, O, OH, OW = gy.shape
+    TH, TW = gM.shape[4:]
+    for plane in prange(O * N):
+        o, n = plane // N, plane % N
+        rows = np.zeros((2, 2 * TW), dtype=gy.dtype)   # a row of 2x2 blocks, padded
+        q = np.empty((4, 2 * TW), dtype=gy.dtype)      # A gy
+        for t in range(TH):
+            for i in range(2):
+                if 2 * t + i < OH:
+                    for w in range(OW):
+                        rows[i, w] = gy[n, o, 2 * t + i, w]
+                else:
+                    rows[i, :] = 0
+            for w in range(2 * TW):                    # A gy: the rows
+                q[0, w] = rows[0, w]
+                q[1, w] = rows[0, w] + rows[1, w]
+                q[2, w] = rows[0, w] - rows[1, w]
+                q[3, w] = -rows[1, w]
+            for a in range(4):                         # (A gy) Aᵀ: the columns
+                for s in range(TW):
+                    left_, right_ = q[a, 2 * s], q[a, 2 * s + 1]
+                    gM[a, 0, o, n, t, s] = left_
+                    gM[a, 1, o, n, t, s] = left_ + right_
+                    gM[a, 2, o, n, t, s] = left_ - right_
+                    gM[a, 3, o, n, t, s] = -right_
+
+
+def _weight_loops(W, U):
+    """U[:, :, o, c] = G W[o, c] Gᵀ   (G's rows: g0, (g0+g1+g2)/2, (g0-g1+g2)/2, g2)."""
+    O, C = W.shape[:2]
+    for pair in prange(O * C):
+        o, c = pair // C, pair % C
+        k = W[o, c]
+        r = np.empty((4, 3), dtype=U.dtype)     # G W: the rows combined
+        for j in range(3):
+            r[0, j] = k[0, j]
+            r[1, j] = (k[0, j] + k[1, j] + k[2, j]) * 0.5
+            r[2, j] = (k[0, j] - k[1, j] + k[2, j]) * 0.5
+            r[3, j] = k[2, j]
+        for a in range(4):                      # (G W) Gᵀ: the columns
+            U[a, 0, o, c] = r[a, 0]
+            U[a, 1, o, c] = (r[a, 0] + r[a, 1] + r[a, 2]) * 0.5
+            U[a, 2, o, c] = (r[a, 0] - r[a, 1] + r[a, 2]) * 0.5
+            U[a, 3, o, c] = r[a, 2]
+
+
+def _weight_backward_loops(gU, gW):
+    """gW[o, c] = Gᵀ gU[:, :, o, c] G   (Gᵀ's rows: u0 + (u1+u2)/2, (u1-u2)/2, (u1+u2)/2 + u3)."""
+    O, C = gW.shape[:2]
+    for pair in prange(O * C):
+        o, c = pair // C, pair % C
+        r = np.empty((3, 4), dtype=gW.dtype)    # Gᵀ gU: the rows combined
+        for b in range(4):
+            u0, u1, u2, u3 = gU[0, b, o, c], gU[1, b, o, c], gU[2, b, o, c], gU[3, b, o, c]
+            r[0, b] = u0 + (u1 + u2) * 0.5
+            r[1, b] = (u1 - u2) * 0.5
+            r[2, b] = (u1 + u2) * 0.5 + u3
+        for i in range(3):                      # (Gᵀ gU) G: the columns
+            gW[o, c, i, 0] = r[i, 0] + (r[i, 1] + r[i, 2]) * 0.5
+            gW[o, c, i, 1] = (r[i, 1] - r[i, 2]) * 0.5
+            gW[o, c, i, 2] = (r[i, 1] + r[i, 2]) * 0.5 + r[i, 3]
+
+
+@functools.cache
+def _compiled():
+    """Import Numba and compile the loops, once (later runs load Numba's disk cache)."""
+    import numba
+    global prange
+    prange = numba.prange
+    jit = numba.njit(cache=True, parallel=True)
+    return types.SimpleNamespace(
+        input=jit(_input_loops), input_backward=jit(_input_backward_loops),
+        output=jit(_output_loops), output_backward=jit(_output_backward_loops),
+        weight=jit(_weight_loops), weight_backward=jit(_weight_backward_loops))
+
+
+def _compilable(array):
+    return isinstance(array, np.ndarray) and array.dtype in (np.float32, np.float64)
+
+
+# ---------------------------------------------------------------- the interface
+def winograd_weight(W):
+    """``winograd_numpy.winograd_weight``, compiled: W (O, C, 3, 3) -> U (4, 4, O, C)."""
+    if not _compilable(W):
+        return winograd_numpy.winograd_weight(W)
+    U = np.empty((4, 4) + W.shape[:2], dtype=W.dtype)
+    _compiled().weight(np.ascontiguousarray(W), U)
+    return U
+
+
+def winograd_weight_backward(gU):
+    """``winograd_numpy.winograd_weight_backward``, compiled: gU (4, 4, O, C) -> gW (O, C, 3, 3)."""
+    if not _compilable(gU):
+        return winograd_numpy.winograd_weight_backward(gU)
+    gW = np.empty(gU.shape[2:] + (3, 3), dtype=gU.dtype)
+    _compiled().weight_backward(np.ascontiguousarray(gU), gW)
+    return gW
+
+
+def winograd_input(x, padding, tiles):
+    """``winograd_numpy.winograd_input``, compiled: x (n, C, H, W) -> V (4, 4, C, n, TH, TW)."""
+    if not _compilable(x):
+        return winograd_numpy.winograd_input(x, padding, tiles)
+    loops = _compiled()
+    x = np.ascontiguousarray(x)
+    n, C = x.shape[:2]
+    V = np.empty((4, 4, C, n) + tuple(tiles), dtype=x.dtype)
+    loops.input(x, V, padding[0], padding[2])
+    return V
+
+
+def winograd_input_backward(gV, x_shape, padding):
+    """``winograd_numpy.winograd_input_backward``, compiled: gV -> gx (n, C, H, W)."""
+    if not _compilable(gV):
+        return winograd_numpy.winograd_input_backward(gV, x_shape, padding)
+    loops = _compiled()
+    gx = np.empty(tuple(x_shape), dtype=gV.dtype)
+    loops.input_backward(np.ascontiguousarray(gV), gx, padding[0], padding[2])
+    return gx
+
+
+def winograd_output(M, out_hw):
+    """``winograd_numpy.winograd_output``, compiled: M (4, 4, O, n, TH, TW) -> y (n, O, OH, OW)."""
+    if not _compilable(M):
+        return winograd_numpy.winograd_output(M, out_hw)
+    loops = _compiled()
+    _, _, O, n = M.shape[:4]
+    y = np.empty((n, O) + tuple(out_hw), dtype=M.dtype)
+    loops.output(np.ascontiguousarray(M), y)
+    return y
+
+
+def winograd_output_backward(gy):
+    """``winograd_numpy.winograd_output_backward``, compiled: gy (n, O, OH, OW) -> gM."""
+    if not _compilable(gy):
+        return winograd_numpy.winograd_output_backward(gy)
+    loops = _compiled()
+    n, O, OH, OW = gy.shape
+    gM = np.empty((4, 4, O, n, winograd_tiles(OH), winograd_tiles(OW)), dtype=gy.dtype)
+    loops.output_backward(np.ascontiguousarray(gy), gM)
+    return gM

@@ -1,0 +1,165 @@
+"""Winograd F(2x2, 3x3): the reference kernels against a direct convolution
+(explicit loops) and against their own definitions as adjoints, then the
+Numba kernels against the reference, float32 and float64, on awkward
+geometries (odd output sizes that leave half-used tiles, one-sided and no
+padding, a single tile, padding larger than the kernel's half)."""
+import numpy as np
+import pytest
+
+from kernels import winograd_numpy
+
+# (x shape (n, C, H, W), output channels, padding (top, bottom, left, right))
+GEOMETRIES = {
+    "pad1-even": ((2, 3, 6, 6), 4, (1, 1, 1, 1)),
+    "pad1-odd-sizes": ((2, 3, 7, 5), 2, (1, 1, 1, 1)),
+    "no-padding": ((1, 2, 5, 8), 3, (0, 0, 0, 0)),
+    "one-sided": ((3, 4, 9, 9), 2, (0, 2, 1, 0)),
+    "single-tile": ((2, 2, 2, 2), 3, (1, 1, 1, 1)),
+    "pad-over-half-kernel": ((1, 2, 4, 3), 2, (2, 3, 3, 2)),
+    "one-output-row": ((2, 3, 3, 9), 2, (0, 0, 1, 1)),
+}
+DTYPES = [np.float32, np.float64]
+RNG = np.random.default_rng(0)
+
+
+def output_hw(x_shape, padding):
+    top, bottom, left, right = padding
+    return x_shape[2] + top + bottom - 2, x_shape[3] + left + right - 2
+
+
+def tiles_of(out_hw):
+    return tuple(winograd_numpy.winograd_tiles(size) for size in out_hw)
+
+
+def direct_conv(x, W, padding):
+    """y[n, o, h, w] = Σ_{c, i, j} W[o, c, i, j] · x_padded[n, c, h + i, w + j], by loops."""
+    top, bottom, left, right = padding
+    xp = np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)))
+    n, C = x.shape[:2]
+    OH, OW = output_hw(x.shape, padding)
+    y = np.zeros((n, W.shape[0], OH, OW))
+    for h in range(OH):
+        for w in range(OW):
+            window = xp[:, :, h:h + 3, w:w + 3]                    # (n, C, 3, 3)
+            y[:, :, h, w] = np.einsum("ncij,ocij->no", window, W)
+    return y
+
+
+def winograd_conv(kernels, x, W, padding):
+    """The whole forward: transform weights and input, 16 products, transform back."""
+    O, C = W.shape[:2]
+    out_hw = output_hw(x.shape, padding)
+    tiles = tiles_of(out_hw)
+    U = kernels.winograd_weight(W).reshape(16, O, C)
+    V = kernels.winograd_input(x, padding, tiles)
+    M = U @ V.reshape(16, C, -1)
+    return kernels.winograd_output(M.reshape((4, 4, O, x.shape[0]) + tiles), out_hw)
+
+
+@pytest.mark.parametrize("geometry", GEOMETRIES.values(), ids=GEOMETRIES.keys())
+def test_reference_winograd_convolution_equals_direct_loops(geometry):
+    x_shape, O, padding = geometry
+    x = RNG.standard_normal(x_shape)
+    W = RNG.standard_normal((O, x_shape[1], 3, 3))
+    np.testing.assert_allclose(winograd_conv(winograd_numpy, x, W, padding),
+                               direct_conv(x, W, padding), rtol=1e-12, atol=1e-12)
+
+
+def random_like(shape):
+    return RNG.standard_normal(shape)
+
+
+@pytest.mark.parametrize("geometry", GEOMETRIES.values(), ids=GEOMETRIES.keys())
+def test_each_backward_is_the_adjoint_of_its_transform(geometry):
+    # <T u, v> = <u, T* v> for every u, v: the definition of the adjoint, which is
+    # what backward must compute for a linear step.
+    x_shape, O, padding = geometry
+    n, C = x_shape[:2]
+    out_hw = output_hw(x_shape, padding)
+    tiles = tiles_of(out_hw)
+    x, gV = random_like(x_shape), random_like((4, 4, C, n) + tiles)
+    V = winograd_numpy.winograd_input(x, padding, tiles)
+    assert np.vdot(V, gV) == pytest.approx(
+        np.vdot(x, winograd_numpy.winograd_input_backward(gV, x_shape, padding)), rel=1e-12)
+    M, gy = random_like((4, 4, O, n) + tiles), random_like((n, O) + out_hw)
+    y = winograd_numpy.winograd_output(M, out_hw)
+    assert np.vdot(y, gy) == pytest.approx(
+        np.vdot(M, winograd_numpy.winograd_output_backward(gy)), rel=1e-12)
+    W, gU = random_like((O, C, 3, 3)), random_like((4, 4, O, C))
+    U = winograd_numpy.winograd_weight(W)
+    assert np.vdot(U, gU) == pytest.approx(
+        np.vdot(W, winograd_numpy.winograd_weight_backward(gU)), rel=1e-12)
+
+
+def test_transform_matrices_make_one_tile_a_convolution():
+    # The identity the algorithm rests on, for one 4x4 tile and one 3x3 kernel:
+    # Aᵀ [(G g Gᵀ) ⊙ (Bᵀ d B)] A = the 2x2 "valid" correlation of d with g.
+    B_T, G, A_T = (np.array(m, dtype=float) for m in
+                   (winograd_numpy.B_T, winograd_numpy.G, winograd_numpy.A_T))
+    d, g = RNG.standard_normal((4, 4)), RNG.standard_normal((3, 3))
+    Y = A_T @ ((G @ g @ G.T) * (B_T @ d @ B_T.T)) @ A_T.T
+    direct = [[np.sum(d[i:i + 3, j:j + 3] * g) for j in range(2)] for i in range(2)]
+    np.testing.assert_allclose(Y, direct, rtol=1e-12, atol=1e-12)
+
+
+# ---------------------------------------------------------------- Numba == reference
+winograd_numba = pytest.importorskip("kernels.winograd_numba")
+
+
+def assert_close(actual, expected):
+    assert actual.dtype == expected.dtype and actual.shape == expected.shape
+    tolerance = 1e-5 if actual.dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(actual, expected, rtol=tolerance, atol=tolerance)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("geometry", GEOMETRIES.values(), ids=GEOMETRIES.keys())
+def test_numba_kernels_equal_the_reference(geometry, dtype):
+    x_shape, O, padding = geometry
+    n, C = x_shape[:2]
+    out_hw = output_hw(x_shape, padding)
+    tiles = tiles_of(out_hw)
+    x = random_like(x_shape).astype(dtype)
+    gV = random_like((4, 4, C, n) + tiles).astype(dtype)
+    M = random_like((4, 4, O, n) + tiles).astype(dtype)
+    gy = random_like((n, O) + out_hw).astype(dtype)
+    W, gU = random_like((O, C, 3, 3)).astype(dtype), random_like((4, 4, O, C)).astype(dtype)
+    calls = {
+        "winograd_input": (x, padding, tiles),
+        "winograd_input_backward": (gV, x_shape, padding),
+        "winograd_output": (M, out_hw),
+        "winograd_output_backward": (gy,),
+        "winograd_weight": (W,),
+        "winograd_weight_backward": (gU,),
+    }
+    for name, args in calls.items():
+        assert_close(getattr(winograd_numba, name)(*args),
+                     getattr(winograd_numpy, name)(*args))
+
+
+def test_numba_kernels_read_non_contiguous_arrays():
+    x = random_like((3, 2, 6, 7)).transpose(1, 0, 2, 3).astype(np.float32)   # (2, 3, 6, 7)
+    padding = (1, 1, 1, 1)
+    tiles = tiles_of(output_hw(x.shape, padding))
+    assert not x.flags.c_contiguous
+    assert_close(winograd_numba.winograd_input(x, padding, tiles),
+                 winograd_numpy.winograd_input(x, padding, tiles))
+    gy = random_like((4, 3, 6, 7))[:, ::2].astype(np.float32)
+    assert_close(winograd_numba.winograd_output_backward(gy),
+                 winograd_numpy.winograd_output_backward(gy))
+
+
+def test_whole_numba_convolution_equals_direct_loops_in_float32():
+    x_shape, O, padding = GEOMETRIES["pad1-odd-sizes"]
+    x = random_like(x_shape)
+    W = random_like((O, x_shape[1], 3, 3))
+    y = winograd_conv(winograd_numba, x.astype(np.float32), W.astype(np.float32), padding)
+    np.testing.assert_allclose(y, direct_conv(x, W, padding), rtol=1e-4, atol=1e-4)
+
+
+def test_other_dtypes_use_the_reference(monkeypatch):
+    x = random_like((1, 2, 4, 4)).astype(np.float16)
+    monkeypatch.setattr(winograd_numba, "_compiled", lambda: pytest.fail("compiled float16"))
+    V = winograd_numba.winograd_input(x, (1, 1, 1, 1), (2, 2))
+    assert V.dtype == np.float16
+    np.testing.assert_array_equal(V, winograd_numpy.winograd_input(x, (1, 1, 1, 1), (2, 2)))
