@@ -41,7 +41,11 @@ prange = range          # numba.prange once _compiled() has imported Numba
 # vectorises, and only the column step goes tile by tile.  (Tile by tile with
 # a 4x4 scratch tile, the input transform ran 5x slower than im2col.)  The
 # scratch rows are allocated once per plane: array expressions inside the
-# loops would allocate on every row.
+# loops would allocate on every row.  The input transform, which runs twice
+# per step (forward, and backward for dW), indexes 1-D row views with
+# unsigned integers (see conv_numba.py: Numba then skips the test for a
+# negative index): 20-45% faster on ResNet's and AlexNet's planes.  The same
+# change measured no faster in the other three loops, which stay plain.
 def _input_loops(x, V, top, left):
     """V[:, :, c, n, t, s] = Bᵀ d B,  d = x[n, c, 2t - top : +4, 2s - left : +4] (0 outside)."""
     N, C, H, W = x.shape
@@ -49,28 +53,33 @@ def _input_loops(x, V, top, left):
     width = 2 * TW + 2
     for plane in prange(C * N):
         c, n = plane // N, plane % N
+        image, tiles = x[n, c], V[:, :, c, n]        # (H, W) in, (4, 4, TH, TW) out
         d = np.zeros((4, width), dtype=x.dtype)     # the 4 rows of a row of tiles, padded
         e = np.empty((4, width), dtype=x.dtype)     # Bᵀ d
         for t in range(TH):
             for i in range(4):
-                h = 2 * t - top + i
+                h, row = 2 * t - top + i, d[i]
                 if 0 <= h < H:
+                    source = image[np.uint64(h)]
                     for w in range(W):
-                        d[i, left + w] = x[n, c, h, w]
+                        row[np.uint64(left + w)] = source[np.uint64(w)]
                 else:
-                    d[i, :] = 0
+                    row[:] = 0
+            d0, d1, d2, d3 = d[0], d[1], d[2], d[3]
             for w in range(width):                  # Bᵀ d: the rows combined
-                e[0, w] = d[0, w] - d[2, w]
-                e[1, w] = d[1, w] + d[2, w]
-                e[2, w] = d[2, w] - d[1, w]
-                e[3, w] = d[1, w] - d[3, w]
+                e[0, w] = d0[w] - d2[w]
+                e[1, w] = d1[w] + d2[w]
+                e[2, w] = d2[w] - d1[w]
+                e[3, w] = d1[w] - d3[w]
             for a in range(4):                      # (Bᵀ d) B: the columns, tile by tile
+                ea = e[a]
+                v0, v1, v2, v3 = tiles[a, 0, t], tiles[a, 1, t], tiles[a, 2, t], tiles[a, 3, t]
                 for s in range(TW):
-                    w = 2 * s
-                    V[a, 0, c, n, t, s] = e[a, w] - e[a, w + 2]
-                    V[a, 1, c, n, t, s] = e[a, w + 1] + e[a, w + 2]
-                    V[a, 2, c, n, t, s] = e[a, w + 2] - e[a, w + 1]
-                    V[a, 3, c, n, t, s] = e[a, w + 1] - e[a, w + 3]
+                    w = np.uint64(2 * s)
+                    v0[s] = ea[w] - ea[w + 2]
+                    v1[s] = ea[w + 1] + ea[w + 2]
+                    v2[s] = ea[w + 2] - ea[w + 1]
+                    v3[s] = ea[w + 1] - ea[w + 3]
 
 
 def _input_backward_loops(gV, gx, top, left):
