@@ -35,9 +35,10 @@ transpose): ``winograd_output_backward`` (dy -> dM = A dy Aᵀ per block),
 overlap, the padding cut off) and ``winograd_weight_backward``
 (dU -> dW = Gᵀ dU G).
 
-Written with ``einsum`` over the tiles, a strided view of the input, so that
-each function reads like its formula; the compiled versions
-(``winograd_numba.py``) spell the additions out.  All take their array
+Each transform is a matrix on both sides of every tile, X ↦ P X Qᵀ; here
+it is computed for all tiles at once, one row of P at a time over strided
+slices of the whole batch (``_combine``), then one row of Q.  The compiled
+versions (``winograd_numba.py``) go plane by plane.  All take their array
 module from the input, so they run on NumPy and CuPy arrays.
 """
 from tinygrad_cnn.backend import get_array_module
@@ -57,40 +58,52 @@ A_T = [[1, 1, 1, 0],            # Aᵀ (2, 4): product -> 2x2 output block
        [0, 1, -1, -1]]
 
 
-def _matrix(values, like):
-    xp = get_array_module(like)
-    return xp.asarray(values, dtype=like.dtype)
-
-
 def winograd_tiles(out_size):
     """Tiles along an axis of ``out_size`` outputs: each tile gives 2 of them."""
     return -(-out_size // 2)
 
 
+def _combine(weights, arrays):
+    """Σ_k weights[k]·arrays[k], skipping zero weights: one row of a transform
+    matrix applied to a stack of arrays.  The matrices' entries are 0, ±1 and
+    ±½, so most terms are plain additions.  (Python numbers keep float32
+    arrays float32.)"""
+    total = None
+    for weight, array in zip(weights, arrays):
+        if weight != 0:
+            term = weight * array
+            total = term if total is None else total + term
+    return total
+
+
+def _column(matrix, j):
+    return [row[j] for row in matrix]
+
+
 # ---------------------------------------------------------------- the weights
 def winograd_weight(W):
     """U[ξ, ν, o, c] = (G W[o, c] Gᵀ)[ξ, ν]:  W (O, C, 3, 3) -> U (4, 4, O, C)."""
-    g = _matrix(G, W)
-    return get_array_module(W).einsum("ai,ocij,bj->aboc", g, W, g)
+    xp = get_array_module(W)
+    U = xp.empty((4, 4) + W.shape[:2], dtype=W.dtype)
+    for a in range(4):
+        rows = _combine(G[a], [W[:, :, i] for i in range(3)])            # (G W)[a]: (O, C, 3)
+        for b in range(4):
+            U[a, b] = _combine(G[b], [rows[..., j] for j in range(3)])   # (G W Gᵀ)[a, b]
+    return U
 
 
 def winograd_weight_backward(gU):
     """The adjoint of ``winograd_weight``: gU (4, 4, O, C) -> gW = Gᵀ gU G (O, C, 3, 3)."""
-    g = _matrix(G, gU)
-    return get_array_module(gU).einsum("ai,aboc,bj->ocij", g, gU, g)
+    xp = get_array_module(gU)
+    gW = xp.empty(gU.shape[2:] + (3, 3), dtype=gU.dtype)
+    for i in range(3):
+        rows = _combine(_column(G, i), list(gU))                          # (Gᵀ gU)[i]: (4, O, C)
+        for j in range(3):
+            gW[:, :, i, j] = _combine(_column(G, j), list(rows))
+    return gW
 
 
 # ---------------------------------------------------------------- the input
-def _tile_view(xpad):
-    """The overlapping 4x4 tiles of xpad as a view: (n, C, TH, TW, 4, 4)."""
-    xp = get_array_module(xpad)
-    n, C, Hp, Wp = xpad.shape
-    TH, TW = (Hp - 2) // 2, (Wp - 2) // 2
-    sn, sc, sh, sw = xpad.strides
-    return xp.lib.stride_tricks.as_strided(
-        xpad, (n, C, TH, TW, 4, 4), (sn, sc, 2 * sh, 2 * sw, sh, sw), writeable=False)
-
-
 def winograd_pad(x, padding, tiles):
     """x (n, C, H, W) -> xpad (n, C, 2·TH + 2, 2·TW + 2): x at (top, left), zeros
     around it (more than ``padding`` at the bottom/right when an odd output
@@ -107,11 +120,23 @@ def winograd_input(x, padding, tiles):
     """V = Bᵀ d B for every 4x4 tile d of the padded input:
     x (n, C, H, W) -> V (4, 4, C, n, TH, TW).
 
-    ``padding`` is (top, bottom, left, right), ``tiles`` (TH, TW)."""
-    bt = _matrix(B_T, x)
+    ``padding`` is (top, bottom, left, right), ``tiles`` (TH, TW).  Row i of
+    every tile at once is a strided slice of the padded input (tile t starts
+    at row 2t), so Bᵀ d combines four such slices, and (Bᵀ d) B four column
+    slices of the result.
+    """
     xp = get_array_module(x)
-    tile_view = _tile_view(winograd_pad(x, padding, tiles))
-    return xp.ascontiguousarray(xp.einsum("ai,ncxyij,bj->abcnxy", bt, tile_view, bt))
+    n, C = x.shape[:2]
+    TH, TW = tiles
+    xpad = winograd_pad(x, padding, tiles)
+    rows = [xpad[:, :, i:i + 2 * TH:2] for i in range(4)]          # 4 x (n, C, TH, 2·TW+2)
+    V = xp.empty((4, 4, C, n, TH, TW), dtype=x.dtype)
+    for a in range(4):
+        e = _combine(B_T[a], rows)                                  # (Bᵀ d)[a], every tile
+        columns = [e[..., j:j + 2 * TW:2] for j in range(4)]       # 4 x (n, C, TH, TW)
+        for b in range(4):
+            V[a, b] = _combine(B_T[b], columns).transpose(1, 0, 2, 3)
+    return V
 
 
 def winograd_input_backward(gV, x_shape, padding):
@@ -120,14 +145,14 @@ def winograd_input_backward(gV, x_shape, padding):
     Each tile's B gV Bᵀ is added where the tile lies (tiles overlap by two
     rows and two columns, so a cell gets up to 4 terms); what lands on the
     padding is dropped."""
-    bt = _matrix(B_T, gV)
     xp = get_array_module(gV)
     _, _, C, n, TH, TW = gV.shape
-    g_tiles = xp.einsum("ai,abcnxy,bj->ncxyij", bt, gV, bt)        # (n, C, TH, TW, 4, 4)
     gxpad = xp.zeros((n, C, 2 * TH + 2, 2 * TW + 2), dtype=gV.dtype)
-    for i in range(4):
-        for j in range(4):
-            gxpad[:, :, i:i + 2 * TH:2, j:j + 2 * TW:2] += g_tiles[..., i, j]
+    for j in range(4):
+        columns = [_combine(_column(B_T, j), list(gV[a])) for a in range(4)]   # (gV B)[:, j]
+        for i in range(4):
+            tile_cells = _combine(_column(B_T, i), columns)                    # (B gV B)[i, j]
+            gxpad[:, :, i:i + 2 * TH:2, j:j + 2 * TW:2] += tile_cells.transpose(1, 0, 2, 3)
     top, _, left, _ = padding
     H, W = x_shape[2:]
     return xp.ascontiguousarray(gxpad[:, :, top:top + H, left:left + W])
@@ -138,10 +163,13 @@ def winograd_output(M, out_hw):
     """y = Aᵀ M A per tile:  M (4, 4, O, n, TH, TW) -> y (n, O, OH, OW), the
     2·TH x 2·TW blocks cropped to ``out_hw`` (an odd size leaves one row or
     column of the last tiles unused)."""
-    at = _matrix(A_T, M)
     xp = get_array_module(M)
     _, _, O, n, TH, TW = M.shape
-    blocks = xp.einsum("ai,ijonxy,bj->noxayb", at, M, at)          # (n, O, TH, 2, TW, 2)
+    blocks = xp.empty((n, O, TH, 2, TW, 2), dtype=M.dtype)        # block (t, s), cell (i, j)
+    for i in range(2):
+        rows = _combine(A_T[i], list(M))                            # (Aᵀ M)[i]: (4, O, n, TH, TW)
+        for j in range(2):
+            blocks[:, :, :, i, :, j] = _combine(A_T[j], list(rows)).transpose(1, 0, 2, 3)
     y = blocks.reshape(n, O, 2 * TH, 2 * TW)[:, :, :out_hw[0], :out_hw[1]]
     return xp.ascontiguousarray(y)
 
@@ -149,11 +177,15 @@ def winograd_output(M, out_hw):
 def winograd_output_backward(gy):
     """The adjoint of ``winograd_output``: gy (n, O, OH, OW) -> gM = A gy Aᵀ per
     2x2 block, (4, 4, O, n, TH, TW); the cropped cells count as zero."""
-    at = _matrix(A_T, gy)
     xp = get_array_module(gy)
     n, O, OH, OW = gy.shape
     TH, TW = winograd_tiles(OH), winograd_tiles(OW)
     blocks = xp.zeros((n, O, 2 * TH, 2 * TW), dtype=gy.dtype)
     blocks[:, :, :OH, :OW] = gy
-    blocks = blocks.reshape(n, O, TH, 2, TW, 2)
-    return xp.ascontiguousarray(xp.einsum("ai,noxayb,bj->ijonxy", at, blocks, at))
+    blocks = blocks.reshape(n, O, TH, 2, TW, 2).transpose(3, 5, 1, 0, 2, 4)   # (2, 2, O, n, TH, TW)
+    gM = xp.empty((4, 4, O, n, TH, TW), dtype=gy.dtype)
+    for a in range(4):
+        rows = _combine(_column(A_T, a), list(blocks))              # (A gy)[a]: (2, O, n, TH, TW)
+        for b in range(4):
+            gM[a, b] = _combine(_column(A_T, b), list(rows))
+    return gM
