@@ -343,6 +343,15 @@ def best(runs):
     return result
 
 
+def paired_ratio(runs, their_runs, key="examples_per_s"):
+    """The median over rounds of ours / theirs within each round: both ran
+    minutes apart, under the same load, so this ratio moves less than one of
+    two best rounds, which may come from quiet and busy moments alike."""
+    ratios = [r[key] / t[key] for r, t in zip(runs, their_runs)
+              if "error" not in r and "error" not in t and t[key] > 0]
+    return statistics.median(ratios) if ratios else None
+
+
 def markdown(report):
     m, a = report["machine"], report["args"]
     lines = [
@@ -362,11 +371,11 @@ def markdown(report):
         "of 2 (activations, temporaries, allocator caches). First step: that batch-2 "
         "step, untimed, including Numba's compilation or cache loading. Ratios are "
         "ours / PyTorch's, measured in the same run; memory figures are the smallest "
-        "of the rounds.",
+        "of the rounds. Per round: the median over rounds of the ratio within each round.",
         "",
-        "| network | batch | engine | examples/s | × PyTorch | peak RSS MB | × PyTorch | "
-        "training memory MB | × PyTorch | first step s |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| network | batch | engine | examples/s | × PyTorch | × PyTorch per round | "
+        "peak RSS MB | × PyTorch | training memory MB | × PyTorch | first step s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for net in report["networks"]:
         theirs = best(net["runs"].get("torch", []))
@@ -378,7 +387,7 @@ def markdown(report):
                 continue
             if "error" in r:
                 lines.append(f"| {net['name']} | {net['batch']} | {engine} | "
-                             f"error: {r['error'][:80]} | | | | | | |")
+                             f"error: {r['error'][:80]} | | | | | | | |")
                 continue
             label = "PyTorch" if engine == "torch" else f"ours, {engine} kernels"
 
@@ -386,9 +395,13 @@ def markdown(report):
                 if theirs is None or engine == "torch" or theirs[key] <= 0:
                     return ""
                 return f"{r[key] / theirs[key]:.2f}"
+            per_round = (paired_ratio(runs, net["runs"]["torch"])
+                         if theirs is not None and engine != "torch" else None)
             lines.append(
                 f"| {net['name']} | {net['batch']} | {label} | {r['examples_per_s']:.1f} | "
-                f"{ratio('examples_per_s')} | {r['peak_rss_mb']:.0f} | {ratio('peak_rss_mb')} | "
+                f"{ratio('examples_per_s')} | "
+                f"{'' if per_round is None else f'{per_round:.2f}'} | "
+                f"{r['peak_rss_mb']:.0f} | {ratio('peak_rss_mb')} | "
                 f"{r['step_memory_mb']:.0f} | {ratio('step_memory_mb')} | "
                 f"{r['first_step_s']:.2f} |")
     numba_runs = [r for net in report["networks"] for r in net["runs"].get("numba", [])]
