@@ -1,4 +1,5 @@
-"""2-D convolution: im2col + one matrix product.
+"""2-D convolution: im2col + one matrix product (or, for 3x3 stride-1
+layers, Winograd's F(2x2, 3x3): 16 smaller products).
 
 ``conv2d`` is the op models use: a Function with a hand-written backward
 (two matrix products and col2im).  ``conv2d_simple`` computes the same thing
@@ -114,8 +115,16 @@ class Conv2d(Function):
     them again instead of keeping the forward's; it saves x, which is
     KH·KW/(SH·SW) times smaller (see ``forward``).
 
-    A 1×1 kernel with stride 1 and no padding needs no im2col at all: each
-    image x[n], viewed as (C, H·W), already is its column matrix.
+    Two other methods, chosen per call (``_choose_method``):
+
+    - "pointwise": a 1×1 kernel with stride 1 and no padding needs no
+      im2col at all: each image x[n], viewed as (C, H·W), already is its
+      column matrix.
+    - "winograd": a 3×3 kernel with stride 1, no dilation, one group, and
+      at least ``WINOGRAD_MIN_CHANNELS`` input and output channels, whose
+      output the 2×2 tiles cover with at most a quarter wasted, goes through
+      Winograd's F(2×2, 3×3) (kernels/winograd_numpy.py; docs/conv.md):
+      2.25x fewer multiplications.  ``set_algorithm("im2col")`` turns it off.
     """
     def __init__(self, stride, padding, dilation, groups):
         # stride, dilation: (H, W) pairs; padding: (top, bottom, left, right)
