@@ -567,3 +567,19 @@ def test_winograd_float32_error_is_close_to_im2col_s(algorithm):
 def test_set_algorithm_rejects_unknown_names(algorithm):
     with pytest.raises(ValueError, match="set_algorithm: expected 'auto' or 'im2col', got 'fft'"):
         algorithm("fft")
+
+
+def test_winograd_backward_twice_with_retain_graph():
+    # The transformed weights are kept until the graph is freed, not dropped
+    # by the first backward.
+    cfg = WINOGRAD["pad1"]
+    x, w, b = make_inputs(cfg)
+    y = conv2d(x, w, b, **cfg["kwargs"])
+    assert y.grad_fn.method == "winograd"
+    g = np.random.default_rng(2).standard_normal(y.shape)
+    y.backward(g, retain_graph=True)
+    first = [t.grad.numpy().copy() for t in (x, w, b)]
+    y.backward(g)
+    for t, once in zip((x, w, b), first):
+        np.testing.assert_allclose(t.grad.numpy(), 2 * once, rtol=1e-12, atol=1e-12)
+    assert y.grad_fn is None or y.grad_fn.U is None

@@ -219,8 +219,11 @@ class Conv2d(Function):
                     gV.reshape((4, 4, C, n) + tiles), (n,) + self.x_shape[1:], self.padding)
         gW = kernels.winograd_weight_backward(gU.reshape(4, 4, O, C)) if need_W else None
         gb = gy.sum(axis=(0, 2, 3)) if need_b else None
-        self.U = None
         return gx, gW, gb
+
+    def release(self):
+        super().release()
+        self.U = None       # the transformed weights, kept beside the saved arrays
 
     # ------------------------------------------------ the general case: im2col
     def _columns(self, x):
