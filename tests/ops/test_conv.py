@@ -583,3 +583,13 @@ def test_winograd_backward_twice_with_retain_graph():
     for t, once in zip((x, w, b), first):
         np.testing.assert_allclose(t.grad.numpy(), 2 * once, rtol=1e-12, atol=1e-12)
     assert y.grad_fn is None or y.grad_fn.U is None
+
+
+@pytest.mark.parametrize("cfg", [WINOGRAD["pad1-odd-nobias"], WINOGRAD["pad1"]],
+                         ids=["pad1-odd-nobias", "pad1"])
+def test_winograd_keeps_float32_float32(cfg):
+    x, w, b = make_inputs(cfg, dtype=np.float32)
+    y = conv2d(x, w, b, **cfg["kwargs"])
+    assert y.grad_fn.method == "winograd" and y.dtype == np.float32
+    y.backward(np.ones(y.shape, dtype=np.float32))
+    assert all(t.grad.dtype == np.float32 for t in (x, w, b) if t is not None)
