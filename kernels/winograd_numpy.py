@@ -44,8 +44,8 @@ module from the input, so they run on NumPy and CuPy arrays.
 from tinygrad_cnn.backend import get_array_module
 
 # The transform matrices of F(2x2, 3x3) (Lavin & Gray, "Fast Algorithms for
-# Convolutional Neural Networks", 2015).  Nested lists: each function makes
-# them arrays of its input's module and dtype.
+# Convolutional Neural Networks", 2015).  Nested lists of Python numbers:
+# ``_combine`` multiplies arrays by the entries, which keeps their dtype.
 B_T = [[1, 0, -1, 0],           # Bᵀ (4, 4): input tile -> transformed tile
        [0, 1, 1, 0],
        [0, -1, 1, 0],

@@ -1,6 +1,7 @@
 """The thread settings kernels/__init__.py puts in the environment must be
 there before the libraries that read them start (see THREAD_ENVIRONMENT)."""
 import json
+import os
 import subprocess
 import sys
 
@@ -30,7 +31,6 @@ def _environment_when_numpy_loads(env):
 
 
 def _clean_environment():
-    import os
     return {k: v for k, v in os.environ.items() if k not in kernels.THREAD_ENVIRONMENT}
 
 

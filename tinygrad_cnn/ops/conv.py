@@ -57,7 +57,8 @@ def set_algorithm(name):
 
 def _winograd_tiles(out_hw):
     """(TH, TW): Winograd tiles along each axis, each giving 2 outputs."""
-    return tuple(-(-size // 2) for size in out_hw)
+    # Looked up at call time, as in conv2d_output_hw.
+    return tuple(kernels.winograd_numpy.winograd_tiles(size) for size in out_hw)
 
 
 def _tiles_well_used(out_hw):
