@@ -247,25 +247,41 @@ def winograd_input(x, padding, tiles):
     return V
 
 
-def winograd_input_backward(gV, x_shape, padding):
+def winograd_input_backward(gV, x_shape, padding, out=None):
     """``winograd_numpy.winograd_input_backward``, compiled: gV -> gx (n, C, H, W)."""
     if not _compilable(gV):
-        return winograd_numpy.winograd_input_backward(gV, x_shape, padding)
-    loops = _compiled()
-    gx = np.empty(tuple(x_shape), dtype=gV.dtype)
-    loops.input_backward(np.ascontiguousarray(gV), gx, padding[0], padding[2])
-    return gx
+        return winograd_numpy.winograd_input_backward(gV, x_shape, padding, out)
+    gx = _output_array(out, tuple(x_shape), gV.dtype)
+    _compiled().input_backward(np.ascontiguousarray(gV), gx, padding[0], padding[2])
+    return _deliver(gx, out)
 
 
-def winograd_output(M, out_hw):
+def winograd_output(M, out_hw, out=None):
     """``winograd_numpy.winograd_output``, compiled: M (4, 4, O, n, TH, TW) -> y (n, O, OH, OW)."""
     if not _compilable(M):
-        return winograd_numpy.winograd_output(M, out_hw)
-    loops = _compiled()
+        return winograd_numpy.winograd_output(M, out_hw, out)
     _, _, O, n = M.shape[:4]
-    y = np.empty((n, O) + tuple(out_hw), dtype=M.dtype)
-    loops.output(np.ascontiguousarray(M), y)
-    return y
+    y = _output_array(out, (n, O) + tuple(out_hw), M.dtype)
+    _compiled().output(np.ascontiguousarray(M), y)
+    return _deliver(y, out)
+
+
+def _output_array(out, shape, dtype):
+    """``out`` itself where the loops can write into it (a C-contiguous NumPy
+    array of the result's dtype: conv2d passes its chunk of the output, so no
+    copy follows), else a new array."""
+    if (isinstance(out, np.ndarray) and out.shape == shape and out.dtype == dtype
+            and out.flags.c_contiguous):
+        return out
+    return np.empty(shape, dtype=dtype)
+
+
+def _deliver(result, out):
+    """The result, copied into ``out`` if it was computed elsewhere."""
+    if out is None or result is out:
+        return result
+    out[...] = result
+    return out
 
 
 def winograd_output_backward(gy):

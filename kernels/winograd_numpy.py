@@ -80,6 +80,14 @@ def _column(matrix, j):
     return [row[j] for row in matrix]
 
 
+def _store(result, out):
+    """``result`` (perhaps a view) as a contiguous array, or copied into ``out``."""
+    if out is None:
+        return get_array_module(result).ascontiguousarray(result)
+    out[...] = result
+    return out
+
+
 # ---------------------------------------------------------------- the weights
 def winograd_weight(W):
     """U[ξ, ν, o, c] = (G W[o, c] Gᵀ)[ξ, ν]:  W (O, C, 3, 3) -> U (4, 4, O, C)."""
@@ -139,8 +147,9 @@ def winograd_input(x, padding, tiles):
     return V
 
 
-def winograd_input_backward(gV, x_shape, padding):
-    """The adjoint of ``winograd_input``: gV (4, 4, C, n, TH, TW) -> gx (n, C, H, W).
+def winograd_input_backward(gV, x_shape, padding, out=None):
+    """The adjoint of ``winograd_input``: gV (4, 4, C, n, TH, TW) -> gx (n, C, H, W),
+    written into ``out`` if given.
 
     Each tile's B gV Bᵀ is added where the tile lies (tiles overlap by two
     rows and two columns, so a cell gets up to 4 terms); what lands on the
@@ -155,14 +164,14 @@ def winograd_input_backward(gV, x_shape, padding):
             gxpad[:, :, i:i + 2 * TH:2, j:j + 2 * TW:2] += tile_cells.transpose(1, 0, 2, 3)
     top, _, left, _ = padding
     H, W = x_shape[2:]
-    return xp.ascontiguousarray(gxpad[:, :, top:top + H, left:left + W])
+    return _store(gxpad[:, :, top:top + H, left:left + W], out)
 
 
 # ---------------------------------------------------------------- the output
-def winograd_output(M, out_hw):
+def winograd_output(M, out_hw, out=None):
     """y = Aᵀ M A per tile:  M (4, 4, O, n, TH, TW) -> y (n, O, OH, OW), the
     2·TH x 2·TW blocks cropped to ``out_hw`` (an odd size leaves one row or
-    column of the last tiles unused)."""
+    column of the last tiles unused); written into ``out`` if given."""
     xp = get_array_module(M)
     _, _, O, n, TH, TW = M.shape
     blocks = xp.empty((n, O, TH, 2, TW, 2), dtype=M.dtype)        # block (t, s), cell (i, j)
@@ -170,8 +179,7 @@ def winograd_output(M, out_hw):
         rows = _combine(A_T[i], list(M))                            # (Aᵀ M)[i]: (4, O, n, TH, TW)
         for j in range(2):
             blocks[:, :, :, i, :, j] = _combine(A_T[j], list(rows)).transpose(1, 0, 2, 3)
-    y = blocks.reshape(n, O, 2 * TH, 2 * TW)[:, :, :out_hw[0], :out_hw[1]]
-    return xp.ascontiguousarray(y)
+    return _store(blocks.reshape(n, O, 2 * TH, 2 * TW)[:, :, :out_hw[0], :out_hw[1]], out)
 
 
 def winograd_output_backward(gy):

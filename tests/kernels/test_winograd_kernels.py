@@ -163,3 +163,27 @@ def test_other_dtypes_use_the_reference(monkeypatch):
     V = winograd_numba.winograd_input(x, (1, 1, 1, 1), (2, 2))
     assert V.dtype == np.float16
     np.testing.assert_array_equal(V, winograd_numpy.winograd_input(x, (1, 1, 1, 1), (2, 2)))
+
+
+@pytest.mark.parametrize("module", ["reference", "numba"])
+def test_outputs_go_into_a_given_array(module):
+    # conv2d hands each chunk's slice of its output to these two, so that no
+    # copy follows; a slice the loops cannot write into is filled by a copy.
+    kernels = winograd_numpy if module == "reference" else winograd_numba
+    x_shape, O, padding = GEOMETRIES["pad1-odd-sizes"]
+    n, C = x_shape[:2]
+    out_hw = output_hw(x_shape, padding)
+    tiles = tiles_of(out_hw)
+    M = random_like((4, 4, O, n) + tiles).astype(np.float32)
+    gV = random_like((4, 4, C, n) + tiles).astype(np.float32)
+    calls = {"winograd_output": ((M, out_hw), (n, O) + out_hw),
+             "winograd_input_backward": ((gV, x_shape, padding), x_shape)}
+    for name, (args, shape) in calls.items():
+        expected = getattr(winograd_numpy, name)(*args)
+        whole = np.zeros((2 * shape[0],) + shape[1:], dtype=np.float32)
+        strided = np.zeros(shape[:3] + (2 * shape[3],), dtype=np.float32)[..., ::2]
+        for out in (whole[shape[0]:], strided):
+            result = getattr(kernels, name)(*args, out=out)
+            assert result is out
+            assert_close(out, expected)
+        assert not whole[:shape[0]].any()          # nothing written outside the slice

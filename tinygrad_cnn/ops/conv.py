@@ -194,7 +194,7 @@ class Conv2d(Function):
             V = kernels.winograd_input(x[chunk], self.padding, tiles)      # (4, 4, C, n, TH, TW)
             n = V.shape[3]
             M = U @ V.reshape(16, C, -1)                  # the 16 products: (16, O, n·TH·TW)
-            y[chunk] = kernels.winograd_output(M.reshape((4, 4, O, n) + tiles), out_hw)
+            kernels.winograd_output(M.reshape((4, 4, O, n) + tiles), out_hw, out=y[chunk])
         if b is not None:
             y += b.reshape(1, O, 1, 1)
         return y.reshape(N, O, -1)
@@ -216,8 +216,9 @@ class Conv2d(Function):
                 gU = gU + gM @ V.swapaxes(1, 2)                  # (16, O, C)
             if need_x:
                 gV = self.U.swapaxes(1, 2) @ gM                  # (16, C, n·TH·TW)
-                gx[chunk] = kernels.winograd_input_backward(
-                    gV.reshape((4, 4, C, n) + tiles), (n,) + self.x_shape[1:], self.padding)
+                kernels.winograd_input_backward(gV.reshape((4, 4, C, n) + tiles),
+                                                (n,) + self.x_shape[1:], self.padding,
+                                                out=gx[chunk])
         gW = kernels.winograd_weight_backward(gU.reshape(4, 4, O, C)) if need_W else None
         gb = gy.sum(axis=(0, 2, 3)) if need_b else None
         return gx, gW, gb
