@@ -20,7 +20,7 @@ import math
 from numba import cuda, float64
 
 from kernels.cuda_common import THREADS, launch, launch_blocks
-from tinygrad_cnn.backend import get_array_module
+from .arrays import get_array_module
 
 
 @cuda.jit(device=True)

@@ -24,7 +24,7 @@ batchnorm_backward(gy, x_hat, scale)
 """
 import math
 
-from tinygrad_cnn.backend import get_array_module
+from .arrays import get_array_module
 
 
 def _reduce_axes(ndim):

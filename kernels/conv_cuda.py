@@ -16,7 +16,7 @@ from numba import cuda
 
 from kernels.conv_numpy import _output_hw
 from kernels.cuda_common import launch, window_reading
-from tinygrad_cnn.backend import get_array_module
+from .arrays import get_array_module
 
 
 @cuda.jit(device=True)

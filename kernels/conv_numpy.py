@@ -14,7 +14,7 @@ with an even effective kernel pads one pixel more at the bottom/right.
 Both kernels take their array module from the input, so they run unchanged
 on NumPy and CuPy arrays.
 """
-from tinygrad_cnn.backend import get_array_module
+from .arrays import get_array_module
 
 
 def conv_output_size(size, kernel, stride, pad_total, dilation):

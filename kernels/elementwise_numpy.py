@@ -21,7 +21,7 @@ sgd_update(param, grad, momentum_buffer, lr, momentum, dampening, weight_decay, 
     -> momentum_buffer                     updates ``param`` (and the buffer) in place;
                                            None in, a new buffer out on the first step
 """
-from tinygrad_cnn.backend import get_array_module
+from .arrays import get_array_module
 
 
 def relu_forward(x):

@@ -17,7 +17,7 @@ from numba import cuda
 
 from kernels.cuda_common import launch, unravel4, window_reading
 from kernels.pool_numpy import _output_shape
-from tinygrad_cnn.backend import get_array_module
+from .arrays import get_array_module
 
 
 # ---------------------------------------------------------------- max pooling

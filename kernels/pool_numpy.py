@@ -38,7 +38,7 @@ Backward kernels read the output size (OH, OW) from ``gy``, so they need no
 """
 import math
 
-from tinygrad_cnn.backend import get_array_module
+from .arrays import get_array_module
 
 
 def pool_output_size(size, kernel, stride, padding, dilation=1, ceil_mode=False):

@@ -41,7 +41,7 @@ slices of the whole batch (``_combine``), then one row of Q.  The compiled
 versions (``winograd_numba.py``) go plane by plane.  All take their array
 module from the input, so they run on NumPy and CuPy arrays.
 """
-from tinygrad_cnn.backend import get_array_module
+from .arrays import get_array_module
 
 # The transform matrices of F(2x2, 3x3) (Lavin & Gray, "Fast Algorithms for
 # Convolutional Neural Networks", 2015).  Nested lists of Python numbers:

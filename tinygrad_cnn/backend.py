@@ -8,22 +8,12 @@ import contextlib
 
 import numpy as np
 
-try:  # CuPy is optional: the GPU backend is an extra (pip install -e ".[gpu]").
-    import cupy
-    cupy_import_error = None
-except Exception as exc:  # ImportError, or a CUDA runtime that fails to load
-    cupy, cupy_import_error = None, exc
+# CuPy is optional: the GPU backend is an extra (pip install -e ".[gpu]").  kernels/
+# imports it (or records why it could not) and decides which module an array
+# belongs to; the engine asks the same question through these names.
+from kernels.arrays import cupy, cupy_import_error, get_array_module  # noqa: F401
 
 default_float = np.float32
-
-
-def get_array_module(*arrays):
-    """Return ``cupy`` if any of ``arrays`` is a CuPy array, else ``numpy``."""
-    if cupy is not None:
-        for a in arrays:
-            if isinstance(a, cupy.ndarray):
-                return cupy
-    return np
 
 
 def device_of(array):
