@@ -21,20 +21,19 @@ mean((x-K)²) - mean(x-K)² is exact in exact arithmetic for any K, and with K
 near μ the two terms stay small, so nothing large cancels (the plain
 E[x²] - μ² loses every digit when |μ| ≫ σ).
 
-What runs where: only NumPy float32/float64 arrays reach the loops; others
-(CuPy arrays, which live on the GPU; float16) go to the reference.
-Start-up: ``import numba`` costs about half a second, so it waits for the
-first call, which compiles the loops (or loads Numba's disk cache); until
-then ``prange`` is the built-in ``range``.
+What runs where, and start-up: ``kernels/jit.py`` (only NumPy
+float32/float64 arrays reach the loops, others go to the reference; Numba
+is imported and the loops compiled, or loaded from the disk cache, at the
+first call).
 """
-import functools
 import math
 
 import numpy as np
 
 from . import bn_numpy
+from .jit import compilable, on_first_use
 
-prange = range          # numba.prange once _compiled() has imported Numba
+prange = range          # numba.prange once the loops compile (kernels/jit.py)
 
 
 # ---------------------------------------------------------------- the loops
@@ -93,21 +92,11 @@ def _input_grad_loops(gy, x_hat, scale, sums, gx):
                 gx[n, c, l] = k * (gy[n, c, l] - mean_gy - x_hat[n, c, l] * mean_gy_xhat)
 
 
-@functools.cache
-def _compiled():
-    """Import Numba and compile the loops, once (later runs load Numba's disk cache)."""
-    import numba
-    global prange
-    prange = numba.prange          # read when the loops compile: parallel loops from here on
-    # reassoc lets the compiler split each running sum into several (vectorised)
-    # partial sums -- 2-3x faster, and no less accurate; NaN and inf still propagate.
-    jit = numba.njit(cache=True, parallel=True, fastmath={"reassoc", "contract"})
-    return jit(_forward_loops), jit(_channel_sums_loops), jit(_input_grad_loops)
-
-
-def _compilable(*arrays):
-    return all(isinstance(a, np.ndarray) and a.dtype in (np.float32, np.float64)
-               for a in arrays)
+# reassoc lets the compiler split each running sum into several (vectorised)
+# partial sums, which is faster and no less accurate (benchmarks/results.md);
+# NaN and inf still propagate.
+_compiled = on_first_use(_forward_loops, _channel_sums_loops, _input_grad_loops,
+                         parallel=True, fastmath={"reassoc", "contract"})
 
 
 def _as_ncl(a):
@@ -118,9 +107,9 @@ def _as_ncl(a):
 # ---------------------------------------------------------------- the interface
 def batchnorm_forward_train(x, gamma, beta, eps):
     """``bn_numpy.batchnorm_forward_train``, compiled -> (y, x_hat, mean, var, inv_std)."""
-    if not _compilable(x, gamma, beta):
+    if not compilable(x, gamma, beta):
         return bn_numpy.batchnorm_forward_train(x, gamma, beta, eps)
-    forward, _, _ = _compiled()
+    forward = _compiled().forward
     y, x_hat = np.empty(x.shape, dtype=x.dtype), np.empty(x.shape, dtype=x.dtype)
     mean, var, inv_std = (np.empty(x.shape[1], dtype=x.dtype) for _ in range(3))
     forward(_as_ncl(x), np.ascontiguousarray(gamma, dtype=x.dtype),
@@ -131,9 +120,10 @@ def batchnorm_forward_train(x, gamma, beta, eps):
 
 def batchnorm_backward(gy, x_hat, scale):
     """``bn_numpy.batchnorm_backward``, compiled -> (gx or None, dgamma, dbeta)."""
-    if not _compilable(gy, x_hat) or not (scale is None or _compilable(scale)):
+    if not compilable(gy, x_hat) or not (scale is None or compilable(scale)):
         return bn_numpy.batchnorm_backward(gy, x_hat, scale)
-    _, channel_sums, input_grad = _compiled()
+    loops = _compiled()
+    channel_sums, input_grad = loops.channel_sums, loops.input_grad
     gy3, x_hat3 = _as_ncl(gy), _as_ncl(x_hat.astype(gy.dtype, copy=False))
     sums = np.empty((2, gy.shape[1]), dtype=np.float64)
     channel_sums(gy3, x_hat3, sums)

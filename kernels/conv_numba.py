@@ -20,27 +20,16 @@ the loops visit only the output positions whose tap lands inside the image
 (``_inside`` works those ranges out once per call), so the inner loops have
 no bounds test.
 
-What runs where
----------------
-Only NumPy float32/float64 arrays reach the compiled loops.  Anything else
-(CuPy arrays, which live on the GPU; other dtypes) is handed to the NumPy
-reference version, which runs on either device.
-
-Start-up
---------
-``import numba`` alone takes about half a second, so this module does not
-import it: the first call does, and compiles the loops (or loads them from
-Numba's on-disk cache, ``cache=True``, in ``kernels/__pycache__``).  Until
-then ``prange`` is the built-in ``range`` and the loops are ordinary
-Python, which also lets you step through them in a debugger (slowly).
+What runs where, and start-up: ``kernels/jit.py`` (only NumPy float32/float64
+arrays reach the loops, others go to the reference; Numba is imported and
+the loops compiled, or loaded from the disk cache, at the first call).
 """
-import functools
-
 import numpy as np
 
 from . import conv_numpy
+from .jit import compilable, on_first_use
 
-prange = range          # numba.prange once _compiled() has imported Numba
+prange = range          # numba.prange once the loops compile (kernels/jit.py)
 
 
 # ---------------------------------------------------------------- the loops
@@ -91,15 +80,7 @@ def _col2im_loops(col, x, rows_inside, cols_inside, KH, KW, SH, SW, DH, DW, top,
                         image[h, np.uint64(ow * SW + w0)] += tap[np.uint64(oh * OW + ow)]
 
 
-@functools.cache
-def _compiled():
-    """Import Numba and compile the loops, once (later runs load Numba's disk cache)."""
-    # (kernels/__init__.py has set OMP_WAIT_POLICY before this import: read why there)
-    import numba
-    global prange
-    prange = numba.prange          # read when the loops compile: parallel loops from here on
-    jit = numba.njit(cache=True, parallel=True)
-    return jit(_im2col_loops), jit(_col2im_loops)
+_compiled = on_first_use(_im2col_loops, _col2im_loops, parallel=True)
 
 
 # ---------------------------------------------------------------- geometry
@@ -126,17 +107,13 @@ def _loop_arguments(x_shape, kernel_size, stride, padding, dilation):
     return (OH, OW), (rows_inside, cols_inside, KH, KW, SH, SW, DH, DW, top, left, OW)
 
 
-def _compilable(array):
-    return isinstance(array, np.ndarray) and array.dtype in (np.float32, np.float64)
-
-
 # ---------------------------------------------------------------- the interface
 def im2col(x, kernel_size, stride, padding, dilation, merge_batch=False):
     """``conv_numpy.im2col``, compiled.  x (N, C, H, W) ->
     col (N, C·KH·KW, OH·OW), or (C·KH·KW, N·OH·OW) with ``merge_batch``."""
-    if not _compilable(x):
+    if not compilable(x):
         return conv_numpy.im2col(x, kernel_size, stride, padding, dilation, merge_batch)
-    im2col_loops, _ = _compiled()
+    im2col_loops = _compiled().im2col
     x = np.ascontiguousarray(x)            # the loops read x row by row
     N, C = x.shape[:2]
     (OH, OW), geometry = _loop_arguments(x.shape, kernel_size, stride, padding, dilation)
@@ -153,10 +130,10 @@ def im2col(x, kernel_size, stride, padding, dilation, merge_batch=False):
 def col2im(col, x_shape, kernel_size, stride, padding, dilation, merge_batch=False):
     """``conv_numpy.col2im``, compiled: col (N, C·KH·KW, OH·OW), or
     (C·KH·KW, N·OH·OW) with ``merge_batch`` -> x (N, C, H, W)."""
-    if not _compilable(col):
+    if not compilable(col):
         return conv_numpy.col2im(col, x_shape, kernel_size, stride, padding, dilation,
                                  merge_batch)
-    _, col2im_loops = _compiled()
+    col2im_loops = _compiled().col2im
     N, C = x_shape[:2]
     (OH, OW), geometry = _loop_arguments(x_shape, kernel_size, stride, padding, dilation)
     rows = C * kernel_size[0] * kernel_size[1]

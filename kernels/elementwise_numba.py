@@ -30,14 +30,13 @@ loops; anything else (CuPy arrays, which live on the GPU; float16; mixed
 dtypes) goes to the reference.  Inputs that are only read may have any
 layout (a non-contiguous one is copied first); arrays updated in place (the
 parameter and its momentum buffer) must be contiguous, else the reference
-updates them.  Start-up: ``import numba`` waits for the first call, which
-compiles the loops (or loads Numba's disk cache).
+updates them.  Start-up: see ``kernels/jit.py`` (Numba is imported and the
+loops compiled, or loaded from the disk cache, at the first call).
 """
-import functools
-
 import numpy as np
 
 from . import elementwise_numpy
+from .jit import compilable, on_first_use
 
 
 # ---------------------------------------------------------------- the loops
@@ -81,23 +80,16 @@ def _sgd_loop(param, grad, buf, lr, has_momentum, momentum, dampening_factor,
         param[i] = param[i] - lr * d
 
 
-@functools.cache
-def _compiled():
-    """Import Numba and compile the loops, once (later runs load Numba's disk cache)."""
-    import numba
-    jit = numba.njit(cache=True)
-    return {name: jit(loop) for name, loop in (
-        ("relu_forward", _relu_forward_loop), ("relu_backward", _relu_backward_loop),
-        ("sigmoid_backward", _sigmoid_backward_loop), ("sgd", _sgd_loop))}
+_compiled = on_first_use(_relu_forward_loop, _relu_backward_loop, _sigmoid_backward_loop,
+                         _sgd_loop)
 
 
-def _compilable(*arrays):
-    """NumPy float32/float64 arrays, all of one dtype and one shape (the flat
-    loops do not broadcast, and would read past a smaller array)."""
+def _compilable_alike(*arrays):
+    """``compilable``, and all of one dtype and one shape (the flat loops do not
+    broadcast, and would read past a smaller array)."""
     first = arrays[0]
-    return (all(isinstance(a, np.ndarray) for a in arrays)
-            and first.dtype in (np.float32, np.float64)
-            and all(a.dtype == first.dtype and a.shape == first.shape for a in arrays))
+    return compilable(*arrays) and all(a.dtype == first.dtype and a.shape == first.shape
+                                       for a in arrays)
 
 
 def _flat(a):
@@ -108,28 +100,28 @@ def _flat(a):
 # ---------------------------------------------------------------- the interface
 def relu_forward(x):
     """``elementwise_numpy.relu_forward``, compiled -> y = max(x, 0)."""
-    if not _compilable(x):
+    if not _compilable_alike(x):
         return elementwise_numpy.relu_forward(x)
     y = np.empty(x.shape, dtype=x.dtype)
-    _compiled()["relu_forward"](_flat(x), y.reshape(-1))
+    _compiled().relu_forward(_flat(x), y.reshape(-1))
     return y
 
 
 def relu_backward(gy, y):
     """``elementwise_numpy.relu_backward``, compiled -> gx = 0 where y <= 0, else gy."""
-    if not _compilable(gy, y):
+    if not _compilable_alike(gy, y):
         return elementwise_numpy.relu_backward(gy, y)
     gx = np.empty(y.shape, dtype=y.dtype)
-    _compiled()["relu_backward"](_flat(gy), _flat(y), gx.reshape(-1))
+    _compiled().relu_backward(_flat(gy), _flat(y), gx.reshape(-1))
     return gx
 
 
 def sigmoid_backward(gy, y):
     """``elementwise_numpy.sigmoid_backward``, compiled -> gx = gy·y·(1 - y)."""
-    if not _compilable(gy, y):
+    if not _compilable_alike(gy, y):
         return elementwise_numpy.sigmoid_backward(gy, y)
     gx = np.empty(y.shape, dtype=y.dtype)
-    _compiled()["sigmoid_backward"](_flat(gy), _flat(y), gx.reshape(-1))
+    _compiled().sigmoid_backward(_flat(gy), _flat(y), gx.reshape(-1))
     return gx
 
 
@@ -141,7 +133,7 @@ def sgd_update(param, grad, momentum_buffer, lr, momentum, dampening, weight_dec
     has_momentum = momentum != 0
     first_step = has_momentum and momentum_buffer is None
     written = [param] + ([momentum_buffer] if has_momentum and not first_step else [])
-    if not (_compilable(grad, *written)
+    if not (_compilable_alike(grad, *written)
             and all(a.flags.c_contiguous and a.flags.writeable for a in written)):
         return elementwise_numpy.sgd_update(param, grad, momentum_buffer, lr, momentum,
                                             dampening, weight_decay, nesterov)
@@ -150,7 +142,7 @@ def sgd_update(param, grad, momentum_buffer, lr, momentum, dampening, weight_dec
     # the loop needs an array of param's type for buf even when it never touches it
     flat_buf = buf.reshape(-1) if has_momentum else flat_param[:0]
     scalar = param.dtype.type           # factors in the arrays' dtype, as NumPy casts Python floats
-    _compiled()["sgd"](flat_param, _flat(grad), flat_buf, scalar(lr),
+    _compiled().sgd(flat_param, _flat(grad), flat_buf, scalar(lr),
                        has_momentum, scalar(momentum), scalar(1 - dampening),
                        weight_decay != 0, scalar(weight_decay), bool(nesterov), first_step)
     return buf

@@ -29,28 +29,20 @@ Adaptive pooling (``_adaptive_loops``) has no fixed window to build in: its
 loops read each bin's edges from small arrays and run over the (N·C, H, W)
 stack of planes, so a batch of one still splits over threads.
 
-What runs where
----------------
-Only NumPy float32/float64 arrays reach the compiled loops.  Anything else
-(CuPy arrays, which live on the GPU; float16) goes to the NumPy reference
-version, which runs on either device.
-
-Start-up
---------
-``import numba`` alone takes about half a second, so this module does not
-import it: the first call does, and compiles the loops for that kernel size
-and dtype (about a second each, or loads them from Numba's on-disk cache,
-``cache=True``, in ``kernels/__pycache__``).
+What runs where, and start-up: ``kernels/jit.py`` (only NumPy
+float32/float64 arrays reach the loops, others go to the reference; Numba
+is imported at the first call, which compiles the loops for that kernel
+size and dtype, or loads them from the disk cache).
 """
 import functools
 import math
 import os
-import types
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
 from . import pool_numpy
+from .jit import compilable, compile_loops, on_first_use
 
 
 # ---------------------------------------------------------------- the loops
@@ -58,11 +50,9 @@ from . import pool_numpy
 def _loops(KH, KW):
     """The four pooling loops with the kernel size KH x KW built in as constants.
 
-    Compiled per dtype on first call; Numba's disk cache keys each compiled
-    version by the KH, KW it was built with.
+    Compiled at the first call for a kernel size (``kernels/jit.py``; Numba's
+    disk cache keys each compiled version by the KH, KW it was built with).
     """
-    import numba
-    jit = numba.njit(cache=True, nogil=True)
 
     def maxpool_forward(x, y, argmax, SH, SW, PH, PW, DH, DW):
         """y[n, c, oh, ow] = max over window (oh, ow); argmax = its offset i*KW + j.
@@ -191,110 +181,104 @@ def _loops(KH, KW):
 
     # NumPy's error model drops the divide-by-zero check Python's rules put on every
     # division (no divisor is 0), so the compiler vectorises the share loop.
-    vectorising_jit = numba.njit(cache=True, nogil=True, error_model="numpy")
-    return types.SimpleNamespace(maxpool_forward=jit(maxpool_forward),
-                                 maxpool_backward=jit(maxpool_backward),
-                                 avgpool_forward=jit(avgpool_forward),
-                                 avgpool_backward=jit(avgpool_backward),
-                                 avgpool_backward_tiled=vectorising_jit(avgpool_backward_tiled))
+    loops = compile_loops(maxpool_forward, maxpool_backward, avgpool_forward,
+                          avgpool_backward, nogil=True)
+    loops.avgpool_backward_tiled = compile_loops(
+        avgpool_backward_tiled, nogil=True, error_model="numpy").avgpool_backward_tiled
+    return loops
 
 
-@functools.cache
-def _adaptive_loops():
-    """The adaptive pooling loops, on (P, H, W) stacks of planes (P = N·C).
-
-    Bins vary in size, so there is no constant to build in; each loop reads
-    bin i's rows [top[i], bottom[i]) and bin j's columns [left[j], right[j])
-    from int64 arrays (``_bin_edges``).  Each plane is one thread's (see
-    ``_over_batch``), so overlapping bins adding into it never race.  The
-    global pool, which ends most chapter networks, has its own two loops on
-    (P, H·W) flat planes; max_backward also takes gx flat.
+# ---------------------------------------------------------------- adaptive pooling loops
+# The adaptive pooling loops, on (P, H, W) stacks of planes (P = N·C).
+#
+# Bins vary in size, so there is no constant to build in; each loop reads
+# bin i's rows [top[i], bottom[i]) and bin j's columns [left[j], right[j])
+# from int64 arrays (``_bin_edges``).  Each plane is one thread's (see
+# ``_over_batch``), so overlapping bins adding into it never race.  The
+# global pool, which ends most chapter networks, has its own two loops on
+# (P, H·W) flat planes; the max's backward also takes gx flat.
+def _adaptive_avg_forward_loop(x, y, top, bottom, left, right):
+    """y[p, i, j] = mean of x[p] over bin (i, j), in two steps: first sum the
+    rows of row bin i column by column (cols[w]: W independent sums along
+    whole rows), then each column bin's cells of cols.  Summing bin by bin
+    makes one chain of dependent additions per bin, and measured up to 3x
+    slower ((32, 64, 28, 28) -> (7, 7)).  Sums are float64: a bin may be a
+    large part of a plane, where float32 sums drift.
     """
-    import numba
-    jit = numba.njit(cache=True, nogil=True)
+    P, H, W = x.shape
+    OH, OW = y.shape[1:]
+    cols = np.empty(W)
+    for p in range(P):
+        for i in range(OH):
+            cols[:] = 0
+            for h in range(top[i], bottom[i]):
+                for w in range(W):
+                    cols[w] += x[p, h, w]
+            for j in range(OW):
+                total = 0.0
+                for w in range(left[j], right[j]):
+                    total += cols[w]
+                y[p, i, j] = total / ((bottom[i] - top[i]) * (right[j] - left[j]))
 
-    def avg_forward(x, y, top, bottom, left, right):
-        """y[p, i, j] = mean of x[p] over bin (i, j), in two steps: first sum the
-        rows of row bin i column by column (cols[w]: W independent sums along
-        whole rows), then each column bin's cells of cols.  Summing bin by bin
-        makes one chain of dependent additions per bin, and measured up to 3x
-        slower ((32, 64, 28, 28) -> (7, 7)).  Sums are float64: a bin may be a
-        large part of a plane, where float32 sums drift.
-        """
-        P, H, W = x.shape
-        OH, OW = y.shape[1:]
-        cols = np.empty(W)
-        for p in range(P):
-            for i in range(OH):
-                cols[:] = 0
+def _adaptive_max_forward_loop(x, y, indices, top, bottom, left, right):
+    """y[p, i, j] = max of x[p] over bin (i, j); indices = its h * W + w.
+
+    The running max starts at the bin's first cell and moves only to a
+    strictly greater cell, or to a NaN while it holds none: the first
+    maximum, or the first NaN, as the reference's ``argmax`` picks.
+    """
+    P, H, W = x.shape
+    OH, OW = y.shape[1:]
+    for p in range(P):
+        for i in range(OH):
+            for j in range(OW):
+                best, where = x[p, top[i], left[j]], top[i] * W + left[j]
                 for h in range(top[i], bottom[i]):
-                    for w in range(W):
-                        cols[w] += x[p, h, w]
-                for j in range(OW):
-                    total = 0.0
                     for w in range(left[j], right[j]):
-                        total += cols[w]
-                    y[p, i, j] = total / ((bottom[i] - top[i]) * (right[j] - left[j]))
+                        v = x[p, h, w]
+                        # no branch on the values (as in maxpool_forward): v != v is NaN
+                        takes_over = (v > best) | ((v != v) & (best == best))
+                        where += takes_over * (h * W + w - where)
+                        best = v if takes_over else best
+                y[p, i, j] = best
+                indices[p, i, j] = where
 
-    def max_forward(x, y, indices, top, bottom, left, right):
-        """y[p, i, j] = max of x[p] over bin (i, j); indices = its h * W + w.
+def _adaptive_max_backward_loop(gy, indices, gx):
+    """gx[p, k] = Σ gy[p, i, j] over the bins whose max sits at k = h * W + w
+    (gx: (P, H·W), so k indexes it directly)."""
+    OH, OW = gy.shape[1:]
+    gx[...] = 0
+    for p in range(gx.shape[0]):
+        for i in range(OH):
+            for j in range(OW):
+                gx[p, indices[p, i, j]] += gy[p, i, j]
 
-        The running max starts at the bin's first cell and moves only to a
-        strictly greater cell, or to a NaN while it holds none: the first
-        maximum, or the first NaN, as the reference's ``argmax`` picks.
-        """
-        P, H, W = x.shape
-        OH, OW = y.shape[1:]
-        for p in range(P):
-            for i in range(OH):
-                for j in range(OW):
-                    best, where = x[p, top[i], left[j]], top[i] * W + left[j]
-                    for h in range(top[i], bottom[i]):
-                        for w in range(left[j], right[j]):
-                            v = x[p, h, w]
-                            # no branch on the values (as in maxpool_forward): v != v is NaN
-                            takes_over = (v > best) | ((v != v) & (best == best))
-                            where += takes_over * (h * W + w - where)
-                            best = v if takes_over else best
-                    y[p, i, j] = best
-                    indices[p, i, j] = where
+def _adaptive_global_avg_forward_loop(x, y):
+    """The global pool, output (1, 1): y[p] = mean of x[p].  x: (P, H·W), so the sum
+    runs along one contiguous row, not H short ones: 1.5-2.5x faster than
+    avg_forward on GoogLeNet's (64, 1024, 3, 3)."""
+    P, HW = x.shape
+    for p in range(P):
+        total = 0.0
+        for k in range(HW):
+            total += x[p, k]
+        y[p] = total / HW
 
-    def max_backward(gy, indices, gx):
-        """gx[p, k] = Σ gy[p, i, j] over the bins whose max sits at k = h * W + w
-        (gx: (P, H·W), so k indexes it directly)."""
-        OH, OW = gy.shape[1:]
-        gx[...] = 0
-        for p in range(gx.shape[0]):
-            for i in range(OH):
-                for j in range(OW):
-                    gx[p, indices[p, i, j]] += gy[p, i, j]
+def _adaptive_global_avg_backward_loop(gy, gx):
+    """gx[p, k] = gy[p] / (H·W) on every cell: written once, no zeroing (a general
+    bin loop's zero-then-add measured 5x slower on GoogLeNet's (64, 1024, 3, 3)).
+    Other output sizes go to the reference's matrix products (see
+    ``adaptive_avgpool2d_backward``)."""
+    P, HW = gx.shape
+    for p in range(P):
+        share = gy[p] / gy.dtype.type(HW)
+        for k in range(HW):
+            gx[p, k] = share
 
-    def global_avg_forward(x, y):
-        """The global pool, output (1, 1): y[p] = mean of x[p].  x: (P, H·W), so the sum
-        runs along one contiguous row, not H short ones: 1.5-2.5x faster than
-        avg_forward on GoogLeNet's (64, 1024, 3, 3)."""
-        P, HW = x.shape
-        for p in range(P):
-            total = 0.0
-            for k in range(HW):
-                total += x[p, k]
-            y[p] = total / HW
 
-    def global_avg_backward(gy, gx):
-        """gx[p, k] = gy[p] / (H·W) on every cell: written once, no zeroing (a general
-        bin loop's zero-then-add measured 5x slower on GoogLeNet's (64, 1024, 3, 3)).
-        Other output sizes go to the reference's matrix products (see
-        ``adaptive_avgpool2d_backward``)."""
-        P, HW = gx.shape
-        for p in range(P):
-            share = gy[p] / gy.dtype.type(HW)
-            for k in range(HW):
-                gx[p, k] = share
-
-    return types.SimpleNamespace(avg_forward=jit(avg_forward),
-                                 max_forward=jit(max_forward), max_backward=jit(max_backward),
-                                 global_avg_forward=jit(global_avg_forward),
-                                 global_avg_backward=jit(global_avg_backward))
+_adaptive_loops = on_first_use(_adaptive_avg_forward_loop, _adaptive_max_forward_loop,
+                               _adaptive_max_backward_loop, _adaptive_global_avg_forward_loop,
+                               _adaptive_global_avg_backward_loop, nogil=True)
 
 
 # ---------------------------------------------------------------- threads
@@ -335,16 +319,11 @@ def _over_batch(loop, batch_arrays, *args):
         job.result()            # waits, and re-raises an error from the loop
 
 
-def _compilable(*arrays):
-    return all(isinstance(a, np.ndarray) and a.dtype in (np.float32, np.float64)
-               for a in arrays)
-
-
 # ---------------------------------------------------------------- the interface
 def maxpool2d_forward(x, kernel_size, stride, padding, ceil_mode=False, dilation=(1, 1)):
     """``pool_numpy.maxpool2d_forward``, compiled: x (N, C, H, W) ->
     (y (N, C, OH, OW), argmax int64 (N, C, OH, OW))."""
-    if not _compilable(x):
+    if not compilable(x):
         return pool_numpy.maxpool2d_forward(x, kernel_size, stride, padding, ceil_mode,
                                             dilation)
     out_shape = pool_numpy._output_shape(x.shape, kernel_size, stride, padding, dilation,
@@ -358,7 +337,7 @@ def maxpool2d_forward(x, kernel_size, stride, padding, ceil_mode=False, dilation
 
 def maxpool2d_backward(gy, argmax, x_shape, kernel_size, stride, padding, dilation=(1, 1)):
     """``pool_numpy.maxpool2d_backward``, compiled: gy, argmax (N, C, OH, OW) -> gx (N, C, H, W)."""
-    if not _compilable(gy) or not isinstance(argmax, np.ndarray):
+    if not compilable(gy) or not isinstance(argmax, np.ndarray):
         return pool_numpy.maxpool2d_backward(gy, argmax, x_shape, kernel_size, stride,
                                              padding, dilation)
     gx = np.empty(tuple(x_shape), dtype=gy.dtype)
@@ -371,7 +350,7 @@ def maxpool2d_backward(gy, argmax, x_shape, kernel_size, stride, padding, dilati
 def avgpool2d_forward(x, kernel_size, stride, padding, ceil_mode=False,
                       count_include_pad=True, divisor_override=None):
     """``pool_numpy.avgpool2d_forward``, compiled: x (N, C, H, W) -> y (N, C, OH, OW)."""
-    if not _compilable(x):
+    if not compilable(x):
         return pool_numpy.avgpool2d_forward(x, kernel_size, stride, padding, ceil_mode,
                                             count_include_pad, divisor_override)
     out_shape = pool_numpy._output_shape(x.shape, kernel_size, stride, padding, (1, 1),
@@ -387,7 +366,7 @@ def avgpool2d_forward(x, kernel_size, stride, padding, ceil_mode=False,
 def avgpool2d_backward(gy, x_shape, kernel_size, stride, padding, count_include_pad=True,
                        divisor_override=None):
     """``pool_numpy.avgpool2d_backward``, compiled: gy (N, C, OH, OW) -> gx (N, C, H, W)."""
-    if not _compilable(gy):
+    if not compilable(gy):
         return pool_numpy.avgpool2d_backward(gy, x_shape, kernel_size, stride, padding,
                                              count_include_pad, divisor_override)
     divisor = pool_numpy._divisor(x_shape, gy.shape[2:], kernel_size, stride, padding,
@@ -420,13 +399,14 @@ def _bin_edges(x_shape, output_size):
 
 def adaptive_avgpool2d_forward(x, output_size):
     """``pool_numpy.adaptive_avgpool2d_forward``, compiled: x (N, C, H, W) -> y (N, C, OH, OW)."""
-    if not _compilable(x):
+    if not compilable(x):
         return pool_numpy.adaptive_avgpool2d_forward(x, output_size)
     y = np.empty(x.shape[:2] + tuple(output_size), dtype=x.dtype)
     if tuple(output_size) == (1, 1):
-        _over_batch(_adaptive_loops().global_avg_forward, (_planes(x, flat=True), y.ravel()))
+        _over_batch(_adaptive_loops().adaptive_global_avg_forward,
+                    (_planes(x, flat=True), y.ravel()))
     else:
-        _over_batch(_adaptive_loops().avg_forward, (_planes(x), _planes(y)),
+        _over_batch(_adaptive_loops().adaptive_avg_forward, (_planes(x), _planes(y)),
                     *_bin_edges(x.shape, output_size))
     return y
 
@@ -436,10 +416,10 @@ def adaptive_avgpool2d_backward(gy, x_shape):
     # Only the global pool is compiled: for other outputs the reference's two
     # matrix products (A_Hᵀ dy A_W) beat a loop over bins -- a compiled one
     # measured 0.6-0.75x their speed on (64, 64, 13, 13) -> (5, 5).
-    if not _compilable(gy) or gy.shape[2:] != (1, 1):
+    if not compilable(gy) or gy.shape[2:] != (1, 1):
         return pool_numpy.adaptive_avgpool2d_backward(gy, x_shape)
     gx = np.empty(tuple(x_shape), dtype=gy.dtype)
-    _over_batch(_adaptive_loops().global_avg_backward,
+    _over_batch(_adaptive_loops().adaptive_global_avg_backward,
                 (np.ascontiguousarray(gy).ravel(), _planes(gx, flat=True)))
     return gx
 
@@ -447,21 +427,21 @@ def adaptive_avgpool2d_backward(gy, x_shape):
 def adaptive_maxpool2d_forward(x, output_size):
     """``pool_numpy.adaptive_maxpool2d_forward``, compiled: x (N, C, H, W) ->
     (y, indices int64 (N, C, OH, OW), row * W + col in the plane)."""
-    if not _compilable(x):
+    if not compilable(x):
         return pool_numpy.adaptive_maxpool2d_forward(x, output_size)
     y = np.empty(x.shape[:2] + tuple(output_size), dtype=x.dtype)
     indices = np.empty(y.shape, dtype=np.int64)
-    _over_batch(_adaptive_loops().max_forward, (_planes(x), _planes(y), _planes(indices)),
-                *_bin_edges(x.shape, output_size))
+    _over_batch(_adaptive_loops().adaptive_max_forward,
+                (_planes(x), _planes(y), _planes(indices)), *_bin_edges(x.shape, output_size))
     return y, indices
 
 
 def adaptive_maxpool2d_backward(gy, indices, x_shape):
     """``pool_numpy.adaptive_maxpool2d_backward``, compiled: gy, indices (N, C, OH, OW) ->
     gx (N, C, H, W)."""
-    if not _compilable(gy) or not isinstance(indices, np.ndarray):
+    if not compilable(gy) or not isinstance(indices, np.ndarray):
         return pool_numpy.adaptive_maxpool2d_backward(gy, indices, x_shape)
     gx = np.empty(tuple(x_shape), dtype=gy.dtype)
-    _over_batch(_adaptive_loops().max_backward,
+    _over_batch(_adaptive_loops().adaptive_max_backward,
                 (_planes(gy), _planes(np.asarray(indices, dtype=np.int64)), _planes(gx, True)))
     return gx

@@ -20,19 +20,18 @@ planes, compiled by Numba and run on all cores:
 The padding is not materialised: the input loops treat cells outside the
 image as 0 (reading) or drop them (adding back).
 
-Only NumPy float32/float64 arrays reach the loops; anything else (CuPy,
-float16) goes to the reference.  Numba is imported at the first call (see
-``conv_numba.py``, start-up).
+What runs where, and start-up: ``kernels/jit.py`` (only NumPy
+float32/float64 arrays reach the loops, others go to the reference; Numba
+is imported and the loops compiled, or loaded from the disk cache, at the
+first call).
 """
-import functools
-import types
-
 import numpy as np
 
 from . import winograd_numpy
+from .jit import compilable, on_first_use
 from .winograd_numpy import winograd_tiles
 
-prange = range          # numba.prange once _compiled() has imported Numba
+prange = range          # numba.prange once the loops compile (kernels/jit.py)
 
 
 # ---------------------------------------------------------------- the loops
@@ -199,27 +198,15 @@ def _weight_backward_loops(gU, gW):
             gW[o, c, i, 2] = (r[i, 1] + r[i, 2]) * 0.5 + r[i, 3]
 
 
-@functools.cache
-def _compiled():
-    """Import Numba and compile the loops, once (later runs load Numba's disk cache)."""
-    import numba
-    global prange
-    prange = numba.prange
-    jit = numba.njit(cache=True, parallel=True)
-    return types.SimpleNamespace(
-        input=jit(_input_loops), input_backward=jit(_input_backward_loops),
-        output=jit(_output_loops), output_backward=jit(_output_backward_loops),
-        weight=jit(_weight_loops), weight_backward=jit(_weight_backward_loops))
-
-
-def _compilable(array):
-    return isinstance(array, np.ndarray) and array.dtype in (np.float32, np.float64)
+_compiled = on_first_use(_input_loops, _input_backward_loops, _output_loops,
+                         _output_backward_loops, _weight_loops, _weight_backward_loops,
+                         parallel=True)
 
 
 # ---------------------------------------------------------------- the interface
 def winograd_weight(W):
     """``winograd_numpy.winograd_weight``, compiled: W (O, C, 3, 3) -> U (4, 4, O, C)."""
-    if not _compilable(W):
+    if not compilable(W):
         return winograd_numpy.winograd_weight(W)
     U = np.empty((4, 4) + W.shape[:2], dtype=W.dtype)
     _compiled().weight(np.ascontiguousarray(W), U)
@@ -228,7 +215,7 @@ def winograd_weight(W):
 
 def winograd_weight_backward(gU):
     """``winograd_numpy.winograd_weight_backward``, compiled: gU (4, 4, O, C) -> gW (O, C, 3, 3)."""
-    if not _compilable(gU):
+    if not compilable(gU):
         return winograd_numpy.winograd_weight_backward(gU)
     gW = np.empty(gU.shape[2:] + (3, 3), dtype=gU.dtype)
     _compiled().weight_backward(np.ascontiguousarray(gU), gW)
@@ -237,7 +224,7 @@ def winograd_weight_backward(gU):
 
 def winograd_input(x, padding, tiles):
     """``winograd_numpy.winograd_input``, compiled: x (n, C, H, W) -> V (4, 4, C, n, TH, TW)."""
-    if not _compilable(x):
+    if not compilable(x):
         return winograd_numpy.winograd_input(x, padding, tiles)
     loops = _compiled()
     x = np.ascontiguousarray(x)
@@ -249,7 +236,7 @@ def winograd_input(x, padding, tiles):
 
 def winograd_input_backward(gV, x_shape, padding, out=None):
     """``winograd_numpy.winograd_input_backward``, compiled: gV -> gx (n, C, H, W)."""
-    if not _compilable(gV):
+    if not compilable(gV):
         return winograd_numpy.winograd_input_backward(gV, x_shape, padding, out)
     gx = _output_array(out, tuple(x_shape), gV.dtype)
     _compiled().input_backward(np.ascontiguousarray(gV), gx, padding[0], padding[2])
@@ -258,7 +245,7 @@ def winograd_input_backward(gV, x_shape, padding, out=None):
 
 def winograd_output(M, out_hw, out=None):
     """``winograd_numpy.winograd_output``, compiled: M (4, 4, O, n, TH, TW) -> y (n, O, OH, OW)."""
-    if not _compilable(M):
+    if not compilable(M):
         return winograd_numpy.winograd_output(M, out_hw, out)
     _, _, O, n = M.shape[:4]
     y = _output_array(out, (n, O) + tuple(out_hw), M.dtype)
@@ -286,7 +273,7 @@ def _deliver(result, out):
 
 def winograd_output_backward(gy):
     """``winograd_numpy.winograd_output_backward``, compiled: gy (n, O, OH, OW) -> gM."""
-    if not _compilable(gy):
+    if not compilable(gy):
         return winograd_numpy.winograd_output_backward(gy)
     loops = _compiled()
     n, O, OH, OW = gy.shape

@@ -1,0 +1,75 @@
+"""Compiling the ``*_numba.py`` loops: one helper for the five modules.
+
+Each Numba module writes its loops as plain Python functions over NumPy
+arrays and hands them to ``on_first_use``, which gives back ``_compiled``:
+call it to get the compiled loops as a namespace, ``_compiled().im2col`` for
+the function ``_im2col_loops`` (the name without its leading ``_`` and its
+``_loops``/``_loop`` suffix).  What every module gets the same way:
+
+- **Compile on first use.**  ``import numba`` alone takes about half a
+  second, so nothing here imports it until a loop is first needed; until
+  then the loops are ordinary Python (which also lets you step through them
+  in a debugger, slowly).  ``import tinygrad_cnn`` never imports Numba.
+- **The on-disk cache.**  Every loop is compiled with ``cache=True``: Numba
+  keeps the machine code in ``kernels/__pycache__`` and later processes load
+  it instead of compiling again.
+- **The prange switch.**  A parallel module declares ``prange = range`` at
+  its top and writes ``for i in prange(n)`` for the loop to split over
+  threads; compiling with ``parallel=True`` sets that module's ``prange`` to
+  ``numba.prange`` first, so the compiled loop runs on all cores (and the
+  uncompiled one stays a plain ``range`` loop).
+- **Which inputs compile.**  ``compilable(*arrays)``: only NumPy float32 and
+  float64 arrays reach the loops.  Anything else (CuPy arrays, which live on
+  the GPU; float16; integer arrays) is handed by each kernel to its NumPy
+  reference, which runs on every device and dtype.
+"""
+import functools
+import types
+
+import numpy as np
+
+COMPILED_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def compilable(*arrays):
+    """Whether every one of ``arrays`` is a NumPy float32/float64 array."""
+    for a in arrays:
+        if not (isinstance(a, np.ndarray) and a.dtype in COMPILED_DTYPES):
+            return False
+    return True
+
+
+def compile_loops(*loops, parallel=False, **options):
+    """Import Numba and compile ``loops`` -> a namespace of the compiled functions.
+
+    ``parallel`` turns on Numba's parallel loops (and the ``prange`` switch,
+    see the module docstring); ``options`` go to ``numba.njit`` as they are
+    (``nogil``, ``fastmath``, ``error_model``).  Every loop is cached on disk.
+    """
+    import numba      # (kernels/__init__.py set OMP_WAIT_POLICY before this: read why there)
+    if parallel:
+        for loop in loops:
+            if "prange" in loop.__globals__:
+                loop.__globals__["prange"] = numba.prange   # read when the loop compiles
+    jit = numba.njit(cache=True, parallel=parallel, **options)
+    return types.SimpleNamespace(**{loop_name(loop): jit(loop) for loop in loops})
+
+
+def on_first_use(*loops, parallel=False, **options):
+    """A function that compiles ``loops`` at its first call (``compile_loops``)
+    and returns the same namespace from then on."""
+    @functools.cache
+    def compiled():
+        return compile_loops(*loops, parallel=parallel, **options)
+    compiled.__doc__ = ("The compiled loops " + ", ".join(map(loop_name, loops))
+                        + " (compiled at the first call; later processes load Numba's disk cache).")
+    return compiled
+
+
+def loop_name(loop):
+    """``_im2col_loops`` -> ``im2col``: how the namespace names a compiled loop."""
+    name = loop.__name__.lstrip("_")
+    for suffix in ("_loops", "_loop"):
+        if name.endswith(suffix):
+            return name[:-len(suffix)]
+    return name
