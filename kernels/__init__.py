@@ -1,29 +1,37 @@
 """Hot loops behind one interface.
 
 Ops (and ``optim.SGD``) call ``kernels.im2col(...)``,
-``kernels.maxpool2d_forward(...)`` and so on through this module (attribute
-lookup at call time), and ``set_kernels`` decides which implementation
-answers:
+``kernels.maxpool2d_forward(...)`` and so on: the functions defined at the
+end of this file, one per kernel, each with the signature of its NumPy
+reference.  Each one asks ``_implementation`` which version to run, by one
+rule, decided on its first array argument:
 
-- ``"numpy"``: the readable, vectorised NumPy reference versions
-  (``*_numpy.py``).  They take their array module from the inputs, so they
-  also run on CuPy arrays.
-- ``"numba"``: JIT-compiled CPU loops (``*_numba.py``).  A name a Numba module
-  does not provide falls back to the reference version.
+1. **The kernel set** (``set_kernels``): ``"numpy"`` runs the readable,
+   vectorised NumPy references (``*_numpy.py``, listed in ``REFERENCE``);
+   ``"numba"`` (the default) is the same set with the compiled CPU loops of
+   the ``*_numba.py`` modules laid over it (``OVERLAYS["numba"]`` names
+   which kernel each module replaces).  The environment variable
+   ``TINYGRAD_CNN_KERNELS`` (``numpy`` or ``numba``) chooses the set at
+   start-up; ``tinygrad_cnn.set_kernels(name)`` switches later.
+2. **The device**: a GPU (CuPy) array goes to the GPU kernels whatever the
+   set: the ``numba.cuda`` kernels of the ``*_cuda.py`` modules
+   (``GPU_OVERLAYS``) where Numba can compile for the GPU, else (with a
+   warning) the NumPy references, which run on CuPy arrays as they are.
+   The elementwise, Winograd and adaptive-pooling kernels have no CUDA
+   version: CuPy runs their references' expressions as GPU kernels.
+3. **The dtype**: compiled CPU loops take NumPy float32 and float64 arrays
+   only (``kernels/jit.py``); any other dtype (float16, integers) runs the
+   reference.
 
-The default is Numba; the environment variable ``TINYGRAD_CNN_KERNELS``
-(``numpy`` or ``numba``) or ``tinygrad_cnn.set_kernels(name)`` switch sets.
+``which(name, array)`` names the function that rule picks, e.g.
+``which("col2im", col) == "kernels.conv_numba.col2im"``.  A Numba kernel may
+still hand an input its loops do not cover to its reference (a mixed-dtype
+SGD step, a non-contiguous parameter, a non-global adaptive average pool's
+backward); each says so in its docstring.
 
-CuPy (GPU) arrays go elsewhere, whatever the set: to the ``numba.cuda``
-kernels (``*_cuda.py``) when Numba can compile for the GPU, else (with a
-warning) to the NumPy reference, which runs on CuPy arrays as it is.  The
-elementwise kernels (ReLU, the sigmoid's backward, the SGD step) have no
-CUDA version: CuPy arrays always take their reference.  Only
-when CuPy is installed is each kernel wrapped to look at its first argument;
-without CuPy there can be no GPU arrays, and the set's functions are called
-directly.
+``kernels`` imports nothing from ``tinygrad_cnn``: the engine sits on top of
+it (``kernels/arrays.py`` answers which array module an array belongs to).
 """
-import functools
 import importlib
 import os
 import warnings
@@ -31,111 +39,118 @@ import warnings
 # How the compiled loops share the cores with OpenBLAS, the matrix products'
 # library.  Both settings are environment variables that a library reads once,
 # when it starts, so they are set here, before either can start; a value
-# already in the environment wins.
+# already in the environment wins.  (The measurements behind both are in
+# benchmarks/results.md, "Figures behind design choices in kernels/".)
 THREAD_ENVIRONMENT = {
     # Numba's parallel loops run on OpenMP threads, which by default busy-wait
     # after each loop.  With as many threads as cores they then take the cores
-    # from the BLAS threads of the matrix product that comes next: ResNet-18's
-    # convolutions ran 2x slower on 2 cores, LeNet's training step 1.8x.
-    # Passive threads sleep at once.  (OpenMP starts at the first parallel
-    # loop of any *_numba module.)
+    # from the BLAS threads of the matrix product that comes next, and the
+    # convolutions slow down badly.  Passive threads sleep at once.  (OpenMP
+    # starts at the first parallel loop of any *_numba module.)
     "OMP_WAIT_POLICY": "PASSIVE",
     # The other way round: after every matrix product OpenBLAS's worker
     # threads busy-wait for 2^28 CPU cycles (about 0.1 s), taking a core from
-    # the im2col or pooling loop that comes next.  In a ResNet-18 training
-    # step that spinning was 22% of all CPU samples (perf); 2^4 cycles makes
-    # them sleep at once, and the step ran faster in each of 12 paired runs
-    # (by 1-26%, median 10%).  OpenBLAS reads it when NumPy loads it:
-    # ``tinygrad_cnn`` imports this module before NumPy for that reason (a
-    # program that imports NumPy first must set the variable itself; see the
-    # README's Speed section).
+    # the im2col or pooling loop that comes next, a large share of a training
+    # step's CPU time; 2^4 cycles makes them sleep at once.  OpenBLAS reads
+    # it when NumPy loads it: ``tinygrad_cnn`` imports this module before
+    # NumPy for that reason (a program that imports NumPy first must set the
+    # variable itself; see the README's Speed section).
     "OPENBLAS_THREAD_TIMEOUT": "4",
 }
 for _name, _value in THREAD_ENVIRONMENT.items():
     os.environ.setdefault(_name, _value)
 
-# kernel set -> modules searched in order; later modules override earlier ones
-_SETS = {
-    "numpy": ("kernels.conv_numpy", "kernels.winograd_numpy", "kernels.pool_numpy",
-              "kernels.bn_numpy", "kernels.elementwise_numpy"),
-    "numba": ("kernels.conv_numpy", "kernels.pool_numpy", "kernels.conv_numba",
-              "kernels.winograd_numpy", "kernels.winograd_numba",
-              "kernels.bn_numpy", "kernels.pool_numba", "kernels.bn_numba",
-              "kernels.elementwise_numpy", "kernels.elementwise_numba"),
+# Only now NumPy (and CuPy, which imports it): OpenBLAS has read its setting.
+import numpy as np  # noqa: E402
+
+from . import arrays  # noqa: E402
+from .jit import COMPILED_DTYPES  # noqa: E402
+
+# ---------------------------------------------------------------- the sets
+CONV = ("im2col", "col2im")
+WINOGRAD = ("winograd_weight", "winograd_weight_backward", "winograd_input",
+            "winograd_input_backward", "winograd_output", "winograd_output_backward")
+POOL = ("maxpool2d_forward", "maxpool2d_backward", "avgpool2d_forward", "avgpool2d_backward")
+ADAPTIVE_POOL = ("adaptive_avgpool2d_forward", "adaptive_avgpool2d_backward",
+                 "adaptive_maxpool2d_forward", "adaptive_maxpool2d_backward")
+BATCHNORM = ("batchnorm_forward_train", "batchnorm_backward")
+ELEMENTWISE = ("relu_forward", "relu_backward", "sigmoid_backward", "sgd_update")
+
+# Every kernel, in the reference module that defines it.
+REFERENCE = {
+    "kernels.conv_numpy": CONV,
+    "kernels.winograd_numpy": WINOGRAD,
+    "kernels.pool_numpy": POOL + ADAPTIVE_POOL,
+    "kernels.bn_numpy": BATCHNORM,
+    "kernels.elementwise_numpy": ELEMENTWISE,
+}
+KERNELS = tuple(name for names in REFERENCE.values() for name in names)
+
+# kernel set -> the modules laid over the reference, and which kernels each replaces
+OVERLAYS = {
+    "numpy": {},
+    "numba": {
+        "kernels.conv_numba": CONV,
+        "kernels.winograd_numba": WINOGRAD,
+        "kernels.pool_numba": POOL + ADAPTIVE_POOL,
+        "kernels.bn_numba": BATCHNORM,
+        "kernels.elementwise_numba": ELEMENTWISE,
+    },
 }
 
-# For CuPy arrays, in the same override order: the references, which run on
-# CuPy arrays, then the CUDA kernels.  The elementwise and Winograd kernels
-# have no CUDA version: CuPy runs each of the reference's expressions (einsum
-# included) as GPU kernels.
-_GPU_REFERENCE_MODULES = ("kernels.conv_numpy", "kernels.winograd_numpy", "kernels.pool_numpy",
-                          "kernels.bn_numpy", "kernels.elementwise_numpy")
-_GPU_MODULES = _GPU_REFERENCE_MODULES + ("kernels.conv_cuda", "kernels.pool_cuda",
-                                         "kernels.bn_cuda")
+# The numba.cuda kernels laid over the reference for GPU arrays (imported only
+# when the first GPU array arrives: importing numba.cuda is slow).
+GPU_OVERLAYS = {
+    "kernels.conv_cuda": CONV,
+    "kernels.pool_cuda": POOL,
+    "kernels.bn_cuda": BATCHNORM,
+}
 
-KERNELS = (
-    "im2col", "col2im",
-    "winograd_weight", "winograd_weight_backward", "winograd_input", "winograd_input_backward",
-    "winograd_output", "winograd_output_backward",
-    "maxpool2d_forward", "maxpool2d_backward",
-    "avgpool2d_forward", "avgpool2d_backward",
-    "adaptive_avgpool2d_forward", "adaptive_avgpool2d_backward",
-    "adaptive_maxpool2d_forward", "adaptive_maxpool2d_backward",
-    "batchnorm_forward_train", "batchnorm_backward",
-    "relu_forward", "relu_backward", "sigmoid_backward", "sgd_update",
-)
-
-active = None
+active = None           # the name of the CPU kernel set in use
+_reference = {}         # kernel name -> reference function
+_cpu = {}               # kernel name -> the active set's function for float32/float64
+_gpu_kernels = None     # kernel name -> function for GPU arrays, chosen at the first one
 
 
 def available():
-    return sorted(_SETS)
+    return sorted(OVERLAYS)
 
 
-def _collect(module_names):
-    """Kernel name -> function, later modules overriding earlier ones."""
+def _collect(modules):
+    """{module name: kernel names} -> {kernel name: function}, importing the modules."""
     found = {}
-    for module_name in module_names:
+    for module_name, names in modules.items():
         module = importlib.import_module(module_name)
-        found.update({k: getattr(module, k) for k in KERNELS if hasattr(module, k)})
+        missing = [name for name in names if not hasattr(module, name)]
+        if missing:
+            raise ImportError(f"{module_name} lacks the kernels {missing} it is listed for")
+        found.update((name, getattr(module, name)) for name in names)
     return found
 
 
 def set_kernels(name):
     """Select the kernel set used by every op from now on; returns the previous one."""
-    global active
-    if name not in _SETS:
+    global active, _cpu
+    if name not in OVERLAYS:
         raise ValueError(f"unknown kernel set {name!r}; available: {available()}")
-    found = _collect(_SETS[name])
-    missing = [k for k in KERNELS if k not in found]
-    if missing:
-        raise ImportError(f"kernel set {name!r} lacks {missing}")
-    # Imported here, not at the top: tinygrad_cnn's __init__ imports this module.
-    from tinygrad_cnn import backend
-    if backend.cupy is not None:
-        found = {k: _dispatching(k, f, backend.cupy.ndarray) for k, f in found.items()}
-    globals().update(found)
+    _cpu = {**_reference, **_collect(OVERLAYS[name])}
     previous, active = active, name
     return previous
 
 
-# ---------------------------------------------------------------- GPU arrays
-_gpu_kernels = None     # name -> function for CuPy arrays, chosen at the first one
-
-
 def gpu_kernels():
-    """The kernels CuPy arrays go to: the numba.cuda ones, or the NumPy
+    """The kernels GPU arrays go to: the numba.cuda ones, or the NumPy
     reference where Numba cannot compile for the GPU."""
     global _gpu_kernels
     if _gpu_kernels is None:
         if numba_cuda_works():
-            _gpu_kernels = _collect(_GPU_MODULES)
+            _gpu_kernels = {**_reference, **_collect(GPU_OVERLAYS)}
         else:
             warnings.warn("Numba cannot compile CUDA kernels here (it needs NVIDIA's NVVM "
                           "library: a CUDA toolkit, or pip install numba-cuda[cu12]); "
                           "convolution, pooling and batch norm run the NumPy reference "
-                          "kernels on the GPU instead, which is slower", stacklevel=3)
-            _gpu_kernels = _collect(_GPU_REFERENCE_MODULES)
+                          "kernels on the GPU instead, which is slower", stacklevel=4)
+            _gpu_kernels = dict(_reference)
     return _gpu_kernels
 
 
@@ -153,14 +168,158 @@ def numba_cuda_works():
         return False
 
 
-def _dispatching(name, cpu_kernel, gpu_array_type):
-    """``cpu_kernel``, except that a CuPy first argument goes to the GPU kernel."""
-    @functools.wraps(cpu_kernel)
-    def kernel(array, *args, **kwargs):
-        if isinstance(array, gpu_array_type):
-            return gpu_kernels()[name](array, *args, **kwargs)
-        return cpu_kernel(array, *args, **kwargs)
-    return kernel
+# ---------------------------------------------------------------- the rule
+def _implementation(name, array):
+    """The function that runs kernel ``name`` when ``array`` is its first
+    argument: set -> device -> dtype (see the module docstring).  Called on
+    every kernel call, so it is kept to a few tests and one dict lookup (and
+    ``arrays.is_gpu_array`` written out: one function call fewer)."""
+    cupy = arrays.cupy
+    if cupy is not None and isinstance(array, cupy.ndarray):
+        return gpu_kernels()[name]
+    if isinstance(array, np.ndarray) and array.dtype in COMPILED_DTYPES:
+        return _cpu[name]
+    return _reference[name]     # other dtypes; a list or a scalar: the reference converts it
 
 
+def which(name, array):
+    """The function ``kernels.<name>(array, ...)`` would run now, by its full
+    name: ``which("col2im", col)`` -> ``"kernels.conv_numba.col2im"``."""
+    if name not in _reference:
+        raise ValueError(f"kernels.which: unknown kernel {name!r}; kernels: {list(KERNELS)}")
+    function = _implementation(name, array)
+    return f"{function.__module__}.{function.__name__}"
+
+
+# ---------------------------------------------------------------- the kernels
+# One function per kernel, with its reference's signature: what it computes
+# is documented there (named in each docstring), how it is chosen above.
+def im2col(x, kernel_size, stride, padding, dilation, merge_batch=False):
+    """x (N, C, H, W) -> columns (N, C·KH·KW, OH·OW), or (C·KH·KW, N·OH·OW)
+    with ``merge_batch`` (``conv_numpy.im2col``)."""
+    return _implementation("im2col", x)(x, kernel_size, stride, padding, dilation, merge_batch)
+
+
+def col2im(col, x_shape, kernel_size, stride, padding, dilation, merge_batch=False):
+    """The adjoint of ``im2col``: columns -> x (N, C, H, W), overlapping
+    windows summed (``conv_numpy.col2im``)."""
+    return _implementation("col2im", col)(col, x_shape, kernel_size, stride, padding,
+                                          dilation, merge_batch)
+
+
+def winograd_weight(W):
+    """W (O, C, 3, 3) -> U = G W Gᵀ (4, 4, O, C) (``winograd_numpy.winograd_weight``)."""
+    return _implementation("winograd_weight", W)(W)
+
+
+def winograd_weight_backward(gU):
+    """gU (4, 4, O, C) -> gW = Gᵀ gU G (O, C, 3, 3) (``winograd_numpy.winograd_weight_backward``)."""
+    return _implementation("winograd_weight_backward", gU)(gU)
+
+
+def winograd_input(x, padding, tiles):
+    """x (n, C, H, W) -> V = Bᵀ d B per 4x4 tile d (4, 4, C, n, TH, TW)
+    (``winograd_numpy.winograd_input``)."""
+    return _implementation("winograd_input", x)(x, padding, tiles)
+
+
+def winograd_input_backward(gV, x_shape, padding, out=None):
+    """gV (4, 4, C, n, TH, TW) -> gx (n, C, H, W), overlapping tiles summed
+    (``winograd_numpy.winograd_input_backward``)."""
+    return _implementation("winograd_input_backward", gV)(gV, x_shape, padding, out)
+
+
+def winograd_output(M, out_hw, out=None):
+    """M (4, 4, O, n, TH, TW) -> y = Aᵀ M A per tile (n, O, OH, OW)
+    (``winograd_numpy.winograd_output``)."""
+    return _implementation("winograd_output", M)(M, out_hw, out)
+
+
+def winograd_output_backward(gy):
+    """gy (n, O, OH, OW) -> gM = A gy Aᵀ per tile (``winograd_numpy.winograd_output_backward``)."""
+    return _implementation("winograd_output_backward", gy)(gy)
+
+
+def maxpool2d_forward(x, kernel_size, stride, padding, ceil_mode=False, dilation=(1, 1)):
+    """x (N, C, H, W) -> (y, argmax) (N, C, OH, OW) (``pool_numpy.maxpool2d_forward``)."""
+    return _implementation("maxpool2d_forward", x)(x, kernel_size, stride, padding, ceil_mode,
+                                                   dilation)
+
+
+def maxpool2d_backward(gy, argmax, x_shape, kernel_size, stride, padding, dilation=(1, 1)):
+    """gy, argmax (N, C, OH, OW) -> gx (N, C, H, W) (``pool_numpy.maxpool2d_backward``)."""
+    return _implementation("maxpool2d_backward", gy)(gy, argmax, x_shape, kernel_size, stride,
+                                                     padding, dilation)
+
+
+def avgpool2d_forward(x, kernel_size, stride, padding, ceil_mode=False, count_include_pad=True,
+                      divisor_override=None):
+    """x (N, C, H, W) -> y (N, C, OH, OW) (``pool_numpy.avgpool2d_forward``)."""
+    return _implementation("avgpool2d_forward", x)(x, kernel_size, stride, padding, ceil_mode,
+                                                   count_include_pad, divisor_override)
+
+
+def avgpool2d_backward(gy, x_shape, kernel_size, stride, padding, count_include_pad=True,
+                       divisor_override=None):
+    """gy (N, C, OH, OW) -> gx (N, C, H, W) (``pool_numpy.avgpool2d_backward``)."""
+    return _implementation("avgpool2d_backward", gy)(gy, x_shape, kernel_size, stride, padding,
+                                                     count_include_pad, divisor_override)
+
+
+def adaptive_avgpool2d_forward(x, output_size):
+    """x (N, C, H, W) -> y (N, C, OH, OW), the mean over each bin
+    (``pool_numpy.adaptive_avgpool2d_forward``)."""
+    return _implementation("adaptive_avgpool2d_forward", x)(x, output_size)
+
+
+def adaptive_avgpool2d_backward(gy, x_shape):
+    """gy (N, C, OH, OW) -> gx (N, C, H, W) (``pool_numpy.adaptive_avgpool2d_backward``)."""
+    return _implementation("adaptive_avgpool2d_backward", gy)(gy, x_shape)
+
+
+def adaptive_maxpool2d_forward(x, output_size):
+    """x (N, C, H, W) -> (y, indices) (N, C, OH, OW), the max over each bin
+    (``pool_numpy.adaptive_maxpool2d_forward``)."""
+    return _implementation("adaptive_maxpool2d_forward", x)(x, output_size)
+
+
+def adaptive_maxpool2d_backward(gy, indices, x_shape):
+    """gy, indices (N, C, OH, OW) -> gx (N, C, H, W) (``pool_numpy.adaptive_maxpool2d_backward``)."""
+    return _implementation("adaptive_maxpool2d_backward", gy)(gy, indices, x_shape)
+
+
+def batchnorm_forward_train(x, gamma, beta, eps):
+    """x (N, C, ...) -> (y, x_hat, mean, var, inv_std) with batch statistics
+    (``bn_numpy.batchnorm_forward_train``)."""
+    return _implementation("batchnorm_forward_train", x)(x, gamma, beta, eps)
+
+
+def batchnorm_backward(gy, x_hat, scale):
+    """gy, x_hat (N, C, ...) -> (gx or None, dgamma, dbeta) (``bn_numpy.batchnorm_backward``)."""
+    return _implementation("batchnorm_backward", gy)(gy, x_hat, scale)
+
+
+def relu_forward(x):
+    """y = max(x, 0) (``elementwise_numpy.relu_forward``)."""
+    return _implementation("relu_forward", x)(x)
+
+
+def relu_backward(gy, y):
+    """gx = 0 where y <= 0, else gy (``elementwise_numpy.relu_backward``)."""
+    return _implementation("relu_backward", gy)(gy, y)
+
+
+def sigmoid_backward(gy, y):
+    """gx = gy·y·(1 - y) (``elementwise_numpy.sigmoid_backward``)."""
+    return _implementation("sigmoid_backward", gy)(gy, y)
+
+
+def sgd_update(param, grad, momentum_buffer, lr, momentum, dampening, weight_decay, nesterov):
+    """One ``torch.optim.SGD`` step on ``param``, in place -> the momentum
+    buffer (``elementwise_numpy.sgd_update``)."""
+    return _implementation("sgd_update", param)(param, grad, momentum_buffer, lr, momentum,
+                                                dampening, weight_decay, nesterov)
+
+
+_reference = _collect(REFERENCE)
 set_kernels(os.environ.get("TINYGRAD_CNN_KERNELS", "numba"))

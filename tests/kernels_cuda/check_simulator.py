@@ -145,7 +145,9 @@ def train_step(shape, dtype, use_gpu_kernels):
     import tinygrad_cnn.nn.functional as F
     kernels.set_kernels("numpy")
     if use_gpu_kernels:     # what the dispatch does for CuPy arrays, here for NumPy ones
-        vars(kernels).update(kernels._collect(kernels._GPU_MODULES))
+        kernels._cpu.update(kernels._collect(kernels.GPU_OVERLAYS))
+        probe = np.zeros((1, 1, 1, 1), dtype=dtype)
+        assert kernels.which("im2col", probe) == "kernels.conv_cuda.im2col", "not the GPU set"
     try:
         tc.manual_seed(0)
         net = small_network(shape[1]).to(np.dtype(dtype))
