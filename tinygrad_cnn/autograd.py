@@ -30,10 +30,6 @@ import threading
 from . import backend
 from .backend import get_array_module
 
-# tensor.py imports this module first, so it cannot be imported here; it hands
-# over these two names once they exist (see the end of tensor.py).
-Tensor = as_tensor_like = None
-
 # ---------------------------------------------------------------- grad mode
 _state = threading.local()
 
@@ -356,3 +352,10 @@ def _accumulate_leaf(leaf, g, fresh):
         leaf.grad = Tensor(g if fresh and g.dtype == dtype else g.astype(dtype, copy=True))
     else:   # out of place, so a .grad Tensor handed out earlier is not changed
         leaf.grad = Tensor((leaf.grad.data + g).astype(dtype, copy=False))
+
+
+# Functions make Tensors and Tensors record Functions: tensor.py (and the ops it
+# forwards to) build on Function, so they are imported once everything above
+# exists.  ``tinygrad_cnn`` imports this module before tensor.py, so this is
+# where tensor.py is first loaded.
+from .tensor import Tensor, as_tensor_like  # noqa: E402

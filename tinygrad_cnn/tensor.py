@@ -388,8 +388,6 @@ class _Move(autograd.Function):
         return to_device(gy, self.source)
 
 
-# The ops import Tensor, so they are imported after it is defined.
+# The methods above forward to the ops, which build on autograd.Function and
+# make Tensors: imported once Tensor exists.
 from .ops import elementwise, loss, matmul, reduction, shape  # noqa: E402
-
-# autograd creates Tensors but cannot import this module (it is imported by it).
-autograd.Tensor, autograd.as_tensor_like = Tensor, as_tensor_like
