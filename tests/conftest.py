@@ -14,24 +14,14 @@ def pytest_addoption(parser):
                           f"(default: all of {kernels.available()})")
 
 
-# Tests of code that calls no kernel (data, the Tensor core) run once, under the first set;
-# so do the training-loop, checkpoint and CLI tests, whose logic is the same under every set,
-# and the study tools': the docs' derivations (the kernel sets' agreement is tested in
-# tests/kernels/), tracing, pictures and the examples (which choose their own set).
-# The CUDA kernels' tests run in a subprocess (the simulator) or on CuPy arrays, which
-# go to the GPU kernels whatever the CPU set, and the device tests call no kernel.
-KERNEL_FREE = ("tests/data/", "tests/test_tensor.py", "tests/test_creation.py",
-               "tests/test_train.py", "tests/test_checkpoint.py", "tests/test_cli.py",
-               "tests/docs/", "tests/test_trace.py", "tests/test_viz.py",
-               "tests/test_examples.py",
-               "tests/kernels_cuda/", "tests/gpu/", "tests/test_cuda.py")
-
-
 def pytest_generate_tests(metafunc):
+    """Every test runs once per kernel set, except those marked ``kernel_free``
+    (code that calls no kernel, or whose result cannot depend on the set:
+    each such module says why beside its ``pytestmark``), which run under the
+    first set only."""
     if "kernel_set" in metafunc.fixturenames:
         sets = metafunc.config.getoption("--kernels").split(",")
-        path = metafunc.definition.nodeid
-        if any(path.startswith(prefix) for prefix in KERNEL_FREE):
+        if metafunc.definition.get_closest_marker("kernel_free") is not None:
             sets = sets[:1]
         metafunc.parametrize("kernel_set", sets, indirect=True)
 

@@ -13,6 +13,10 @@ from tinygrad_cnn.checkpoint import load_checkpoint, save_checkpoint
 
 from tests.tiny_training import TinyImages, tiny_net, weights
 
+# the loop's logic is the same under every kernel set: run under the first kernel set only
+# (tests/conftest.py).
+pytestmark = pytest.mark.kernel_free
+
 
 def trained(make_optimizer, steps=3):
     """A tiny network and its optimizer after a few steps (so there is state)."""

@@ -19,6 +19,10 @@ from tinygrad_cnn.data import download
 
 from tests.data.make_files import fashion_split
 
+# the loop's logic is the same under every kernel set: run under the first kernel set only
+# (tests/conftest.py).
+pytestmark = pytest.mark.kernel_free
+
 ROOT = Path(__file__).resolve().parents[1]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

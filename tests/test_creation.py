@@ -4,6 +4,9 @@ import pytest
 
 import tinygrad_cnn as tc
 
+# the Tensor core calls no kernel: run under the first kernel set only (tests/conftest.py).
+pytestmark = pytest.mark.kernel_free
+
 
 # ---------------------------------------------------------------- tensor()
 @pytest.mark.parametrize("data, dtype", [

@@ -23,6 +23,10 @@ from tinygrad_cnn.cli import main
 from tinygrad_cnn.data import DataLoader
 from tinygrad_cnn.train import evaluate, fit
 
+# devices and errors call no kernel (the dispatch itself is tested under both sets in
+# tests/kernels/test_dispatch.py): run under the first kernel set only (tests/conftest.py).
+pytestmark = pytest.mark.kernel_free
+
 
 ROOT = Path(__file__).resolve().parents[1]
 

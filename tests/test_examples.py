@@ -8,6 +8,10 @@ from pathlib import Path
 
 import pytest
 
+# the examples choose their own kernel set: run under the first kernel set only
+# (tests/conftest.py).
+pytestmark = pytest.mark.kernel_free
+
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
 SCRIPTS = ["lenet", "alexnet", "vgg", "nin", "googlenet", "batchnorm", "resnet", "densenet",

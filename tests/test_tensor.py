@@ -7,6 +7,9 @@ import tinygrad_cnn as tc
 from tests.inputs import distinct
 from tinygrad_cnn import Tensor, gradcheck
 
+# the Tensor core calls no kernel: run under the first kernel set only (tests/conftest.py).
+pytestmark = pytest.mark.kernel_free
+
 
 def leaf(*shape, seed=0, low=-2.0, high=2.0):
     return Tensor(distinct(*shape, seed=seed, low=low, high=high), requires_grad=True)

@@ -2,10 +2,15 @@
 import io
 
 import numpy as np
+import pytest
 
 import tinygrad_cnn as tc
 import tinygrad_cnn.nn.functional as F
 from tinygrad_cnn import Tensor, autograd
+
+# a study tool, whose output does not depend on the kernel set: run under the first kernel
+# set only (tests/conftest.py).
+pytestmark = pytest.mark.kernel_free
 
 
 def leaf(*shape):

@@ -18,6 +18,10 @@ from tinygrad_cnn.train import (CHECKPOINT_FILE, NonFiniteLossError, cosine_sche
 
 from tests.tiny_training import TinyImages, tiny_net, weights
 
+# the loop's logic is the same under every kernel set: run under the first kernel set only
+# (tests/conftest.py).
+pytestmark = pytest.mark.kernel_free
+
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 

@@ -11,6 +11,10 @@ import tinygrad_cnn.nn.functional as F
 from tinygrad_cnn import Tensor, nn, viz
 from tinygrad_cnn.autograd import Function
 
+# a study tool, whose output does not depend on the kernel set: run under the first kernel
+# set only (tests/conftest.py).
+pytestmark = pytest.mark.kernel_free
+
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 

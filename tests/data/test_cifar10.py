@@ -10,6 +10,10 @@ from tinygrad_cnn.data import transforms as T
 from tinygrad_cnn.data.download import md5sum
 from tests.data.make_files import add_bytes, cifar_batch, cifar_records
 
+# data loading and transforms call no kernel: run under the first kernel set only
+# (tests/conftest.py).
+pytestmark = pytest.mark.kernel_free
+
 BATCHES = CIFAR10.batches_folder
 SIZES = {name: 2 + k for k, name in enumerate(CIFAR10.train_files + CIFAR10.test_files)}
 

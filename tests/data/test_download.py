@@ -10,6 +10,10 @@ from tinygrad_cnn.data import download
 from tinygrad_cnn.data.download import DownloadError, download_url, extract_members, md5sum
 from tests.data.make_files import add_bytes
 
+# data loading and transforms call no kernel: run under the first kernel set only
+# (tests/conftest.py).
+pytestmark = pytest.mark.kernel_free
+
 PAYLOAD = bytes(range(256)) * 1000          # 256 kB: several chunks
 
 

@@ -12,6 +12,10 @@ from tinygrad_cnn.data import transforms as T
 from tinygrad_cnn.data.download import md5sum
 from tests.data.make_files import fashion_split, write_idx
 
+# data loading and transforms call no kernel: run under the first kernel set only
+# (tests/conftest.py).
+pytestmark = pytest.mark.kernel_free
+
 OFFLINE_COPY = Path(__file__).resolve().parents[2] / ".." / "shared" / "datasets" / "fashion-mnist"
 TRAIN_IMAGES, TRAIN_LABELS = FashionMNIST.files["train"]
 TEST_IMAGES, TEST_LABELS = FashionMNIST.files["test"]

@@ -12,6 +12,10 @@ from tinygrad_cnn.data import (DataLoader, ImageFolder, KaggleCIFAR10, read_csv_
 from tinygrad_cnn.data import transforms as T
 from tinygrad_cnn.data.kaggle_cifar10 import read_png
 
+# data loading and transforms call no kernel: run under the first kernel set only
+# (tests/conftest.py).
+pytestmark = pytest.mark.kernel_free
+
 # 15 training images (ids 1..15, so that numeric and text order differ) in 3
 # classes of 6, 5 and 4 images; 4 test images.
 TRAIN_LABELS = {1: "frog", 2: "cat", 3: "frog", 4: "dog", 5: "cat", 6: "frog", 7: "cat",

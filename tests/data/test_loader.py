@@ -12,6 +12,10 @@ from tinygrad_cnn import backend
 from tinygrad_cnn.data import DataLoader, ImageDataset, Subset
 from tinygrad_cnn.data import transforms as T
 
+# data loading and transforms call no kernel: run under the first kernel set only
+# (tests/conftest.py).
+pytestmark = pytest.mark.kernel_free
+
 
 class Numbered(ImageDataset):
     """n uint8 (2, 3) images; image i is filled with i (mod 256), its label i % 10,

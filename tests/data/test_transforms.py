@@ -8,6 +8,10 @@ import tinygrad_cnn as tc
 from tinygrad_cnn import backend
 from tinygrad_cnn.data import transforms as T
 
+# data loading and transforms call no kernel: run under the first kernel set only
+# (tests/conftest.py).
+pytestmark = pytest.mark.kernel_free
+
 
 def uint8_images(*shape, seed=0):
     return np.random.default_rng(seed).integers(0, 256, shape, dtype=np.uint8)

@@ -14,6 +14,10 @@ from kernels.pool_numpy import adaptive_bins
 from models.lenet import batch_norm as d2l_batch_norm
 from tinygrad_cnn import Tensor, autograd
 
+# the derivations' numbers do not depend on the kernel set (the sets' agreement is tested in
+# tests/kernels/): run under the first kernel set only (tests/conftest.py).
+pytestmark = pytest.mark.kernel_free
+
 RNG = np.random.default_rng(0)
 
 

@@ -7,6 +7,10 @@ from pathlib import Path
 
 import pytest
 
+# the derivations' numbers do not depend on the kernel set (the sets' agreement is tested in
+# tests/kernels/): run under the first kernel set only (tests/conftest.py).
+pytestmark = pytest.mark.kernel_free
+
 ROOT = Path(__file__).resolve().parents[2]
 PAGES = sorted((ROOT / "docs").glob("*.md"))
 CITATION = re.compile(r"(tests/[\w/]+\.py)::(\w+)")

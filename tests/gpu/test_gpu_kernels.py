@@ -13,7 +13,9 @@ from tests.kernels_cuda.cases import AVGPOOL, BATCHNORM, CONV, DTYPES, MAXPOOL
 ELEMENTWISE = ("relu_forward", "relu_backward", "sigmoid_backward", "sgd_update")
 REFERENCE_ONLY = ELEMENTWISE + tuple(k for k in kernels.KERNELS if k.startswith("winograd"))
 
-pytestmark = [pytest.mark.gpu,
+# CuPy arrays go to the GPU kernels whatever the CPU set: run under the first kernel set only
+# (tests/conftest.py).
+pytestmark = [pytest.mark.kernel_free, pytest.mark.gpu,
               pytest.mark.skipif(not tc.cuda.is_available(), reason="needs CuPy and a GPU")]
 
 

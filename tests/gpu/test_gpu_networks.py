@@ -9,7 +9,9 @@ import tinygrad_cnn as tc
 import tinygrad_cnn.nn.functional as F
 from tinygrad_cnn import nn
 
-pytestmark = [pytest.mark.gpu,
+# CuPy arrays go to the GPU kernels whatever the CPU set: run under the first kernel set only
+# (tests/conftest.py).
+pytestmark = [pytest.mark.kernel_free, pytest.mark.gpu,
               pytest.mark.skipif(not tc.cuda.is_available(), reason="needs CuPy and a GPU")]
 
 

@@ -11,7 +11,9 @@ from tinygrad_cnn import backend, nn
 from tinygrad_cnn.data import DataLoader
 from tinygrad_cnn.train import fit
 
-pytestmark = [pytest.mark.gpu,
+# CuPy arrays go to the GPU kernels whatever the CPU set: run under the first kernel set only
+# (tests/conftest.py).
+pytestmark = [pytest.mark.kernel_free, pytest.mark.gpu,
               pytest.mark.skipif(not tc.cuda.is_available(), reason="needs CuPy and a GPU")]
 
 

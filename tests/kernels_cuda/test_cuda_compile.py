@@ -11,6 +11,10 @@ from pathlib import Path
 
 import pytest
 
+# the CUDA kernels run under the simulator (a subprocess) or compile to PTX, whatever the CPU
+# set: run under the first kernel set only (tests/conftest.py).
+pytestmark = pytest.mark.kernel_free
+
 HERE = Path(__file__).resolve().parent
 KERNELS = {"_im2col_kernel", "_col2im_kernel", "_maxpool_forward_kernel",
            "_maxpool_backward_kernel", "_avgpool_forward_kernel", "_avgpool_backward_kernel",

@@ -17,6 +17,10 @@ import pytest
 from tests.kernels_cuda.cases import case_ids
 from tests.kernels_cuda.check_simulator import compare
 
+# the CUDA kernels run under the simulator (a subprocess) or compile to PTX, whatever the CPU
+# set: run under the first kernel set only (tests/conftest.py).
+pytestmark = pytest.mark.kernel_free
+
 HERE = Path(__file__).resolve().parent
 
 
