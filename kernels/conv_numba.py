@@ -36,7 +36,8 @@ prange = range          # numba.prange once the loops compile (kernels/jit.py)
 # Speed note: indices computed in the inner loops are cast to unsigned
 # (np.uint64).  Numba, like Python, counts a negative index from the end,
 # which costs a test on every access; an unsigned index skips it, and the
-# loops run 1.3-2x faster.  Nothing wraps: the loops visit only positions
+# loops run markedly faster (benchmarks/results.md, "Figures behind design
+# choices in kernels/").  Nothing wraps: the loops visit only positions
 # inside the image (``_inside``), so every index is >= 0 anyway.
 def _im2col_loops(x, col, rows_inside, cols_inside, KH, KW, SH, SW, DH, DW, top, left, OW):
     """x: (N, C, H, W) -> col: (C·KH·KW, N, OH·OW) (any strides), where

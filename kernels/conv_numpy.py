@@ -113,7 +113,7 @@ def col2im(col, x_shape, kernel_size, stride, padding, dilation, merge_batch=Fal
     buffer, then the padding is cropped (gradients that landed on padding
     belong to no input pixel).  Plain ``+=`` is safe because within one
     offset the slice hits distinct pixels; ``np.add.at`` would handle
-    repeats we never have, about 9x slower.
+    repeats we never have, and is much slower (benchmarks/results.md).
     """
     xp = get_array_module(col)
     N, C, H, W = x_shape

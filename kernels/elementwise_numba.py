@@ -12,11 +12,10 @@ writes every output element once.
 
 Single-threaded, by measurement: these loops do a couple of float operations
 per 8-12 bytes moved, so memory, not arithmetic, bounds them.  With
-``parallel=True``/``prange`` on the 2-core development machine (shared with
-other work) they ran no faster on ResNet-18's largest activations,
-(64, 64, 48, 48) float32, and up to 2x slower on small arrays (a 64x64x3x3
-parameter: 6 µs serial, 12-15 µs parallel, the cost of waking the
-threads), and most SGD parameters are small.
+``parallel=True``/``prange`` they ran no faster on the largest activations,
+and slower on small arrays, where waking the threads costs more than the
+loop itself -- and most SGD parameters are small (the figures are in
+benchmarks/results.md, "Figures behind design choices in kernels/").
 
 Exactness: scalar factors are cast to the arrays' dtype before the loop
 (NumPy does the same with Python floats), and constants are written as

@@ -6,8 +6,9 @@ call it to get the compiled loops as a namespace, ``_compiled().im2col`` for
 the function ``_im2col_loops`` (the name without its leading ``_`` and its
 ``_loops``/``_loop`` suffix).  What every module gets the same way:
 
-- **Compile on first use.**  ``import numba`` alone takes about half a
-  second, so nothing here imports it until a loop is first needed; until
+- **Compile on first use.**  ``import numba`` alone is slow (a noticeable
+  part of a second, benchmarks/results.md), so nothing here imports it
+  until a loop is first needed; until
   then the loops are ordinary Python (which also lets you step through them
   in a debugger, slowly).  ``import tinygrad_cnn`` never imports Numba.
 - **The on-disk cache.**  Every loop is compiled with ``cache=True``: Numba

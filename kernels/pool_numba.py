@@ -11,19 +11,20 @@ skipped: for max pooling that is what -inf padding means (it never wins),
 for average pooling what zero padding means (it adds nothing); only the
 average's divisor counts them.
 
-Two choices make these loops fast, both measured on (64, 64, 48, 48):
+Two choices make these loops fast (the measurements are in
+benchmarks/results.md, "Figures behind design choices in kernels/"):
 
 - The kernel size is a compile-time constant.  ``_loops(KH, KW)`` compiles
   the loops once per kernel size (2x2 and 3x3 are all the chapter networks
   use), so the compiler unrolls the window loops; with KH and KW as run-time
-  values the loops ran 2x (3x3 max) to 6x (2x2 average) slower.
+  values the loops ran several times slower.
 - The batch is split over threads (``_over_batch``), each running the
   compiled loop on its own slice of samples with the GIL released
   (``nogil``).  Samples never share an output cell, so nothing races -- in
   backward too, where overlapping windows add into shared cells of one
   plane.  (Numba's own ``parallel=True``/``prange`` lost the first gain:
-  inside a ``prange`` loop the constant-size windows measured no faster
-  than run-time ones.)
+  inside a ``prange`` loop the constant-size windows were no faster than
+  run-time ones.)
 
 Adaptive pooling (``_adaptive_loops``) has no fixed window to build in: its
 loops read each bin's edges from small arrays and run over the (N·C, H, W)
@@ -66,7 +67,7 @@ def _loops(KH, KW):
         No branches on the values: ``where`` moves by arithmetic, and
         ``max`` keeps a NaN already held (it returns its first argument
         unless the second is greater), so the unrolled window stays in
-        registers -- ``if v > best: best, where = v, k`` measured 2-4x slower.
+        registers; ``if v > best: best, where = v, k`` was several times slower.
         """
         N, C, H, W = x.shape
         OH, OW = y.shape[2:]
@@ -157,7 +158,7 @@ def _loops(KH, KW):
         once -- no zeroing, no read-modify-write.  Each window row's shares
         gy / divisor go to a buffer first (a contiguous loop the compiler
         vectorises), then each of its KH input rows copies them out KW times.
-        Measured 2x faster than the general loop on LeNet's 2x2 pools.
+        Faster than the general loop on LeNet's 2x2 pools (benchmarks/results.md).
         """
         P, H, W = gx.shape
         OH, OW = gy.shape[1:]
@@ -201,8 +202,8 @@ def _adaptive_avg_forward_loop(x, y, top, bottom, left, right):
     """y[p, i, j] = mean of x[p] over bin (i, j), in two steps: first sum the
     rows of row bin i column by column (cols[w]: W independent sums along
     whole rows), then each column bin's cells of cols.  Summing bin by bin
-    makes one chain of dependent additions per bin, and measured up to 3x
-    slower ((32, 64, 28, 28) -> (7, 7)).  Sums are float64: a bin may be a
+    makes one chain of dependent additions per bin, which the processor
+    cannot overlap, and was slower (benchmarks/results.md).  Sums are float64: a bin may be a
     large part of a plane, where float32 sums drift.
     """
     P, H, W = x.shape
@@ -255,8 +256,8 @@ def _adaptive_max_backward_loop(gy, indices, gx):
 
 def _adaptive_global_avg_forward_loop(x, y):
     """The global pool, output (1, 1): y[p] = mean of x[p].  x: (P, H·W), so the sum
-    runs along one contiguous row, not H short ones: 1.5-2.5x faster than
-    avg_forward on GoogLeNet's (64, 1024, 3, 3)."""
+    runs along one contiguous row, not H short ones, which is faster than
+    the general loop on small planes such as GoogLeNet's 3x3 (benchmarks/results.md)."""
     P, HW = x.shape
     for p in range(P):
         total = 0.0
@@ -266,7 +267,7 @@ def _adaptive_global_avg_forward_loop(x, y):
 
 def _adaptive_global_avg_backward_loop(gy, gx):
     """gx[p, k] = gy[p] / (H·W) on every cell: written once, no zeroing (a general
-    bin loop's zero-then-add measured 5x slower on GoogLeNet's (64, 1024, 3, 3)).
+    bin loop's zero-then-add was much slower, benchmarks/results.md).
     Other output sizes go to the reference's matrix products (see
     ``adaptive_avgpool2d_backward``)."""
     P, HW = gx.shape
@@ -293,8 +294,9 @@ def _thread_pool(pid):
 
 
 # Below this many bytes of inputs and outputs a pooling loop runs on the
-# calling thread: handing slices to the pool and waiting for them costs
-# 45-130 us here, as long as the whole loop takes on DenseNet's 6x6 planes.
+# calling thread: handing slices to the pool and waiting for them costs as
+# long as the whole loop takes on small planes such as DenseNet's 6x6
+# (benchmarks/results.md, "Figures behind design choices in kernels/").
 PARALLEL_MIN_BYTES = 2 * 2**20
 
 
@@ -414,8 +416,8 @@ def adaptive_avgpool2d_forward(x, output_size):
 def adaptive_avgpool2d_backward(gy, x_shape):
     """``pool_numpy.adaptive_avgpool2d_backward``, compiled: gy (N, C, OH, OW) -> gx (N, C, H, W)."""
     # Only the global pool is compiled: for other outputs the reference's two
-    # matrix products (A_Hᵀ dy A_W) beat a loop over bins -- a compiled one
-    # measured 0.6-0.75x their speed on (64, 64, 13, 13) -> (5, 5).
+    # matrix products (A_Hᵀ dy A_W), which BLAS runs, beat a compiled loop
+    # over bins (benchmarks/results.md).
     if not compilable(gy) or gy.shape[2:] != (1, 1):
         return pool_numpy.adaptive_avgpool2d_backward(gy, x_shape)
     gx = np.empty(tuple(x_shape), dtype=gy.dtype)

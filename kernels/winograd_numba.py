@@ -38,13 +38,15 @@ prange = range          # numba.prange once the loops compile (kernels/jit.py)
 # Each loop works on whole rows: a row of tiles shares its four input rows,
 # so Bᵀ (or A) combines those rows once, in contiguous loops the compiler
 # vectorises, and only the column step goes tile by tile.  (Tile by tile with
-# a 4x4 scratch tile, the input transform ran 5x slower than im2col.)  The
-# scratch rows are allocated once per plane: array expressions inside the
-# loops would allocate on every row.  The input transform, which runs twice
-# per step (forward, and backward for dW), indexes 1-D row views with
-# unsigned integers (see conv_numba.py: Numba then skips the test for a
-# negative index): 20-45% faster on ResNet's and AlexNet's planes.  The same
-# change measured no faster in the other three loops, which stay plain.
+# a 4x4 scratch tile, the input transform was slower than im2col itself,
+# which would leave Winograd nothing to gain.)  The scratch rows are
+# allocated once per plane: array expressions inside the loops would
+# allocate on every row.  The input transform, which runs twice per step
+# (forward, and backward for dW), indexes 1-D row views with unsigned
+# integers (see conv_numba.py: Numba then skips the test for a negative
+# index), which made it faster; the same change made the other three loops
+# no faster, so they stay plain (benchmarks/results.md, "Figures behind
+# design choices in kernels/").
 def _input_loops(x, V, top, left):
     """V[:, :, c, n, t, s] = Bᵀ d B,  d = x[n, c, 2t - top : +4, 2s - left : +4] (0 outside)."""
     N, C, H, W = x.shape
