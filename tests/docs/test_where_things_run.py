@@ -1,0 +1,108 @@
+"""docs/where-things-run.md stays true: every file and function it names exists,
+every kernel module is on the page, and each convolution method calls exactly the
+kernels the page lists for it."""
+import ast
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import kernels
+import tinygrad_cnn as tc
+from tinygrad_cnn import nn
+
+# the page's references do not depend on the kernel set (the route test below sets its own):
+# run under the first kernel set only (tests/conftest.py).
+pytestmark = pytest.mark.kernel_free
+
+ROOT = Path(__file__).resolve().parents[2]
+PAGE = ROOT / "docs" / "where-things-run.md"
+TEXT = PAGE.read_text()
+REFERENCE = re.compile(r"`((?:tinygrad_cnn|kernels|tests|docs|benchmarks|models)/[\w/.-]+?"
+                       r"\.(?:py|md))(?:::([\w.]+))?`")
+BARE_PRIVATE_NAME = re.compile(r"`(_\w+)`")
+
+
+def definitions(path):
+    """Dotted names defined in a Python file: functions, classes, their methods
+    and module-level assignments."""
+    names = set()
+
+    def visit(body, prefix):
+        for node in body:
+            if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+                names.add(prefix + node.name)
+                if isinstance(node, ast.ClassDef):
+                    visit(node.body, prefix + node.name + ".")
+            elif isinstance(node, ast.Assign):
+                names.update(prefix + t.id for t in node.targets if isinstance(t, ast.Name))
+    visit(ast.parse((ROOT / path).read_text()).body, "")
+    return names
+
+
+def paragraphs():
+    """The page cut into bullets and paragraphs: a bare name belongs to the files
+    named beside it."""
+    return re.split(r"\n(?=- )|\n\s*\n", TEXT)
+
+
+def test_every_named_file_and_definition_exists():
+    named = REFERENCE.findall(TEXT)
+    assert len(named) > 50
+    missing = [f"{path}::{name}" if name else path for path, name in named
+               if not (ROOT / path).is_file()
+               or (name and path.endswith(".py") and name not in definitions(path))]
+    assert missing == [], f"where-things-run.md names what does not exist: {missing}"
+
+
+def test_every_bare_private_name_is_defined_in_a_file_named_beside_it():
+    missing = []
+    for chunk in paragraphs():
+        files = {path for path, _ in REFERENCE.findall(chunk) if path.endswith(".py")}
+        for name in BARE_PRIVATE_NAME.findall(chunk):
+            if not any(name in definitions(path) for path in files):
+                missing.append(name)
+    assert missing == [], f"names defined in none of the files beside them: {missing}"
+
+
+def test_every_kernel_module_is_on_the_page():
+    modules = {f"kernels/{p.name}" for p in (ROOT / "kernels").glob("*.py")}
+    named = {path for path, _ in REFERENCE.findall(TEXT)}
+    assert modules - named == set()
+
+
+def test_every_kernel_is_named_on_the_page():
+    assert [k for k in kernels.KERNELS if f"`{k}`" not in TEXT and f"::{k}`" not in TEXT] == []
+
+
+# ---------------------------------------------------------------- the routes
+def listed_kernels(heading):
+    """Kernel names in the forward/backward bullets of a '### heading' section."""
+    section = TEXT.split(f"### {heading}", 1)[1].split("\n#", 1)[0]
+    bullets = [b for b in section.split("\n- ") if b.startswith(("forward", "backward"))]
+    return {name for b in bullets for name in re.findall(r"`(\w+)`", b) if name in kernels.KERNELS}
+
+
+CONVOLUTIONS = {   # heading -> (in, out channels, kernel size, padding)
+    "im2col": (3, 4, 3, 1),
+    "pointwise": (8, 8, 1, 0),
+    "Winograd": (16, 16, 3, 1),
+}
+
+
+@pytest.mark.parametrize("heading", CONVOLUTIONS)
+def test_each_convolution_method_calls_the_kernels_the_page_lists(heading, monkeypatch):
+    called = set()
+    choose = kernels._implementation
+
+    def recording(name, array):
+        called.add(name)
+        return choose(name, array)
+    monkeypatch.setattr(kernels, "_implementation", recording)
+    c_in, c_out, k, p = CONVOLUTIONS[heading]
+    conv = nn.Conv2d(c_in, c_out, k, padding=p)
+    x = tc.randn(2, c_in, 8, 8, requires_grad=True)
+    conv(x).sum().backward()
+    assert called == listed_kernels(heading)
+    assert np.isfinite(x.grad.numpy()).all()
