@@ -213,7 +213,8 @@ def winograd_weight(W):
 
 
 def winograd_weight_backward(gU):
-    """gU (4, 4, O, C) -> gW = Gᵀ gU G (O, C, 3, 3) (``winograd_numpy.winograd_weight_backward``)."""
+    """gU (4, 4, O, C) -> gW = Gᵀ gU G (O, C, 3, 3)
+    (``winograd_numpy.winograd_weight_backward``)."""
     return _implementation("winograd_weight_backward", gU)(gU)
 
 
@@ -236,7 +237,8 @@ def winograd_output(M, out_hw, out=None):
 
 
 def winograd_output_backward(gy):
-    """gy (n, O, OH, OW) -> gM = A gy Aᵀ per tile (``winograd_numpy.winograd_output_backward``)."""
+    """gy (n, O, OH, OW) -> gM = A gy Aᵀ per tile
+    (``winograd_numpy.winograd_output_backward``)."""
     return _implementation("winograd_output_backward", gy)(gy)
 
 
@@ -284,7 +286,8 @@ def adaptive_maxpool2d_forward(x, output_size):
 
 
 def adaptive_maxpool2d_backward(gy, indices, x_shape):
-    """gy, indices (N, C, OH, OW) -> gx (N, C, H, W) (``pool_numpy.adaptive_maxpool2d_backward``)."""
+    """gy, indices (N, C, OH, OW) -> gx (N, C, H, W)
+    (``pool_numpy.adaptive_maxpool2d_backward``)."""
     return _implementation("adaptive_maxpool2d_backward", gy)(gy, indices, x_shape)
 
 

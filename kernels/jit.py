@@ -62,8 +62,8 @@ def on_first_use(*loops, parallel=False, **options):
     @functools.cache
     def compiled():
         return compile_loops(*loops, parallel=parallel, **options)
-    compiled.__doc__ = ("The compiled loops " + ", ".join(map(loop_name, loops))
-                        + " (compiled at the first call; later processes load Numba's disk cache).")
+    compiled.__doc__ = ("The compiled loops " + ", ".join(map(loop_name, loops)) + " (compiled "
+                        "at the first call; later processes load Numba's disk cache).")
     return compiled
 
 

@@ -73,7 +73,8 @@ def test_no_globals_update_in_the_package():
 def test_which_names_the_sets_kernel_for_float_arrays(kernel_set, dtype):
     col = np.zeros((1, 18, 25), dtype=dtype)
     assert kernels.which("col2im", col) == f"kernels.conv_{kernel_set}.col2im"
-    assert kernels.which("maxpool2d_forward", col) == f"kernels.pool_{kernel_set}.maxpool2d_forward"
+    assert (kernels.which("maxpool2d_forward", col)
+            == f"kernels.pool_{kernel_set}.maxpool2d_forward")
 
 
 @pytest.mark.parametrize("dtype", [np.float16, np.int64])
@@ -105,15 +106,18 @@ def test_gpu_arrays_go_to_the_reference_without_numba_cuda(fake_gpu, kernel_set)
     fake_gpu.setattr(kernels, "numba_cuda_works", lambda: False)
     with pytest.warns(UserWarning, match="NumPy reference kernels on the GPU"):
         assert kernels.which("col2im", FakeGpuArray()) == "kernels.conv_numpy.col2im"
-    assert kernels.which("relu_backward", FakeGpuArray()) == "kernels.elementwise_numpy.relu_backward"
+    assert (kernels.which("relu_backward", FakeGpuArray())
+            == "kernels.elementwise_numpy.relu_backward")
 
 
 def test_gpu_arrays_go_to_the_cuda_kernels_whatever_the_set(fake_gpu, kernel_set):
     fake_gpu.setattr(kernels, "numba_cuda_works", lambda: True)
     assert kernels.which("col2im", FakeGpuArray()) == "kernels.conv_cuda.col2im"
-    assert kernels.which("batchnorm_backward", FakeGpuArray()) == "kernels.bn_cuda.batchnorm_backward"
+    assert (kernels.which("batchnorm_backward", FakeGpuArray())
+            == "kernels.bn_cuda.batchnorm_backward")
     # no CUDA version: the reference, which CuPy runs
-    assert kernels.which("winograd_input", FakeGpuArray()) == "kernels.winograd_numpy.winograd_input"
+    assert (kernels.which("winograd_input", FakeGpuArray())
+            == "kernels.winograd_numpy.winograd_input")
     # a NumPy array still runs the CPU set
     assert kernels.which("col2im", X) == f"kernels.conv_{kernel_set}.col2im"
 

@@ -1,5 +1,6 @@
 """kernels/jit.py, the one helper the Numba modules compile through: which
 inputs compile, names, compile-once, the prange switch and the disk cache."""
+import re
 import types
 from pathlib import Path
 
@@ -67,3 +68,18 @@ def test_serial_modules_are_not_compiled_parallel():
     for loops in (elementwise_numba._compiled(), pool_numba._adaptive_loops(),
                   pool_numba._loops(3, 3)):
         assert not any(d.targetoptions.get("parallel") for d in vars(loops).values())
+
+
+# ---------------------------------------------------------------- comments
+FIGURE = re.compile(r"\d+(\.\d+)?(-\d+(\.\d+)?)?x (slower|faster)|\d+(\.\d+)?\s?(µs|us|ms)\b"
+                    r"|\d+(\.\d+)?%|seed \d")
+
+
+def test_kernel_comments_say_why_without_measured_figures():
+    # Figures belong in benchmarks/results.md ("Figures behind design choices in kernels/"):
+    # in a comment they go stale while the code around them changes.
+    found = [f"{path.name}:{number}: {line.strip()}"
+             for path in sorted(KERNELS_DIR.glob("*.py"))
+             for number, line in enumerate(path.read_text().splitlines(), 1)
+             if FIGURE.search(line)]
+    assert found == []
