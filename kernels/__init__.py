@@ -172,8 +172,9 @@ def numba_cuda_works():
 def _implementation(name, array):
     """The function that runs kernel ``name`` when ``array`` is its first
     argument: set -> device -> dtype (see the module docstring).  Called on
-    every kernel call, so it is kept to a few tests and one dict lookup (and
-    ``arrays.is_gpu_array`` written out: one function call fewer)."""
+    every kernel call, so it is kept to a few tests and one dict lookup.
+    ``arrays.cupy`` is read on each call: it is None without CuPy (and the
+    tests put a fake there)."""
     cupy = arrays.cupy
     if cupy is not None and isinstance(array, cupy.ndarray):
         return gpu_kernels()[name]

@@ -25,8 +25,3 @@ def get_array_module(*arrays):
             if isinstance(a, cupy.ndarray):
                 return cupy
     return np
-
-
-def is_gpu_array(array):
-    """Whether ``array`` lives on the GPU (a CuPy array)."""
-    return cupy is not None and isinstance(array, cupy.ndarray)
