@@ -27,7 +27,7 @@ rule, decided on its first array argument:
 ``which("col2im", col) == "kernels.conv_numba.col2im"``.  A Numba kernel may
 still hand an input its loops do not cover to its reference (a mixed-dtype
 SGD step, a non-contiguous parameter, a non-global adaptive average pool's
-backward); each says so in its docstring.
+backward), as its module explains.
 
 ``kernels`` imports nothing from ``tinygrad_cnn``: the engine sits on top of
 it (``kernels/arrays.py`` answers which array module an array belongs to).
