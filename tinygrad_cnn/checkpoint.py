@@ -9,23 +9,22 @@ checkpoint can never run code)::
     __meta__                          uint8 bytes of a JSON object: format,
                                       epoch, optimizer options, RNG state, ...
 
-Files are written atomically: the bytes go to a temporary file in the same
-folder, which is renamed over the old checkpoint only once it is complete.
+Files are written atomically (``files.atomic_write``): the bytes go to a
+temporary file in the same folder, which is renamed over the old checkpoint
+only once it is complete.
 A run killed mid-write therefore leaves the previous checkpoint intact.
 
 Every problem found when reading (a truncated file, a missing key, a shape
 that does not fit the network) is a ValueError naming the file and the key.
 """
-import contextlib
 import json
-import os
-import secrets
 import zipfile
 from pathlib import Path
 
 import numpy as np
 
 from .backend import to_device
+from .files import atomic_write
 
 FORMAT = "tinygrad_cnn.checkpoint"
 VERSION = 1
@@ -160,32 +159,10 @@ def _host(array):
 
 
 def write_npz_atomically(path, arrays):
-    """``np.savez(path, **arrays)``, atomically (see ``atomic_open``)."""
-    with atomic_open(path, "wb") as f:
+    """``np.savez(path, **arrays)``, atomically (see ``files.atomic_write``)."""
+    with atomic_write(path, "wb") as f:
         np.savez(f, **arrays)
     return Path(path)
-
-
-@contextlib.contextmanager
-def atomic_open(path, mode="wb"):
-    """Open a temporary file beside ``path`` for writing; when the block ends
-    without an error it is flushed to disk and renamed to ``path``, else
-    removed.  ``path`` is never seen half-written, and an old file there
-    stays intact until the new one is complete."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # A fresh name opened with "x" (not mkstemp, whose files are private 0600),
-    # so the result gets the usual permissions.
-    part = path.with_name(f".{path.name}.{secrets.token_hex(4)}.part")
-    try:
-        with open(part, mode.replace("w", "x")) as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())      # the bytes are on disk before the rename
-        os.replace(part, path)
-    finally:
-        if os.path.exists(part):
-            os.remove(part)
 
 
 # ---------------------------------------------------------------- reading

@@ -31,7 +31,8 @@ from . import nn, optim
 from .autograd import no_grad
 from .backend import (explain_out_of_memory, get_rng_state, manual_seed, require_device,
                       set_rng_state, to_device)
-from .checkpoint import atomic_open, load_checkpoint, save_checkpoint
+from .checkpoint import load_checkpoint, save_checkpoint
+from .files import atomic_write
 from .nn import functional as F
 
 CHECKPOINT_FILE = "checkpoint.npz"
@@ -337,7 +338,7 @@ class _Run:
         """metrics.jsonl as the history says (a resumed run drops rows written
         after its checkpoint)."""
         if self.out_dir is not None:
-            with atomic_open(self.out_dir / METRICS_FILE, "w") as f:
+            with atomic_write(self.out_dir / METRICS_FILE, "w") as f:
                 f.writelines(json.dumps(row) + "\n" for row in self.history)
 
     def _append_metrics(self, row):

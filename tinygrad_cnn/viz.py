@@ -25,7 +25,7 @@ import numpy as np
 
 from .autograd import no_grad
 from .backend import to_device
-from .checkpoint import atomic_open
+from .files import atomic_write
 from .tensor import Tensor
 
 # (history key, legend label, d2l's line format)
@@ -45,7 +45,7 @@ def _figure(width, height):
 
 def _save_png(fig, path):
     fig.tight_layout()
-    with atomic_open(path, "wb") as f:
+    with atomic_write(path, "wb") as f:
         fig.savefig(f, format="png", dpi=100)
     return Path(path)
 
@@ -137,13 +137,16 @@ def draw_graph(tensor, path=None, names=None):
 
 
 def _write_graph(text, path):
-    if path.suffix == ".dot":
-        path.write_text(text)
-    elif shutil.which("dot"):
-        subprocess.run(["dot", f"-T{path.suffix.lstrip('.')}", "-o", str(path)],
-                       input=text, text=True, check=True)
-    else:                  # no Graphviz: keep the text so it can be rendered elsewhere
-        path.with_suffix(".dot").write_text(text)
+    if path.suffix != ".dot" and shutil.which("dot"):
+        rendered = subprocess.run(["dot", f"-T{path.suffix.lstrip('.')}"],
+                                  input=text.encode(), capture_output=True, check=True).stdout
+        with atomic_write(path, "wb") as f:
+            f.write(rendered)
+        return
+    if path.suffix != ".dot":   # no Graphviz: keep the text so it can be rendered elsewhere
+        path = path.with_suffix(".dot")
+    with atomic_write(path, "w") as f:
+        f.write(text)
 
 
 # ---------------------------------------------------------------- gradients

@@ -14,11 +14,12 @@ import http.client
 import os
 import shutil
 import tarfile
-import tempfile
 from pathlib import Path, PurePosixPath
 from urllib.request import urlopen
 
 from tqdm import tqdm
+
+from ..files import atomic_write
 
 CHUNK = 1 << 16
 DATA_ENV = "TINYGRAD_CNN_DATA"
@@ -109,27 +110,20 @@ def download_url(urls, destination, md5=None, progress=True, timeout=60):
 
 def _fetch(url, destination, md5, progress, timeout):
     """One attempt: stream ``url`` into a part file, check the MD5, rename."""
-    fd, part = tempfile.mkstemp(dir=destination.parent, prefix=destination.name + ".",
-                                suffix=".part")
-    try:
-        digest = hashlib.md5()
-        with os.fdopen(fd, "wb") as out, urlopen(url, timeout=timeout) as response:
-            total = response.headers.get("Content-Length")
-            with tqdm(total=int(total) if total else None, unit="B", unit_scale=True,
-                      unit_divisor=1024, desc=destination.name, disable=not progress,
-                      leave=False) as bar:
-                for chunk in iter(lambda: response.read(CHUNK), b""):
-                    out.write(chunk)
-                    digest.update(chunk)
-                    bar.update(len(chunk))
+    digest = hashlib.md5()
+    with atomic_write(destination, "wb") as out, urlopen(url, timeout=timeout) as response:
+        total = response.headers.get("Content-Length")
+        with tqdm(total=int(total) if total else None, unit="B", unit_scale=True,
+                  unit_divisor=1024, desc=destination.name, disable=not progress,
+                  leave=False) as bar:
+            for chunk in iter(lambda: response.read(CHUNK), b""):
+                out.write(chunk)
+                digest.update(chunk)
+                bar.update(len(chunk))
         if md5 is not None and digest.hexdigest() != md5:
+            # Raised inside the block: the part file is removed, nothing is renamed.
             raise ValueError(f"MD5 mismatch: got {digest.hexdigest()}, expected {md5} "
                              "(a corrupted or changed file)")
-        os.replace(part, destination)
-    finally:
-        # Reached with the part file still present only on failure (or Ctrl-C).
-        if os.path.exists(part):
-            os.remove(part)
 
 
 def extract_members(archive, target, members):
@@ -153,7 +147,8 @@ def extract_members(archive, target, members):
                 raise ValueError(f"{archive}: member {name!r} is not a regular file "
                                  "(links and devices are refused)")
             destination.parent.mkdir(parents=True, exist_ok=True)
-            _write_atomically(tar.extractfile(member), destination)
+            with atomic_write(destination, "wb") as out:
+                shutil.copyfileobj(tar.extractfile(member), out, CHUNK)
 
 
 def _inside(target, name, archive):
@@ -163,15 +158,3 @@ def _inside(target, name, archive):
         raise ValueError(f"{archive}: refusing member {name!r}, a path outside the "
                          f"target folder {target}")
     return target.joinpath(*parts)
-
-
-def _write_atomically(source, destination):
-    fd, part = tempfile.mkstemp(dir=destination.parent, prefix=destination.name + ".",
-                                suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as out:
-            shutil.copyfileobj(source, out, CHUNK)
-        os.replace(part, destination)
-    finally:
-        if os.path.exists(part):
-            os.remove(part)

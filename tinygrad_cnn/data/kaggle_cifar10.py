@@ -24,6 +24,7 @@ from pathlib import Path
 import matplotlib.image
 import numpy as np
 
+from ..files import atomic_write
 from .loader import ImageDataset
 
 LABELS_FILE = "trainLabels.csv"
@@ -247,14 +248,8 @@ def write_submission(path, ids, predictions, classes):
         raise ValueError(f"write_submission: predictions must lie in [0, {len(classes)}), got "
                          f"[{predictions.min()}, {predictions.max()}]")
     path = Path(path)
-    fd, part = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".part")
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            writer = csv.writer(f, lineterminator="\n")
-            writer.writerow(["id", "label"])
-            writer.writerows((i, classes[k]) for i, k in zip(ids, predictions))
-        os.replace(part, path)
-    finally:
-        if os.path.exists(part):
-            os.remove(part)
+    with atomic_write(path, "w", newline="") as f:
+        writer = csv.writer(f, lineterminator="\n")
+        writer.writerow(["id", "label"])
+        writer.writerows((i, classes[k]) for i, k in zip(ids, predictions))
     return path

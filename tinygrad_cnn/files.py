@@ -1,0 +1,121 @@
+"""Writing files so that nobody ever reads half of one.
+
+``atomic_write(path)`` is the one way the package writes a file: checkpoints,
+weights, metrics, pictures, downloads and the Kaggle submission all go through
+it.  The bytes go to a temporary ``.<name>.<pid>.<random>.part`` file in the
+same folder (a rename is atomic only within one file system), are flushed to
+disk, and only then renamed over ``path``; on any error the part file is
+removed and an old ``path`` stays as it was.  A process killed mid-write
+leaves its part file behind: ``remove_stale_parts`` clears those of dead
+processes (training calls it when it takes a folder).
+
+Part files are created with ``open(..., "x")``, so the result has the usual
+permissions (0666 minus the umask), not ``tempfile.mkstemp``'s private 0600.
+
+Disk full and permission denied become errors that name the file and say what
+to do, instead of a bare "[Errno 28] No space left on device".
+"""
+import contextlib
+import errno
+import os
+import re
+import secrets
+from pathlib import Path
+
+PART_SUFFIX = ".part"
+# .<name>.<pid>.<8 hex digits>.part -- the pid tells a dead writer's leftovers.
+# Earlier versions wrote .<name>.<8 hex digits>.part, without the pid.
+_PART_NAME = re.compile(r"^\..+?(?:\.(\d+))?\.[0-9a-f]{8}\.part$")
+_NO_SPACE = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
+_NOT_ALLOWED = {errno.EACCES, errno.EPERM, errno.EROFS}
+
+
+def part_path(path):
+    """The temporary name ``atomic_write`` writes ``path``'s bytes to."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}{PART_SUFFIX}")
+
+
+@contextlib.contextmanager
+def atomic_write(path, mode="wb", **open_kwargs):
+    """``open(path, mode)`` for writing, atomically: yields a file object on a
+    temporary file beside ``path``; when the block ends without an error the
+    file is flushed, fsync'ed and renamed to ``path``, else removed.
+
+    mode: "wb" or "w" (text; ``open_kwargs`` such as ``newline=`` or
+    ``encoding=`` are passed on).  The folder is created if missing.
+    """
+    if mode not in ("w", "wb"):
+        raise ValueError(f"atomic_write: mode must be 'w' or 'wb', got {mode!r}")
+    path = Path(path)
+    part = part_path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(part, mode.replace("w", "x"), **open_kwargs) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())      # the bytes are on disk before the name points at them
+        os.replace(part, path)
+    except OSError as exc:
+        explained = explain_write_error(exc, path)
+        if explained is exc:
+            raise
+        raise explained from exc
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(part)
+
+
+def explain_write_error(exc, path):
+    """``exc`` (an OSError met while writing ``path``) as an error of the same
+    type naming the file and what to do, for disk full and permission denied;
+    any other error unchanged."""
+    if exc.errno in _NO_SPACE:
+        message = (f"{path}: no space left on the device while writing it; free some space "
+                   "there or write to another folder")
+    elif exc.errno in _NOT_ALLOWED:
+        message = (f"{path}: permission denied while writing it (or the file system is "
+                   f"read-only); check the permissions of {path.parent} or write to "
+                   "another folder")
+    else:
+        return exc
+    explained = type(exc)(message)
+    explained.errno = exc.errno
+    return explained
+
+
+def remove_stale_parts(folder):
+    """Delete the part files in ``folder`` left by processes that are gone
+    (killed mid-write); returns their paths.  Part files of live processes
+    (including this one) are kept; one without a pid in its name (written by an
+    earlier version) counts as stale."""
+    removed = []
+    folder = Path(folder)
+    if not folder.is_dir():
+        return removed
+    for candidate in folder.iterdir():
+        match = _PART_NAME.match(candidate.name)
+        if match and not (match.group(1) and process_alive(int(match.group(1)))):
+            with contextlib.suppress(FileNotFoundError):
+                candidate.unlink()
+                removed.append(candidate)
+    return removed
+
+
+def process_alive(pid):
+    """Whether a process ``pid`` runs on this machine."""
+    if pid == os.getpid():
+        return True
+    if pid <= 0:
+        return False
+    if os.name == "nt":               # os.kill would terminate it there: assume it lives
+        return True
+    try:
+        os.kill(pid, 0)               # signal 0: only checks that the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:           # it exists, under another user
+        return True
+    except OSError:                   # e.g. Windows without such a process
+        return False
+    return True
