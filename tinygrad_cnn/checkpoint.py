@@ -15,7 +15,10 @@ only once it is complete.
 A run killed mid-write therefore leaves the previous checkpoint intact.
 
 Every problem found when reading (a truncated file, a missing key, a shape
-that does not fit the network) is a ValueError naming the file and the key.
+that does not fit the network) is a ValueError naming the file and the key;
+a file the user may not read is a PermissionError saying so.  Nothing with a
+NaN or infinite weight, buffer or optimizer array is ever written or loaded
+(``NonFiniteStateError``): such a state comes from a run that diverged.
 """
 import json
 import zipfile
@@ -31,6 +34,22 @@ VERSION = 1
 META_KEY = "__meta__"
 MODEL_PREFIX = "model."
 OPTIMIZER_PREFIX = "optimizer."
+
+
+class NonFiniteStateError(ValueError):
+    """A weight, buffer or optimizer array holds NaN or infinite values;
+    ``keys`` names them (as in the file: ``model.<key>``, ``optimizer.<...>``)."""
+
+    def __init__(self, message, keys):
+        super().__init__(message)
+        self.keys = keys
+
+
+def non_finite_keys(arrays):
+    """The keys of ``arrays`` (name -> NumPy array) whose floating-point values
+    are not all finite, in order."""
+    return [key for key, value in arrays.items()
+            if value.dtype.kind in "fc" and not np.isfinite(value).all()]
 
 
 class Checkpoint:
@@ -49,6 +68,18 @@ class Checkpoint:
         """Epochs completed when the checkpoint was written."""
         return self.meta.get("epoch", 0)
 
+    def field(self, *names):
+        """``meta[names[0]][names[1]]...``; a ValueError naming the file and the
+        missing entry (not a KeyError) when the metadata lacks it."""
+        value = self.meta
+        for depth, name in enumerate(names):
+            if not isinstance(value, dict) or name not in value:
+                raise ValueError(f"{self.path}: key '{META_KEY}' has no "
+                                 f"'{'.'.join(names[:depth + 1])}' (a file written by another "
+                                 "program or version, or edited)")
+            value = value[name]
+        return value
+
     def __repr__(self):
         return (f"Checkpoint({self.path}, epoch {self.epoch}, {len(self.model_state)} "
                 f"model arrays, optimizer {'yes' if self.meta.get('optimizer') else 'no'})")
@@ -57,9 +88,11 @@ class Checkpoint:
     def load_into(self, net, optimizer=None):
         """Copy the weights into ``net`` (and the state into ``optimizer``).
 
-        Everything is checked first, so a mismatched checkpoint changes nothing.
+        Everything is checked first, so a mismatched or non-finite checkpoint
+        changes nothing.
         """
         self._check_model(net)
+        self._check_finite()
         optimizer_state = self._optimizer_state(optimizer) if optimizer is not None else None
         net.load_state_dict(self.model_state)
         if optimizer_state is not None:
@@ -83,6 +116,16 @@ class Checkpoint:
                              f"({len(unexpected)} key(s) the network does not have; a "
                              f"checkpoint of another network{self._model_hint()}?)")
 
+    def _check_finite(self):
+        bad = non_finite_keys({MODEL_PREFIX + key: value
+                               for key, value in self.model_state.items()})
+        bad += non_finite_keys(self.optimizer_arrays)
+        if bad:
+            raise NonFiniteStateError(
+                f"{self.path}: key '{bad[0]}' holds NaN or infinite values ({len(bad)} "
+                "array(s) do): the run that wrote it diverged; use an earlier checkpoint or "
+                "train again with a lower learning rate", bad)
+
     def _model_hint(self):
         name = self.meta.get("run", {}).get("model")     # set by fit's meta=
         return f", '{name}'" if name else ""
@@ -90,16 +133,16 @@ class Checkpoint:
     def _optimizer_state(self, optimizer):
         """The optimizer's ``state_dict`` rebuilt from the file, checked against
         ``optimizer``'s parameters."""
-        saved = self.meta.get("optimizer")
-        if saved is None:
+        if self.meta.get("optimizer") is None:
             raise ValueError(f"{self.path}: key '{META_KEY}' has no optimizer state "
                              "(a weights-only file cannot resume training)")
-        if saved["type"] != type(optimizer).__name__:
-            raise ValueError(f"{self.path}: key '{META_KEY}' holds a {saved['type']} state, "
+        kind = self.field("optimizer", "type")
+        if kind != type(optimizer).__name__:
+            raise ValueError(f"{self.path}: key '{META_KEY}' holds a {kind} state, "
                              f"the optimizer is a {type(optimizer).__name__}")
         params = [p for group in optimizer.param_groups for p in group["params"]]
         state = {}
-        for index, entries in saved["state"].items():
+        for index, entries in self.field("optimizer", "state").items():
             index = int(index)
             if index >= len(params):
                 raise ValueError(f"{self.path}: key '{META_KEY}' has optimizer state for "
@@ -118,7 +161,7 @@ class Checkpoint:
                 state[index][name] = value
         # JSON turned tuples (Adam's betas) into lists; options are never lists.
         groups = [{k: tuple(v) if isinstance(v, list) and k != "params" else v
-                   for k, v in group.items()} for group in saved["param_groups"]]
+                   for k, v in group.items()} for group in self.field("optimizer", "param_groups")]
         return {"state": state, "param_groups": groups}
 
 
@@ -126,13 +169,21 @@ class Checkpoint:
 def save_checkpoint(path, net, optimizer=None, **meta):
     """Write ``net``'s state dict, ``optimizer``'s state (if given) and the
     JSON-serialisable ``meta`` (epoch, model name, RNG state, ...) to ``path``
-    atomically.  Returns the path."""
+    atomically.  Returns the path.
+
+    Raises NonFiniteStateError, writing nothing, when an array holds NaN or
+    infinite values: an older file at ``path`` stays the last good one.
+    """
     arrays = {MODEL_PREFIX + key: _host(tensor.data) for key, tensor in net.state_dict().items()}
     meta = dict(meta, format=FORMAT, version=VERSION)
     if optimizer is not None:
         optimizer_meta, optimizer_arrays = _split_optimizer_state(optimizer)
         meta["optimizer"] = optimizer_meta
         arrays.update(optimizer_arrays)
+    bad = non_finite_keys(arrays)
+    if bad:
+        raise NonFiniteStateError(f"{path}: not written: '{bad[0]}' holds NaN or infinite "
+                                  f"values ({len(bad)} array(s) do)", bad)
     arrays[META_KEY] = np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8)
     return write_npz_atomically(path, arrays)
 
@@ -196,6 +247,9 @@ def _read_arrays(path):
     far from the file's name)."""
     try:
         npz = np.load(path, allow_pickle=False)
+    except PermissionError as exc:      # unreadable is not corrupt: say what it is
+        raise PermissionError(f"{path}: permission denied reading the checkpoint; check the "
+                              "file's permissions (ls -l) or read it as its owner") from exc
     except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
         raise ValueError(f"{path}: not a readable checkpoint, the file is truncated or "
                          f"corrupt ({exc})") from exc
