@@ -20,7 +20,14 @@ import errno
 import os
 import re
 import secrets
+import socket
 from pathlib import Path
+
+try:
+    import fcntl
+except ImportError:          # Windows
+    fcntl = None
+    import msvcrt
 
 PART_SUFFIX = ".part"
 # .<name>.<pid>.<8 hex digits>.part -- the pid tells a dead writer's leftovers.
@@ -117,5 +124,98 @@ def process_alive(pid):
     except PermissionError:           # it exists, under another user
         return True
     except OSError:                   # e.g. Windows without such a process
+        return False
+    return True
+
+
+# ---------------------------------------------------------------- one run per folder
+LOCK_FILE = "run.lock"
+_held = {}          # folder (resolved) -> [lock file descriptor, depth]; per process
+
+
+class FolderBusyError(RuntimeError):
+    """Another live process holds the folder's lock."""
+
+
+@contextlib.contextmanager
+def hold_folder(folder, say=None):
+    """Own ``folder`` (created if missing) for the block: a lock file
+    ``folder/run.lock`` holding this process's pid and host, locked with the
+    operating system's advisory lock, which dies with the process.
+
+    Raises FolderBusyError naming the other process when a live one holds it.
+    A lock file left by a process that is gone (kill -9) is taken over, and
+    the part files dead writers left are removed; ``say`` (a callable taking a
+    line, e.g. ``print``) hears about both.  Re-entrant within a process: the
+    command line holds the folder around ``fit``, which holds it again.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    key = folder.resolve()
+    if key in _held:
+        _held[key][1] += 1
+        try:
+            yield
+        finally:
+            _held[key][1] -= 1
+        return
+    fd, previous = _lock(folder / LOCK_FILE)
+    _held[key] = [fd, 1]
+    try:
+        if previous and say is not None:
+            say(f"{folder}: took over the lock of a run that is gone ({previous})")
+        removed = remove_stale_parts(folder)
+        if removed and say is not None:
+            say(f"{folder}: removed {len(removed)} unfinished file(s) left by killed runs "
+                f"({', '.join(p.name for p in removed[:3])}{', ...' if len(removed) > 3 else ''})")
+        yield
+    finally:
+        del _held[key]
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(folder / LOCK_FILE)      # while still locked: nobody takes it half-gone
+        os.close(fd)
+
+
+def _lock(path):
+    """Lock ``path`` (creating it); returns (descriptor, the owner line it held
+    before, or "")."""
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        if not _try_lock(fd):
+            owner = _read_owner(fd)
+            os.close(fd)
+            raise FolderBusyError(
+                f"{path.parent} is in use by another run ({owner or 'owner unknown'}; lock "
+                f"file {path}); wait for it to end, stop it, or choose another output folder")
+        try:
+            on_disk = os.stat(path)
+        except FileNotFoundError:
+            on_disk = None
+        mine = os.fstat(fd)
+        if on_disk is not None and (on_disk.st_dev, on_disk.st_ino) == (mine.st_dev, mine.st_ino):
+            break
+        os.close(fd)     # the holder removed the file as we opened it: lock the new one
+    previous = _read_owner(fd)
+    os.ftruncate(fd, 0)
+    os.lseek(fd, 0, os.SEEK_SET)
+    os.write(fd, f"pid {os.getpid()} on host {socket.gethostname()}\n".encode())
+    return fd, previous
+
+
+def _read_owner(fd):
+    try:
+        os.lseek(fd, 0, os.SEEK_SET)
+        return os.read(fd, 200).decode("utf-8", "replace").strip()
+    except OSError:                     # Windows: the holder's lock forbids reading
+        return ""
+
+
+def _try_lock(fd):
+    try:
+        if fcntl is not None:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        else:
+            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+    except OSError:                     # BlockingIOError, or Windows' PermissionError
         return False
     return True
