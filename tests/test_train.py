@@ -236,7 +236,7 @@ class NaNImages(TinyImages):
 
 def test_nan_loss_stops_with_epoch_batch_and_advice():
     train_iter = DataLoader(NaNImages(40), 16)
-    with pytest.raises(NonFiniteLossError, match=r"loss is nan at epoch 1, batch 2: .*lower "
+    with pytest.raises(NonFiniteLossError, match=r"at epoch 1, batch 2: loss is nan; .*lower "
                                                   r"learning rate \(lr is 0.5\)") as info:
         quiet_fit(tiny_net(), train_iter, loaders()[1], 1, lr=0.5)
     assert isinstance(info.value, FloatingPointError) and isinstance(info.value, ValueError)

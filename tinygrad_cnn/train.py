@@ -15,7 +15,12 @@ With ``out_dir`` a run also leaves ``metrics.jsonl`` (one JSON row per epoch),
 ``curves.png`` and ``checkpoint.npz`` (after each epoch, and on Ctrl-C) there;
 ``resume=`` continues from a checkpoint so that the run ends with the same
 weights as one that was never interrupted (on the CPU: the checkpoint holds the
-engine's NumPy generator, not CuPy's).
+engine's NumPy generator, not CuPy's).  The folder belongs to the run while it
+lasts (``files.hold_folder``: a second run there is refused).
+
+A run never keeps a bad state: every step is checked after the loss and before
+the update (see ``DivergenceError``), and no checkpoint is written with a NaN
+or infinite array, so the last checkpoint is always one to go back to.
 """
 import contextlib
 import json
@@ -23,16 +28,17 @@ import math
 import signal
 import threading
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
 
 from . import nn, optim
 from .autograd import no_grad
-from .backend import (explain_out_of_memory, get_rng_state, manual_seed, require_device,
-                      set_rng_state, to_device)
-from .checkpoint import load_checkpoint, save_checkpoint
-from .files import atomic_write
+from .backend import (explain_out_of_memory, get_array_module, get_rng_state, manual_seed,
+                      require_device, set_rng_state, to_device)
+from .checkpoint import NonFiniteStateError, load_checkpoint, save_checkpoint
+from .files import atomic_write, hold_folder
 from .nn import functional as F
 
 CHECKPOINT_FILE = "checkpoint.npz"
@@ -40,8 +46,21 @@ METRICS_FILE = "metrics.jsonl"
 CURVES_FILE = "curves.png"
 
 
-class NonFiniteLossError(FloatingPointError, ValueError):
-    """The loss became NaN or infinite: training diverged."""
+# Settings a resumed run may change: the new value is used, and said.  Any other
+# key of ``fit(meta=...)`` that differs from the checkpoint's is refused.
+RESUMABLE_CHANGES = ("lr", "momentum", "weight_decay", "epochs")
+
+
+class DivergenceError(FloatingPointError, ValueError):
+    """Training diverged: a NaN or infinite loss, gradient or weight, a loss
+    above ``max_loss_ratio`` times the first step's, or a NumPy floating-point
+    warning (overflow, invalid value) during a step.  Raised before the bad
+    step is taken or saved; the message names the epoch, the batch, the
+    quantity and the last good checkpoint."""
+
+
+class NonFiniteLossError(DivergenceError):
+    """The loss became NaN or infinite."""
 
 
 # ---------------------------------------------------------------- initialisation
@@ -123,7 +142,8 @@ def predict(net, data_iter, device=None):
 # ---------------------------------------------------------------- fit
 def fit(net, train_iter, test_iter, num_epochs, lr, device="cpu", *, momentum=0.0,
         weight_decay=0.0, lr_schedule=None, optimizer=None, init="xavier", seed=None,
-        out_dir=None, resume=None, progress=True, plot=True, verbose=True, meta=None):
+        out_dir=None, resume=None, progress=True, plot=True, verbose=True, meta=None,
+        max_loss_ratio=1e3, force=False):
     """Train ``net`` for ``num_epochs`` epochs; returns the history, a list of
     one dict per epoch (``epoch`` from 1, ``train_loss``, ``train_acc``,
     ``test_acc``, ``examples_per_sec``, ``lr``, ...).
@@ -137,14 +157,26 @@ def fit(net, train_iter, test_iter, num_epochs, lr, device="cpu", *, momentum=0.
     out_dir:     folder for metrics.jsonl, curves.png and checkpoint.npz.
     resume:      a checkpoint path (or True: ``out_dir/checkpoint.npz``) to go on from.
     meta:        JSON-serialisable facts about the run kept in the checkpoints
-                 (the CLI stores the model name, checked on resume).
+                 (the CLI stores the model name and its settings).  On resume
+                 they must equal the checkpoint's, else ValueError (another
+                 run's checkpoint), except ``RESUMABLE_CHANGES``.
+    max_loss_ratio: stop when a step's loss exceeds this times the run's first
+                 loss (at least 1.0); None or 0 turns the check off.
+    force:       resume even from a checkpoint whose ``meta`` differs.
 
-    A NaN or infinite loss raises ``NonFiniteLossError`` before the step is
-    taken.  Ctrl-C (KeyboardInterrupt) saves a checkpoint into ``out_dir`` and
+    Every step is guarded: a NaN or infinite loss (``NonFiniteLossError``) or
+    gradient norm, a loss above the ``max_loss_ratio`` threshold, or a NumPy
+    RuntimeWarning raises ``DivergenceError`` before the step is taken, and a
+    state with NaN or infinite arrays is never saved.  On resume, the optimizer
+    options given here (lr, momentum, ...) replace the checkpoint's, with a
+    note.  Ctrl-C (KeyboardInterrupt) saves a checkpoint into ``out_dir`` and
     is raised again.
     """
     if not isinstance(num_epochs, int) or num_epochs < 0:
         raise ValueError(f"fit: num_epochs must be an int >= 0, got {num_epochs!r}")
+    if max_loss_ratio is not None and not max_loss_ratio >= 0:
+        raise ValueError(f"fit: max_loss_ratio must be a number >= 0 or None, got "
+                         f"{max_loss_ratio!r}")
     if seed is not None:
         manual_seed(seed)
     if init == "xavier":
@@ -157,15 +189,18 @@ def fit(net, train_iter, test_iter, num_epochs, lr, device="cpu", *, momentum=0.
         optimizer = optim.SGD(net.parameters(), lr=lr, momentum=momentum,
                               weight_decay=weight_decay)
     run = _Run(net, optimizer, train_iter, test_iter, num_epochs, device, lr_schedule,
-               out_dir, progress, plot, verbose, meta or {})
+               out_dir, progress, plot, verbose, meta or {}, max_loss_ratio or None)
     if resume is True and out_dir is None:
         raise ValueError("fit: resume=True resumes from out_dir's checkpoint; give out_dir "
                          "or a checkpoint path")
-    if resume:
-        run.resume(Path(out_dir) / CHECKPOINT_FILE if resume is True else resume)
-    else:
-        run.start()
-    return run.train()
+    owning = hold_folder(out_dir, say=run._say) if out_dir is not None \
+        else contextlib.nullcontext()
+    with owning:
+        if resume:
+            run.resume(Path(out_dir) / CHECKPOINT_FILE if resume is True else resume, force)
+        else:
+            run.start()
+        return run.train()
 
 
 class _Run:
@@ -177,11 +212,14 @@ class _Run:
     ``epoch_start`` is the generator and loader state before the current
     epoch's ``iter(train_iter)``; ``rng_after_step`` the generator after the
     last step (dropout draws from it).  Resuming mid-epoch replays the epoch's
-    batch order from the first and skips the finished batches.
+    batch order from the first and skips the finished batches.  ``first_loss``
+    (the run's first step's) sets the divergence threshold; ``last_good`` is
+    the (path, epoch) of the last checkpoint written or resumed from; ``phase``
+    says where a divergence is found outside a step.
     """
 
     def __init__(self, net, optimizer, train_iter, test_iter, num_epochs, device,
-                 lr_schedule, out_dir, progress, plot, verbose, meta):
+                 lr_schedule, out_dir, progress, plot, verbose, meta, max_loss_ratio):
         self.net, self.optimizer = net, optimizer
         self.train_iter, self.test_iter = train_iter, test_iter
         self.num_epochs, self.device, self.lr_schedule = num_epochs, device, lr_schedule
@@ -192,29 +230,34 @@ class _Run:
         self.sums = [0.0, 0, 0, 0.0]
         self.epoch_start = self.rng_after_step = None
         self.resuming = False     # the first epoch must replay the checkpoint's state
+        self.max_loss_ratio, self.first_loss = max_loss_ratio, None
+        self.last_good = None
+        self.phase = None         # "evaluation" or "saving" while not in a step
 
     # ------------------------------------------------------------ starting
     def start(self):
         self.epoch_start = self._snapshot()
         self._rewrite_metrics()
 
-    def resume(self, path):
+    def resume(self, path, force=False):
         checkpoint = load_checkpoint(path)
-        saved_model = checkpoint.meta.get("run", {}).get("model")
-        wanted = self.meta.get("model")
-        if saved_model and wanted and saved_model != wanted:
-            raise ValueError(f"{checkpoint.path}: key '__meta__' says the checkpoint is of "
-                             f"model '{saved_model}', not '{wanted}'")
+        self._check_same_run(checkpoint, force)
         if "position" not in checkpoint.meta:
             raise ValueError(f"{checkpoint.path}: key '__meta__' has no training position "
                              "(a weights-only file cannot resume training)")
+        position = {name: checkpoint.field("position", name)
+                    for name in ("epoch", "batch", "sums", "epoch_start", "rng_after_step")}
+        history = checkpoint.field("history")
+        wanted = _options(self.optimizer)
         checkpoint.load_into(self.net, self.optimizer)
-        position = checkpoint.meta["position"]
+        self._keep_options(wanted, checkpoint.path)
         self.epoch, self.batch = position["epoch"], position["batch"]
         self.sums = position["sums"]
         self.epoch_start = position["epoch_start"]
         self.rng_after_step = position["rng_after_step"]
-        self.history = checkpoint.meta["history"]
+        self.first_loss = checkpoint.meta["position"].get("first_loss")
+        self.history = history
+        self.last_good = (checkpoint.path, checkpoint.epoch)
         self.resuming = True
         self._rewrite_metrics()
         if self.epoch >= self.num_epochs:
@@ -222,6 +265,39 @@ class _Run:
         else:
             self._say(f"resuming from {checkpoint.path} in epoch {self.epoch + 1} after "
                       f"{self.batch} batches")
+
+    def _check_same_run(self, checkpoint, force):
+        """Refuse another run's checkpoint: another model always, other settings
+        unless ``force``."""
+        saved = checkpoint.meta.get("run", {})
+        if saved.get("model") and self.meta.get("model") and \
+                saved["model"] != self.meta["model"]:
+            raise ValueError(f"{checkpoint.path}: key '__meta__' says the checkpoint is of "
+                             f"model '{saved['model']}', not '{self.meta['model']}'")
+        changed = [f"{key} {saved[key]!r} there, {value!r} here"
+                   for key, value in self.meta.items()
+                   if key in saved and saved[key] != value and key not in RESUMABLE_CHANGES]
+        if changed and not force:
+            raise ValueError(f"{checkpoint.path}: written by another run ({'; '.join(changed)}); "
+                             "resume with its settings, start afresh in another output "
+                             "folder, or force it (--force, fit(force=True))")
+        if changed:
+            self._say(f"resuming with changed settings, as forced: {'; '.join(changed)}")
+        if "epochs" in saved and saved["epochs"] != self.num_epochs:
+            self._say(f"resume: {self.num_epochs} epochs in all (the checkpoint's run had "
+                      f"{saved['epochs']})")
+
+    def _keep_options(self, wanted, path):
+        """After loading the optimizer's state, put back the options this run was
+        given (lr, momentum, ...), saying which ones differ from the checkpoint's.
+        (Under a schedule, the schedule sets the lr.)"""
+        for group, options in zip(self.optimizer.param_groups, wanted):
+            for name, value in options.items():
+                if _same(group.get(name), value) or (name == "lr" and self.lr_schedule):
+                    continue
+                self._say(f"resume: {name} {_show(value)} replaces {path}'s "
+                          f"{_show(group.get(name))}")
+                group[name] = value
 
     def _snapshot(self):
         """Generator and loader states: what decides the next epoch's batches."""
@@ -231,16 +307,22 @@ class _Run:
     def _restore(self, snapshot):
         set_rng_state(snapshot["rng"])
         for loader, state in zip((self.train_iter, self.test_iter), snapshot["loaders"]):
-            if state is not None:
+            if state is not None and loader is not None:
                 loader.load_state_dict(state)
 
     # ------------------------------------------------------------ the loop
     def train(self):
         self._say(f"training on {self.device}")
         try:
-            while self.epoch < self.num_epochs:
-                self._train_epoch()
-                self._end_epoch()
+            # NumPy's floating-point warnings (overflow, invalid value) mean the
+            # numbers have left the range: they stop the run as DivergenceError.
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", RuntimeWarning)
+                while self.epoch < self.num_epochs:
+                    self._train_epoch()
+                    self._end_epoch()
+        except RuntimeWarning as warning:
+            raise DivergenceError(self._diverged(f"NumPy warned '{warning}'")) from None
         except KeyboardInterrupt:
             self._save_on_interrupt()
             raise
@@ -281,13 +363,10 @@ class _Run:
         y_hat = self.net(X)
         loss = F.cross_entropy(y_hat, y)
         value = float(loss.item())
-        if not math.isfinite(value):
-            lr = self.optimizer.param_groups[0]["lr"]
-            raise NonFiniteLossError(
-                f"loss is {value} at epoch {self.epoch + 1}, batch {self.batch + 1}: training "
-                f"diverged; try a lower learning rate (lr is {lr:g})")
+        self._check_loss(value)
         self.optimizer.zero_grad()
         loss.backward()
+        self._check_gradients()
         with _sigint_deferred():   # the step and the bookkeeping happen together or not at all
             self.optimizer.step()
             n = int(y.shape[0])
@@ -297,13 +376,66 @@ class _Run:
             self.sums[3] += time.perf_counter() - start
             self.batch += 1
             self.rng_after_step = get_rng_state()
+            if self.first_loss is None:
+                self.first_loss = value
+
+    # ------------------------------------------------------------ guards
+    def _check_loss(self, value):
+        if not math.isfinite(value):
+            raise NonFiniteLossError(self._diverged(f"loss is {value}"))
+        threshold = self._loss_threshold()
+        if threshold is not None and value > threshold:
+            raise DivergenceError(self._diverged(
+                f"loss {value:.4g} is above {self.max_loss_ratio:g} x the first loss "
+                f"{self.first_loss:.4g} (max_loss_ratio, --max-loss-ratio)"))
+
+    def _loss_threshold(self):
+        # The run's first loss, not the first epoch's mean: a run that explodes
+        # within its first epoch (lr 1e6 does, in a few batches) has a huge mean.
+        # At least 1.0, so a network that starts almost perfect (a loss of 1e-4,
+        # fine-tuning) is not stopped by ordinary noise.
+        if self.max_loss_ratio is None or self.first_loss is None:
+            return None
+        return self.max_loss_ratio * max(self.first_loss, 1.0)
+
+    def _check_gradients(self):
+        squares = 0.0
+        for group in self.optimizer.param_groups:
+            for p in group["params"]:
+                if p.grad is not None:
+                    xp = get_array_module(p.grad.data)
+                    # float64: the squares of large float32 gradients stay finite.
+                    squares += float(xp.square(p.grad.data, dtype=xp.float64).sum())
+        if not math.isfinite(squares):
+            raise DivergenceError(self._diverged(f"gradient norm is {math.sqrt(squares)}"))
+
+    def _diverged(self, what):
+        """The one-line divergence message: where, what, the last good checkpoint,
+        the advice."""
+        if self.phase == "saving":          # the position counts finished work
+            where = (f"the end of epoch {self.epoch}" if self.batch == 0
+                     else f"epoch {self.epoch + 1}, after batch {self.batch}")
+        else:
+            where = f"epoch {self.epoch + 1}, " + (
+                "evaluation" if self.phase == "evaluation" else f"batch {self.batch + 1}")
+        if self.last_good is not None:
+            kept = f"last good checkpoint: {self.last_good[0]} (epoch {self.last_good[1]})"
+        elif self.out_dir is not None:
+            kept = "no checkpoint written yet"
+        else:
+            kept = "no out_dir, no checkpoint"
+        lr = self.optimizer.param_groups[0]["lr"]
+        return (f"training diverged at {where}: {what}; {kept}; try a lower learning rate "
+                f"(lr is {lr:g})")
 
     def _end_epoch(self):
         loss_sum, correct, count, seconds = self.sums
         if count == 0:
             raise ValueError("fit: the training iterator gave no batches")
+        self.phase = "evaluation"
         test_acc = evaluate_accuracy(self.net, self.test_iter, self.device) \
             if self.test_iter is not None else None
+        self.phase = None
         row = {"epoch": self.epoch + 1, "train_loss": loss_sum / count,
                "train_acc": correct / count, "test_acc": test_acc,
                "examples_per_sec": count / seconds if seconds > 0 else None,
@@ -311,7 +443,7 @@ class _Run:
         self.history.append(row)
         self.epoch, self.batch, self.sums = self.epoch + 1, 0, [0.0, 0, 0, 0.0]
         self.epoch_start = self._snapshot()
-        self._append_metrics(row)
+        self._rewrite_metrics()
         self._say(_epoch_line(row, self.num_epochs))
         if self.out_dir is not None:
             if self.plot:
@@ -322,30 +454,37 @@ class _Run:
     # ------------------------------------------------------------ output
     def _save(self, path):
         position = {"epoch": self.epoch, "batch": self.batch, "sums": self.sums,
-                    "epoch_start": self.epoch_start, "rng_after_step": self.rng_after_step}
-        return save_checkpoint(path, self.net, self.optimizer, epoch=self.epoch,
-                               position=position, history=self.history, run=self.meta)
+                    "epoch_start": self.epoch_start, "rng_after_step": self.rng_after_step,
+                    "first_loss": self.first_loss}
+        try:
+            save_checkpoint(path, self.net, self.optimizer, epoch=self.epoch,
+                            position=position, history=self.history, run=self.meta)
+        except NonFiniteStateError as exc:
+            self.phase = "saving"
+            raise DivergenceError(self._diverged(
+                f"'{exc.keys[0]}' holds NaN or infinite values ({len(exc.keys)} array(s) "
+                f"do), so {path.name} was not written")) from None
+        self.last_good = (path, self.epoch)
+        return path
 
     def _save_on_interrupt(self):
         if self.out_dir is None:
             self._say("interrupted (no out_dir, nothing saved)")
             return
-        path = self._save(self.out_dir / CHECKPOINT_FILE)
+        try:
+            path = self._save(self.out_dir / CHECKPOINT_FILE)
+        except DivergenceError as exc:
+            self._say(f"interrupted; no checkpoint saved: {exc}")
+            return
         self._say(f"interrupted in epoch {self.epoch + 1} after {self.batch} batches; "
                   f"checkpoint saved to {path}")
 
     def _rewrite_metrics(self):
-        """metrics.jsonl as the history says (a resumed run drops rows written
-        after its checkpoint)."""
+        """metrics.jsonl as the history says, replaced atomically (a resumed run
+        drops rows written after its checkpoint; a kill never leaves half a row)."""
         if self.out_dir is not None:
             with atomic_write(self.out_dir / METRICS_FILE, "w") as f:
                 f.writelines(json.dumps(row) + "\n" for row in self.history)
-
-    def _append_metrics(self, row):
-        if self.out_dir is not None:
-            with open(self.out_dir / METRICS_FILE, "a") as f:
-                f.write(json.dumps(row) + "\n")
-                f.flush()
 
     def _report(self):
         """d2l's closing lines: the last epoch's metrics and the overall speed."""
@@ -363,6 +502,22 @@ class _Run:
     def _say(self, line):
         if self.verbose:
             print(line, flush=True)
+
+
+def _options(optimizer):
+    """Each parameter group's options (lr, momentum, ...), without the parameters."""
+    return [{k: v for k, v in group.items() if k != "params"}
+            for group in optimizer.param_groups]
+
+
+def _same(a, b):
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return list(a) == list(b)
+    return a == b
+
+
+def _show(value):
+    return f"{value:g}" if isinstance(value, float) else repr(value)
 
 
 def _fmt(value):
