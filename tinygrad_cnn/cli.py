@@ -13,6 +13,7 @@ and exit code 1 (``TINYGRAD_CNN_DEBUG=1`` shows the traceback instead); Ctrl-C
 during training saves a checkpoint and exits with 130.
 """
 import argparse
+import math
 import os
 import sys
 from pathlib import Path
@@ -71,21 +72,23 @@ def _positive_int(text):
     return value
 
 
-def _non_negative_float(text):
+def _number(text, positive):
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value >= 0:        # also refuses nan
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text}")
+    if not (value > 0 if positive else value >= 0):        # also refuses nan
+        raise argparse.ArgumentTypeError(f"expected a number {'>' if positive else '>='} 0, "
+                                         f"got {text}")
     return value
+
+
+def _non_negative_float(text):
+    return _number(text, positive=False)
 
 
 def _positive_float(text):
-    value = _non_negative_float(text)
-    if value == 0:
-        raise argparse.ArgumentTypeError("expected a number > 0, got 0")
-    return value
+    return _number(text, positive=True)
 
 
 def _shape(text):
@@ -119,7 +122,11 @@ def build_parser():
     _add_training_options(train)
     train.add_argument("--out", type=Path, help="output folder (default runs/MODEL)")
     train.add_argument("--resume", nargs="?", const=True, metavar="CHECKPOINT",
-                       help="continue from OUT/checkpoint.npz (or CHECKPOINT)")
+                       help="continue from OUT/checkpoint.npz (or CHECKPOINT); a new --lr, "
+                       "--momentum, --weight-decay or --epochs is used, other changed "
+                       "settings are refused")
+    train.add_argument("--force", action="store_true",
+                       help="with --resume: accept a checkpoint written with other settings")
     train.set_defaults(run=run_train)
 
     evaluate = commands.add_parser("eval", help="test loss and accuracy of a checkpoint",
@@ -183,6 +190,9 @@ def _add_training_options(parser, momentum=0.0, weight_decay=0.0, data_dir_requi
     parser.add_argument("--momentum", type=_non_negative_float, default=momentum)
     parser.add_argument("--weight-decay", type=_non_negative_float, default=weight_decay)
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--max-loss-ratio", type=_non_negative_float, default=1e3,
+                        help="stop when a step's loss exceeds this times the first loss "
+                        "(default 1000; 0 turns the check off)")
 
 
 # ---------------------------------------------------------------- shared helpers
@@ -225,6 +235,7 @@ def run_train(args):
     from .backend import manual_seed
     from .checkpoint import save_checkpoint
     from .data import DataLoader
+    from .files import hold_folder
     from .train import CHECKPOINT_FILE, cosine_schedule, fit
 
     spec = _spec(args.model)
@@ -236,6 +247,8 @@ def run_train(args):
     resize = args.resize or spec.resize
     out = args.out or Path("runs") / args.model
     resume = None
+    if args.force and not args.resume:
+        raise UsageError("--force goes with --resume")
     if args.resume:
         resume = out / CHECKPOINT_FILE if args.resume is True else Path(args.resume)
         if not resume.is_file():
@@ -247,17 +260,22 @@ def run_train(args):
     net = models.get(args.model)
     train_iter = DataLoader(train_set, batch_size, shuffle=True, device=args.device)
     test_iter = DataLoader(test_set, batch_size, device=args.device)
+    # What the run is; on --resume each must match the checkpoint's, except the
+    # settings fit lets a resumed run change (train.RESUMABLE_CHANGES).
     meta = {"model": args.model, "dataset": spec.dataset, "resize": resize,
             "batch_size": batch_size, "lr": lr, "epochs": epochs, "seed": args.seed,
-            "limit": args.limit}
+            "limit": args.limit, "momentum": args.momentum,
+            "weight_decay": args.weight_decay, "schedule": args.schedule}
     print(f"{args.model}: {epochs} epochs, lr {lr:g}, batch size {batch_size}, "
           f"{len(train_set)} training / {len(test_set)} test images"
           + (f" resized to {resize}" if resize else "") + f"; writing to {out}")
     schedule = cosine_schedule(lr, epochs) if args.schedule == "cosine" else None
-    fit(net, train_iter, test_iter, epochs, lr, args.device, momentum=args.momentum,
-        weight_decay=args.weight_decay, lr_schedule=schedule, out_dir=out, resume=resume,
-        progress=not args.no_progress, meta=meta)
-    weights = save_checkpoint(out / "model.npz", net, epoch=epochs, run=meta)
+    with hold_folder(out, say=print):         # the final weights too belong to this run
+        fit(net, train_iter, test_iter, epochs, lr, args.device, momentum=args.momentum,
+            weight_decay=args.weight_decay, lr_schedule=schedule, out_dir=out, resume=resume,
+            progress=not args.no_progress, meta=meta, max_loss_ratio=args.max_loss_ratio,
+            force=args.force)
+        weights = save_checkpoint(out / "model.npz", net, epoch=epochs, run=meta)
     print(f"weights saved to {weights}")
 
 
@@ -285,6 +303,10 @@ def run_eval(args):
                         run.get("resize", spec.resize), args.limit)
     loss, acc, count = evaluate(net, DataLoader(test_set, args.batch_size, device=args.device),
                                 args.device)
+    if not math.isfinite(loss):
+        raise ValueError(f"{args.checkpoint}: the test loss is {loss} (the network's outputs "
+                         "overflow): the run that wrote it diverged; train again with a lower "
+                         "learning rate")
     print(f"{run['model']} (epoch {checkpoint.epoch}): test loss {loss:.3f}, "
           f"test acc {acc:.3f} on {count} images")
 
@@ -419,6 +441,7 @@ def run_kaggle_cifar10(args):
     from .checkpoint import save_checkpoint
     from .data import DataLoader, ImageFolder, reorg_test, reorg_train_valid, write_submission
     from .data import transforms as T
+    from .files import hold_folder
     from .train import fit, predict, step_schedule
 
     require_device(args.device)
@@ -449,16 +472,18 @@ def run_kaggle_cifar10(args):
     print(f"{args.model} on {len(train_iter.dataset)} training images "
           f"({'train+valid' if args.train_valid else 'train'}), validating on "
           f"{len(valid_iter.dataset)}; writing to {args.out}")
-    # No Xavier re-initialisation here: d2l's assignment keeps the network's own.
-    fit(net, train_iter, valid_iter, args.epochs, args.lr, args.device,
-        momentum=args.momentum, weight_decay=args.weight_decay,
-        lr_schedule=step_schedule(args.lr, args.lr_period, args.lr_decay), init=None,
-        out_dir=args.out, progress=not args.no_progress, meta=meta)
-    save_checkpoint(args.out / "model.npz", net, epoch=args.epochs, run=meta)
-
-    predictions = predict(net, test_iter, args.device)
-    ids = test_set.ids[:len(predictions)]
-    path = write_submission(args.out / "submission.csv", ids, predictions, train_set.classes)
+    with hold_folder(args.out, say=print):
+        # No Xavier re-initialisation here: d2l's assignment keeps the network's own.
+        fit(net, train_iter, valid_iter, args.epochs, args.lr, args.device,
+            momentum=args.momentum, weight_decay=args.weight_decay,
+            lr_schedule=step_schedule(args.lr, args.lr_period, args.lr_decay), init=None,
+            out_dir=args.out, progress=not args.no_progress, meta=meta,
+            max_loss_ratio=args.max_loss_ratio)
+        save_checkpoint(args.out / "model.npz", net, epoch=args.epochs, run=meta)
+        predictions = predict(net, test_iter, args.device)
+        ids = test_set.ids[:len(predictions)]
+        path = write_submission(args.out / "submission.csv", ids, predictions,
+                                train_set.classes)
     print(f"{len(ids)} of {len(test_set)} test images classified; wrote {path}")
 
 
