@@ -165,3 +165,17 @@ def test_a_second_run_in_the_same_folder_is_refused(fashion, tmp_path):
         f"tinygrad-cnn train: error: {out} is in use by another run (pid {first.pid} on host ")
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [row["epoch"] for row in rows] == list(range(1, len(rows) + 1))   # one run's rows
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")     # the overflow is the point
+def test_eval_fails_when_finite_weights_overflow(capsys, fashion, tmp_path):
+    out = tmp_path / "run"
+    assert train_lenet(capsys, fashion, out, "--epochs", 1)[0] == 0
+    with np.load(out / "model.npz") as npz:
+        arrays = {name: npz[name] for name in npz.files}
+    last = max((k for k in arrays if k.endswith(".weight")), key=lambda k: int(k.split(".")[1]))
+    arrays[last] = np.full_like(arrays[last], 3e38)        # finite, but the logits are not
+    write_npz_atomically(tmp_path / "huge.npz", arrays)
+    code, stdout, err = run(capsys, "eval", tmp_path / "huge.npz", "--data-dir", fashion)
+    assert code == 1 and stdout == ""
+    assert "the test loss is nan (the network's outputs overflow)" in error_line(err)
