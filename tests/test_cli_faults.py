@@ -14,7 +14,7 @@ import pytest
 
 from tinygrad_cnn import checkpoint as checkpoint_module
 from tinygrad_cnn import files
-from tinygrad_cnn.checkpoint import META_KEY, load_checkpoint, write_npz_atomically
+from tinygrad_cnn.checkpoint import write_npz_atomically
 
 from tests.test_cli import fashion, isolated, run, train_lenet  # noqa: F401 (fixtures)
 

@@ -2,10 +2,12 @@
 no partial file on an error, the usual permissions, errors that name the file;
 remove_stale_parts for the part files of killed writers."""
 import errno
+import io
 import os
 import stat
 import subprocess
 import sys
+import tarfile
 
 import numpy as np
 import pytest
@@ -13,6 +15,7 @@ import pytest
 from tinygrad_cnn import files
 from tinygrad_cnn.checkpoint import save_checkpoint
 from tinygrad_cnn.data import write_submission
+from tinygrad_cnn.data.download import extract_members
 from tinygrad_cnn.viz import plot_history
 
 from tests.tiny_training import tiny_net
@@ -82,9 +85,6 @@ def test_every_writer_of_the_package_gives_usual_permissions(tmp_path, umask_022
                                 ["cat", "dog"]),
                plot_history([{"epoch": 1, "train_loss": 1.0, "train_acc": 0.5,
                               "test_acc": 0.5}], tmp_path / "curves.png")]
-    from tinygrad_cnn.data.download import extract_members
-    import io
-    import tarfile
     with tarfile.open(tmp_path / "a.tar", "w") as tar:
         info = tarfile.TarInfo("member.bin")
         info.size, info.mode = 3, 0o600

@@ -4,11 +4,10 @@ refused, one run per folder (two real processes), stale part files cleared,
 metadata errors as one-line ValueErrors."""
 import json
 import os
-import signal
 import subprocess
 import sys
 import textwrap
-import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +19,7 @@ from tinygrad_cnn.checkpoint import (META_KEY, NonFiniteStateError, load_checkpo
                                      save_checkpoint, write_npz_atomically)
 from tinygrad_cnn.data import DataLoader
 from tinygrad_cnn.files import LOCK_FILE, FolderBusyError, hold_folder
-from tinygrad_cnn.train import CHECKPOINT_FILE, DivergenceError, NonFiniteLossError, fit
+from tinygrad_cnn.train import CHECKPOINT_FILE, DivergenceError, fit
 
 from tests.tiny_training import TinyImages, tiny_net, weights
 
@@ -82,10 +81,14 @@ def weights_in(path):
 
 def test_numpy_warnings_become_the_divergence_error(tmp_path):
     # lr inf: the first update turns weights into inf and NaN, which NumPy warns
-    # about (invalid value) before any loss is NaN; never a RuntimeWarning.
+    # about (invalid value) before any loss is NaN.  As a user runs it (warnings
+    # printed, not pytest.ini's errors): no warning comes out, the error does.
     tc.manual_seed(0)
-    with pytest.raises(DivergenceError) as info:
-        quiet_fit(tiny_net(), 2, lr=float("inf"), out_dir=tmp_path)
+    with warnings.catch_warnings(record=True) as printed:
+        warnings.simplefilter("always")
+        with pytest.raises(DivergenceError) as info:
+            quiet_fit(tiny_net(), 2, lr=float("inf"), out_dir=tmp_path)
+    assert [str(w.message) for w in printed] == []
     message = one_line(info.value)
     assert message.startswith("training diverged at epoch 1, batch ")
     assert "NumPy warned 'invalid value encountered" in message
