@@ -399,13 +399,14 @@ class _Run:
         return self.max_loss_ratio * max(self.first_loss, 1.0)
 
     def _check_gradients(self):
-        squares = 0.0
-        for group in self.optimizer.param_groups:
-            for p in group["params"]:
-                if p.grad is not None:
-                    xp = get_array_module(p.grad.data)
-                    # float64: the squares of large float32 gradients stay finite.
-                    squares += float(xp.square(p.grad.data, dtype=xp.float64).sum())
+        grads = [p.grad.data for group in self.optimizer.param_groups
+                 for p in group["params"] if p.grad is not None]
+        # One BLAS pass per gradient, summed on the device: one sync per step.
+        squares = float(sum(get_array_module(g).vdot(g.ravel(), g.ravel()) for g in grads))
+        if not math.isfinite(squares):
+            # NaN/inf, or finite float32 gradients whose squares overflowed: float64 says.
+            squares = sum(float(get_array_module(g).square(g, dtype="float64").sum())
+                          for g in grads)
         if not math.isfinite(squares):
             raise DivergenceError(self._diverged(f"gradient norm is {math.sqrt(squares)}"))
 
