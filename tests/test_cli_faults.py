@@ -14,7 +14,7 @@ import pytest
 
 from tinygrad_cnn import checkpoint as checkpoint_module
 from tinygrad_cnn import files
-from tinygrad_cnn.checkpoint import write_npz_atomically
+from tinygrad_cnn.checkpoint import load_checkpoint, write_npz_atomically
 
 from tests.test_cli import fashion, isolated, run, train_lenet  # noqa: F401 (fixtures)
 
@@ -59,6 +59,25 @@ def test_resume_with_a_new_lr_uses_it_and_says_so(capsys, fashion, tmp_path):
     assert "resume: 2 epochs in all (the checkpoint's run had 1)" in stdout
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [row["lr"] for row in rows] == [0.5, 0.1]
+
+
+def test_resume_without_flags_goes_on_as_the_run_was(capsys, fashion, tmp_path):
+    out = tmp_path / "run"
+    assert train_lenet(capsys, fashion, out, "--epochs", 2, "--lr", 0.5, "--momentum", 0.9,
+                       "--seed", 3)[0] == 0
+    (out / "model.npz").unlink()
+    checkpoint = load_checkpoint(out / "checkpoint.npz")
+    assert checkpoint.meta["run"]["limit"] == 32
+    # Continue a finished run to 3 epochs giving only what changes.
+    code, stdout, err = run(capsys, "train", "lenet", "--data-dir", fashion, "--no-progress",
+                            "--out", out, "--resume", "--epochs", 3)
+    assert code == 0, err
+    assert "replaces" not in stdout and "another run" not in err
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [row["lr"] for row in rows] == [0.5, 0.5, 0.5]
+    assert rows[-1]["train_examples"] == 32                  # the checkpoint's --limit
+    meta = load_checkpoint(out / "model.npz").meta["run"]
+    assert (meta["momentum"], meta["seed"], meta["epochs"]) == (0.9, 3, 3)
 
 
 def test_resume_refuses_another_runs_checkpoint_unless_forced(capsys, fashion, tmp_path):

@@ -25,6 +25,11 @@ PROG = "tinygrad-cnn"
 CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
 
 
+# The train command's defaults for settings whose parser default is None; on
+# --resume the checkpoint's values come first (see _settings_from_checkpoint).
+TRAIN_DEFAULTS = {"seed": 0, "momentum": 0.0, "weight_decay": 0.0, "schedule": "constant"}
+
+
 class UsageError(Exception):
     """A bad argument found after parsing (unknown model, missing file): exit 2."""
 
@@ -127,7 +132,8 @@ def build_parser():
                        "settings are refused")
     train.add_argument("--force", action="store_true",
                        help="with --resume: accept a checkpoint written with other settings")
-    train.set_defaults(run=run_train)
+    # None: "not given", so that --resume can tell a change from the default.
+    train.set_defaults(run=run_train, **{name: None for name in TRAIN_DEFAULTS})
 
     evaluate = commands.add_parser("eval", help="test loss and accuracy of a checkpoint",
                                    description="Evaluate a checkpoint (checkpoint.npz or "
@@ -241,10 +247,6 @@ def run_train(args):
     spec = _spec(args.model)
     require_device(args.device)     # no GPU: say so before the data are read
     _existing_dir(args.data_dir)
-    epochs = args.epochs or spec.num_epochs
-    lr = args.lr or spec.lr
-    batch_size = args.batch_size or spec.batch_size
-    resize = args.resize or spec.resize
     out = args.out or Path("runs") / args.model
     resume = None
     if args.force and not args.resume:
@@ -253,6 +255,11 @@ def run_train(args):
         resume = out / CHECKPOINT_FILE if args.resume is True else Path(args.resume)
         if not resume.is_file():
             raise UsageError(f"--resume: {resume}: no such checkpoint")
+    _settings_from_checkpoint(args, resume)
+    epochs = args.epochs or spec.num_epochs
+    lr = args.lr or spec.lr
+    batch_size = args.batch_size or spec.batch_size
+    resize = args.resize or spec.resize
 
     train_set = _dataset(spec.dataset, args.data_dir, True, resize, args.limit)
     test_set = _dataset(spec.dataset, args.data_dir, False, resize, args.limit)
@@ -277,6 +284,17 @@ def run_train(args):
             force=args.force)
         weights = save_checkpoint(out / "model.npz", net, epoch=epochs, run=meta)
     print(f"weights saved to {weights}")
+
+
+def _settings_from_checkpoint(args, resume):
+    """Fill the settings not given on the command line: on --resume from the
+    checkpoint (a resumed run goes on as it was; a flag given is a change,
+    which fit honours or refuses), then TRAIN_DEFAULTS."""
+    from .checkpoint import load_checkpoint
+    saved = load_checkpoint(resume).meta.get("run", {}) if resume else {}
+    for name in ("epochs", "lr", "batch_size", "resize", "limit", *TRAIN_DEFAULTS):
+        if getattr(args, name) is None:
+            setattr(args, name, saved.get(name, TRAIN_DEFAULTS.get(name)))
 
 
 # ---------------------------------------------------------------- eval
