@@ -126,6 +126,21 @@ def test_an_unreadable_checkpoint_is_not_called_corrupt(capsys, fashion, tmp_pat
                     "checkpoint; check the file's permissions (ls -l) or read it as its owner")
 
 
+def test_unreadable_data_is_not_called_corrupt(capsys, fashion, tmp_path, monkeypatch):
+    from tinygrad_cnn.data import fashion_mnist
+
+    def denied(path, *args, **kwargs):
+        raise PermissionError(errno.EACCES, "Permission denied", str(path))
+
+    monkeypatch.setattr(fashion_mnist.gzip, "open", denied)
+    code, _, err = train_lenet(capsys, fashion, tmp_path / "run")
+    line = error_line(err)
+    assert code == 1 and "corrupt" not in line and "truncated" not in line
+    assert line.startswith("tinygrad-cnn train: error: ") and line.endswith(
+        "-ubyte.gz: permission denied reading it; check the file's permissions (ls -l) or "
+        "read it as its owner")
+
+
 def test_disk_full_names_the_file(capsys, fashion, tmp_path, monkeypatch):
     real_open = open
 

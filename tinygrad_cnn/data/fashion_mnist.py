@@ -124,6 +124,9 @@ def _read_gz(path):
     try:
         with gzip.open(path, "rb") as f:
             return f.read()
+    except PermissionError as exc:                   # unreadable is not corrupt
+        raise PermissionError(f"{path}: permission denied reading it; check the file's "
+                              "permissions (ls -l) or read it as its owner") from exc
     except (OSError, EOFError, zlib.error) as exc:   # BadGzipFile is an OSError
         raise ValueError(f"{path}: not a readable gzip file ({exc}); the file is corrupted "
                          "or truncated") from exc
