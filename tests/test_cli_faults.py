@@ -18,6 +18,10 @@ from tinygrad_cnn.checkpoint import load_checkpoint, write_npz_atomically
 
 from tests.test_cli import fashion, isolated, run, train_lenet  # noqa: F401 (fixtures)
 
+# Writing files and guarding the loop do not depend on the kernels: run under the
+# first kernel set only (tests/conftest.py).
+pytestmark = pytest.mark.kernel_free
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

@@ -20,6 +20,10 @@ from tinygrad_cnn.viz import plot_history
 
 from tests.tiny_training import tiny_net
 
+# Writing files and guarding the loop do not depend on the kernels: run under the
+# first kernel set only (tests/conftest.py).
+pytestmark = pytest.mark.kernel_free
+
 
 def mode_of(path):
     return stat.S_IMODE(os.stat(path).st_mode)

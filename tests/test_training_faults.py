@@ -23,6 +23,10 @@ from tinygrad_cnn.train import CHECKPOINT_FILE, DivergenceError, fit
 
 from tests.tiny_training import TinyImages, tiny_net, weights
 
+# Writing files and guarding the loop do not depend on the kernels: run under the
+# first kernel set only (tests/conftest.py).
+pytestmark = pytest.mark.kernel_free
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
