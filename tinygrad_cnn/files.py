@@ -14,6 +14,9 @@ permissions (0666 minus the umask), not ``tempfile.mkstemp``'s private 0600.
 
 Disk full and permission denied become errors that name the file and say what
 to do, instead of a bare "[Errno 28] No space left on device".
+
+``hold_folder(folder)`` makes an output folder one run's while it lasts (a
+lock file with the pid and host), so that two runs never mix their files.
 """
 import contextlib
 import errno
