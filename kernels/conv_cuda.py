@@ -14,8 +14,8 @@ arrays only.)
 """
 from numba import cuda
 
-from kernels.conv_numpy import _output_hw
 from kernels.cuda_common import launch, window_reading
+from kernels.geometry import conv_output_hw
 from .arrays import get_array_module
 
 
@@ -98,7 +98,7 @@ def im2col(x, kernel_size, stride, padding, dilation, merge_batch=False):
     N, C = x.shape[:2]
     (KH, KW), (SH, SW), (DH, DW) = kernel_size, stride, dilation
     top, _, left, _ = padding      # bottom/right padding only shows in (OH, OW)
-    OH, OW = _output_hw(x.shape, kernel_size, stride, padding, dilation)
+    OH, OW = conv_output_hw(x.shape, kernel_size, stride, padding, dilation)
     shape = (C * KH * KW, N * OH * OW) if merge_batch else (N, C * KH * KW, OH * OW)
     col = xp.empty(shape, dtype=x.dtype)
     launch(_im2col_kernel, col.size, xp.ascontiguousarray(x), col.reshape(-1),
@@ -112,7 +112,7 @@ def col2im(col, x_shape, kernel_size, stride, padding, dilation, merge_batch=Fal
     xp = get_array_module(col)
     (KH, KW), (SH, SW), (DH, DW) = kernel_size, stride, dilation
     top, _, left, _ = padding
-    OH, OW = _output_hw(x_shape, kernel_size, stride, padding, dilation)
+    OH, OW = conv_output_hw(x_shape, kernel_size, stride, padding, dilation, "col2im")
     x = xp.empty(tuple(x_shape), dtype=col.dtype)
     launch(_col2im_kernel, x.size, xp.ascontiguousarray(col).reshape(-1), x,
            KH, KW, OH, OW, SH, SW, top, left, DH, DW, bool(merge_batch), col.dtype.type(0))

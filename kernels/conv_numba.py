@@ -27,6 +27,7 @@ the loops compiled, or loaded from the disk cache, at the first call).
 import numpy as np
 
 from . import conv_numpy
+from .geometry import conv_output_hw
 from .jit import compilable, on_first_use
 
 prange = range          # numba.prange once the loops compile (kernels/jit.py)
@@ -102,7 +103,7 @@ def _loop_arguments(x_shape, kernel_size, stride, padding, dilation):
     H, W = x_shape[2:]
     (KH, KW), (SH, SW), (DH, DW) = kernel_size, stride, dilation
     top, _, left, _ = padding
-    OH, OW = conv_numpy._output_hw(x_shape, kernel_size, stride, padding, dilation)
+    OH, OW = conv_output_hw(x_shape, kernel_size, stride, padding, dilation)
     rows_inside = _inside(KH, DH, top, SH, H, OH)
     cols_inside = _inside(KW, DW, left, SW, W, OW)
     return (OH, OW), (rows_inside, cols_inside, KH, KW, SH, SW, DH, DW, top, left, OW)

@@ -16,31 +16,7 @@ on NumPy and CuPy arrays.
 """
 from .arrays import get_array_module
 
-
-def conv_output_size(size, kernel, stride, pad_total, dilation):
-    """Output length of one spatial axis (PyTorch's formula).
-
-    A kernel of ``kernel`` taps spaced ``dilation`` apart spans
-    ``dilation * (kernel - 1) + 1`` input pixels; it slides over the padded
-    axis ``size + pad_total`` in steps of ``stride``.  The result is < 1 when
-    the kernel does not fit.
-    """
-    span = dilation * (kernel - 1) + 1
-    return (size + pad_total - span) // stride + 1
-
-
-def _output_hw(x_shape, kernel_size, stride, padding, dilation):
-    """(OH, OW) for an (N, C, H, W) input, checking that the kernel fits."""
-    _, _, H, W = x_shape
-    (KH, KW), (SH, SW), (DH, DW) = kernel_size, stride, dilation
-    top, bottom, left, right = padding
-    OH = conv_output_size(H, KH, SH, top + bottom, DH)
-    OW = conv_output_size(W, KW, SW, left + right, DW)
-    if OH < 1 or OW < 1:
-        raise ValueError(f"im2col: kernel {KH}x{KW} (dilation {DH}x{DW}) does not fit the "
-                         f"padded input of shape {tuple(x_shape)} with padding {padding}: "
-                         f"output would be {OH}x{OW}")
-    return OH, OW
+from .geometry import conv_output_hw
 
 
 def im2col(x, kernel_size, stride, padding, dilation, merge_batch=False):
@@ -86,7 +62,7 @@ def im2col(x, kernel_size, stride, padding, dilation, merge_batch=False):
     N, C = x.shape[:2]
     (KH, KW), (SH, SW), (DH, DW) = kernel_size, stride, dilation
     top, bottom, left, right = padding
-    OH, OW = _output_hw(x.shape, kernel_size, stride, padding, dilation)
+    OH, OW = conv_output_hw(x.shape, kernel_size, stride, padding, dilation)
     # (no padding: window straight into x, whatever its strides; saves a copy)
     x_pad = xp.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right))) if any(padding) else x
     sN, sC, sH, sW = x_pad.strides          # bytes per step along each axis
@@ -119,7 +95,7 @@ def col2im(col, x_shape, kernel_size, stride, padding, dilation, merge_batch=Fal
     N, C, H, W = x_shape
     (KH, KW), (SH, SW), (DH, DW) = kernel_size, stride, dilation
     top, bottom, left, right = padding
-    OH, OW = _output_hw(x_shape, kernel_size, stride, padding, dilation)
+    OH, OW = conv_output_hw(x_shape, kernel_size, stride, padding, dilation, "col2im")
     if merge_batch:     # a view in the unmerged order: the loop below serves both
         col = col.reshape(C, KH, KW, N, OH, OW).transpose(3, 0, 1, 2, 4, 5)
     else:

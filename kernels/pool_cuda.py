@@ -16,7 +16,7 @@ import math
 from numba import cuda
 
 from kernels.cuda_common import launch, unravel4, window_reading
-from kernels.pool_numpy import _output_shape
+from kernels.geometry import pool_output_hw
 from .arrays import get_array_module
 
 
@@ -63,7 +63,7 @@ def maxpool2d_forward(x, kernel_size, stride, padding, ceil_mode=False, dilation
     """y, argmax = max of every window and the row-major offset of its winner
     (see pool_numpy.maxpool2d_forward)."""
     xp = get_array_module(x)
-    out_shape = _output_shape(x.shape, kernel_size, stride, padding, dilation, ceil_mode)
+    out_shape = pool_output_hw(x.shape, kernel_size, stride, padding, dilation, ceil_mode)
     y = xp.empty(x.shape[:2] + out_shape, dtype=x.dtype)
     argmax = xp.empty(y.shape, dtype=xp.int64)
     launch(_maxpool_forward_kernel, y.size, x, y, argmax, *kernel_size, *stride, *padding,
@@ -152,7 +152,7 @@ def avgpool2d_forward(x, kernel_size, stride, padding, ceil_mode=False,
                       count_include_pad=True, divisor_override=None):
     """y = window sum / divisor (see pool_numpy.avgpool2d_forward)."""
     xp = get_array_module(x)
-    out_shape = _output_shape(x.shape, kernel_size, stride, padding, (1, 1), ceil_mode)
+    out_shape = pool_output_hw(x.shape, kernel_size, stride, padding, (1, 1), ceil_mode)
     y = xp.empty(x.shape[:2] + out_shape, dtype=x.dtype)
     launch(_avgpool_forward_kernel, y.size, x, y, *kernel_size, *stride, *padding,
            bool(count_include_pad), int(divisor_override or 0), x.dtype.type(0))

@@ -43,6 +43,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from . import pool_numpy
+from .geometry import adaptive_bins, pool_output_hw
 from .jit import compilable, compile_loops, on_first_use
 
 
@@ -328,8 +329,7 @@ def maxpool2d_forward(x, kernel_size, stride, padding, ceil_mode=False, dilation
     if not compilable(x):
         return pool_numpy.maxpool2d_forward(x, kernel_size, stride, padding, ceil_mode,
                                             dilation)
-    out_shape = pool_numpy._output_shape(x.shape, kernel_size, stride, padding, dilation,
-                                         ceil_mode)
+    out_shape = pool_output_hw(x.shape, kernel_size, stride, padding, dilation, ceil_mode)
     y = np.empty(x.shape[:2] + out_shape, dtype=x.dtype)
     argmax = np.empty(y.shape, dtype=np.int64)
     _over_batch(_loops(*kernel_size).maxpool_forward, (np.ascontiguousarray(x), y, argmax),
@@ -355,10 +355,9 @@ def avgpool2d_forward(x, kernel_size, stride, padding, ceil_mode=False,
     if not compilable(x):
         return pool_numpy.avgpool2d_forward(x, kernel_size, stride, padding, ceil_mode,
                                             count_include_pad, divisor_override)
-    out_shape = pool_numpy._output_shape(x.shape, kernel_size, stride, padding, (1, 1),
-                                         ceil_mode)
-    divisor = pool_numpy._divisor(x.shape, out_shape, kernel_size, stride, padding,
-                                  count_include_pad, divisor_override, x.dtype, np)
+    out_shape = pool_output_hw(x.shape, kernel_size, stride, padding, (1, 1), ceil_mode)
+    divisor = pool_numpy.avgpool_divisors(x.shape, out_shape, kernel_size, stride, padding,
+                                          count_include_pad, divisor_override, x.dtype, np)
     y = np.empty(x.shape[:2] + out_shape, dtype=x.dtype)
     _over_batch(_loops(*kernel_size).avgpool_forward, (np.ascontiguousarray(x), y), divisor,
                 *stride, *padding)
@@ -371,8 +370,8 @@ def avgpool2d_backward(gy, x_shape, kernel_size, stride, padding, count_include_
     if not compilable(gy):
         return pool_numpy.avgpool2d_backward(gy, x_shape, kernel_size, stride, padding,
                                              count_include_pad, divisor_override)
-    divisor = pool_numpy._divisor(x_shape, gy.shape[2:], kernel_size, stride, padding,
-                                  count_include_pad, divisor_override, gy.dtype, np)
+    divisor = pool_numpy.avgpool_divisors(x_shape, gy.shape[2:], kernel_size, stride,
+                                          padding, count_include_pad, divisor_override, gy.dtype, np)
     gx = np.empty(tuple(x_shape), dtype=gy.dtype)
     loops = _loops(*kernel_size)
     if tuple(stride) == tuple(kernel_size) and tuple(padding) == (0, 0):
@@ -393,8 +392,8 @@ def _planes(a, flat=False):
 
 
 def _bin_edges(x_shape, output_size):
-    """(top, bottom, left, right): int64 arrays of ``pool_numpy.adaptive_bins`` edges."""
-    rows, cols = (np.array(pool_numpy.adaptive_bins(n, out), dtype=np.int64).reshape(out, 2)
+    """(top, bottom, left, right): int64 arrays of ``geometry.adaptive_bins`` edges."""
+    rows, cols = (np.array(adaptive_bins(n, out), dtype=np.int64).reshape(out, 2)
                   for n, out in zip(x_shape[2:], output_size))
     return rows[:, 0], rows[:, 1], cols[:, 0], cols[:, 1]
 

@@ -40,30 +40,7 @@ import math
 
 from .arrays import get_array_module
 
-
-def pool_output_size(size, kernel, stride, padding, dilation=1, ceil_mode=False):
-    """Number of windows along one axis, exactly as PyTorch counts them.
-
-        out = floor_or_ceil((size + 2p - d(k-1) - 1) / s) + 1
-
-    With ``ceil_mode`` a last, partial window is added when the stride
-    leaves cells uncovered -- but only if it starts inside the input or the
-    left padding (a window starting in the right padding would see nothing
-    but padding).  May return <= 0: callers report that as an error.
-    """
-    span = size + 2 * padding - dilation * (kernel - 1) - 1
-    if ceil_mode:
-        out = -(-span // stride) + 1          # ceil division (span may be < 0)
-        if (out - 1) * stride >= size + padding:
-            out -= 1
-    else:
-        out = span // stride + 1
-    return out
-
-
-def _output_shape(x_shape, kernel_size, stride, padding, dilation, ceil_mode):
-    return tuple(pool_output_size(n, k, s, p, d, ceil_mode) for n, k, s, p, d in
-                 zip(x_shape[2:], kernel_size, stride, padding, dilation))
+from .geometry import adaptive_bins, pool_output_hw
 
 
 def _padded_extent(size, kernel, stride, padding, dilation, out):
@@ -117,7 +94,7 @@ def maxpool2d_forward(x, kernel_size, stride, padding, ceil_mode=False, dilation
     offset i*KW + j of the winning cell inside its window.
     """
     xp = get_array_module(x)
-    out_shape = _output_shape(x.shape, kernel_size, stride, padding, dilation, ceil_mode)
+    out_shape = pool_output_hw(x.shape, kernel_size, stride, padding, dilation, ceil_mode)
     padded = _pad(x, padding, out_shape, kernel_size, stride, dilation, -math.inf)
     y = xp.full(x.shape[:2] + out_shape, -math.inf, dtype=x.dtype)
     argmax = xp.zeros(y.shape, dtype=xp.int64)
@@ -164,8 +141,8 @@ def _window_counts(size, kernel, stride, padding, out, count_include_pad, xp):
     return end - start
 
 
-def _divisor(x_shape, out_shape, kernel_size, stride, padding, count_include_pad,
-             divisor_override, dtype, xp):
+def avgpool_divisors(x_shape, out_shape, kernel_size, stride, padding, count_include_pad,
+                     divisor_override, dtype, xp):
     """(OH, OW) array of what each window's sum is divided by."""
     if divisor_override is not None:
         return xp.full(out_shape, divisor_override, dtype=dtype)
@@ -184,13 +161,13 @@ def avgpool2d_forward(x, kernel_size, stride, padding, ceil_mode=False,
     """
     xp = get_array_module(x)
     no_dilation = (1, 1)
-    out_shape = _output_shape(x.shape, kernel_size, stride, padding, no_dilation, ceil_mode)
+    out_shape = pool_output_hw(x.shape, kernel_size, stride, padding, no_dilation, ceil_mode)
     padded = _pad(x, padding, out_shape, kernel_size, stride, no_dilation, 0)
     total = xp.zeros(x.shape[:2] + out_shape, dtype=x.dtype)
     for offset in _offsets(kernel_size):
         total += padded[_window_cell(offset, stride, no_dilation, out_shape)]
-    return total / _divisor(x.shape, out_shape, kernel_size, stride, padding,
-                            count_include_pad, divisor_override, x.dtype, xp)
+    return total / avgpool_divisors(x.shape, out_shape, kernel_size, stride, padding,
+                                    count_include_pad, divisor_override, x.dtype, xp)
 
 
 def avgpool2d_backward(gy, x_shape, kernel_size, stride, padding, count_include_pad=True,
@@ -199,8 +176,8 @@ def avgpool2d_backward(gy, x_shape, kernel_size, stride, padding, count_include_
     xp = get_array_module(gy)
     no_dilation = (1, 1)
     out_shape = gy.shape[2:]
-    share = gy / _divisor(x_shape, out_shape, kernel_size, stride, padding,
-                          count_include_pad, divisor_override, gy.dtype, xp)
+    share = gy / avgpool_divisors(x_shape, out_shape, kernel_size, stride, padding,
+                                  count_include_pad, divisor_override, gy.dtype, xp)
     padded_shape = tuple(x_shape[:2]) + tuple(
         _padded_extent(n, k, s, p, 1, out) for n, k, s, p, out in
         zip(x_shape[2:], kernel_size, stride, padding, out_shape))
@@ -211,14 +188,6 @@ def avgpool2d_backward(gy, x_shape, kernel_size, stride, padding, count_include_
 
 
 # ---------------------------------------------------------------- adaptive pooling
-def adaptive_bins(size, out):
-    """PyTorch's bins along one axis: bin i covers [floor(i*size/out), ceil((i+1)*size/out)).
-
-    Bins cover the axis, may overlap by a cell, and repeat cells when out > size.
-    """
-    return [(i * size // out, -(-(i + 1) * size // out)) for i in range(out)]
-
-
 def _averaging_matrix(size, out, dtype, xp):
     """A (out, size): A[i, h] = 1/len(bin i) for h in bin i, else 0, so A @ v averages v per bin."""
     matrix = xp.zeros((out, size), dtype=dtype)

@@ -28,8 +28,8 @@ first call).
 import numpy as np
 
 from . import winograd_numpy
+from .geometry import winograd_tiles
 from .jit import compilable, on_first_use
-from .winograd_numpy import winograd_tiles
 
 prange = range          # numba.prange once the loops compile (kernels/jit.py)
 

@@ -43,6 +43,8 @@ module from the input, so they run on NumPy and CuPy arrays.
 """
 from .arrays import get_array_module
 
+from .geometry import winograd_tiles
+
 # The transform matrices of F(2x2, 3x3) (Lavin & Gray, "Fast Algorithms for
 # Convolutional Neural Networks", 2015).  Nested lists of Python numbers:
 # ``_combine`` multiplies arrays by the entries, which keeps their dtype.
@@ -56,11 +58,6 @@ G = [[1, 0, 0],                 # G (4, 3): kernel -> transformed kernel
      [0, 0, 1]]
 A_T = [[1, 1, 1, 0],            # Aᵀ (2, 4): product -> 2x2 output block
        [0, 1, -1, -1]]
-
-
-def winograd_tiles(out_size):
-    """Tiles along an axis of ``out_size`` outputs: each tile gives 2 of them."""
-    return -(-out_size // 2)
 
 
 def _combine(weights, arrays):

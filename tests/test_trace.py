@@ -39,10 +39,29 @@ def test_gradients_not_computed_show_as_a_dash_and_a_conv_shows_its_shapes():
     with tc.trace(stream):
         F.conv2d(x, w, padding=1).sum().backward()
     forward, _, _, backward = stream.getvalue().splitlines()
-    assert forward.split()[:2] == ["forward", "Conv2d"]
+    assert forward.split()[:2] == ["forward", "Conv2d[im2col]"]
     assert forward.endswith("(1, 1, 6, 6) (2, 1, 3, 3) -> (1, 2, 6, 6)")
-    assert backward.split()[:2] == ["backward", "Conv2d"]
+    assert backward.split()[:2] == ["backward", "Conv2d[im2col]"]
     assert backward.endswith("grad (1, 2, 6, 6) -> - (2, 1, 3, 3)")
+
+
+# (input shape, weight shape, padding) that conv2d runs with each algorithm
+CONV_ALGORITHMS = {
+    "pointwise": ((1, 4, 5, 5), (6, 4, 1, 1), 0),
+    "im2col": ((1, 4, 5, 5), (6, 4, 3, 3), 1),
+    "winograd": ((1, 16, 6, 6), (16, 16, 3, 3), 1),
+}
+
+
+@pytest.mark.parametrize("algorithm", CONV_ALGORITHMS)
+def test_a_conv_names_the_algorithm_that_ran(algorithm):
+    x_shape, w_shape, padding = CONV_ALGORITHMS[algorithm]
+    stream = io.StringIO()
+    with tc.trace(stream):
+        F.conv2d(leaf(*x_shape), leaf(*w_shape), padding=padding).sum().backward()
+    lines = stream.getvalue().splitlines()
+    assert lines[0].split()[:2] == ["forward", f"Conv2d[{algorithm}]"]
+    assert lines[-1].split()[:2] == ["backward", f"Conv2d[{algorithm}]"]
 
 
 def test_trace_ends_with_its_block_and_keeps_an_earlier_hook(capsys, monkeypatch):

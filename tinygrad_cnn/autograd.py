@@ -156,6 +156,9 @@ class Function:
 
     @property
     def name(self):
+        """What ``trace()``, ``draw_graph``, ``repr`` and error messages call this op:
+        the class name, unless the class sets its own (a Function that is one of
+        several algorithms for an op names both, e.g. ``name = "Conv2d[winograd]"``)."""
         return type(self).__name__
 
     def __call__(self, *inputs):

@@ -7,12 +7,12 @@ order), with the gradient it received and the gradients it handed on::
     >>> with tc.trace():
     ...     loss = (x @ w).relu().sum()
     ...     loss.backward()
-    forward   MatMul       (2, 3) (3, 4) -> (2, 4)
-    forward   ReLU         (2, 4) -> (2, 4)
-    forward   Sum          (2, 4) -> ()
-    backward  Sum          grad () -> (2, 4)
-    backward  ReLU         grad (2, 4) -> (2, 4)
-    backward  MatMul       grad (2, 4) -> (2, 3) (3, 4)
+    forward   MatMul           (2, 3) (3, 4) -> (2, 4)
+    forward   ReLU             (2, 4) -> (2, 4)
+    forward   Sum              (2, 4) -> ()
+    backward  Sum              grad () -> (2, 4)
+    backward  ReLU             grad (2, 4) -> (2, 4)
+    backward  MatMul           grad (2, 4) -> (2, 3) (3, 4)
 
 An input gradient the op did not compute (its input needs none) shows as
 ``-``.  Built on ``autograd.trace_hook``: while a trace is active the engine
@@ -31,10 +31,14 @@ def _shapes(arrays):
 
 
 def format_event(event, fn, inputs, outputs):
-    """One trace line: ``forward  Conv2d  (N, C, H, W) (O, C, KH, KW) -> (N, O, OH, OW)``."""
+    """One trace line: ``forward  Conv2d[im2col]  (N, C, H, W) (O, C, KH, KW) -> (N, O, OH, OW)``.
+
+    The op is named by its Function's ``name``: for a convolution that
+    includes the algorithm that ran (``Conv2d[im2col]``, ``Conv2d[pointwise]``,
+    ``Conv2d[winograd]``)."""
     outputs = outputs if isinstance(outputs, (tuple, list)) else (outputs,)
     received = "grad " if event == "backward" else ""
-    return f"{event:<9} {fn.name:<12} {received}{_shapes(inputs)} -> {_shapes(outputs)}"
+    return f"{event:<9} {fn.name:<16} {received}{_shapes(inputs)} -> {_shapes(outputs)}"
 
 
 class trace(contextlib.ContextDecorator):

@@ -103,7 +103,8 @@ def _dot_label(*lines):
 def draw_graph(tensor, path=None, names=None):
     """The computation graph that made ``tensor``, as Graphviz DOT text.
 
-    One box per op (its Function's name and output shape), one ellipse per
+    One box per op (its Function's ``name``, e.g. ``Conv2d[winograd]``, and its
+    output shape), one ellipse per
     leaf that requires grad (its shape, and its name when ``names`` maps
     names to tensors, e.g. ``dict(net.named_parameters())``); arrows point the
     way data flows, into the op that consumed it.  Inputs that need no

@@ -10,7 +10,7 @@ import pytest
 import tinygrad_cnn as tc
 import tinygrad_cnn.nn.functional as F
 from kernels import bn_numpy, conv_numpy
-from kernels.pool_numpy import adaptive_bins
+from kernels.geometry import adaptive_bins
 from models.lenet import batch_norm as d2l_batch_norm
 from tinygrad_cnn import Tensor, autograd
 

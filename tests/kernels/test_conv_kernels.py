@@ -3,7 +3,8 @@ identity, and (when torch is importable) torch.nn.functional.unfold/fold."""
 import numpy as np
 import pytest
 
-from kernels.conv_numpy import col2im, conv_output_size, im2col
+from kernels.conv_numpy import col2im, im2col
+from kernels.geometry import conv_output_size
 from tinygrad_cnn.backend import to_device
 
 # (x shape, kernel, stride, padding (top, bottom, left, right), dilation)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import kernels
-from kernels.pool_numpy import pool_output_size
+from kernels.geometry import pool_output_size
 from tinygrad_cnn.backend import to_device
 from tests.inputs import distinct
 

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from kernels import winograd_numpy
+from kernels.geometry import winograd_tiles
 
 # (x shape (n, C, H, W), output channels, padding (top, bottom, left, right))
 GEOMETRIES = {
@@ -28,7 +29,7 @@ def output_hw(x_shape, padding):
 
 
 def tiles_of(out_hw):
-    return tuple(winograd_numpy.winograd_tiles(size) for size in out_hw)
+    return tuple(winograd_tiles(size) for size in out_hw)
 
 
 def direct_conv(x, W, padding):

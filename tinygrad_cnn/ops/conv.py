@@ -1,14 +1,23 @@
-"""2-D convolution: im2col + one matrix product (or, for 3x3 stride-1
-layers, Winograd's F(2x2, 3x3): 16 smaller products).
+"""2-D convolution: ``conv2d`` checks its arguments, chooses an algorithm and
+runs it as one Function, each with its hand-written backward:
 
-``conv2d`` is the op models use: a Function with a hand-written backward
-(two matrix products and col2im).  ``conv2d_simple`` computes the same thing
-from primitive differentiable ops only (pad, slicing, stack, reshape,
-matmul), so autograd derives its backward; compare the two to see what
-``Conv2d.backward`` does by hand.
+- ``Conv2dIm2col`` (here), the general case: im2col + one matrix product;
+- ``Conv2dPointwise`` (here): a 1×1 kernel, stride 1, no padding, where the
+  input already is its column matrix;
+- ``Conv2dWinograd`` (``conv_winograd.py``): 3×3, stride 1, Winograd's
+  F(2×2, 3×3), 16 smaller products.
+
+``choose_algorithm`` holds the rule.  The Function names its algorithm
+(``Conv2d[im2col]``, ``Conv2d[pointwise]``, ``Conv2d[winograd]``), and so do
+``trace()``, ``draw_graph`` and error messages.
+
+``conv2d_simple`` computes the same thing from primitive differentiable ops
+only (pad, slicing, stack, reshape, matmul), so autograd derives its
+backward; compare the two to see what ``Conv2dIm2col.backward`` does by hand.
 
 Shapes: input (N, C, H, W), weight (O, C/groups, KH, KW), bias (O,),
-output (N, O, OH, OW) with, per axis (PyTorch's formula),
+output (N, O, OH, OW) with, per axis (PyTorch's formula,
+``kernels.geometry.conv_output_size``),
 OH = (H + pad_top + pad_bottom - DH·(KH - 1) - 1) // SH + 1.
 
 Memory: im2col's column matrix is KH·KW/(SH·SW) times larger than the
@@ -17,36 +26,31 @@ batch at a time, each chunk's columns at most ``column_budget`` bytes
 (``set_column_budget(nbytes)`` changes it).  The default, 16 MB, is also
 the fast choice on a CPU: a buffer that size is reused from the heap and
 stays in the L3 cache between im2col and the matrix product, while one
-above glibc's 32 MB mmap threshold comes fresh from the OS on every call
-(allocating and filling 85 MB took 25 ms here, 16 MB 0.3 ms), and a
-ResNet-18 trunk of convolutions ran ~10% slower with 256 MB chunks.
+above glibc's 32 MB mmap threshold comes fresh from the OS, page faults
+and all, on every call; much larger chunks made whole networks slower
+(benchmarks/results.md, "Figures behind design choices").
 """
-import math
-import operator
-
 import kernels
+from kernels.geometry import batch_chunks, conv_output_hw
 
 from ..autograd import Function
 from ..backend import get_array_module
+from .arguments import as_int, as_pair
+from .conv_winograd import Conv2dWinograd, winograd_suits
 from .shape import pad, squeeze, stack, unsqueeze
 
 column_budget = 16 * 2**20      # bytes of im2col columns built at once (see set_column_budget)
 
-
 algorithm = "auto"       # "auto" or "im2col" (see set_algorithm)
-
-# Winograd's 16 products are (O, C) @ (C, tiles): with fewer channels than this
-# they are too thin for the matrix-product library to run near its speed.
-WINOGRAD_MIN_CHANNELS = 16
 
 
 def set_algorithm(name):
     """Choose how conv2d computes 3×3 stride-1 convolutions; return the previous choice.
 
-    ``"auto"`` (the default): Winograd's F(2×2, 3×3) (kernels/winograd_numpy.py),
+    ``"auto"`` (the default): Winograd's F(2×2, 3×3) (``conv_winograd.py``),
     2.25x fewer multiplications, where the layer suits it (see
-    ``Conv2d._choose_method``); im2col elsewhere.  ``"im2col"``: im2col and
-    one matrix product for every convolution, the textbook way.
+    ``choose_algorithm``); im2col elsewhere.  ``"im2col"``: im2col and one
+    matrix product for every convolution but the 1×1 ones, the textbook way.
     """
     global algorithm
     if name not in ("auto", "im2col"):
@@ -55,25 +59,13 @@ def set_algorithm(name):
     return previous
 
 
-def _winograd_tiles(out_hw):
-    """(TH, TW): Winograd tiles along each axis, each giving 2 outputs."""
-    # Looked up at call time, as in conv2d_output_hw.
-    return tuple(kernels.winograd_numpy.winograd_tiles(size) for size in out_hw)
-
-
-def _tiles_well_used(out_hw):
-    """Whether 2x2 output tiles cover out_hw with at most a quarter of them
-    wasted: a 3x3 output needs 2x2 tiles, 16 cells for 9 outputs."""
-    return 4 * math.prod(out_hw) >= 3 * 4 * math.prod(_winograd_tiles(out_hw))
-
-
 def set_column_budget(nbytes):
     """Bound the im2col column buffer of every conv2d to ``nbytes``; return the old bound.
 
-    A batch whose columns exceed the bound is processed in chunks of images.
-    Smaller bounds save memory but make smaller, less efficient matrix
-    products.  A chunk holds at least one image, even one whose columns
-    alone exceed the bound.
+    A batch whose columns exceed the bound is processed in chunks of images
+    (``kernels.geometry.batch_chunks``).  Smaller bounds save memory but make
+    smaller, less efficient matrix products.  A chunk holds at least one
+    image, even one whose columns alone exceed the bound.
     """
     global column_budget
     if isinstance(nbytes, bool) or not isinstance(nbytes, int) or nbytes < 1:
@@ -83,18 +75,25 @@ def set_column_budget(nbytes):
     return previous
 
 
-def batch_chunks(batch, bytes_per_image, budget):
-    """Split a batch of ``batch`` images into as few slices as keep each slice's
-    columns within ``budget`` bytes (at least one image per slice), their
-    sizes differing by at most one: 64 images at 49 per chunk go as 32 + 32,
-    not 49 + 15, which would make the second product a thin one."""
-    images_per_chunk = max(1, budget // max(1, bytes_per_image))
-    count = max(1, -(-batch // images_per_chunk))           # ceil(batch / images_per_chunk)
-    bounds = [batch * k // count for k in range(count + 1)]
-    return [slice(start, stop) for start, stop in zip(bounds, bounds[1:])]
+def choose_algorithm(x_shape, weight_shape, stride, padding, dilation, groups, out_hw):
+    """'pointwise', 'winograd' or 'im2col': the algorithm ``conv2d`` runs.
+
+    - "pointwise": a 1×1 kernel with stride 1 and no padding needs no im2col
+      at all (dilation does not matter for a 1×1 kernel).
+    - "winograd": 3×3 stride-1 layers where Winograd pays
+      (``conv_winograd.winograd_suits``), unless ``set_algorithm("im2col")``.
+    - "im2col": everything else.
+    """
+    if tuple(weight_shape[2:]) == (1, 1) and stride == (1, 1) and not any(padding):
+        return "pointwise"
+    if algorithm == "auto" and winograd_suits(x_shape, weight_shape, stride, dilation, groups,
+                                              out_hw):
+        return "winograd"
+    return "im2col"
 
 
-class Conv2d(Function):
+# ---------------------------------------------------------------- the general case
+class Conv2dIm2col(Function):
     """y = W ⋆ x + b  as  y = W @ im2col(x) + b   (one matrix product).
 
     With G groups, K = (C/G)·KH·KW rows per group, L = OH·OW, and the batch's
@@ -115,22 +114,13 @@ class Conv2d(Function):
     (``batch_chunks``, bounded by ``column_budget``), and backward builds
     them again instead of keeping the forward's; it saves x, which is
     KH·KW/(SH·SW) times smaller (see ``forward``).
-
-    Two other methods, chosen per call (``_choose_method``):
-
-    - "pointwise": a 1×1 kernel with stride 1 and no padding needs no
-      im2col at all: each image x[n], viewed as (C, H·W), already is its
-      column matrix.
-    - "winograd": a 3×3 kernel with stride 1, no dilation, one group, and
-      at least ``WINOGRAD_MIN_CHANNELS`` input and output channels, whose
-      output the 2×2 tiles cover with at most a quarter wasted, goes through
-      Winograd's F(2×2, 3×3) (kernels/winograd_numpy.py; docs/conv.md):
-      2.25x fewer multiplications.  ``set_algorithm("im2col")`` turns it off.
     """
-    def __init__(self, stride, padding, dilation, groups):
+    name = "Conv2d[im2col]"
+
+    def __init__(self, stride, padding, dilation, groups, has_bias, column_budget):
         # stride, dilation: (H, W) pairs; padding: (top, bottom, left, right)
         self.stride, self.padding, self.dilation = stride, padding, dilation
-        self.groups = groups
+        self.groups, self.has_bias, self.column_budget = groups, has_bias, column_budget
 
     def forward(self, x, W, b=None):
         need_x, need_W = self.needs_input_grad[:2]
@@ -141,106 +131,13 @@ class Conv2d(Function):
         # copy, and often kept alive anyway (ReLU saves its output).
         self.save_for_backward(x if need_W else None, W if need_x else None)
         self.x_shape, self.W_shape = x.shape, W.shape
-        N, O = x.shape[0], W.shape[0]
-        OH, OW = conv2d_output_hw(x.shape, W.shape, self.stride, self.padding, self.dilation)
-        self.method = self._choose_method(x.shape, W.shape, (OH, OW))
-        if self.method == "pointwise":
-            y = self._pointwise_forward(x, W)
-            if b is not None:
-                y += b.reshape(1, O, 1)
-        elif self.method == "winograd":
-            y = self._winograd_forward(x, W, b, (OH, OW))
-        else:
-            y = self._im2col_forward(x, W, b, OH * OW)
-        return y.reshape(N, O, OH, OW)
-
-    def backward(self, gy):
-        x, W = self.saved
-        need = self.needs_input_grad
-        need_b = len(need) == 3 and need[2]
-        if self.method == "pointwise":
-            gx, gW = self._pointwise_backward(gy, x, W)
-            gb = gy.sum(axis=(0, 2, 3)) if need_b else None
-        elif self.method == "winograd":
-            gx, gW, gb = self._winograd_backward(gy, x, need_b)
-        else:
-            gx, gW, gb = self._im2col_backward(gy, x, W, need_b)
-        return (gx, gW) if len(need) == 2 else (gx, gW, gb)
-
-    def _choose_method(self, x_shape, W_shape, out_hw):
-        """'pointwise', 'winograd' or 'im2col' (see the class docstring)."""
-        C, (KH, KW) = x_shape[1], W_shape[2:]
-        # (dilation does not matter for a 1×1 kernel)
-        if (KH, KW) == (1, 1) and self.stride == (1, 1) and not any(self.padding):
-            return "pointwise"
-        if (algorithm == "auto" and (KH, KW) == (3, 3) and self.stride == (1, 1)
-                and self.dilation == (1, 1) and self.groups == 1
-                and min(C, W_shape[0]) >= WINOGRAD_MIN_CHANNELS and _tiles_well_used(out_hw)):
-            return "winograd"
-        return "im2col"
-
-    # ------------------------------------------------ 3×3, stride 1: Winograd
-    def _winograd_forward(self, x, W, b, out_hw):
-        xp = get_array_module(x, W)
-        N, C = x.shape[:2]
-        O = W.shape[0]
-        tiles = _winograd_tiles(out_hw)
-        U = kernels.winograd_weight(W).reshape(16, O, C)
-        self.U = U if self.needs_input_grad[0] else None        # backward's dx needs it
-        bytes_per_image = 16 * (C + O) * tiles[0] * tiles[1] * x.dtype.itemsize
-        self.chunks = batch_chunks(N, bytes_per_image, column_budget)
-        y = xp.empty((N, O) + tuple(out_hw), dtype=xp.result_type(x, W))
-        for chunk in self.chunks:
-            V = kernels.winograd_input(x[chunk], self.padding, tiles)      # (4, 4, C, n, TH, TW)
-            n = V.shape[3]
-            M = U @ V.reshape(16, C, -1)                  # the 16 products: (16, O, n·TH·TW)
-            kernels.winograd_output(M.reshape((4, 4, O, n) + tiles), out_hw, out=y[chunk])
-        if b is not None:
-            y += b.reshape(1, O, 1, 1)
-        return y.reshape(N, O, -1)
-
-    def _winograd_backward(self, gy, x, need_b):
-        need_x, need_W = self.needs_input_grad[:2]
-        xp = get_array_module(gy)
-        N, C = self.x_shape[:2]
-        O = self.W_shape[0]
-        tiles = _winograd_tiles(gy.shape[2:])
-        gx = xp.empty(self.x_shape, dtype=gy.dtype) if need_x else None
-        gU = 0
-        for chunk in self.chunks:
-            gM = kernels.winograd_output_backward(gy[chunk])     # (4, 4, O, n, TH, TW)
-            n = gM.shape[3]
-            gM = gM.reshape(16, O, -1)
-            if need_W:
-                V = kernels.winograd_input(x[chunk], self.padding, tiles).reshape(16, C, -1)
-                gU = gU + gM @ V.swapaxes(1, 2)                  # (16, O, C)
-            if need_x:
-                gV = self.U.swapaxes(1, 2) @ gM                  # (16, C, n·TH·TW)
-                kernels.winograd_input_backward(gV.reshape((4, 4, C, n) + tiles),
-                                                (n,) + self.x_shape[1:], self.padding,
-                                                out=gx[chunk])
-        gW = kernels.winograd_weight_backward(gU.reshape(4, 4, O, C)) if need_W else None
-        gb = gy.sum(axis=(0, 2, 3)) if need_b else None
-        return gx, gW, gb
-
-    def release(self):
-        super().release()
-        self.U = None       # the transformed weights, kept beside the saved arrays
-
-    # ------------------------------------------------ the general case: im2col
-    def _columns(self, x):
-        """im2col of a chunk of images, as (G, K, n·L)."""
-        col = kernels.im2col(x, self.W_shape[2:], self.stride, self.padding, self.dilation,
-                             merge_batch=True)
-        rows, columns = col.shape
-        return col.reshape(self.groups, rows // self.groups, columns)
-
-    def _im2col_forward(self, x, W, b, L):
         xp = get_array_module(x, W)
         N, C = x.shape[:2]
         O, _, KH, KW = W.shape
         G = self.groups
-        self.chunks = batch_chunks(N, C * KH * KW * L * x.dtype.itemsize, column_budget)
+        OH, OW = conv_output_hw(x.shape, W.shape[2:], self.stride, self.padding, self.dilation)
+        L = OH * OW
+        self.chunks = batch_chunks(N, C * KH * KW * L * x.dtype.itemsize, self.column_budget)
         Wg = W.reshape(G, O // G, -1)
         y = xp.empty((N, O, L), dtype=xp.result_type(x, W))
         for chunk in self.chunks:
@@ -250,10 +147,12 @@ class Conv2d(Function):
                 y[chunk] = y_chunk
             else:       # the bias rides along the copy: no second pass over y
                 xp.add(y_chunk, b.reshape(O, 1), out=y[chunk])
-        return y
+        return y.reshape(N, O, OH, OW)
 
-    def _im2col_backward(self, gy, x, W, need_b):
+    def backward(self, gy):
+        x, W = self.saved
         need_x, need_W = self.needs_input_grad[:2]
+        need_b = self.has_bias and self.needs_input_grad[2]
         xp = get_array_module(gy)
         _, O, OH, OW = gy.shape
         G = self.groups
@@ -281,20 +180,55 @@ class Conv2d(Function):
                                            (n,) + self.x_shape[1:], self.W_shape[2:],
                                            self.stride, self.padding, self.dilation,
                                            merge_batch=True)
-        return (gx, gW.reshape(self.W_shape) if need_W else None,
-                gb if need_b else None)
+        gW = gW.reshape(self.W_shape) if need_W else None
+        if not self.has_bias:
+            return gx, gW
+        return gx, gW, gb if need_b else None
 
-    # ------------------------------------------------ 1×1, stride 1, no padding
-    def _pointwise_forward(self, x, W):
+    def _columns(self, x):
+        """im2col of a chunk of images, as (G, K, n·L)."""
+        col = kernels.im2col(x, self.W_shape[2:], self.stride, self.padding, self.dilation,
+                             merge_batch=True)
+        rows, columns = col.shape
+        return col.reshape(self.groups, rows // self.groups, columns)
+
+
+# ---------------------------------------------------------------- 1×1, stride 1, no padding
+class Conv2dPointwise(Function):
+    """A 1×1 kernel with stride 1 and no padding: each image x[n], viewed as
+    (C, H·W), already is its column matrix, so there is no im2col at all.
+
+    Per group g, with W viewed as (G, O/G, C/G) and x[n] as (G, C/G, H·W)::
+
+        y[n] = W @ x[n] + b               (G, O/G, H·W)
+        dx[n] = Wᵀ @ dy[n]
+        dW = Σ_n dy[n] @ x[n]ᵀ
+        db = Σ_{n, h, w} dy
+    """
+    name = "Conv2d[pointwise]"
+
+    def __init__(self, groups, has_bias):
+        self.groups, self.has_bias = groups, has_bias
+
+    def forward(self, x, W, b=None):
+        need_x, need_W = self.needs_input_grad[:2]
+        self.save_for_backward(x if need_W else None, W if need_x else None)
+        self.x_shape, self.W_shape = x.shape, W.shape
         N, C, H, Wd = x.shape
         O, G = W.shape[0], self.groups
         y = W.reshape(G, O // G, C // G) @ x.reshape(N, G, C // G, H * Wd)   # (N, G, O/G, L)
-        return y.reshape(N, O, H * Wd)
+        y = y.reshape(N, O, H, Wd)
+        if b is not None:
+            y += b.reshape(1, O, 1, 1)
+        return y
 
-    def _pointwise_backward(self, gy, x, W):
+    def backward(self, gy):
+        x, W = self.saved
         need_x, need_W = self.needs_input_grad[:2]
+        need_b = self.has_bias and self.needs_input_grad[2]
         N, C, H, Wd = self.x_shape
         O, G = gy.shape[1], self.groups
+        gb = gy.sum(axis=(0, 2, 3)) if need_b else None
         gy = gy.reshape(N, G, O // G, H * Wd)
         gx = gW = None
         if need_x:
@@ -308,50 +242,50 @@ class Conv2d(Function):
             for n in range(N):
                 gW += gy[n] @ x[n].swapaxes(1, 2)
             gW = gW.reshape(self.W_shape)
-        return gx, gW
+        return (gx, gW, gb) if self.has_bias else (gx, gW)
 
 
 # ---------------------------------------------------------------- arguments
-def conv2d_output_hw(input_shape, weight_shape, stride, padding, dilation):
-    """(OH, OW) from (H, W) pairs ``stride``, ``dilation`` and 4-tuple ``padding``."""
-    (SH, SW), (DH, DW) = stride, dilation
-    top, bottom, left, right = padding
-    # Looked up at call time: `import kernels` may run before this package finishes loading.
-    size = kernels.conv_numpy.conv_output_size
-    return (size(input_shape[2], weight_shape[2], SH, top + bottom, DH),
-            size(input_shape[3], weight_shape[3], SW, left + right, DW))
+def conv2d_arguments(op, in_channels, out_channels, kernel_size, stride=1, padding=0,
+                     dilation=1, groups=1):
+    """Check a convolution's settings; return them normalised.
 
-
-def _pair(value, name, op):
-    """An int or an (H, W) pair as a pair of ints."""
-    pair = (value, value) if not isinstance(value, (tuple, list)) else tuple(value)
-    try:
-        if len(pair) == 2:
-            return tuple(operator.index(v) for v in pair)
-    except TypeError:
-        pass
-    raise ValueError(f"{op}: {name} must be an int or a pair of ints, got {value!r}")
-
-
-def _padding4(padding, kernel_hw, stride, dilation, op):
-    """PyTorch's padding argument as (top, bottom, left, right)."""
+    The one check behind ``conv2d``, ``conv2d_simple`` and ``nn.Conv2d``:
+    TypeError for a setting of the wrong type, ValueError for a wrong value
+    (``arguments.py``), each message naming ``op``.  Returns ``(kernel_size,
+    stride, padding, dilation, groups)`` with (H, W) pairs, and ``padding``
+    a pair or the string 'valid' or 'same' as given.
+    """
+    kernel_pair = as_pair(kernel_size, "kernel_size", op, minimum=1)
+    stride_pair = as_pair(stride, "stride", op, minimum=1)
+    dilation_pair = as_pair(dilation, "dilation", op, minimum=1)
+    groups = as_int(groups, "groups", op, minimum=1)
+    for name, channels in (("in_channels", in_channels), ("out_channels", out_channels)):
+        if as_int(channels, name, op, minimum=1) % groups:
+            raise ValueError(f"{op}: {name} ({channels}) must be divisible by groups ({groups})")
     if isinstance(padding, str):
-        if padding == "valid":
-            return (0, 0, 0, 0)
-        if padding != "same":
+        if padding not in ("valid", "same"):
             raise ValueError(f"{op}: padding must be an int, a pair, 'valid' or 'same', "
                              f"got {padding!r}")
-        if stride != (1, 1):
+        if padding == "same" and stride_pair != (1, 1):
             raise ValueError(f"{op}: padding='same' is not supported for strided "
-                             f"convolutions (stride={stride}), as in PyTorch")
-        out = []
-        for k, d in zip(kernel_hw, dilation):
+                             f"convolutions (stride={stride!r}), as in PyTorch")
+    else:
+        padding = as_pair(padding, "padding", op, minimum=0)
+    return kernel_pair, stride_pair, padding, dilation_pair, groups
+
+
+def padding_sides(padding, kernel_size, dilation):
+    """A checked padding (pair, 'valid' or 'same') as (top, bottom, left, right)."""
+    if padding == "valid":
+        return (0, 0, 0, 0)
+    if padding == "same":
+        sides = []
+        for k, d in zip(kernel_size, dilation):
             total = d * (k - 1)          # an odd total puts the extra pixel after
-            out += [total // 2, total - total // 2]
-        return tuple(out)
-    ph, pw = _pair(padding, "padding", op)
-    if ph < 0 or pw < 0:
-        raise ValueError(f"{op}: padding must be non-negative, got {padding!r}")
+            sides += [total // 2, total - total // 2]
+        return tuple(sides)
+    ph, pw = padding
     return (ph, ph, pw, pw)
 
 
@@ -361,7 +295,8 @@ def conv2d_geometry(input_shape, weight_shape, stride=1, padding=0, dilation=1, 
 
     Returns ``(stride, padding, dilation, (OH, OW))`` with ``stride`` and
     ``dilation`` as (H, W) pairs and ``padding`` as (top, bottom, left, right).
-    Raises ValueError naming the op, the shapes and the offending values.
+    Raises ValueError (TypeError for a setting of the wrong type) naming the
+    op, the shapes and the offending values.
     """
     input_shape, weight_shape = tuple(input_shape), tuple(weight_shape)
     if len(input_shape) != 4:
@@ -370,34 +305,17 @@ def conv2d_geometry(input_shape, weight_shape, stride=1, padding=0, dilation=1, 
     if len(weight_shape) != 4:
         raise ValueError(f"{op}: expected a 4-D weight (O, C/groups, KH, KW), got shape "
                          f"{weight_shape}")
-    if not isinstance(groups, int) or groups < 1:
-        raise ValueError(f"{op}: groups must be a positive int, got {groups!r}")
-    _, C, H, W = input_shape
-    O, C_per_group, KH, KW = weight_shape
-    if C % groups or O % groups:
-        raise ValueError(f"{op}: groups={groups} must divide both the input's {C} channels "
-                         f"and the weight's {O} output channels (weight shape {weight_shape})")
+    C, (O, C_per_group, KH, KW) = input_shape[1], weight_shape
+    if KH < 1 or KW < 1:
+        raise ValueError(f"{op}: kernel size must be positive, got weight shape {weight_shape}")
+    kernel, stride, padding, dilation, groups = conv2d_arguments(
+        op, C, O, (KH, KW), stride, padding, dilation, groups)
     if C != C_per_group * groups:
         raise ValueError(f"{op}: input has {C} channels but weight of shape {weight_shape} "
                          f"expects {C_per_group * groups} (groups={groups})")
-    if KH < 1 or KW < 1:
-        raise ValueError(f"{op}: kernel size must be positive, got weight shape {weight_shape}")
-    stride = _pair(stride, "stride", op)
-    dilation = _pair(dilation, "dilation", op)
-    if min(stride) < 1:
-        raise ValueError(f"{op}: stride must be positive, got {stride}")
-    if min(dilation) < 1:
-        raise ValueError(f"{op}: dilation must be positive, got {dilation}")
-    padding = _padding4(padding, (KH, KW), stride, dilation, op)
-    top, bottom, left, right = padding
-    OH, OW = conv2d_output_hw(input_shape, weight_shape, stride, padding, dilation)
-    if OH < 1 or OW < 1:
-        raise ValueError(
-            f"{op}: kernel {KH}x{KW} (dilation {dilation}, so it spans "
-            f"{dilation[0] * (KH - 1) + 1}x{dilation[1] * (KW - 1) + 1}) is larger than the "
-            f"padded input {H + top + bottom}x{W + left + right} (input shape {input_shape}, "
-            f"padding (top, bottom, left, right) = {padding}): output size would be {OH}x{OW}")
-    return stride, padding, dilation, (OH, OW)
+    padding = padding_sides(padding, kernel, dilation)
+    out_hw = conv_output_hw(input_shape, kernel, stride, padding, dilation, op)
+    return stride, padding, dilation, out_hw
 
 
 def _check_float(op, **tensors):
@@ -421,16 +339,27 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     ``stride``, ``dilation``: int or (H, W) pair.  ``padding``: int, (H, W)
     pair, ``'valid'`` (none) or ``'same'`` (output as large as the input;
     stride 1 only; an odd total pads one more pixel at the bottom/right).
+    Runs the algorithm ``choose_algorithm`` picks, as the Function of that
+    name (``y.grad_fn.name``: ``Conv2d[im2col]``, ``Conv2d[pointwise]`` or
+    ``Conv2d[winograd]``).
     """
     _check_float("conv2d", input=input, weight=weight, bias=bias)
     unbatched = input.ndim == 3         # one (C, H, W) image, as PyTorch accepts
     if unbatched:
         input = unsqueeze(input, 0)
-    stride, padding, dilation, _ = conv2d_geometry(input.shape, weight.shape, stride, padding,
-                                                   dilation, groups)
+    stride, padding, dilation, out_hw = conv2d_geometry(
+        input.shape, weight.shape, stride, padding, dilation, groups)
     _check_bias("conv2d", bias, weight.shape)
-    args = (input, weight) if bias is None else (input, weight, bias)
-    y = Conv2d(stride, padding, dilation, groups)(*args)
+    has_bias = bias is not None
+    chosen = choose_algorithm(input.shape, weight.shape, stride, padding, dilation, groups,
+                              out_hw)
+    if chosen == "pointwise":
+        fn = Conv2dPointwise(groups, has_bias)
+    elif chosen == "winograd":
+        fn = Conv2dWinograd(padding, has_bias, column_budget)
+    else:
+        fn = Conv2dIm2col(stride, padding, dilation, groups, has_bias, column_budget)
+    y = fn(input, weight, bias) if has_bias else fn(input, weight)
     return squeeze(y, 0) if unbatched else y
 
 

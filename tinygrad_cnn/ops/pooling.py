@@ -7,16 +7,18 @@ The hot loops live in ``kernels`` (``kernels.maxpool2d_forward``,
 ``kernels.adaptive_avgpool2d_forward`` ...), so the kernel set can be
 switched at run time; the ops here hold the graph logic (what backward needs).
 
-The output-size rule is geometry, not a hot loop: every kernel set shares
-``kernels.pool_numpy.pool_output_size`` (and ``adaptive_bins``).  It is looked up at call time --
-``kernels`` imports ``tinygrad_cnn.backend`` and so may still be half
-initialised while this module is imported.
+The output-size rule is geometry, not a hot loop: the ops and every kernel
+set count windows with ``kernels.geometry.pool_output_size`` (and cut
+adaptive bins with ``adaptive_bins``).  Settings are checked by the rule of
+``arguments.py``: TypeError for a wrong type, ValueError for a wrong value.
 """
 import kernels
+from kernels.geometry import pool_output_hw, pool_output_size
 
 from ..autograd import Function
 from ..backend import get_array_module
 from . import reduction, shape
+from .arguments import as_int, as_pair
 
 
 class MaxPool2d(Function):
@@ -83,7 +85,7 @@ class AvgPool2d(Function):
 class AdaptiveAvgPool2d(Function):
     """y[n,c,i,j] = mean of x over row bin i x column bin j.
 
-    Bins are PyTorch's (``kernels.pool_numpy.adaptive_bins``).  The mean over a
+    Bins are PyTorch's (``kernels.geometry.adaptive_bins``).  The mean over a
     rectangle is a mean over rows then over columns, so with the averaging
     matrices A_H (OH, H), A_W (OW, W) -- A[i, h] = 1/len(bin i) for h in
     bin i, else 0 --
@@ -126,14 +128,6 @@ class AdaptiveMaxPool2d(Function):
 
 
 # ---------------------------------------------------------------- validation
-def _pair(value, name, op):
-    """An int or a pair of ints as a (height, width) tuple."""
-    pair = tuple(value) if isinstance(value, (tuple, list)) else (value, value)
-    if len(pair) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) for v in pair):
-        raise TypeError(f"{op}: {name} must be an int or a pair of ints, got {value!r}")
-    return pair
-
-
 def _check_input(op, input):
     """Return (input as 4-D, whether it was 3-D)."""
     from ..tensor import Tensor
@@ -152,17 +146,14 @@ def _check_input(op, input):
 
 def _window_geometry(op, x, kernel_size, stride, padding, dilation, ceil_mode):
     """Validate a sliding window; return (kernel, stride, padding, dilation) pairs."""
-    kernel = _pair(kernel_size, "kernel_size", op)
-    stride = kernel if stride is None else _pair(stride, "stride", op)
-    padding, dilation = _pair(padding, "padding", op), _pair(dilation, "dilation", op)
-    for name, pair in (("kernel_size", kernel), ("stride", stride), ("dilation", dilation)):
-        if min(pair) <= 0:
-            raise ValueError(f"{op}: {name} must be positive, got {pair}")
+    kernel = as_pair(kernel_size, "kernel_size", op, minimum=1)
+    stride = kernel if stride is None else as_pair(stride, "stride", op, minimum=1)
+    dilation = as_pair(dilation, "dilation", op, minimum=1)
+    padding = as_pair(padding, "padding", op)
     if min(padding) < 0 or any(p > k // 2 for p, k in zip(padding, kernel)):
         raise ValueError(f"{op}: pad should be at most half of kernel size (and >= 0), "
                          f"got padding={padding}, kernel_size={kernel}")
-    out = tuple(kernels.pool_numpy.pool_output_size(n, k, s, p, d, ceil_mode)
-                for n, k, s, p, d in zip(x.shape[2:], kernel, stride, padding, dilation))
+    out = pool_output_hw(x.shape, kernel, stride, padding, dilation, ceil_mode)
     if min(out) < 1:
         effective = tuple(d * (k - 1) + 1 for k, d in zip(kernel, dilation))
         raise ValueError(f"{op}: the window {effective} (kernel_size={kernel}, "
@@ -174,13 +165,9 @@ def _window_geometry(op, x, kernel_size, stride, padding, dilation, ceil_mode):
 
 def _adaptive_output_size(op, output_size, x):
     """``output_size`` (int, or pair where None keeps the input's size) as a pair."""
-    pair = output_size if isinstance(output_size, (tuple, list)) else (output_size,) * 2
-    valid = len(pair) == 2 and all(
-        v is None or (isinstance(v, int) and not isinstance(v, bool) and v >= 1) for v in pair)
-    if not valid or output_size is None:
-        raise ValueError(f"{op}: output_size must be a positive int or a pair of positive "
-                         f"ints (None keeps that size), got {output_size!r}")
-    return tuple(n if v is None else v for v, n in zip(pair, x.shape[2:]))
+    if isinstance(output_size, (tuple, list)) and len(output_size) == 2:
+        output_size = tuple(n if v is None else v for v, n in zip(output_size, x.shape[2:]))
+    return as_pair(output_size, "output_size", op, minimum=1)
 
 
 def _restore_rank(y, unbatched):
@@ -216,8 +203,8 @@ def avg_pool2d(input, kernel_size, stride=None, padding=0, ceil_mode=False,
     x, unbatched = _check_input("avg_pool2d", input)
     kernel, stride, padding, _ = _window_geometry("avg_pool2d", x, kernel_size, stride,
                                                   padding, 1, ceil_mode)
-    if divisor_override is not None and (
-            not isinstance(divisor_override, int) or divisor_override == 0):
+    if divisor_override is not None and as_int(divisor_override, "divisor_override",
+                                               "avg_pool2d") == 0:
         raise ValueError(f"avg_pool2d: divisor_override must be a non-zero int, "
                          f"got {divisor_override!r}")
     pool = AvgPool2d(kernel, stride, padding, ceil_mode, count_include_pad, divisor_override)
@@ -259,8 +246,8 @@ def max_pool2d_simple(input, kernel_size, stride=None):
                          f"got shape {input.shape}")
     (kh, kw), (sh, sw), _, _ = _window_geometry("max_pool2d_simple", x, kernel_size, stride,
                                                 0, 1, False)
-    oh = kernels.pool_numpy.pool_output_size(x.shape[2], kh, sh, 0)
-    ow = kernels.pool_numpy.pool_output_size(x.shape[3], kw, sw, 0)
+    oh = pool_output_size(x.shape[2], kh, sh, 0)
+    ow = pool_output_size(x.shape[3], kw, sw, 0)
     cells = [x[:, :, i:i + (oh - 1) * sh + 1:sh, j:j + (ow - 1) * sw + 1:sw]
              for i in range(kh) for j in range(kw)]
     return reduction.max(shape.stack(cells, dim=-1), dim=-1).values

@@ -1,0 +1,121 @@
+"""3×3 stride-1 convolution by Winograd's F(2×2, 3×3): 16 small matrix
+products instead of one large one, 2.25x fewer multiplications.
+
+``conv2d`` (``conv.py``) runs ``Conv2dWinograd`` where ``winograd_suits``
+says it pays; the transforms are the kernels ``kernels.winograd_*``
+(``kernels/winograd_numpy.py``, compiled in ``kernels/winograd_numba.py``),
+and docs/conv.md derives them.
+"""
+import math
+
+import kernels
+from kernels.geometry import batch_chunks, conv_output_hw, winograd_tiles
+
+from ..autograd import Function
+from ..backend import get_array_module
+
+# Winograd's 16 products are (O, C) @ (C, tiles): with fewer channels than this
+# they are too thin for the matrix-product library to run near its speed.
+WINOGRAD_MIN_CHANNELS = 16
+
+
+def _tiles_well_used(out_hw):
+    """Whether 2x2 output tiles cover out_hw with at most a quarter of them
+    wasted: a 3x3 output needs 2x2 tiles, 16 cells for 9 outputs."""
+    tiles = [winograd_tiles(size) for size in out_hw]
+    return 4 * math.prod(out_hw) >= 3 * 4 * math.prod(tiles)
+
+
+def winograd_suits(x_shape, weight_shape, stride, dilation, groups, out_hw):
+    """Whether a convolution can and should run as ``Conv2dWinograd``: a 3×3
+    kernel with stride 1, no dilation, one group, at least
+    ``WINOGRAD_MIN_CHANNELS`` input and output channels, and an output the
+    2×2 tiles cover with at most a quarter wasted."""
+    return (tuple(weight_shape[2:]) == (3, 3) and stride == (1, 1) and dilation == (1, 1)
+            and groups == 1 and min(x_shape[1], weight_shape[0]) >= WINOGRAD_MIN_CHANNELS
+            and _tiles_well_used(out_hw))
+
+
+class Conv2dWinograd(Function):
+    """y = W ⋆ x + b for a 3×3 kernel, stride 1, by Winograd's F(2×2, 3×3).
+
+    Each 2×2 block of outputs comes from one 4×4 input tile d (tiles start
+    every 2 pixels), with the 3×3 kernel g and the transform matrices Bᵀ,
+    G, Aᵀ (``kernels/winograd_numpy.py``)::
+
+        Y = Aᵀ [(G g Gᵀ) ⊙ (Bᵀ d B)] A
+
+    Summed over the input channels, the 16 cells (ξ, ν) of a transformed
+    tile become 16 matrix products over all T tiles of a chunk of the batch::
+
+        U = G W Gᵀ           (16, O, C)      kernels.winograd_weight
+        V = Bᵀ d B           (16, C, T)      kernels.winograd_input
+        M = U @ V            (16, O, T)      the 16 products
+        y = Aᵀ M A + b       (N, O, OH, OW)  kernels.winograd_output
+
+    Backward: every step is linear, so each gradient is the step's adjoint::
+
+        dM = A dy Aᵀ                          kernels.winograd_output_backward
+        dU = Σ_chunks dM @ Vᵀ,   dW = Gᵀ dU G   kernels.winograd_weight_backward
+        dV = Uᵀ @ dM,            dx = B dV Bᵀ   kernels.winograd_input_backward
+        db = Σ_{n, oh, ow} dy
+
+    Saved for backward: x (for dU, whose V is rebuilt per chunk as im2col's
+    columns are) and the transformed weights U (for dV), each only when that
+    gradient is wanted.  Chunks of the batch keep V and M within
+    ``column_budget`` bytes.
+    """
+    name = "Conv2d[winograd]"
+
+    def __init__(self, padding, has_bias, column_budget):
+        # padding: (top, bottom, left, right)
+        self.padding, self.has_bias, self.column_budget = padding, has_bias, column_budget
+
+    def forward(self, x, W, b=None):
+        need_x, need_W = self.needs_input_grad[:2]
+        xp = get_array_module(x, W)
+        N, C = x.shape[:2]
+        O = W.shape[0]
+        out_hw = conv_output_hw(x.shape, (3, 3), (1, 1), self.padding, (1, 1))
+        tiles = tuple(winograd_tiles(size) for size in out_hw)
+        U = kernels.winograd_weight(W).reshape(16, O, C)
+        self.save_for_backward(x if need_W else None, U if need_x else None)
+        self.x_shape = x.shape
+        bytes_per_image = 16 * (C + O) * tiles[0] * tiles[1] * x.dtype.itemsize
+        self.chunks = batch_chunks(N, bytes_per_image, self.column_budget)
+        y = xp.empty((N, O) + out_hw, dtype=xp.result_type(x, W))
+        for chunk in self.chunks:
+            V = kernels.winograd_input(x[chunk], self.padding, tiles)      # (4, 4, C, n, TH, TW)
+            n = V.shape[3]
+            M = U @ V.reshape(16, C, -1)                  # the 16 products: (16, O, n·TH·TW)
+            kernels.winograd_output(M.reshape((4, 4, O, n) + tiles), out_hw, out=y[chunk])
+        if b is not None:
+            y += b.reshape(1, O, 1, 1)
+        return y
+
+    def backward(self, gy):
+        x, U = self.saved
+        need_x, need_W = self.needs_input_grad[:2]
+        need_b = self.has_bias and self.needs_input_grad[2]
+        xp = get_array_module(gy)
+        C = self.x_shape[1]
+        O = gy.shape[1]
+        tiles = tuple(winograd_tiles(size) for size in gy.shape[2:])
+        gx = xp.empty(self.x_shape, dtype=gy.dtype) if need_x else None
+        gU = 0
+        for chunk in self.chunks:
+            gM = kernels.winograd_output_backward(gy[chunk])     # (4, 4, O, n, TH, TW)
+            n = gM.shape[3]
+            gM = gM.reshape(16, O, -1)
+            if need_W:
+                V = kernels.winograd_input(x[chunk], self.padding, tiles).reshape(16, C, -1)
+                gU = gU + gM @ V.swapaxes(1, 2)                  # (16, O, C)
+            if need_x:
+                gV = U.swapaxes(1, 2) @ gM                       # (16, C, n·TH·TW)
+                kernels.winograd_input_backward(gV.reshape((4, 4, C, n) + tiles),
+                                                (n,) + self.x_shape[1:], self.padding,
+                                                out=gx[chunk])
+        gW = kernels.winograd_weight_backward(gU.reshape(4, 4, O, C)) if need_W else None
+        if not self.has_bias:
+            return gx, gW
+        return gx, gW, gy.sum(axis=(0, 2, 3)) if need_b else None
