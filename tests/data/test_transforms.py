@@ -156,9 +156,11 @@ def test_resize_output_size_follows_torchvision(size, in_hw, out_hw):
     assert T.Resize(size)(floats(1, *in_hw)).shape == (1, *out_hw)
 
 
-@pytest.mark.parametrize("size", [0, -3, (4, 0), (1, 2, 3), 2.5])
-def test_resize_bad_size(size):
-    with pytest.raises(ValueError, match="Resize: size must be"):
+@pytest.mark.parametrize("size, error", [(0, ValueError), (-3, ValueError), ((4, 0), ValueError),
+                                         ((1, 2, 3), ValueError), (2.5, TypeError),
+                                         ("224", TypeError)])
+def test_resize_bad_size(size, error):
+    with pytest.raises(error, match="Resize: size must be"):
         T.Resize(size)
 
 
@@ -211,11 +213,19 @@ def test_random_crop_reaches_every_offset():
      r"RandomCrop: crop size \(7, 7\) is larger than the padded image \(5, 5\)"),
     (lambda: T.RandomCrop(3, padding=(1, 2, 3)), "RandomCrop: padding must be"),
     (lambda: T.RandomCrop(3, padding=-1), "RandomCrop: padding must be"),
-    (lambda: T.RandomCrop(3, padding=1.5), "RandomCrop: padding must be"),
     (lambda: T.RandomCrop(0), "RandomCrop: size must be"),
 ])
 def test_random_crop_bad_arguments(make, message):
     with pytest.raises(ValueError, match=message):
+        make()
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda: T.RandomCrop(3, padding=1.5), "RandomCrop: padding must be an int, got 1.5"),
+    (lambda: T.RandomCrop(2.5), "RandomCrop: size must be an int or a pair of ints, got 2.5"),
+])
+def test_random_crop_settings_of_the_wrong_type(make, message):
+    with pytest.raises(TypeError, match=message):
         make()
 
 

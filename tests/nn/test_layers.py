@@ -300,10 +300,10 @@ def test_layers_name_themselves_on_a_shape_mismatch():
 
 
 @pytest.mark.parametrize("make,message", [
-    (lambda: nn.Conv2d(3, 6, 3, groups=2), r"in_channels \(3\) must be divisible by groups"),
-    (lambda: nn.Conv2d(4, 6, 3, groups=4), r"out_channels \(6\) must be divisible by groups"),
-    (lambda: nn.Conv2d(2, 2, 3, groups=0), "groups must be a positive integer, got 0"),
-    (lambda: nn.Conv2d(2, 2, 3, padding="full"), "invalid padding string 'full'"),
+    (lambda: nn.Conv2d(3, 6, 3, groups=2), r"Conv2d: in_channels \(3\) must be divisible by groups"),
+    (lambda: nn.Conv2d(4, 6, 3, groups=4), r"Conv2d: out_channels \(6\) must be divisible by groups"),
+    (lambda: nn.Conv2d(2, 2, 3, groups=0), "Conv2d: groups must be positive, got 0"),
+    (lambda: nn.Conv2d(2, 2, 3, padding="full"), r"Conv2d: padding must be an int, a pair, 'valid' or 'same', got 'full'"),
     (lambda: nn.Conv2d(2, 2, 3, stride=2, padding="same"),
      r"padding='same' is not supported for strided convolutions \(stride=2\)"),
     (lambda: nn.Dropout(1.5), "between 0 and 1, but got 1.5"),

@@ -18,13 +18,13 @@ here are NumPy; batches move to the model's device in the DataLoader.
 """
 import contextlib
 import functools
-import numbers
 import threading
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from .. import backend
+from ..ops.arguments import as_int, as_pair
 
 _local = threading.local()
 
@@ -122,17 +122,6 @@ def _check_image(name, x, batch):
                         "put ToTensor() before it")
 
 
-def _pair(value, what):
-    """An int or an (h, w) pair of positive ints, as (h, w)."""
-    if isinstance(value, numbers.Integral):
-        pair = (value, value)
-    else:
-        pair = tuple(value) if isinstance(value, (tuple, list)) else ()
-    if len(pair) != 2 or not all(isinstance(v, numbers.Integral) and v > 0 for v in pair):
-        raise ValueError(f"{what} must be a positive int or a pair of them, got {value!r}")
-    return int(pair[0]), int(pair[1])
-
-
 class Normalize:
     """(x - mean[c]) / std[c] per channel c of a float (C, H, W) image."""
 
@@ -176,12 +165,9 @@ class Resize:
     """
 
     def __init__(self, size):
-        if isinstance(size, numbers.Integral):
-            if size <= 0:
-                raise ValueError(f"Resize: size must be positive, got {size}")
-            self.size = int(size)
-        else:
-            self.size = _pair(size, "Resize: size")
+        self.size = as_pair(size, "size", "Resize", minimum=1)
+        if not isinstance(size, (tuple, list)):
+            self.size = self.size[0]        # one int: the smaller edge
 
     def output_size(self, height, width):
         """(OH, OW) for an input (height, width), by torchvision's rule."""
@@ -246,7 +232,7 @@ class RandomCrop:
     """
 
     def __init__(self, size, padding=None, fill=0):
-        self.size = _pair(size, "RandomCrop: size")
+        self.size = as_pair(size, "size", "RandomCrop", minimum=1)
         self.padding = self._four_sides(padding)
         self.fill = fill
 
@@ -254,16 +240,16 @@ class RandomCrop:
     def _four_sides(padding):
         if padding is None:
             return (0, 0, 0, 0)
-        if isinstance(padding, numbers.Integral):
-            sides = (padding,) * 4
+        if isinstance(padding, (tuple, list)):
+            sides = tuple(as_int(p, "padding", "RandomCrop", minimum=0) for p in padding)
         else:
-            sides = tuple(padding) if isinstance(padding, (tuple, list)) else ()
+            sides = (as_int(padding, "padding", "RandomCrop", minimum=0),) * 4
         if len(sides) == 2:
             sides = sides * 2
-        if len(sides) != 4 or not all(isinstance(p, numbers.Integral) and p >= 0 for p in sides):
+        if len(sides) != 4:
             raise ValueError("RandomCrop: padding must be a non-negative int or a sequence of "
                              f"2 or 4 of them, got {padding!r}")
-        return tuple(int(p) for p in sides)
+        return sides
 
     def __call__(self, image):
         _check_image("RandomCrop", image, batch=False)

@@ -1,13 +1,10 @@
 """The 2-D convolution layer: holds the weight and bias, calls ``F.conv2d``."""
 import numpy as np
 
+from ..ops.conv import conv2d_arguments
 from . import functional as F
 from .linear import _default_init
 from .module import Module, Parameter
-
-
-def _pair(value):
-    return tuple(value) if isinstance(value, (tuple, list)) else (value, value)
 
 
 class Conv2d(Module):
@@ -21,11 +18,11 @@ class Conv2d(Module):
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0,
                  dilation=1, groups=1, bias=True):
         super().__init__()
-        _check_conv_args(in_channels, out_channels, groups, padding, stride)
+        # Checked here, as PyTorch does, so a bad setting fails where it was written.
+        (self.kernel_size, self.stride, self.padding, self.dilation,
+         self.groups) = conv2d_arguments("Conv2d", in_channels, out_channels, kernel_size,
+                                         stride, padding, dilation, groups)
         self.in_channels, self.out_channels = in_channels, out_channels
-        self.kernel_size, self.stride = _pair(kernel_size), _pair(stride)
-        self.padding = padding if isinstance(padding, str) else _pair(padding)
-        self.dilation, self.groups = _pair(dilation), groups
         shape = (out_channels, in_channels // groups) + self.kernel_size
         self.weight = Parameter(np.empty(shape, dtype=np.float32))
         if bias:
@@ -58,21 +55,3 @@ class Conv2d(Module):
         if self.bias is None:
             s += ", bias=False"
         return s
-
-
-def _check_conv_args(in_channels, out_channels, groups, padding, stride):
-    if not isinstance(groups, int) or groups < 1:
-        raise ValueError(f"Conv2d: groups must be a positive integer, got {groups!r}")
-    if in_channels % groups:
-        raise ValueError(f"Conv2d: in_channels ({in_channels}) must be divisible by "
-                         f"groups ({groups})")
-    if out_channels % groups:
-        raise ValueError(f"Conv2d: out_channels ({out_channels}) must be divisible by "
-                         f"groups ({groups})")
-    if isinstance(padding, str):
-        if padding not in ("same", "valid"):
-            raise ValueError(f"Conv2d: invalid padding string {padding!r}, should be one "
-                             "of 'valid', 'same'")
-        if padding == "same" and _pair(stride) != (1, 1):
-            raise ValueError(f"Conv2d: padding='same' is not supported for strided "
-                             f"convolutions (stride={stride})")

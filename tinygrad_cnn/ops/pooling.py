@@ -165,7 +165,7 @@ def _window_geometry(op, x, kernel_size, stride, padding, dilation, ceil_mode):
 
 def _adaptive_output_size(op, output_size, x):
     """``output_size`` (int, or pair where None keeps the input's size) as a pair."""
-    if isinstance(output_size, (tuple, list)) and len(output_size) == 2:
+    if isinstance(output_size, (tuple, list)) and None in output_size and len(output_size) == 2:
         output_size = tuple(n if v is None else v for v, n in zip(output_size, x.shape[2:]))
     return as_pair(output_size, "output_size", op, minimum=1)
 
