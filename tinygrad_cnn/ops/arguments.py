@@ -45,13 +45,17 @@ def as_pair(value, name, op, minimum=None):
     tuple/list of ints; ValueError for a tuple/list whose length is not 2, or
     a number below ``minimum`` (0: "non-negative", 1: "positive").
     """
-    items = tuple(value) if isinstance(value, (tuple, list)) else (value, value)
-    try:
-        numbers = tuple(_index(v) for v in items)
-    except TypeError:
-        raise TypeError(f"{op}: {name} must be an int or a pair of ints, "
-                        f"got {value!r}") from None
-    if len(numbers) != 2:
-        raise ValueError(f"{op}: {name} must be an int or a pair of ints, got {value!r}")
-    _check_minimum(op, name, value, numbers, minimum)
+    if type(value) is int:          # the common case, without the general path's cost
+        numbers = (value, value)
+    else:
+        items = tuple(value) if isinstance(value, (tuple, list)) else (value, value)
+        try:
+            numbers = tuple([_index(v) for v in items])
+        except TypeError:
+            raise TypeError(f"{op}: {name} must be an int or a pair of ints, "
+                            f"got {value!r}") from None
+        if len(numbers) != 2:
+            raise ValueError(f"{op}: {name} must be an int or a pair of ints, got {value!r}")
+    if minimum is not None and min(numbers) < minimum:
+        _check_minimum(op, name, value, numbers, minimum)
     return numbers
