@@ -1,8 +1,9 @@
 """docs/where-things-run.md stays true: every file and function it names exists,
-every kernel module is on the page, and each convolution method calls exactly the
-kernels the page lists for it."""
+every kernel module is on the page, and each convolution algorithm runs as the
+Function its section names, which calls exactly the kernels the section lists."""
 import ast
 import re
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -77,11 +78,20 @@ def test_every_kernel_is_named_on_the_page():
 
 
 # ---------------------------------------------------------------- the routes
+def section(heading):
+    return TEXT.split(f"### {heading}", 1)[1].split("\n#", 1)[0]
+
+
 def listed_kernels(heading):
     """Kernel names in the forward/backward bullets of a '### heading' section."""
-    section = TEXT.split(f"### {heading}", 1)[1].split("\n#", 1)[0]
-    bullets = [b for b in section.split("\n- ") if b.startswith(("forward", "backward"))]
+    bullets = [b for b in section(heading).split("\n- ") if b.startswith(("forward", "backward"))]
     return {name for b in bullets for name in re.findall(r"`(\w+)`", b) if name in kernels.KERNELS}
+
+
+def listed_function(heading):
+    """(file, class) of the Function a '### heading' section names first."""
+    return next((path, name) for path, name in REFERENCE.findall(section(heading))
+                if path.startswith("tinygrad_cnn/ops/") and name and "." not in name)
 
 
 CONVOLUTIONS = {   # heading -> (in, out channels, kernel size, padding)
@@ -92,7 +102,7 @@ CONVOLUTIONS = {   # heading -> (in, out channels, kernel size, padding)
 
 
 @pytest.mark.parametrize("heading", CONVOLUTIONS)
-def test_each_convolution_method_calls_the_kernels_the_page_lists(heading, monkeypatch):
+def test_each_convolution_runs_the_function_and_kernels_the_page_lists(heading, monkeypatch):
     called = set()
     choose = kernels._implementation
 
@@ -103,6 +113,11 @@ def test_each_convolution_method_calls_the_kernels_the_page_lists(heading, monke
     c_in, c_out, k, p = CONVOLUTIONS[heading]
     conv = nn.Conv2d(c_in, c_out, k, padding=p)
     x = tc.randn(2, c_in, 8, 8, requires_grad=True)
-    conv(x).sum().backward()
+    y = conv(x)
+    function = type(y.grad_fn)
+    assert (Path(sys.modules[function.__module__].__file__).resolve().relative_to(ROOT).as_posix(),
+            function.__name__) == listed_function(heading)
+    assert f"`{y.grad_fn.name}`" in section(heading)     # the name trace() shows
+    y.sum().backward()
     assert called == listed_kernels(heading)
     assert np.isfinite(x.grad.numpy()).all()
