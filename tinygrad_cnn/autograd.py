@@ -289,6 +289,7 @@ def backward(root, gradient, retain_graph=False):
     if root._ctx is None:            # a leaf: its gradient is the seed itself
         g = _apply_hooks(root._hooks, gradient) if root._hooks else gradient
         _accumulate_leaf(root, g, fresh=False)
+        _run_post_accumulate_hooks(root)
         return
     pending = _topological_counts(root._ctx)
     grads = {root._ctx: [gradient, False]}   # the caller's array: never written into
@@ -340,6 +341,12 @@ def backward(root, gradient, retain_graph=False):
         if leaf._hooks:      # a hook's result may be an array its author keeps
             g, fresh = _apply_hooks(leaf._hooks, g), False
         _accumulate_leaf(leaf, g, fresh)
+        _run_post_accumulate_hooks(leaf)
+
+
+def _run_post_accumulate_hooks(leaf):
+    for hook in getattr(leaf, "_post_accumulate_hooks", None) or ():
+        hook(leaf)
 
 
 def _accumulate_leaf(leaf, g, fresh):

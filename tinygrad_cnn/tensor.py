@@ -34,7 +34,8 @@ def _holds_typed_values(data):
 
 
 class Tensor:
-    __slots__ = ("data", "grad", "_requires_grad", "_ctx", "_hooks", "__weakref__")
+    __slots__ = ("data", "grad", "_requires_grad", "_ctx", "_hooks", "_post_accumulate_hooks",
+                 "__weakref__")
     __array_priority__ = 1000     # ndarray + Tensor -> Tensor.__radd__
 
     def __init__(self, data, requires_grad=False, dtype=None):
@@ -216,6 +217,21 @@ class Tensor:
             if self._hooks is None:
                 self._hooks = []
             hooks = self._hooks
+        hooks.append(hook)
+        return _HookHandle(hooks, hook)
+
+    def register_post_accumulate_grad_hook(self, hook):
+        """Call ``hook(tensor)`` on a leaf once backward has added this pass's gradient
+        to its ``.grad`` (PyTorch's name): where DistributedDataParallel averages
+        ``.grad`` across processes.  Returns a handle with ``.remove()``."""
+        if self._ctx is not None or not self.requires_grad:
+            raise RuntimeError("register_post_accumulate_grad_hook: only leaf tensors that "
+                               "require grad have a .grad to accumulate into")
+        # Unset until the first registration (a slot with no value): Tensor()
+        # runs for every op's output and need not pay for it.
+        hooks = getattr(self, "_post_accumulate_hooks", None)
+        if hooks is None:
+            hooks = self._post_accumulate_hooks = []
         hooks.append(hook)
         return _HookHandle(hooks, hook)
 

@@ -10,10 +10,10 @@ from .conv import Conv2d
 from .dropout import Dropout
 from .linear import Flatten, Identity, Linear
 from .module import Module, Parameter
-from .normalization import BatchNorm1d, BatchNorm2d
+from .normalization import BatchNorm1d, BatchNorm2d, SyncBatchNorm
 from .pooling import AdaptiveAvgPool2d, AdaptiveMaxPool2d, AvgPool2d, MaxPool2d
 
 __all__ = ["AdaptiveAvgPool2d", "AdaptiveMaxPool2d", "AvgPool2d", "BatchNorm1d",
            "BatchNorm2d", "Conv2d", "Dropout", "Flatten", "Identity", "Linear", "LogSoftmax",
            "MaxPool2d", "Module", "ModuleList", "Parameter", "ReLU", "Sequential", "Sigmoid",
-           "Softmax", "Tanh", "functional", "init"]
+           "Softmax", "SyncBatchNorm", "Tanh", "functional", "init"]

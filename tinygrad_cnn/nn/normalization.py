@@ -15,6 +15,9 @@ import numpy as np
 from . import functional as F
 from . import init
 from .module import Module, Parameter
+from .. import distributed
+from ..ops import sync_batchnorm
+from ..ops.batchnorm import _affine_params
 from ..tensor import Tensor
 
 
@@ -90,3 +93,63 @@ class BatchNorm1d(_BatchNorm):
 class BatchNorm2d(_BatchNorm):
     """Normalise (N, C, H, W) input per channel C (statistics over N, H and W)."""
     accepted_ranks, expected = (4,), "4-D (N, C, H, W)"
+
+
+class SyncBatchNorm(_BatchNorm):
+    """Batch norm whose training statistics are those of every rank's batch together.
+
+    In training, with a process group of more than one rank
+    (``tinygrad_cnn.distributed.init()``), mean and variance are taken over the
+    global batch (``ops/sync_batchnorm.py``: one all-reduce forward, one
+    backward) and the running statistics follow the global ones, identically on
+    every rank.  Otherwise -- eval mode, a single process -- it is BatchNorm,
+    as PyTorch's.  Accepts (N, C), (N, C, L) and (N, C, H, W) input.
+    """
+    accepted_ranks, expected = (2, 3, 4), "2-D (N, C), 3-D (N, C, L) or 4-D (N, C, H, W)"
+
+    def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True,
+                 track_running_stats=True, process_group=None, *, bias=True):
+        if process_group is not None:
+            raise ValueError("SyncBatchNorm: only the whole world is supported as the "
+                             "process group (process_group=None)")
+        super().__init__(num_features, eps, momentum, affine, track_running_stats, bias=bias)
+
+    def forward(self, input):
+        synchronise = (self.training and distributed.is_initialized()
+                       and distributed.world_size() > 1)
+        if not synchronise:
+            return super().forward(input)
+        self._check_input(input)
+        factor = self.momentum if self.momentum is not None else 0.0
+        if self.track_running_stats:
+            self.num_batches_tracked.data[...] += 1
+            if self.momentum is None:
+                factor = 1.0 / float(self.num_batches_tracked.data)
+        if input.dtype.kind != "f":
+            raise TypeError(f"SyncBatchNorm: expected a floating-point input, got dtype "
+                            f"{input.dtype}")
+        gamma, beta = _affine_params(input, self.weight, self.bias)
+        buffers = ((self.running_mean.data, self.running_var.data)
+                   if self.track_running_stats else (None, None))
+        return sync_batchnorm.SyncBatchNorm(self.eps, *buffers, momentum=factor)(
+            input, gamma, beta)
+
+    @classmethod
+    def convert_sync_batchnorm(cls, module, process_group=None):
+        """``module`` with every BatchNorm1d/2d replaced by a SyncBatchNorm holding the
+        same parameters (the same Parameter objects) and running statistics."""
+        converted = module
+        if isinstance(module, _BatchNorm) and not isinstance(module, SyncBatchNorm):
+            converted = cls(module.num_features, module.eps, module.momentum, module.affine,
+                            module.track_running_stats, process_group,
+                            bias=module.bias is not None)
+            if module.affine:
+                converted.weight = module.weight
+                if module.bias is not None:
+                    converted.bias = module.bias
+            for name in ("running_mean", "running_var", "num_batches_tracked"):
+                setattr(converted, name, getattr(module, name))
+            converted.training = module.training
+        for name, child in module.named_children():
+            converted.add_module(name, cls.convert_sync_batchnorm(child, process_group))
+        return converted

@@ -1,0 +1,20 @@
+"""The engine never loads MPI unless distributed training is asked for."""
+import subprocess
+import sys
+
+
+def test_importing_the_engine_and_its_distributed_module_loads_no_mpi():
+    code = ("import sys, tinygrad_cnn, tinygrad_cnn.distributed, tinygrad_cnn.train, "
+            "tinygrad_cnn.cli; print('mpi4py' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_collectives_before_init_name_the_missing_call():
+    import pytest
+    import tinygrad_cnn.distributed as dist
+    if dist.is_initialized():
+        pytest.skip("the process group is initialised in this process (under mpiexec)")
+    with pytest.raises(RuntimeError, match=r"all_reduce: .* call tinygrad_cnn.distributed.init"):
+        dist.all_reduce([1.0])
