@@ -76,3 +76,28 @@ def test_bad_arguments_are_named():
         DistributedSampler(range(4), 2, 2)
     with pytest.raises(ValueError, match="num_replicas"):
         DistributedSampler(range(4), 0, 0)
+
+
+class Numbers:
+    """A data set whose example i is the image [[i]] with label i."""
+
+    def __len__(self):
+        return 10
+
+    def __getitem__(self, i):
+        return np.array([[float(i)]], dtype=np.float32), i
+
+
+def test_dataloader_takes_its_shard_from_the_sampler_and_tells_it_the_epoch():
+    from tinygrad_cnn.data import DataLoader
+    loaders = [DataLoader(Numbers(), 2, sampler=DistributedSampler(Numbers(), 2, r, seed=1))
+               for r in range(2)]
+    assert [len(loader) for loader in loaders] == [3, 3]
+    epochs = []
+    for _ in range(2):
+        labels = [[int(v) for _, y in loader for v in y.numpy()] for loader in loaders]
+        assert sorted(labels[0] + labels[1]) == list(range(10))
+        epochs.append(labels)
+    assert epochs[0] != epochs[1]                     # set_epoch reshuffled
+    with pytest.raises(ValueError, match="mutually exclusive with shuffle"):
+        DataLoader(Numbers(), 2, shuffle=True, sampler=DistributedSampler(Numbers(), 2, 0))

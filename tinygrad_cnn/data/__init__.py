@@ -17,3 +17,4 @@ from .fashion_mnist import FashionMNIST, load_data_fashion_mnist
 from .kaggle_cifar10 import (ImageFolder, KaggleCIFAR10, read_csv_labels, reorg_test,
                              reorg_train_valid, write_submission)
 from .loader import DataLoader, ImageDataset, Subset
+from ..distributed.sampler import DistributedSampler

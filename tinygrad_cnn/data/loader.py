@@ -106,15 +106,21 @@ class DataLoader:
     prefetch:  batches prepared ahead in a background thread (0: none, the
                batches are made on demand in the caller's thread).
     device:    where the batches are put ('cpu', 'cuda'); ``.to(device)`` too.
+    sampler:   the indices to take, in order, instead of all of them (e.g. a
+               ``DistributedSampler``: this rank's shard); excludes ``shuffle``.
+               A sampler with ``set_epoch`` is told each epoch's number.
     """
 
     def __init__(self, dataset, batch_size=1, shuffle=False, drop_last=False, seed=None,
-                 prefetch=2, device=None):
+                 prefetch=2, device=None, sampler=None):
         if not isinstance(batch_size, numbers.Integral) or batch_size <= 0:
             raise ValueError(f"DataLoader: batch_size must be a positive int, got {batch_size!r}")
         if not isinstance(prefetch, numbers.Integral) or prefetch < 0:
             raise ValueError(f"DataLoader: prefetch must be an int >= 0, got {prefetch!r}")
+        if sampler is not None and shuffle:
+            raise ValueError("DataLoader: sampler option is mutually exclusive with shuffle")
         self.dataset = dataset
+        self.sampler = sampler
         self.batch_size = int(batch_size)
         self.shuffle = shuffle
         self.drop_last = drop_last
@@ -143,14 +149,19 @@ class DataLoader:
         self.set_epoch(state["epoch"])
 
     def __len__(self):
-        n = len(self.dataset)
+        n = len(self.dataset) if self.sampler is None else len(self.sampler)
         return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
 
     def __iter__(self):
         order_rng, transform_rng = self._epoch_generators()
+        if hasattr(self.sampler, "set_epoch"):
+            self.sampler.set_epoch(self.epoch)
         self.epoch += 1
         n = len(self.dataset)
-        order = order_rng.permutation(n) if self.shuffle else np.arange(n)
+        if self.sampler is not None:
+            order = np.fromiter(iter(self.sampler), dtype=np.int64)
+        else:
+            order = order_rng.permutation(n) if self.shuffle else np.arange(n)
         batches = [order[i:i + self.batch_size] for i in range(0, len(self) * self.batch_size,
                                                                  self.batch_size)]
 
