@@ -13,6 +13,7 @@ and exit code 1 (``TINYGRAD_CNN_DEBUG=1`` shows the traceback instead); Ctrl-C
 during training saves a checkpoint and exits with 130.
 """
 import argparse
+import contextlib
 import math
 import os
 import sys
@@ -130,6 +131,9 @@ def build_parser():
                        help="continue from OUT/checkpoint.npz (or CHECKPOINT); a new --lr, "
                        "--momentum, --weight-decay or --epochs is used, other changed "
                        "settings are refused")
+    train.add_argument("--distributed", action="store_true",
+                       help="data-parallel over the processes of `mpiexec -n N` (each takes "
+                       "--batch-size examples a step; rank 0 writes)")
     train.add_argument("--force", action="store_true",
                        help="with --resume: accept a checkpoint written with other settings")
     # None: "not given", so that --resume can tell a change from the default.
@@ -236,6 +240,20 @@ def _first(dataset, limit):
 
 # ---------------------------------------------------------------- train
 def run_train(args):
+    if not args.distributed:
+        return _run_train(args, writes=True)
+    from . import distributed
+    distributed.init()
+    # An error on one rank must end them all, not leave them waiting in a collective.
+    with distributed.abort_on_error():
+        return _run_train(args, writes=distributed.rank() == 0,
+                          world=distributed.world_size())
+
+
+def _run_train(args, writes, world=1):
+    """``world`` processes, each taking --batch-size examples a step: the run's (and
+    the checkpoint's) batch size is the global one, world x --batch-size, so a
+    checkpoint resumes with another number of processes at the same global batch."""
     import models
 
     from .backend import manual_seed
@@ -255,10 +273,16 @@ def run_train(args):
         resume = out / CHECKPOINT_FILE if args.resume is True else Path(args.resume)
         if not resume.is_file():
             raise UsageError(f"--resume: {resume}: no such checkpoint")
+    per_rank_given = args.batch_size is not None
     _settings_from_checkpoint(args, resume)
     epochs = args.epochs or spec.num_epochs
     lr = args.lr or spec.lr
     batch_size = args.batch_size or spec.batch_size
+    if resume and not per_rank_given and world > 1:    # the checkpoint's is global
+        if batch_size % world:
+            raise UsageError(f"--resume: the checkpoint's batch size {batch_size} does not "
+                             f"divide among {world} processes; give --batch-size")
+        batch_size //= world
     resize = args.resize or spec.resize
 
     train_set = _dataset(spec.dataset, args.data_dir, True, resize, args.limit)
@@ -270,20 +294,25 @@ def run_train(args):
     # What the run is; on --resume each must match the checkpoint's, except the
     # settings fit lets a resumed run change (train.RESUMABLE_CHANGES).
     meta = {"model": args.model, "dataset": spec.dataset, "resize": resize,
-            "batch_size": batch_size, "lr": lr, "epochs": epochs, "seed": args.seed,
+            "batch_size": batch_size * world, "lr": lr, "epochs": epochs, "seed": args.seed,
             "limit": args.limit, "momentum": args.momentum,
             "weight_decay": args.weight_decay, "schedule": args.schedule}
-    print(f"{args.model}: {epochs} epochs, lr {lr:g}, batch size {batch_size}, "
-          f"{len(train_set)} training / {len(test_set)} test images"
-          + (f" resized to {resize}" if resize else "") + f"; writing to {out}")
+    if writes:
+        print(f"{args.model}: {epochs} epochs, lr {lr:g}, batch size {batch_size}"
+              + (f" per rank x {world} ranks" if world > 1 else "") + ", "
+              f"{len(train_set)} training / {len(test_set)} test images"
+              + (f" resized to {resize}" if resize else "") + f"; writing to {out}")
     schedule = cosine_schedule(lr, epochs) if args.schedule == "cosine" else None
-    with hold_folder(out, say=print):         # the final weights too belong to this run
+    # the final weights too belong to this run (distributed: rank 0's, which writes)
+    with hold_folder(out, say=print) if writes else contextlib.nullcontext():
         fit(net, train_iter, test_iter, epochs, lr, args.device, momentum=args.momentum,
             weight_decay=args.weight_decay, lr_schedule=schedule, out_dir=out, resume=resume,
             progress=not args.no_progress, meta=meta, max_loss_ratio=args.max_loss_ratio,
-            force=args.force)
-        weights = save_checkpoint(out / "model.npz", net, epoch=epochs, run=meta)
-    print(f"weights saved to {weights}")
+            force=args.force, distributed=args.distributed)
+        if writes:
+            weights = save_checkpoint(out / "model.npz", net, epoch=epochs, run=meta)
+    if writes:
+        print(f"weights saved to {weights}")
 
 
 def _settings_from_checkpoint(args, resume):

@@ -143,7 +143,7 @@ def predict(net, data_iter, device=None):
 def fit(net, train_iter, test_iter, num_epochs, lr, device="cpu", *, momentum=0.0,
         weight_decay=0.0, lr_schedule=None, optimizer=None, init="xavier", seed=None,
         out_dir=None, resume=None, progress=True, plot=True, verbose=True, meta=None,
-        max_loss_ratio=1e3, force=False):
+        max_loss_ratio=1e3, force=False, distributed=False):
     """Train ``net`` for ``num_epochs`` epochs; returns the history, a list of
     one dict per epoch (``epoch`` from 1, ``train_loss``, ``train_acc``,
     ``test_acc``, ``examples_per_sec``, ``lr``, ...).
@@ -163,6 +163,10 @@ def fit(net, train_iter, test_iter, num_epochs, lr, device="cpu", *, momentum=0.
     max_loss_ratio: stop when a step's loss exceeds this times the run's first
                  loss (at least 1.0); None or 0 turns the check off.
     force:       resume even from a checkpoint whose ``meta`` differs.
+
+    distributed: one process per rank under ``mpiexec -n N``: data-parallel training
+                 on each rank's shard, rank 0 alone writing (see
+                 ``tinygrad_cnn/distributed/training.py``).
 
     Every step is guarded: a NaN or infinite loss (``NonFiniteLossError``) or
     gradient norm, a loss above the ``max_loss_ratio`` threshold, or a NumPy
@@ -185,19 +189,30 @@ def fit(net, train_iter, test_iter, num_epochs, lr, device="cpu", *, momentum=0.
         raise ValueError(f"fit: init must be 'xavier' or None, got {init!r}")
     device = require_device(device)    # no GPU: say so before any work
     net.to(device)
+    writes = True
+    if distributed:
+        from .distributed import training as distributed_training
+        net, writes, meta = distributed_training.prepare(net, train_iter, meta)
+    written = out_dir if writes else None    # distributed: rank 0 alone writes
     if optimizer is None:
         optimizer = optim.SGD(net.parameters(), lr=lr, momentum=momentum,
                               weight_decay=weight_decay)
     run = _Run(net, optimizer, train_iter, test_iter, num_epochs, device, lr_schedule,
-               out_dir, progress, plot, verbose, meta or {}, max_loss_ratio or None)
+               written, progress and writes, plot, verbose and writes, meta or {},
+               max_loss_ratio or None)
+    if distributed:
+        run.reduce_sums = distributed_training.global_sums
     if resume is True and out_dir is None:
         raise ValueError("fit: resume=True resumes from out_dir's checkpoint; give out_dir "
                          "or a checkpoint path")
-    owning = hold_folder(out_dir, say=run._say) if out_dir is not None \
+    owning = hold_folder(written, say=run._say) if written is not None \
         else contextlib.nullcontext()
     with owning:
         if resume:
-            run.resume(Path(out_dir) / CHECKPOINT_FILE if resume is True else resume, force)
+            path = Path(out_dir) / CHECKPOINT_FILE if resume is True else resume
+            if distributed:
+                distributed_training.check_resumable(path)
+            run.resume(path, force)
         else:
             run.start()
         return run.train()
@@ -233,6 +248,7 @@ class _Run:
         self.max_loss_ratio, self.first_loss = max_loss_ratio, None
         self.last_good = None
         self.phase = None         # "evaluation" or "saving" while not in a step
+        self.reduce_sums = None   # distributed: the epoch's sums over every rank
 
     # ------------------------------------------------------------ starting
     def start(self):
@@ -430,7 +446,8 @@ class _Run:
                 f"(lr is {lr:g})")
 
     def _end_epoch(self):
-        loss_sum, correct, count, seconds = self.sums
+        loss_sum, correct, count, seconds = (self.sums if self.reduce_sums is None
+                                             else self.reduce_sums(self.sums))
         if count == 0:
             raise ValueError("fit: the training iterator gave no batches")
         self.phase = "evaluation"
