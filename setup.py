@@ -13,6 +13,7 @@ setup(
     entry_points={"console_scripts": ["tinygrad-cnn = tinygrad_cnn.cli:main"]},
     extras_require={
         "gpu": ["cupy-cuda12x"],
+        "mpi": ["mpi4py>=3.1", "mpich"],
         "test": ["pytest>=7"],
     },
 )
