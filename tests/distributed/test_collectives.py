@@ -31,6 +31,10 @@ def test_all_reduce_ops_and_average(dist):
     np.testing.assert_array_equal(dist.all_reduce(a.copy(), op="avg"), [1.5, 4.5])
     with pytest.raises(ValueError, match="op must be one of"):
         dist.all_reduce(a, op="prod")
+    with pytest.raises(ValueError, match="cannot go with op='max'"):
+        dist.all_reduce(a, op="max", average=True)
+    with pytest.raises(TypeError, match="floating-point array, got dtype int64"):
+        dist.all_reduce(np.arange(3), average=True)
 
 
 def test_all_reduce_of_a_non_contiguous_view_writes_back(dist):

@@ -137,14 +137,16 @@ def all_reduce(tensor, op="sum", average=False):
     """
     comm = _require("all_reduce")
     _check_op(op, "all_reduce")
-    if average:
-        op = "avg"
+    if average and op not in ("sum", "avg"):
+        raise ValueError(f"tinygrad_cnn.distributed.all_reduce: average=True averages a sum; "
+                         f"it cannot go with op={op!r}")
+    op = "avg" if average else op
     array = _array_of(tensor, "all_reduce")
+    if op == "avg" and array.dtype.kind not in "fc":     # checked before any rank sends
+        raise TypeError("tinygrad_cnn.distributed.all_reduce: averaging needs a "
+                        f"floating-point array, got dtype {array.dtype}")
     _backend_for(array).all_reduce(array, "sum" if op == "avg" else op)
     if op == "avg":
-        if array.dtype.kind not in "fc":
-            raise TypeError("tinygrad_cnn.distributed.all_reduce: averaging needs a "
-                            f"floating-point array, got dtype {array.dtype}")
         array /= comm.Get_size()
     return tensor
 
