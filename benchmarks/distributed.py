@@ -19,10 +19,11 @@ the speed-up and scaling efficiency against one rank (speed-up / R), and the
 share of a step spent communicating (averaging gradients -- packing buckets,
 Allreduce, unpacking -- and broadcasting the buffers), timed on rank 0.
 
-Writes ``benchmarks/results/distributed.json`` (git-ignored) and prints a
-Markdown table.
+Writes ``benchmarks/results/distributed.json`` (all figures, git-ignored) and
+``benchmarks/results_distributed.md`` (the table and the machine's state, committed).
 """
 import argparse
+import datetime
 import json
 import os
 import shutil
@@ -173,9 +174,21 @@ def main(argv=None):
             results[name][r] = chosen
     out = ROOT / "benchmarks" / "results"
     out.mkdir(exist_ok=True)
-    (out / "distributed.json").write_text(json.dumps(
-        {"machine": machine(), "results": results}, indent=1))
-    print(table(results, ranks))
+    info = machine()
+    (out / "distributed.json").write_text(json.dumps({"machine": info, "results": results},
+                                                     indent=1))
+    text = table(results, ranks)
+    print(text)
+    (ROOT / "benchmarks" / "results_distributed.md").write_text(
+        "# Data-parallel scaling (`python -m benchmarks.distributed "
+        f"{' '.join(argv if argv is not None else sys.argv[1:])}`)\n\n"
+        f"{info['cpu']}, {info['cpus']} CPUs, load average "
+        f"{', '.join(f'{x:.1f}' for x in info['load_average'])} at the end (1, 5, 15 min); "
+        f"{datetime.date.today()}.\n\n{text}\n\nExamples/s per round: "
+        + "; ".join(f"{name} {r} rank(s): "
+                    + ", ".join(f"{x:,.1f}" for x in run["rounds_examples_per_s"] if x)
+                    for name, by_ranks in results.items() for r, run in by_ranks.items())
+        + "\n")
 
 
 if __name__ == "__main__":
