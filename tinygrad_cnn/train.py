@@ -202,6 +202,7 @@ def fit(net, train_iter, test_iter, num_epochs, lr, device="cpu", *, momentum=0.
                max_loss_ratio or None)
     if distributed:
         run.reduce_sums = distributed_training.global_sums
+        run.saves_on_interrupt = False   # the ranks stop at different steps
     if resume is True and out_dir is None:
         raise ValueError("fit: resume=True resumes from out_dir's checkpoint; give out_dir "
                          "or a checkpoint path")
@@ -249,6 +250,7 @@ class _Run:
         self.last_good = None
         self.phase = None         # "evaluation" or "saving" while not in a step
         self.reduce_sums = None   # distributed: the epoch's sums over every rank
+        self.saves_on_interrupt = True
 
     # ------------------------------------------------------------ starting
     def start(self):
@@ -488,6 +490,10 @@ class _Run:
     def _save_on_interrupt(self):
         if self.out_dir is None:
             self._say("interrupted (no out_dir, nothing saved)")
+            return
+        if not self.saves_on_interrupt:
+            self._say(f"interrupted in epoch {self.epoch + 1}; the checkpoint of the last "
+                      "finished epoch is kept")
             return
         try:
             path = self._save(self.out_dir / CHECKPOINT_FILE)

@@ -94,3 +94,36 @@ def test_cli_checkpoint_of_two_ranks_resumes_on_one(tmp_path):
                                    err_msg=key)
     rows = [json.loads(line) for line in open(tmp_path / "resumed" / "metrics.jsonl")]
     assert [row["epoch"] for row in rows] == [1, 2]
+
+
+class InterruptedImages(Images):
+    """Ctrl-C after the second epoch's first step (4 batches an epoch)."""
+    calls = 0
+
+    def get_batch(self, indices):
+        self.calls += 1
+        if self.calls == 6:
+            raise KeyboardInterrupt
+        return super().get_batch(indices)
+
+
+@pytest.mark.mpi
+def test_ctrl_c_keeps_the_last_finished_epochs_checkpoint(dist, tmp_path):
+    from tinygrad_cnn.checkpoint import load_checkpoint
+    out = dist.broadcast_object(str(tmp_path))
+    with pytest.raises(KeyboardInterrupt):
+        fit(lenet(), DataLoader(InterruptedImages(), 4, prefetch=0), None, 2, 0.5,
+            out_dir=out, plot=False, progress=False, verbose=False, distributed=True)
+    dist.barrier()
+    position = load_checkpoint(os.path.join(out, "checkpoint.npz")).meta["position"]
+    assert (position["epoch"], position["batch"]) == (1, 0)
+
+
+def test_a_mid_epoch_checkpoint_is_refused_by_a_distributed_run(tmp_path):
+    from tinygrad_cnn.checkpoint import save_checkpoint
+    from tinygrad_cnn.distributed.training import check_resumable
+    path = save_checkpoint(tmp_path / "c.npz", lenet(), position={"epoch": 1, "batch": 3})
+    with pytest.raises(ValueError, match=r"middle of epoch 2 \(after 3 batches\)"):
+        check_resumable(path)
+    check_resumable(save_checkpoint(tmp_path / "d.npz", lenet(),
+                                    position={"epoch": 1, "batch": 0}))

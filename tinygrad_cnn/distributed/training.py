@@ -11,9 +11,11 @@
   checkpoints.  The epoch's loss, accuracy and example count are summed over
   the ranks first, so the metrics are the global batch's.
 - A checkpoint written at the end of an epoch resumes with any number of
-  processes (the sampler's order depends on the seed and the epoch only); one
-  written mid-epoch (Ctrl-C) holds rank 0's partial sums and a per-rank batch
-  count, so it is refused with a message.
+  processes (the sampler's order depends on the seed and the epoch only).  On
+  Ctrl-C the ranks stop at different steps, and rank 0 alone knows neither the
+  global sums nor whether its step was averaged, so nothing is saved: the last
+  epoch's checkpoint stays.  A mid-epoch checkpoint of a one-process run is
+  refused with a message.
 """
 import numpy as np
 
