@@ -187,11 +187,13 @@ def fit(net, train_iter, test_iter, num_epochs, lr, device="cpu", *, momentum=0.
         init_xavier(net)
     elif init is not None:
         raise ValueError(f"fit: init must be 'xavier' or None, got {init!r}")
+    if distributed:      # before anything is placed: 'cuda' means this rank's GPU
+        from .distributed import training as distributed_training
+        device = distributed_training.device_for_rank(device)
     device = require_device(device)    # no GPU: say so before any work
     net.to(device)
     writes = True
     if distributed:
-        from .distributed import training as distributed_training
         net, writes, meta = distributed_training.prepare(net, train_iter, meta)
     written = out_dir if writes else None    # distributed: rank 0 alone writes
     if optimizer is None:

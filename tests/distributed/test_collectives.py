@@ -10,6 +10,7 @@ pytestmark = pytest.mark.mpi
 def test_rank_and_world_size(dist):
     ranks = dist.all_gather_object(dist.rank())
     assert ranks == [0, 1] and dist.world_size() == 2
+    assert sorted(dist.all_gather_object(dist.local_rank())) == [0, 1]   # one machine
     dist.barrier()
 
 

@@ -11,11 +11,11 @@
 ``DistributedSampler``; ``nn.SyncBatchNorm`` takes its statistics over every rank.
 """
 from .process_group import (abort, abort_on_error, all_gather, all_gather_object, all_reduce,
-                            barrier, broadcast, broadcast_object, init, is_initialized, rank,
-                            world_size)
+                            barrier, broadcast, broadcast_object, init, is_initialized,
+                            local_rank, rank, world_size)
 from .sampler import DistributedSampler
 from .parallel import DistributedDataParallel
 
 __all__ = ["DistributedDataParallel", "DistributedSampler", "abort", "abort_on_error",
            "all_gather", "all_gather_object", "all_reduce", "barrier", "broadcast",
-           "broadcast_object", "init", "is_initialized", "rank", "world_size"]
+           "broadcast_object", "init", "is_initialized", "local_rank", "rank", "world_size"]

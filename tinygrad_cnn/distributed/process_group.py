@@ -71,6 +71,13 @@ def world_size():
     return _require("world_size").Get_size()
 
 
+def local_rank():
+    """This process's rank among the group's processes on the same machine (to pick
+    one GPU per process)."""
+    comm = _require("local_rank")
+    return comm.Split_type(_MPI.COMM_TYPE_SHARED).Get_rank()
+
+
 def barrier():
     _require("barrier").Barrier()
 
@@ -224,14 +231,16 @@ class _ThroughHost:
     """CuPy arrays without NCCL: to host memory, over MPI, and back (never ran here)."""
 
     def all_reduce(self, array, op):
+        import cupy
         host = array.get()
         _MPIBuffers().all_reduce(host, op)
-        array.set(host)
+        array[...] = cupy.asarray(host)      # also into a non-contiguous view
 
     def broadcast(self, array, src):
+        import cupy
         host = array.get()
         _MPIBuffers().broadcast(host, src)
-        array.set(host)
+        array[...] = cupy.asarray(host)
 
     def all_gather(self, array, out):
         host = np.empty(out.shape, dtype=out.dtype)

@@ -25,6 +25,18 @@ from .parallel import DistributedDataParallel
 from .sampler import DistributedSampler
 
 
+def device_for_rank(device):
+    """Join the group; ``'cuda'`` becomes this rank's own GPU, ``cuda:<local rank mod
+    GPUs>``, made current for NCCL (one process per GPU; never ran: no GPU here)."""
+    pg.init()
+    if str(device) != "cuda":
+        return device
+    import cupy
+    index = pg.local_rank() % cupy.cuda.runtime.getDeviceCount()
+    cupy.cuda.Device(index).use()
+    return f"cuda:{index}"
+
+
 def prepare(net, train_iter, meta):
     """Join the group, shard ``train_iter``, wrap ``net``.  Returns (wrapped net,
     whether this rank writes, the run's meta)."""
