@@ -5,6 +5,10 @@ import pytest
 
 import tinygrad_cnn as tc
 
+# autograd's bookkeeping calls no kernel: run under the first kernel set only
+# (tests/conftest.py).
+pytestmark = pytest.mark.kernel_free
+
 
 def test_hook_sees_the_accumulated_grad_once_per_backward():
     w = tc.tensor([1.0, 2.0], requires_grad=True)

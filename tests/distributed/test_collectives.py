@@ -4,7 +4,9 @@ import pytest
 
 import tinygrad_cnn as tc
 
-pytestmark = pytest.mark.mpi
+# the distributed machinery is the same under every kernel set: run under the first set
+# only (tests/conftest.py).
+pytestmark = [pytest.mark.mpi, pytest.mark.kernel_free]
 
 
 def test_rank_and_world_size(dist):

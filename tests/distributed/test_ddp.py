@@ -12,7 +12,9 @@ from tinygrad_cnn import nn, optim
 
 from .conftest import on_every_rank
 
-pytestmark = pytest.mark.mpi
+# the distributed machinery is the same under every kernel set: run under the first set
+# only (tests/conftest.py).
+pytestmark = [pytest.mark.mpi, pytest.mark.kernel_free]
 
 
 def whole_batch(shape, n=8, classes=10, seed=123):

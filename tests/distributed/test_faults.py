@@ -9,9 +9,11 @@ import pytest
 
 from .conftest import HAVE_MPI4PY, MPIEXEC, UNDER_MPIEXEC
 
-pytestmark = pytest.mark.skipif(
+# the distributed machinery is the same under every kernel set: run under the first set
+# only (tests/conftest.py).
+pytestmark = [pytest.mark.kernel_free, pytest.mark.skipif(
     not HAVE_MPI4PY or MPIEXEC is None or UNDER_MPIEXEC,
-    reason="needs mpi4py and mpiexec (pip install -e '.[mpi]'), outside mpiexec")
+    reason="needs mpi4py and mpiexec (pip install -e '.[mpi]'), outside mpiexec")]
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

@@ -2,6 +2,12 @@
 import subprocess
 import sys
 
+import pytest
+
+# the distributed machinery is the same under every kernel set: run under the first set
+# only (tests/conftest.py).
+pytestmark = pytest.mark.kernel_free
+
 
 def test_importing_the_engine_and_its_distributed_module_loads_no_mpi():
     code = ("import sys, tinygrad_cnn, tinygrad_cnn.distributed, tinygrad_cnn.train, "
@@ -12,7 +18,6 @@ def test_importing_the_engine_and_its_distributed_module_loads_no_mpi():
 
 
 def test_collectives_before_init_name_the_missing_call():
-    import pytest
     import tinygrad_cnn.distributed as dist
     if dist.is_initialized():
         pytest.skip("the process group is initialised in this process (under mpiexec)")

@@ -5,6 +5,10 @@ import pytest
 
 from tinygrad_cnn.distributed import DistributedSampler
 
+# the distributed machinery is the same under every kernel set: run under the first set
+# only (tests/conftest.py).
+pytestmark = pytest.mark.kernel_free
+
 
 def shards(n, replicas, **kwargs):
     return [list(DistributedSampler(range(n), replicas, r, **kwargs)) for r in range(replicas)]

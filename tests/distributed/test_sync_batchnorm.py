@@ -8,7 +8,9 @@ from tinygrad_cnn import nn
 
 from .conftest import on_every_rank
 
-pytestmark = pytest.mark.mpi
+# the distributed machinery is the same under every kernel set: run under the first set
+# only (tests/conftest.py).
+pytestmark = [pytest.mark.mpi, pytest.mark.kernel_free]
 
 
 def global_batch(shape=(6, 3, 4, 5), seed=5):

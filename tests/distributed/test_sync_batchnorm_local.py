@@ -6,6 +6,12 @@ import tinygrad_cnn as tc
 from models.lenet import lenet_bn
 from tinygrad_cnn import nn
 
+import pytest
+
+# the distributed machinery is the same under every kernel set: run under the first set
+# only (tests/conftest.py).
+pytestmark = pytest.mark.kernel_free
+
 
 def test_without_a_process_group_it_is_batchnorm():
     sync, plain = nn.SyncBatchNorm(4).double(), nn.BatchNorm2d(4).double()

@@ -14,6 +14,10 @@ from tinygrad_cnn.train import fit
 
 from .conftest import HAVE_MPI4PY, MPIEXEC, UNDER_MPIEXEC, on_every_rank
 
+# the distributed machinery is the same under every kernel set: run under the first set
+# only (tests/conftest.py).
+pytestmark = pytest.mark.kernel_free
+
 
 class Images:
     """32 random 28×28 images with labels, the same on every rank."""
