@@ -2,10 +2,14 @@
 reading, d2l's train/valid reorganisation, ImageFolder, and submission.csv."""
 import csv
 import math
+import subprocess
+import sys
+from pathlib import Path
 
 import matplotlib.image
 import numpy as np
 import pytest
+from PIL import Image
 
 from tinygrad_cnn.data import (DataLoader, ImageFolder, KaggleCIFAR10, read_csv_labels,
                                reorg_test, reorg_train_valid, write_submission)
@@ -47,6 +51,44 @@ def test_read_png_round_trips(kaggle):
     image = read_png(root / "train" / "3.png")
     assert image.dtype == np.uint8 and image.shape == (32, 32, 3)
     np.testing.assert_array_equal(image, written["train"][3])
+
+
+@pytest.mark.parametrize("mode", ["L", "LA", "P", "RGBA"])
+def test_read_png_converts_other_modes_to_rgb(tmp_path, mode):
+    rgb = np.random.default_rng(1).integers(0, 256, (5, 7, 3), dtype=np.uint8)
+    image = Image.fromarray(rgb).convert(mode)
+    image.save(tmp_path / "x.png")
+    expected = np.asarray(image.convert("RGB"))        # alpha dropped, palette looked up
+    pixels = read_png(tmp_path / "x.png")
+    assert pixels.dtype == np.uint8 and pixels.shape == (5, 7, 3)
+    np.testing.assert_array_equal(pixels, expected)
+    if mode in ("L", "LA"):                            # grey repeated in R, G and B
+        assert (pixels == pixels[:, :, :1]).all()
+
+
+def test_read_png_scales_16_bit_grey_to_8_bits(tmp_path):
+    grey = np.array([[0, 257, 1000], [32896, 65280, 65535]], dtype=np.uint16)
+    Image.fromarray(grey).save(tmp_path / "x.png")
+    pixels = read_png(tmp_path / "x.png")
+    assert pixels.dtype == np.uint8
+    expected = np.array([[0, 1, 4], [128, 254, 255]], dtype=np.uint8)   # x * 255 / 65535
+    np.testing.assert_array_equal(pixels, np.repeat(expected[:, :, None], 3, axis=2))
+
+
+def test_read_png_refuses_another_format(tmp_path):
+    Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(tmp_path / "x.png", format="BMP")
+    with pytest.raises(ValueError, match="x.png: not a readable PNG image .a BMP image"):
+        read_png(tmp_path / "x.png")
+
+
+@pytest.mark.parametrize("module", ["tinygrad_cnn", "tinygrad_cnn.data"])
+def test_importing_the_data_code_does_not_load_matplotlib(module):
+    # Reading data needs Pillow only; matplotlib (slow to import) is for pictures.
+    code = f"import sys, {module}; print('matplotlib' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            cwd=Path(__file__).resolve().parents[2], timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "False"
 
 
 def test_read_png_refuses_a_broken_file(tmp_path):

@@ -11,7 +11,7 @@ copy it into d2l's class-folder layout, which ``ImageFolder`` reads::
     <root>/train_valid_test/test/unknown/<id>.png
 
 and ``write_submission`` writes predictions as Kaggle expects (``id,label``).
-PNGs are read with matplotlib, a dependency already.
+PNGs are read with Pillow.
 """
 import collections
 import csv
@@ -21,8 +21,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
-import matplotlib.image
 import numpy as np
+from PIL import Image
 
 from ..files import atomic_write
 from .loader import ImageDataset
@@ -32,18 +32,20 @@ REORG_FOLDER = "train_valid_test"
 
 
 def read_png(path):
-    """uint8 (H, W, 3) RGB pixels of a PNG file (grey is repeated, alpha dropped)."""
+    """uint8 (H, W, 3) RGB pixels of a PNG file (grey and palette images become RGB,
+    alpha is dropped, 16-bit grey is scaled to 8 bits)."""
     try:
-        pixels = matplotlib.image.imread(path)
+        with Image.open(path) as image:
+            if image.format != "PNG":
+                raise ValueError(f"a {image.format} image")
+            if image.mode.startswith("I"):       # 16-bit grey: "I;16", "I;16B" or "I"
+                grey = np.rint(np.asarray(image, dtype=np.float64) / 257).astype(np.uint8)
+                return np.repeat(grey[:, :, None], 3, axis=2)
+            return np.array(image.convert("RGB"))
     except FileNotFoundError:
         raise
-    except Exception as exc:     # PIL raises a variety of errors for a bad file
+    except (OSError, SyntaxError, ValueError) as exc:   # what Pillow raises for a bad file
         raise ValueError(f"{path}: not a readable PNG image ({exc})") from exc
-    if pixels.dtype.kind == "f":        # matplotlib scales PNGs to [0, 1]
-        pixels = np.rint(pixels * 255).astype(np.uint8)
-    if pixels.ndim == 2:
-        pixels = np.repeat(pixels[:, :, None], 3, axis=2)
-    return pixels[:, :, :3]
 
 
 def read_csv_labels(path):
