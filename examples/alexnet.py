@@ -1,7 +1,9 @@
-"""AlexNet (d2l 7.1): deeper and wider than LeNet, ReLU, max pooling, dropout.
+"""AlexNet: deeper and wider than LeNet, ReLU, max pooling, dropout (d2l §7.1 Deep
+Convolutional Neural Networks (AlexNet),
+https://d2l.ai/chapter_convolutional-modern/alexnet.html).
 
-The layer-by-layer shape walk of a 1x1x224x224 image (the table in seed 004), then
-training on Fashion-MNIST resized to 224x224 (lr 0.01, 10 epochs, batch 128).
+The layer-by-layer shape walk of a 1x1x224x224 image (d2l's table), then training on
+Fashion-MNIST resized to 224x224 (lr 0.01, 10 epochs, batch 128).
 With --quick: the walk, then one step on two random 224x224 images.
 
     python examples/alexnet.py --data-dir ../shared/datasets/fashion-mnist

@@ -1,4 +1,5 @@
-"""d2l's Kaggle assignment: classify CIFAR-10 images (d2l 14.13; seed 004's last part).
+"""d2l's Kaggle assignment: classify CIFAR-10 images (d2l §13.13 Image Classification
+(CIFAR-10) on Kaggle, https://d2l.ai/chapter_computer-vision/kaggle-cifar10.html).
 
 The competition gives ``train/<id>.png`` with ``trainLabels.csv`` and ``test/<id>.png``.
 The steps, as d2l takes them:

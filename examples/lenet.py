@@ -1,4 +1,5 @@
-"""LeNet-5 on Fashion-MNIST (d2l 6.6; seed 003's training script).
+"""LeNet-5 on Fashion-MNIST (d2l §6.6 Convolutional Neural Networks (LeNet),
+https://d2l.ai/chapter_convolutional-neural-networks/lenet.html).
 
 Two convolution blocks (5x5 conv, sigmoid, 2x2 average pooling) and three fully
 connected layers.  The script builds it, walks a 28x28 image through it, and trains

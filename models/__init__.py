@@ -9,9 +9,12 @@ Each network lives in its own module (``models.lenet``, ``models.resnet``,
 …) and is imported only when asked for, so one module's import error does
 not hide the others.
 
-Training settings come from the seeds (d2l's ``train_ch6`` runs on
-Fashion-MNIST, images resized to ``resize``).  Where the seeds give none,
-``source`` says what was borrowed.
+Training settings are d2l's (its ``train_ch6`` runs on Fashion-MNIST, images
+resized to ``resize``); ``source`` names the d2l section that trains the
+network (https://d2l.ai/chapter_convolutional-modern/), or says what was
+borrowed where d2l trains none.  Section numbers are those of d2l's classic
+(0.17) edition, as everywhere in this repository; d2l.ai's current edition
+numbers these chapters one higher (AlexNet is §8.1 there).
 """
 import importlib
 from dataclasses import dataclass
@@ -42,33 +45,34 @@ class ModelSpec:
 def _entries():
     fmnist_224 = dict(resize=224, batch_size=128, num_epochs=10)
     at_96 = dict(resize=96, num_epochs=10)
-    seed_resnet = dict(module="resnet", lr=0.05, batch_size=256, **at_96,
-                       source="seed 003 gives no settings; d2l's ResNet-18 ones (seed 004)")
+    block_resnet = dict(module="resnet", lr=0.05, batch_size=256, **at_96,
+                        source="d2l trains none; its ResNet-18's (§7.6 Residual Networks)")
     return [
         ModelSpec("lenet", "lenet", "lenet", lr=0.9, num_epochs=10, batch_size=256,
-                  source="d2l 6.6 (not in the seeds)"),
+                  source="d2l §6.6 Convolutional Neural Networks (LeNet)"),
         ModelSpec("lenet_bn", "lenet", "lenet_bn", lr=1.0, num_epochs=10, batch_size=256,
-                  source="seed 004 §1.4.5"),
+                  source="d2l §7.5 Batch Normalization, concise"),
         ModelSpec("lenet_bn_scratch", "lenet", "lenet_bn_scratch", lr=1.0, num_epochs=10,
-                  batch_size=256, source="seed 004 §1.4.4"),
+                  batch_size=256, source="d2l §7.5 Batch Normalization, from scratch"),
         ModelSpec("alexnet", "alexnet", "alexnet", lr=0.01, **fmnist_224,
-                  source="seed 004 §1.1.4"),
+                  source="d2l §7.1 Deep Convolutional Neural Networks (AlexNet)"),
         ModelSpec("alexnet_cifar10", "alexnet", "alexnet_cifar10", lr=0.01, num_epochs=10,
                   batch_size=128, dataset="cifar10",
-                  source="seed 003 gives no settings; d2l's AlexNet ones, no resize"),
+                  source="d2l trains none; its AlexNet's (§7.1), no resize"),
         ModelSpec("vgg11", "vgg", "vgg11", lr=0.05, **fmnist_224,
-                  source="seed 004 §1.2.3 (given for the small variant)"),
+                  source="d2l §7.2 Networks Using Blocks (VGG), given for the small variant"),
         ModelSpec("vgg11_small", "vgg", "vgg11_small", lr=0.05, **fmnist_224,
-                  source="seed 004 §1.2.3"),
-        ModelSpec("nin", "nin", "nin", lr=0.1, **fmnist_224, source="seed 004 §1.3.3"),
+                  source="d2l §7.2 Networks Using Blocks (VGG)"),
+        ModelSpec("nin", "nin", "nin", lr=0.1, **fmnist_224,
+                  source="d2l §7.3 Network in Network (NiN)"),
         ModelSpec("googlenet", "googlenet", "googlenet", lr=0.1, batch_size=128, **at_96,
-                  source="seed 000 §7.4.3"),
+                  source="d2l §7.4 Networks with Parallel Concatenations (GoogLeNet)"),
         ModelSpec("resnet18", "resnet", "resnet18", lr=0.05, batch_size=256, **at_96,
-                  source="seed 004 §1.5.3"),
-        *[ModelSpec(name=depth, builder=depth, **seed_resnet)
+                  source="d2l §7.6 Residual Networks (ResNet)"),
+        *[ModelSpec(name=depth, builder=depth, **block_resnet)
           for depth in ("resnet34", "resnet50", "resnet101", "resnet152")],
         ModelSpec("densenet", "densenet", "densenet", lr=0.1, batch_size=256, **at_96,
-                  source="seed 000 §7.7.4"),
+                  source="d2l §7.7 Densely Connected Networks (DenseNet)"),
     ]
 
 

@@ -1,4 +1,6 @@
-"""AlexNet (d2l 7.1) and seed 003's redesign for CIFAR-10.
+"""AlexNet (d2l §7.1 Deep Convolutional Neural Networks (AlexNet),
+https://d2l.ai/chapter_convolutional-modern/alexnet.html) and a redesign for
+CIFAR-10's 32×32 images.
 
 AlexNet is LeNet made deeper and wider — five convs (11×11, 5×5, then
 3×3), ReLU instead of sigmoid, max pooling, two 4096-wide hidden layers
@@ -15,7 +17,7 @@ Output shapes of ``alexnet()`` for a (1, 1, 224, 224) input:
 
 ``alexnet_cifar10()`` keeps the layer plan for 3×32×32 images: a 5×5
 stride-1 first conv instead of 11×11 stride 4, so the last pool gives
-256×3×3.  Its children are ``features`` and ``classifier`` as in the seed,
+256×3×3.  Its children are ``features`` and ``classifier`` as in torchvision,
 so its state-dict keys are "features.0.weight", "classifier.1.weight", ….
 """
 from tinygrad_cnn import nn
@@ -45,7 +47,7 @@ def alexnet(in_channels=1, num_classes=10):
 
 
 class AlexNetCIFAR10(nn.Module):
-    """Seed 003's AlexNet for (N, 3, 32, 32) CIFAR-10 images.
+    """AlexNet for (N, 3, 32, 32) CIFAR-10 images.
 
     features:   (N, 3, 32, 32) -> 96×32×32 -> pool 96×15×15 -> 256×15×15
                 -> pool 256×7×7 -> 384×7×7 -> 384×7×7 -> 256×7×7 -> pool 256×3×3
@@ -83,5 +85,5 @@ class AlexNetCIFAR10(nn.Module):
 
 
 def alexnet_cifar10(in_channels=3, num_classes=10):
-    """Seed 003's CIFAR-10 AlexNet (3×32×32 input, hence ``in_channels=3``)."""
+    """The CIFAR-10 AlexNet (3×32×32 input, hence ``in_channels=3``)."""
     return AlexNetCIFAR10(in_channels, num_classes)

@@ -1,4 +1,6 @@
-"""ResNet: d2l's ResNet-18 (7.6), and the BasicBlock/Bottleneck family of seed 003.
+"""ResNet: d2l's ResNet-18 (d2l §7.6 Residual Networks (ResNet),
+https://d2l.ai/chapter_convolutional-modern/resnet.html), and the BasicBlock/Bottleneck
+family of the widely copied CIFAR-10 ResNet code.
 
 A residual block learns f(x) - x instead of f(x): its output is
 relu(F(x) + shortcut(x)), so a block whose weights go to zero is the
@@ -10,7 +12,7 @@ load both ways:
 - d2l (``Residual``, ``resnet_block``, ``resnet18``): convs with bias, the
   shortcut a 1×1 conv ``conv3`` (or nothing).  ``resnet18()`` is
   ``Sequential(b1, b2, b3, b4, b5, AdaptiveAvgPool2d, Flatten, Linear)``.
-- seed 003 (``BasicBlock``, ``Bottleneck``, ``ResNet``): bias-free convs,
+- the CIFAR-10 code's (``BasicBlock``, ``Bottleneck``, ``ResNet``): bias-free convs,
   the shortcut a ``Sequential`` (empty, or 1×1 conv + BN), and
   ``expansion`` = output channels / ``planes`` (1 and 4).
 
@@ -81,7 +83,7 @@ def resnet18(in_channels=1, num_classes=10):
                          nn.Linear(512, num_classes))
 
 
-# ------------------------------------------------------------------ seed 003
+# ---------------------------------------------- BasicBlock/Bottleneck family
 def _shortcut(in_planes, out_planes, stride):
     """Identity (an empty Sequential) when the shapes already agree, else a
     strided 1×1 conv + BN that brings the input to (out_planes, H/stride, W/stride)."""
@@ -144,13 +146,12 @@ class ResNet(nn.Module):
     """Stem, four stages of ``block``s (``num_blocks[i]`` each; 64, 128, 256, 512
     planes, stages 2–4 start with stride 2), global average pooling, Linear.
 
-    Seed 003 gives only the blocks; the network around them follows d2l's
+    The blocks are the CIFAR-10 code's; the network around them follows d2l's
     ResNet-18 (and torchvision's): a 7×7 stride-2 conv + BN + ReLU and a 3×3
     stride-2 max pool, so a 96×96 Fashion-MNIST image reaches the first stage
     at 24×24.  Global average pooling (instead of a fixed 4×4 pool) takes
     any input size.  Children: conv1, bn1, maxpool, layer1..layer4, avgpool,
-    linear (``linear``, not torchvision's ``fc``, as in the widely copied
-    CIFAR ResNet code whose blocks seed 003 reproduces).
+    linear (``linear``, not torchvision's ``fc``, as in that CIFAR-10 code).
     """
 
     def __init__(self, block, num_blocks, in_channels=1, num_classes=10):
@@ -181,7 +182,7 @@ class ResNet(nn.Module):
 
 
 def resnet18_basic(in_channels=1, num_classes=10):
-    """ResNet-18 from seed 003's BasicBlock (bias-free convs, BN shortcuts)."""
+    """ResNet-18 from ``BasicBlock`` (bias-free convs, BN shortcuts)."""
     return ResNet(BasicBlock, [2, 2, 2, 2], in_channels, num_classes)
 
 

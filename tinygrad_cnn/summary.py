@@ -11,7 +11,7 @@ d2l checks a network by pushing one example through it a layer at a time::
 class, output shape and parameter count) and the totals.  Instead of
 iterating over ``net`` it runs ``net(X)`` and records each child's output
 as the child is called, so it also works for networks with their own
-``forward`` (seed 003's ResNet, AlexNetCIFAR10's features/classifier).
+``forward`` (``models.resnet.ResNet``, AlexNetCIFAR10's features/classifier).
 """
 import contextlib
 from dataclasses import dataclass

@@ -1,6 +1,6 @@
-"""AlexNet (d2l, 1×224×224) and seed 003's CIFAR-10 AlexNet (3×32×32): shape
-tables from the seeds, parameter counts, state-dict names, weight exchange with
-PyTorch twins of the seed code, one forward/backward and a few SGD steps.
+"""AlexNet (d2l, 1×224×224) and the CIFAR-10 AlexNet (3×32×32): shape tables
+(d2l's, and the CIFAR-10 design's), parameter counts, state-dict names, weight
+exchange with PyTorch twins, one forward/backward and a few SGD steps.
 
 The networks are big (46.8M and 30.0M parameters; building one takes a
 second), so the read-only whole-network tests share one build per module.
@@ -27,8 +27,9 @@ def cifar_alexnet():
 
 
 # ===================================================================== d2l AlexNet
-# Seed 004's walk over a 1×1×224×224 input (§1.1.2).
-SEED_004_ALEXNET_WALK = [
+# d2l's walk over a 1×1×224×224 input (§7.1 Deep Convolutional Neural Networks (AlexNet),
+# https://d2l.ai/chapter_convolutional-modern/alexnet.html).
+D2L_ALEXNET_WALK = [
     ("Conv2d", (1, 96, 54, 54)), ("ReLU", (1, 96, 54, 54)), ("MaxPool2d", (1, 96, 26, 26)),
     ("Conv2d", (1, 256, 26, 26)), ("ReLU", (1, 256, 26, 26)),
     ("MaxPool2d", (1, 256, 12, 12)),
@@ -45,7 +46,7 @@ SEED_004_ALEXNET_WALK = [
 def test_shape_walk_matches_seed(request, kernel_set, d2l_alexnet):
     once_per_run(request, kernel_set)
     rows = summary(d2l_alexnet, (1, 1, 224, 224), show=False).rows
-    assert [(r.layer, r.output_shape) for r in rows] == SEED_004_ALEXNET_WALK
+    assert [(r.layer, r.output_shape) for r in rows] == D2L_ALEXNET_WALK
 
 
 def test_parameter_count(d2l_alexnet):
@@ -85,9 +86,9 @@ def test_sgd_steps_lower_the_loss(request, kernel_set, d2l_alexnet):
                            lr=models.spec("alexnet").lr, steps=2)
 
 
-# ====================================================== seed 003's CIFAR-10 AlexNet
-# The shapes seed 003 notes beside each layer of ``features`` for a 3×32×32 image.
-SEED_003_FEATURES_WALK = [
+# ============================================================= CIFAR-10 AlexNet
+# The shapes of each layer of ``features`` for a 3×32×32 image, worked out by hand.
+CIFAR10_FEATURES_WALK = [
     ("Conv2d", (1, 96, 32, 32)), ("ReLU", (1, 96, 32, 32)), ("MaxPool2d", (1, 96, 15, 15)),
     ("Conv2d", (1, 256, 15, 15)), ("ReLU", (1, 256, 15, 15)), ("MaxPool2d", (1, 256, 7, 7)),
     ("Conv2d", (1, 384, 7, 7)), ("ReLU", (1, 384, 7, 7)),
@@ -99,7 +100,7 @@ SEED_003_FEATURES_WALK = [
 def test_cifar_shape_walk_matches_seed(request, kernel_set, cifar_alexnet):
     once_per_run(request, kernel_set)
     rows = summary(cifar_alexnet.features, (1, 3, 32, 32), show=False).rows
-    assert [(r.layer, r.output_shape) for r in rows] == SEED_003_FEATURES_WALK
+    assert [(r.layer, r.output_shape) for r in rows] == CIFAR10_FEATURES_WALK
     rows = summary(cifar_alexnet, (1, 3, 32, 32), show=False).rows
     assert [(r.name, r.output_shape) for r in rows] == [("features", (1, 256, 3, 3)),
                                                         ("classifier", (1, 10))]

@@ -17,7 +17,7 @@ from tests.models.checks import (assert_forward_backward,
 
 @functools.lru_cache(maxsize=None)
 def torch_densenet():
-    """The seeds' conv_block, DenseBlock, transition_block and d2l's DenseNet in PyTorch."""
+    """d2l's conv_block, DenseBlock, transition_block and DenseNet in PyTorch."""
     torch = pytest.importorskip("torch")
     tnn = torch.nn
 

@@ -17,7 +17,7 @@ from tests.models.checks import (assert_forward_backward,
 
 @functools.lru_cache(maxsize=None)
 def torch_googlenet():
-    """The seeds' Inception and d2l's b1…b5 network in PyTorch."""
+    """d2l's Inception and b1…b5 network in PyTorch."""
     torch = pytest.importorskip("torch")
     tnn, TF = torch.nn, torch.nn.functional
 

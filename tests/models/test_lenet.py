@@ -240,7 +240,7 @@ def _assert_same_forward_backward(scratch, library, x_shape, seed):
 BUILDERS = {"lenet": lenet.lenet, "lenet_bn": lenet.lenet_bn,
             "lenet_bn_scratch": lenet.lenet_bn_scratch}
 
-# d2l 6.6's walk over one 28×28 image (the shapes seed 003 notes beside its layers)
+# d2l 6.6's walk over one 28×28 image
 LENET_WALK = [
     ("Conv2d", (1, 6, 28, 28)), ("Sigmoid", (1, 6, 28, 28)), ("AvgPool2d", (1, 6, 14, 14)),
     ("Conv2d", (1, 16, 10, 10)), ("Sigmoid", (1, 16, 10, 10)), ("AvgPool2d", (1, 16, 5, 5)),

@@ -1,4 +1,4 @@
-"""NiN: nin_block, seed 004's shape table at 224×224, the parameter count,
+"""NiN: nin_block, d2l's shape table at 224×224, the parameter count,
 weight exchange with a PyTorch twin, one forward/backward and a few SGD steps."""
 import pytest
 
@@ -34,8 +34,9 @@ def test_nin_block_gradcheck():
 
 
 # ====================================================================== network
-# Seed 004's walk over a 1×1×224×224 input (§1.3.2).
-SEED_004_NIN_WALK = [
+# d2l's walk over a 1×1×224×224 input (§7.3 Network in Network (NiN),
+# https://d2l.ai/chapter_convolutional-modern/nin.html).
+D2L_NIN_WALK = [
     ("Sequential", (1, 96, 54, 54)), ("MaxPool2d", (1, 96, 26, 26)),
     ("Sequential", (1, 256, 26, 26)), ("MaxPool2d", (1, 256, 12, 12)),
     ("Sequential", (1, 384, 12, 12)), ("MaxPool2d", (1, 384, 5, 5)),
@@ -47,7 +48,7 @@ SEED_004_NIN_WALK = [
 def test_shape_walk_matches_seed(request, kernel_set, nin_net):
     once_per_run(request, kernel_set)
     rows = summary(nin_net, (1, 1, 224, 224), show=False).rows
-    assert [(r.layer, r.output_shape) for r in rows] == SEED_004_NIN_WALK
+    assert [(r.layer, r.output_shape) for r in rows] == D2L_NIN_WALK
 
 
 def test_global_pooling_accepts_inputs_down_to_67(request, kernel_set, nin_net):

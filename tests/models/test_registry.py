@@ -17,9 +17,9 @@ NAMES = ["lenet", "lenet_bn", "lenet_bn_scratch", "alexnet", "alexnet_cifar10", 
          "vgg11_small", "nin", "googlenet", "resnet18", "resnet34", "resnet50", "resnet101",
          "resnet152", "densenet"]
 
-# name -> (lr, num_epochs, batch_size, resize) as the seeds train them with d2l's
-# train_ch6 (seed 004 §1.1.4–1.5.3, seed 000 §7.4.3/7.7.4; LeNet's from d2l 6.6;
-# the seed-003-only networks borrow their d2l relative's).
+# name -> (lr, num_epochs, batch_size, resize) as d2l trains them with train_ch6
+# (the Training part of d2l §6.6 and §7.1–7.7, https://d2l.ai/chapter_convolutional-modern/;
+# the networks d2l does not train borrow their d2l relative's).
 D2L_SETTINGS = {
     "lenet": (0.9, 10, 256, None),
     "lenet_bn": (1.0, 10, 256, None),

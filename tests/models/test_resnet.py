@@ -1,7 +1,7 @@
-"""ResNet: d2l's Residual/ResNet-18 and seed 003's BasicBlock/Bottleneck family.
+"""ResNet: d2l's Residual/ResNet-18 and the BasicBlock/Bottleneck family.
 
-Shape walks from the seeds, parameter counts, float64 gradchecks of every
-block type, weight exchange with a PyTorch mirror of the seeds' code (logits
+d2l's shape walks, parameter counts, float64 gradchecks of every block
+type, weight exchange with a PyTorch mirror of both codings (logits
 and gradients in train and eval mode), and a few SGD steps per network.
 The whole-network checks come from checks.py, shared by every model file.
 """
@@ -18,10 +18,10 @@ from tests.models.checks import (assert_forward_backward, assert_loads_float32_t
                                  once_per_run, shape_walk)
 
 
-# ============================================ the seeds' PyTorch code, as a twin
+# ====================================================== PyTorch twins of both
 @functools.lru_cache(maxsize=None)
 def torch_resnet():
-    """d2l's Residual/ResNet-18 and seed 003's blocks in PyTorch, plus the
+    """d2l's Residual/ResNet-18 and the BasicBlock/Bottleneck blocks in PyTorch, plus the
     ResNet class around the blocks exactly as models/resnet.py builds it."""
     torch = pytest.importorskip("torch")
     tnn, TF = torch.nn, torch.nn.functional
@@ -157,8 +157,9 @@ def torch_resnet():
 
 
 # ======================================================================== shapes
-# Seed 004's walk of d2l's ResNet-18 over a 1×1×224×224 input.
-SEED_004_RESNET18_WALK = [
+# d2l's walk of its ResNet-18 over a 1×1×224×224 input (§7.6 Residual Networks (ResNet),
+# https://d2l.ai/chapter_convolutional-modern/resnet.html).
+D2L_RESNET18_WALK = [
     ("Sequential", (1, 64, 56, 56)),
     ("Sequential", (1, 64, 56, 56)),
     ("Sequential", (1, 128, 28, 28)),
@@ -170,16 +171,16 @@ SEED_004_RESNET18_WALK = [
 ]
 
 
-def test_resnet18_shape_walk_matches_seed_004(request, kernel_set):
+def test_resnet18_shape_walk_matches_d2l(request, kernel_set):
     once_per_run(request, kernel_set)
-    assert shape_walk(resnet.resnet18(), (1, 1, 224, 224)) == SEED_004_RESNET18_WALK
+    assert shape_walk(resnet.resnet18(), (1, 1, 224, 224)) == D2L_RESNET18_WALK
 
 
 @pytest.mark.parametrize("kwargs, out_shape", [
-    (dict(input_channels=3, num_channels=3), (4, 3, 6, 6)),         # seed 004's two checks
+    (dict(input_channels=3, num_channels=3), (4, 3, 6, 6)),         # d2l's two checks
     (dict(input_channels=3, num_channels=6, use_1x1conv=True, strides=2), (4, 6, 3, 3)),
 ])
-def test_residual_shapes_match_seed_004(kwargs, out_shape):
+def test_residual_shapes_match_d2l(kwargs, out_shape):
     assert resnet.Residual(**kwargs)(tc.rand(4, 3, 6, 6)).shape == out_shape
 
 
@@ -211,7 +212,7 @@ def test_stage_widths_follow_expansion(request, kernel_set):
 
 
 # ============================================================ parameters, names
-# ResNet-18: the models issue.  The seed-003 family: torchvision's resnetN
+# ResNet-18: the models issue.  The BasicBlock/Bottleneck family: torchvision's resnetN
 # (1000 classes, RGB) re-headed for 10 classes and 1 input channel, i.e.
 # minus 64·2·7·7 stem weights and (in_features + 1)·990 head weights.
 PARAMETER_COUNTS = {

@@ -1,7 +1,7 @@
 """VGG: vgg_block, vgg(conv_arch), VGG-11 and the ratio-4 small VGG-11.
 
 Full VGG-11 (128.8M parameters, ~7.6 GFLOP per 224×224 image forward) is
-only built once, for its parameter count and seed 004's shape table; the
+only built once, for its parameter count and d2l's shape table; the
 forward/backward and SGD tests use the small variant d2l actually trains
 (224×224 is forced by the first Linear's 512·7·7 inputs).  Numerical parity
 with PyTorch is shown on a two-block ``vgg`` at 28×28 (same code, 7·2² = 28)
@@ -59,8 +59,9 @@ def test_vgg_chains_blocks_by_conv_arch():
 
 
 # ======================================================================= VGG-11
-# Seed 004's walk over a 1×1×224×224 input (§1.2.2).
-SEED_004_VGG11_WALK = [
+# d2l's walk over a 1×1×224×224 input (§7.2 Networks Using Blocks (VGG),
+# https://d2l.ai/chapter_convolutional-modern/vgg.html).
+D2L_VGG11_WALK = [
     ("Sequential", (1, 64, 112, 112)), ("Sequential", (1, 128, 56, 56)),
     ("Sequential", (1, 256, 28, 28)), ("Sequential", (1, 512, 14, 14)),
     ("Sequential", (1, 512, 7, 7)), ("Flatten", (1, 25088)),
@@ -73,7 +74,7 @@ SEED_004_VGG11_WALK = [
 def test_vgg11_shape_walk_matches_seed(request, kernel_set, vgg11_net):
     once_per_run(request, kernel_set)
     rows = summary(vgg11_net, (1, 1, 224, 224), show=False).rows
-    assert [(r.layer, r.output_shape) for r in rows] == SEED_004_VGG11_WALK
+    assert [(r.layer, r.output_shape) for r in rows] == D2L_VGG11_WALK
 
 
 def test_vgg11_parameter_count(vgg11_net):
@@ -90,11 +91,11 @@ def test_vgg11_convs_follow_conv_arch(vgg11_net):
 
 # ================================================================ small VGG-11
 def test_small_shape_walk(request, kernel_set, vgg11_small_net):
-    """Seed 004's table with the channels divided by 4."""
+    """d2l's table with the channels divided by 4."""
     once_per_run(request, kernel_set)
     rows = summary(vgg11_small_net, (1, 1, 224, 224), show=False).rows
     expected = [(kind, (1, shape[1] // 4) + shape[2:]) if kind == "Sequential" else
-                (kind, shape) for kind, shape in SEED_004_VGG11_WALK]
+                (kind, shape) for kind, shape in D2L_VGG11_WALK]
     expected[5] = ("Flatten", (1, 25088 // 4))
     assert [(r.layer, r.output_shape) for r in rows] == expected
 

@@ -1,8 +1,8 @@
-"""PyTorch twins of the seeds' LeNet, BN-LeNet, AlexNet, VGG and NiN code, and
+"""PyTorch twins of d2l's LeNet, BN-LeNet, AlexNet, VGG and NiN code, and
 ``assert_same_as_torch``, which swaps weights between a network of ours and
 its twin and compares what they compute.
 
-The twins are the seeds' code with ``torch.nn`` (builders take
+The twins are d2l's code with ``torch.nn`` (builders take
 ``in_channels``/``num_classes`` where ours do).  One deliberate change:
 d2l's from-scratch ``BatchNorm`` keeps its moving statistics as plain
 attributes and picks train/predict by ``torch.is_grad_enabled()``; the twin
@@ -25,7 +25,7 @@ import tinygrad_cnn as tc
 def torch_nets():
     torch = pytest.importorskip("torch")
     # One thread: the twins are small, and on a busy 2-core machine PyTorch's
-    # spinning worker threads made each call ~10× slower.
+    # spinning worker threads made each call many times slower.
     torch.set_num_threads(1)
     tnn = torch.nn
 
