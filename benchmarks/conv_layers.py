@@ -30,8 +30,8 @@ import time
 
 # PyTorch's OpenMP threads busy-wait between its ops, taking cores from
 # OpenBLAS and Numba in the same process: with them spinning, this engine
-# ran 2x slower here (PyTorch itself was no faster).  Passive waiting must
-# be chosen before torch is imported.
+# ran far slower (benchmarks/results.md), and PyTorch itself was no faster.
+# Passive waiting must be chosen before torch is imported.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import numpy as np  # noqa: E402
