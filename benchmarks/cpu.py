@@ -352,6 +352,19 @@ def paired_ratio(runs, their_runs, key="examples_per_s"):
     return statistics.median(ratios) if ratios else None
 
 
+# results.md holds the latest run's table, then a hand-written run log (earlier runs,
+# what changed between them): a new run replaces the table and keeps the log.
+LOG_MARKER = "<!-- benchmarks.cpu replaces what is above this line and keeps what is below -->"
+
+
+def write_markdown(path, table):
+    """Write ``table`` to ``path``, keeping the file's run log (from LOG_MARKER on)."""
+    path = Path(path)
+    old = path.read_text() if path.exists() else ""
+    log = old[old.index(LOG_MARKER):] if LOG_MARKER in old else ""
+    path.write_text(table.rstrip("\n") + "\n\n" + log if log else table)
+
+
 def markdown(report):
     m, a = report["machine"], report["args"]
     lines = [
@@ -479,7 +492,7 @@ def main(argv=None):
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=1))
     table = markdown(report)
-    Path(args.markdown).write_text(table)
+    write_markdown(args.markdown, table)
     print()
     print(table)
 
