@@ -50,3 +50,16 @@ def test_readme_example_runs_as_written(capsys):
         exec(compile(code, str(README), "exec"), {"__name__": "__readme__"})
     out = capsys.readouterr().out
     assert "Linear output shape:" in out and "loss" in out
+
+
+def test_readme_set_up_is_two_commands_that_ci_runs():
+    setup = README.read_text(encoding="utf-8").split("\n## Set up\n")[1].split("\n## ")[0]
+    commands = re.findall(r"^    (\S.*)$", setup, re.M)           # the indented code lines
+    assert commands == ['pip install -e ".[test,parity]"', "python -m pytest"]
+    ci = (README.parent / ".ci" / "run").read_text(encoding="utf-8")
+    # .ci/run spells them `python -m pip install --quiet ...` and `python -m pytest`
+    ci_lines = [line.replace("python -m pip", "pip").replace(" --quiet", "")
+                for line in ci.splitlines()]
+    for command in commands:
+        assert any(line == command or line.startswith(command + " ") for line in ci_lines), \
+            f".ci/run does not run the README's {command!r}"
