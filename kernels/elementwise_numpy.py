@@ -43,7 +43,8 @@ def relu_backward(gy, y):
 
 def sigmoid_backward(gy, y):
     """gx = gy·y·(1 - y)  (y = σ(x), the forward's output), computed as ((1 - y)·y)·gy."""
-    gx = 1 - y           # the one new array; the products go into it in place
+    gx = y.dtype.type(1) - y   # the one new array (in y's dtype: NumPy 1.x makes 1 - a 0-d
+                               # float32 float64); the products go into it in place
     gx *= y
     gx *= gy
     return gx
@@ -65,9 +66,12 @@ def sgd_update(param, grad, momentum_buffer, lr, momentum, dampening, weight_dec
     # In place wherever the array is ours (the momentum buffer, a temporary
     # made here), so a step allocates one temporary per parameter (two with
     # weight decay and Nesterov).
+    # The factors in param's dtype: NumPy 1.x would compute a 0-d float32 parameter's
+    # step (and its momentum buffer) in float64 when multiplied by a Python float.
+    scalar = param.dtype.type
     d, d_is_ours = grad, False
     if weight_decay != 0:
-        d = param * weight_decay
+        d = param * scalar(weight_decay)
         d += grad
         d_is_ours = True
     buf = momentum_buffer
@@ -77,17 +81,17 @@ def sgd_update(param, grad, momentum_buffer, lr, momentum, dampening, weight_dec
             # xp.array gives an array even where d is a 0-d product's scalar)
             buf = get_array_module(d).array(d)
         else:
-            buf *= momentum
-            buf += d if dampening == 0 else (1 - dampening) * d
+            buf *= scalar(momentum)
+            buf += d if dampening == 0 else scalar(1 - dampening) * d
         if nesterov:
-            d_plus = buf * momentum
+            d_plus = buf * scalar(momentum)
             d_plus += d
             d, d_is_ours = d_plus, True
         else:
             d, d_is_ours = buf, False
     if d_is_ours:
-        d *= lr
+        d *= scalar(lr)
         param -= d
     else:
-        param -= lr * d
+        param -= scalar(lr) * d
     return buf

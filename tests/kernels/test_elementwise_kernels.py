@@ -60,8 +60,10 @@ def test_relu_forward_equals_reference(shape, dtype, layout):
 def test_activation_backward_equals_reference(name, shape, dtype, layout):
     gy = layout(random_array(shape, dtype, seed=1, special=True))
     x = random_array(shape, dtype, seed=2, special=True)
+    # an array of x's dtype even when 0-d, as the ops save (NumPy 1.x makes 1 / (1 + a
+    # 0-d float32) float64)
     y = layout(np.asarray(elementwise_numpy.relu_forward(x) if name == "relu_backward"
-                          else 1 / (1 + np.exp(-x))))     # an array even when 0-d, as the ops save
+                          else 1 / (1 + np.exp(-x)), dtype=dtype))
     with np.errstate(invalid="ignore"):         # inf·0 in the reference: NaN, as in the loop
         expected = getattr(elementwise_numpy, name)(gy, y)
     assert_identical(getattr(elementwise_numba, name)(gy, y), expected)
