@@ -1,5 +1,10 @@
 """benchmarks/ is run by hand and never timed here; only its file handling is tested."""
+import pytest
+
 from benchmarks.cpu import LOG_MARKER, write_markdown
+
+# File handling only: no kernel is called (tests/conftest.py).
+pytestmark = pytest.mark.kernel_free
 
 
 def test_a_new_run_replaces_the_table_and_keeps_the_run_log(tmp_path):
