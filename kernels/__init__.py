@@ -15,8 +15,8 @@ rule, decided on its first array argument:
    start-up; ``tinygrad_cnn.set_kernels(name)`` switches later.
 2. **The device**: a GPU (CuPy) array goes to the GPU kernels whatever the
    set: the ``numba.cuda`` kernels of the ``*_cuda.py`` modules
-   (``GPU_OVERLAYS``) where Numba can compile for the GPU, else (with a
-   warning) the NumPy references, which run on CuPy arrays as they are.
+   (``GPU_OVERLAYS``) where a probe kernel runs (``cuda_probe.py``), else
+   (with one warning that says why) the NumPy references, which run on CuPy arrays as they are.
    The elementwise, Winograd and adaptive-pooling kernels have no CUDA
    version: CuPy runs their references' expressions as GPU kernels.
 3. **The dtype**: compiled CPU loops take NumPy float32 and float64 arrays
@@ -63,7 +63,7 @@ for _name, _value in THREAD_ENVIRONMENT.items():
 # Only now NumPy (and CuPy, which imports it): OpenBLAS has read its setting.
 import numpy as np  # noqa: E402
 
-from . import arrays  # noqa: E402
+from . import arrays, cuda_probe  # noqa: E402
 from .jit import COMPILED_DTYPES  # noqa: E402
 
 # ---------------------------------------------------------------- the sets
@@ -139,33 +139,29 @@ def set_kernels(name):
 
 
 def gpu_kernels():
-    """The kernels GPU arrays go to: the numba.cuda ones, or the NumPy
-    reference where Numba cannot compile for the GPU."""
+    """The kernels GPU arrays go to: the numba.cuda ones where a probe kernel
+    compiles, launches and computes right (``kernels/cuda_probe.py``), else
+    the NumPy references, with one warning that says why."""
     global _gpu_kernels
     if _gpu_kernels is None:
-        if numba_cuda_works():
-            _gpu_kernels = {**_reference, **_collect(GPU_OVERLAYS)}
-        else:
-            warnings.warn("Numba cannot compile CUDA kernels here (it needs NVIDIA's NVVM "
-                          "library: a CUDA toolkit, or pip install numba-cuda[cu12]); "
-                          "convolution, pooling and batch norm run the NumPy reference "
-                          "kernels on the GPU instead, which is slower", stacklevel=4)
+        why = cuda_probe.why_not()
+        if why is None:
+            try:
+                _gpu_kernels = {**_reference, **_collect(GPU_OVERLAYS)}
+            except Exception as exc:     # the probe passed, a kernel module did not import
+                why = f"{type(exc).__name__}: {exc}"
+        if why is not None:
+            warnings.warn(f"the numba.cuda kernels cannot run here ({why}); convolution, "
+                          "pooling and batch norm run the NumPy reference kernels on the "
+                          "GPU instead, which is slower", stacklevel=4)
             _gpu_kernels = dict(_reference)
     return _gpu_kernels
 
 
 def numba_cuda_works():
-    """Whether Numba can compile and launch CUDA kernels: it sees a GPU (or is
-    its simulator) and finds NVVM, NVIDIA's compiler library, which CuPy's
-    wheels do not bring."""
-    try:
-        from numba import config, cuda
-        if config.ENABLE_CUDASIM:
-            return True
-        from numba.cuda.cudadrv import nvvm
-        return bool(cuda.is_available()) and bool(nvvm.is_available())
-    except Exception:      # ImportError, or a CUDA library Numba cannot load
-        return False
+    """Whether the numba.cuda kernels can run here: a probe kernel compiled,
+    launched and computed the right result (``kernels/cuda_probe.py``)."""
+    return cuda_probe.why_not() is None
 
 
 # ---------------------------------------------------------------- the rule

@@ -44,8 +44,7 @@ class OnGpu:
 @pytest.fixture(scope="module")
 def gpu():
     if not kernels.numba_cuda_works():
-        pytest.skip("Numba cannot compile CUDA kernels here: it needs NVVM (a CUDA toolkit, "
-                    "or pip install numba-cuda[cu12])")
+        pytest.skip(f"the numba.cuda kernels cannot run here: {kernels.cuda_probe.why_not()}")
     from kernels import bn_cuda, conv_cuda, pool_cuda
     return {"conv": OnGpu(conv_cuda), "pool": OnGpu(pool_cuda), "bn": OnGpu(bn_cuda)}
 

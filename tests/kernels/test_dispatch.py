@@ -103,15 +103,15 @@ def test_the_dispatcher_runs_the_function_which_names(kernel_set, monkeypatch):
 
 
 def test_gpu_arrays_go_to_the_reference_without_numba_cuda(fake_gpu, kernel_set):
-    fake_gpu.setattr(kernels, "numba_cuda_works", lambda: False)
-    with pytest.warns(UserWarning, match="NumPy reference kernels on the GPU"):
+    fake_gpu.setattr(kernels.cuda_probe, "why_not", lambda: "ImportError: no numba.cuda")
+    with pytest.warns(UserWarning, match=r"\(ImportError: no numba.cuda\).*NumPy reference kernels on the GPU"):
         assert kernels.which("col2im", FakeGpuArray()) == "kernels.conv_numpy.col2im"
     assert (kernels.which("relu_backward", FakeGpuArray())
             == "kernels.elementwise_numpy.relu_backward")
 
 
 def test_gpu_arrays_go_to_the_cuda_kernels_whatever_the_set(fake_gpu, kernel_set):
-    fake_gpu.setattr(kernels, "numba_cuda_works", lambda: True)
+    fake_gpu.setattr(kernels.cuda_probe, "why_not", lambda: None)
     assert kernels.which("col2im", FakeGpuArray()) == "kernels.conv_cuda.col2im"
     assert (kernels.which("batchnorm_backward", FakeGpuArray())
             == "kernels.bn_cuda.batchnorm_backward")
