@@ -130,7 +130,10 @@ def _chain(gx, gy, reduction):
 def _target_index(target):
     """Index arrays that pick element [n, t[n, ...], ...] of an (N, C, ...) array."""
     xp = get_array_module(target)
-    grids = xp.indices(target.shape, sparse=True)
+    # numpy.indices(shape, sparse=True), written out: CuPy's indices has no sparse=
+    ndim = target.ndim
+    grids = [xp.arange(size).reshape((1,) * axis + (size,) + (1,) * (ndim - axis - 1))
+             for axis, size in enumerate(target.shape)]
     return (grids[0], target) + tuple(grids[1:])
 
 
