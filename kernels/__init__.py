@@ -32,8 +32,12 @@ backward), as its module explains.
 ``kernels`` imports nothing from ``tinygrad_cnn``: the engine sits on top of
 it (``kernels/arrays.py`` answers which array module an array belongs to).
 """
+import collections
+import contextlib
+import functools
 import importlib
 import os
+import sys
 import warnings
 
 # How the compiled loops share the cores with OpenBLAS, the matrix products'
@@ -319,6 +323,41 @@ def sgd_update(param, grad, momentum_buffer, lr, momentum, dampening, weight_dec
     buffer (``elementwise_numpy.sgd_update``)."""
     return _implementation("sgd_update", param)(param, grad, momentum_buffer, lr, momentum,
                                                 dampening, weight_decay, nesterov)
+
+
+# ---------------------------------------------------------------- counting
+@contextlib.contextmanager
+def counting():
+    """Count the kernel calls made inside the block::
+
+        with kernels.counting() as calls:
+            train_step()
+        calls  # Counter({'relu_forward': 17, 'im2col': 12, ...})
+
+    Each kernel function of this module is replaced by a counting wrapper for
+    the duration of the block and put back after it, so nothing is counted,
+    or paid, outside one.  The ops look the kernels up on this module at
+    every call (``kernels.im2col(...)``), which is what lets the wrappers see
+    them.  On a GPU each call is at least one kernel launch (more where a
+    reference kernel is several CuPy expressions); the CuPy expressions the ops
+    run themselves are not kernel-interface calls and are not counted."""
+    calls = collections.Counter()
+    module = sys.modules[__name__]
+    originals = {name: getattr(module, name) for name in KERNELS}
+
+    def counted(name, function):
+        @functools.wraps(function)
+        def call(*args, **kwargs):
+            calls[name] += 1
+            return function(*args, **kwargs)
+        return call
+    for name, function in originals.items():
+        setattr(module, name, counted(name, function))
+    try:
+        yield calls
+    finally:
+        for name, function in originals.items():
+            setattr(module, name, function)
 
 
 _reference = _collect(REFERENCE)
