@@ -21,6 +21,9 @@ benchmarks/cpu.py, whose twin and batch this reuses).
 Without a usable GPU it stops with a message; ``--cpu-only`` runs the CPU
 engines alone (a smoke test: ``--cpu-only --networks lenet --batch 8 --steps 1``).
 
+``python -m benchmarks.gpu --verify [--data-dir DIR]`` is the one-command
+check of a GPU machine instead (``benchmarks/gpu_verify.py``).
+
 Writes ``benchmarks/results/gpu.json`` (all figures), ``gpu.md`` (the table)
 and ``gpu.png`` (examples/s, log scale) into ``--out-dir``.
 """
@@ -73,14 +76,23 @@ def measure(engine, name, batch, steps, warmup):
     for _ in range(warmup):
         step()
     synchronize()
-    times = []
+    times, host_times = [], []
     for _ in range(steps):
         start = time.perf_counter()
         step()
+        host_times.append(time.perf_counter() - start)  # Python's share: until step() returns
         synchronize()
         times.append(time.perf_counter() - start)
     step_s = statistics.median(times)
+    kernel_calls = None
+    if library == "ours":       # one more step, counted through the kernel interface
+        import kernels
+        with kernels.counting() as calls:
+            step()
+        synchronize()
+        kernel_calls = sum(calls.values())
     return dict(step_s=step_s, examples_per_s=batch / step_s, first_step_s=first,
+                host_step_s=statistics.median(host_times), kernel_calls_per_step=kernel_calls,
                 memory_mb=memory_mb(), device=device)
 
 
@@ -198,6 +210,9 @@ def main(argv=None):
         engine, name, batch, steps, warmup = argv[1:]
         print(json.dumps(measure(engine, name, int(batch), int(steps), int(warmup))))
         return 0
+    if argv and argv[0] == "--verify":
+        from benchmarks.gpu_verify import main as verify
+        return verify(argv[1:])
     args = parse_args(argv)
     problem = None if args.cpu_only else gpu_problem()
     if problem:

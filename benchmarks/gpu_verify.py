@@ -1,0 +1,304 @@
+"""The one-command check of a GPU machine (issue 12):
+
+    python -m benchmarks.gpu --verify [--data-dir DIR] [--budget 450] [--dry-run]
+
+Stages, each in its own subprocess with its own timeout, all within one total
+budget (default 450 s, under 8 minutes); a stage that fails or runs out of
+time is recorded and the rest still run:
+
+1. ``environment``: Python, NumPy, Numba, numba-cuda, CuPy, the CUDA runtime
+   and driver, the GPU, PyTorch (and its CUDA), the git commit;
+2. ``probe``: whether the numba.cuda kernels run here (``kernels/cuda_probe.py``),
+   and why not;
+3. ``pytest``: ``pytest -m gpu``, its summary line parsed, failures named;
+4. ``bench:<network>``: one training step, batch 128 (LeNet 256), at d2l's
+   input size, ours on the GPU against PyTorch CUDA (``benchmarks.gpu --worker``):
+   examples/s, ratio, GPU peak memory (ours: CuPy's pool; PyTorch: its peak
+   allocation), host time per step, kernel-interface calls per step;
+5. ``fashion_mnist``: ``tinygrad-cnn train lenet_bn --epochs 3 --device cuda``
+   on ``--data-dir`` (skipped, with a note, when the files are not there).
+
+Works without numba-cuda (or with a broken one): the probe says why, and the
+reference kernels are what gets benchmarked.  Writes one JSON report,
+``benchmarks/results/gpu-verify-<date>-<host>.json``, and prints a summary.
+``--dry-run`` runs the environment and probe stages only and lists the rest
+(a check of the report on a machine without a GPU).
+"""
+import argparse
+import datetime
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+NETWORKS = ("lenet", "resnet18", "densenet", "googlenet", "alexnet")
+BATCH = {"lenet": 256}                  # the rest: 128, as the issue's targets
+DEFAULT_BATCH = 128
+DEFAULT_DATA_DIR = ROOT.parent / "shared" / "datasets" / "fashion-mnist"
+FASHION_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
+                 "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
+
+ENVIRONMENT = r"""
+import json, platform, subprocess, importlib.metadata as md
+def version(dist):
+    try:
+        return md.version(dist)
+    except md.PackageNotFoundError:
+        return None
+env = {"python": platform.python_version(), "platform": platform.platform(),
+       "numpy": version("numpy"), "numba": version("numba"),
+       "numba-cuda": version("numba-cuda"),
+       "cupy": next((f"{d}=={version(d)}" for d in ("cupy-cuda13x", "cupy-cuda12x", "cupy")
+                     if version(d)), None),
+       "torch": version("torch")}
+try:
+    env["git_commit"] = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True,
+                                       text=True).stdout.strip() or None
+except OSError:
+    env["git_commit"] = None
+try:
+    import cupy
+    rt = cupy.cuda.runtime
+    env["cuda_runtime"] = rt.runtimeGetVersion()
+    env["cuda_driver"] = rt.driverGetVersion()
+    env["gpu"] = rt.getDeviceProperties(0)["name"].decode()
+    env["gpu_memory_gib"] = round(rt.getDeviceProperties(0)["totalGlobalMem"] / 2**30, 1)
+except Exception as exc:
+    env["cupy_error"] = f"{type(exc).__name__}: {exc}"
+try:
+    import torch
+    env["torch_cuda"] = torch.version.cuda
+    env["torch_sees_gpu"] = torch.cuda.is_available()
+except Exception as exc:
+    env["torch_error"] = f"{type(exc).__name__}: {exc}"
+print(json.dumps(env))
+"""
+
+PROBE = r"""
+import json, kernels
+why = kernels.cuda_probe.why_not()
+print(json.dumps({"numba_cuda_kernels": why is None, "why_not": why}))
+"""
+
+
+# ================================================================ stages
+class Stage:
+    """One subprocess: ``argv`` run from the repository root within ``timeout``
+    seconds; ``parse(stdout)`` turns its output into the stage's result."""
+
+    def __init__(self, name, argv, timeout, parse=None, skip=None):
+        self.name, self.argv, self.timeout = name, argv, timeout
+        self.parse = parse or last_json_line
+        self.skip = skip            # a reason not to run it, or None
+
+
+def last_json_line(stdout):
+    return json.loads(stdout.strip().splitlines()[-1])
+
+
+def run_stage(stage, seconds_left):
+    """Run ``stage``; always returns a record (status ok / failed / timeout / skipped)."""
+    record = {"name": stage.name, "command": " ".join(stage.argv)}
+    if stage.skip:
+        return dict(record, status="skipped", note=stage.skip)
+    timeout = min(stage.timeout, seconds_left)
+    if timeout < 5:
+        return dict(record, status="skipped", note="the total time budget is spent")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+    start = time.monotonic()
+    try:
+        proc = subprocess.run(stage.argv, cwd=ROOT, env=env, capture_output=True, text=True,
+                              timeout=timeout)
+    except subprocess.TimeoutExpired as exc:
+        out = exc.stdout.decode(errors="replace") if isinstance(exc.stdout, bytes) \
+            else (exc.stdout or "")
+        return dict(record, status="timeout", seconds=round(time.monotonic() - start, 1),
+                    note=f"stopped after {timeout:.0f} s", output_tail=out[-2000:])
+    record["seconds"] = round(time.monotonic() - start, 1)
+    try:
+        result = stage.parse(proc.stdout)
+    except Exception as exc:        # no parsable output: the stage failed
+        result, parse_error = None, f"{type(exc).__name__}: {exc}"
+    else:
+        parse_error = None
+    if proc.returncode != 0 or parse_error:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()
+        return dict(record, status="failed", returncode=proc.returncode, result=result,
+                    error=tail[-1] if tail else parse_error or f"exit status {proc.returncode}",
+                    output_tail="\n".join(tail[-30:]))
+    return dict(record, status="ok", result=result)
+
+
+SUMMARY = re.compile(r"(\d+) (passed|failed|skipped|errors?|xfailed|xpassed|deselected)")
+
+
+def parse_pytest(stdout):
+    """pytest's closing line as counts, and the failing tests' ids."""
+    lines = stdout.strip().splitlines()
+    summary = next((line for line in reversed(lines) if SUMMARY.search(line)), None)
+    if summary is None:
+        raise ValueError("no pytest summary line in the output")
+    counts = {kind.rstrip("s") if kind.startswith("error") else kind: int(n)
+              for n, kind in SUMMARY.findall(summary)}
+    failed = [line.split()[1] for line in lines if line.startswith(("FAILED ", "ERROR "))]
+    return {"summary": summary.strip("= "), "counts": counts, "failed": failed[:50]}
+
+
+def parse_training(stdout):
+    """d2l's closing lines of ``tinygrad-cnn train``: loss, accuracies, examples/s."""
+    text = stdout
+    found = re.search(r"loss ([\d.]+), train acc ([\d.]+), test acc ([\d.]+)", text)
+    speed = re.search(r"([\d.]+) examples/sec on (\S+)", text)
+    if not found:
+        raise ValueError("no 'loss …, train acc …, test acc …' line in the output")
+    return {"train_loss": float(found[1]), "train_acc": float(found[2]),
+            "test_acc": float(found[3]),
+            "examples_per_s": float(speed[1]) if speed else None,
+            "device": speed[2] if speed else None}
+
+
+def fashion_skip(data_dir):
+    if data_dir is None:
+        return "no --data-dir given and no Fashion-MNIST at the default place"
+    missing = [f for f in FASHION_FILES if not (Path(data_dir) / f).exists()]
+    return f"Fashion-MNIST files missing in {data_dir}: {missing}" if missing else None
+
+
+def stages(data_dir, out_dir, steps=10):
+    python = sys.executable
+    found = [
+        Stage("environment", [python, "-c", ENVIRONMENT], 60),
+        Stage("probe", [python, "-c", PROBE], 120),
+        Stage("pytest", [python, "-m", "pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider",
+                         "--kernels", "numba", "tests"], 200, parse=parse_pytest),
+    ]
+    for name in NETWORKS:
+        batch = str(BATCH.get(name, DEFAULT_BATCH))
+        for engine in ("ours-gpu", "torch-cuda"):
+            found.append(Stage(f"bench:{name}:{engine}",
+                               [python, "-m", "benchmarks.gpu", "--worker", engine, name, batch,
+                                str(steps), "2"], 75))
+    found.append(Stage("fashion_mnist",
+                       [python, "-m", "tinygrad_cnn", "train", "lenet_bn", "--data-dir",
+                        str(data_dir), "--epochs", "3", "--device", "cuda", "--no-progress",
+                        "--out", str(Path(out_dir) / "gpu-verify-lenet_bn")],
+                       150, parse=parse_training, skip=fashion_skip(data_dir)))
+    return found
+
+
+# ================================================================ the report
+def benchmark_table(records):
+    """{network: {ours, torch, ratio}} from the bench stages."""
+    table = {}
+    for record in records:
+        if not record["name"].startswith("bench:"):
+            continue
+        _, network, engine = record["name"].split(":")
+        row = table.setdefault(network, {})
+        row[engine] = record.get("result") if record["status"] == "ok" else \
+            {"error": record.get("error") or record.get("note") or record["status"]}
+    for row in table.values():
+        ours, torch = row.get("ours-gpu") or {}, row.get("torch-cuda") or {}
+        if "examples_per_s" in ours and "examples_per_s" in torch:
+            row["ratio"] = round(ours["examples_per_s"] / torch["examples_per_s"], 4)
+            row["memory_ratio"] = round(ours["memory_mb"] / max(torch["memory_mb"], 1e-9), 3)
+    return table
+
+
+def summary_lines(report):
+    env = (report["stages"]["environment"].get("result") or {})
+    probe = report["stages"]["probe"]
+    lines = [f"GPU verification, {report['date']}, {report['host']}: "
+             f"{env.get('gpu', 'no GPU seen')}",
+             f"  versions: Python {env.get('python')}, NumPy {env.get('numpy')}, "
+             f"Numba {env.get('numba')}, numba-cuda {env.get('numba-cuda')}, "
+             f"CuPy {env.get('cupy')}, CUDA runtime {env.get('cuda_runtime')} / driver "
+             f"{env.get('cuda_driver')}, PyTorch {env.get('torch')}"]
+    if probe["status"] == "ok":
+        verdict = probe["result"]
+        lines.append("  numba.cuda kernels: " + ("used" if verdict["numba_cuda_kernels"]
+                                                 else f"NOT used ({verdict['why_not']})"))
+    for name, record in report["stages"].items():
+        if name in ("environment", "probe") or name.startswith("bench:"):
+            continue
+        what = record.get("result") or {}
+        shown = (what.get("summary") if name == "pytest" else
+                 ", ".join(f"{k} {v}" for k, v in what.items()) if what else "")
+        lines.append(f"  {name}: {record['status']} {shown or record.get('note') or record.get('error') or ''}".rstrip())
+    for network, row in report["benchmark"].items():
+        ours, torch = row.get("ours-gpu", {}), row.get("torch-cuda", {})
+
+        def speed(r):
+            return f"{r['examples_per_s']:.1f} ex/s" if "examples_per_s" in r else \
+                f"error: {str(r.get('error'))[:60]}"
+        extra = (f", host {ours['host_step_s'] * 1e3:.1f} ms/step, "
+                 f"{ours['kernel_calls_per_step']} kernel calls/step"
+                 if "host_step_s" in ours else "")
+        ratio = f", ratio {row['ratio']:.3f}, memory ratio {row['memory_ratio']:.2f}" \
+            if "ratio" in row else ""
+        lines.append(f"  {network}: ours {speed(ours)}, PyTorch {speed(torch)}{ratio}{extra}")
+    lines.append(f"  total {report['seconds']:.0f} s of a {report['budget_s']:.0f} s budget")
+    return lines
+
+
+def write_atomically(path, text):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(text)
+    os.replace(temporary, path)
+
+
+def verify(data_dir, out_dir, budget_s, dry_run=False, stage_list=None, steps=10):
+    """Run the stages within ``budget_s``; write and return the report."""
+    start = time.monotonic()
+    now = datetime.datetime.now(datetime.timezone.utc)
+    host = socket.gethostname().split(".")[0]
+    records = []
+    for stage in stage_list if stage_list is not None else stages(data_dir, out_dir, steps):
+        if dry_run and stage.name not in ("environment", "probe"):
+            stage.skip = stage.skip or "dry run"
+        record = run_stage(stage, budget_s - (time.monotonic() - start))
+        records.append(record)
+        print(f"[{time.monotonic() - start:6.1f} s] {stage.name}: {record['status']}",
+              flush=True)
+    report = {"date": now.isoformat(timespec="seconds"), "host": host,
+              "command": "python -m benchmarks.gpu --verify", "dry_run": dry_run,
+              "budget_s": budget_s, "data_dir": None if data_dir is None else str(data_dir),
+              "stages": {r["name"]: r for r in records},
+              "benchmark": benchmark_table(records)}
+    report["seconds"] = round(time.monotonic() - start, 1)
+    path = Path(out_dir) / f"gpu-verify-{now:%Y%m%d-%H%M%S}-{host}.json"
+    write_atomically(path, json.dumps(report, indent=1) + "\n")
+    report["path"] = str(path)
+    return report
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.gpu --verify",
+                                     description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", default=None,
+                        help=f"Fashion-MNIST files (default: {DEFAULT_DATA_DIR} if there)")
+    parser.add_argument("--budget", type=float, default=450.0,
+                        help="total seconds for all stages (default 450)")
+    parser.add_argument("--steps", type=int, default=10, help="timed steps per benchmark")
+    parser.add_argument("--out-dir", default=str(HERE / "results"))
+    parser.add_argument("--dry-run", action="store_true",
+                        help="run the environment and probe stages only; list the rest")
+    args = parser.parse_args(argv)
+    data_dir = args.data_dir or (DEFAULT_DATA_DIR if DEFAULT_DATA_DIR.exists() else None)
+    report = verify(data_dir, args.out_dir, args.budget, args.dry_run, steps=args.steps)
+    print()
+    print("\n".join(summary_lines(report)))
+    print(f"wrote {report['path']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,110 @@
+"""benchmarks/gpu_verify.py (``python -m benchmarks.gpu --verify``) without a
+GPU: the stages are replaced by small Python commands that succeed, fail,
+overrun their timeout or print what the real tools print, and the report
+must record each one and still run the rest."""
+import json
+import sys
+
+import pytest
+
+from benchmarks import gpu_verify
+from benchmarks.gpu_verify import Stage, parse_pytest, parse_training, verify
+
+pytestmark = pytest.mark.kernel_free       # subprocesses print JSON: no kernel runs
+
+PY = sys.executable
+PYTEST_OUTPUT = ("....F.s\nFAILED tests/gpu/test_gpu_networks.py::test_gpu_matches_cpu[vgg11]\n"
+                 "==== 1 failed, 5 passed, 1 skipped in 12.30s ====")
+TRAIN_OUTPUT = ("epoch 3 ...\nloss 0.412, train acc 0.851, test acc 0.801\n"
+                "11800.5 examples/sec on cuda:0\n")
+
+
+def echo(text, code=0):
+    return [PY, "-c", f"import sys; print({text!r}); sys.exit({code})"]
+
+
+def fake_stages():
+    ours = {"examples_per_s": 300.0, "memory_mb": 900.0, "host_step_s": 0.4,
+            "kernel_calls_per_step": 247}
+    torch = {"examples_per_s": 12000.0, "memory_mb": 600.0, "host_step_s": 0.01,
+             "kernel_calls_per_step": None}
+    return [
+        Stage("environment", echo(json.dumps({"gpu": "Fake H200", "python": "3.x"})), 30),
+        Stage("probe", echo(json.dumps({"numba_cuda_kernels": False,
+                                        "why_not": "AttributeError: row_stack"})), 30),
+        Stage("pytest", echo(PYTEST_OUTPUT, code=1), 30, parse=parse_pytest),
+        Stage("bench:resnet18:ours-gpu", echo(json.dumps(ours)), 30),
+        Stage("bench:resnet18:torch-cuda", echo(json.dumps(torch)), 30),
+        Stage("bench:alexnet:ours-gpu", [PY, "-c", "raise SystemExit('CUDA out of memory')"], 30),
+        Stage("bench:alexnet:torch-cuda", [PY, "-c", "import time; time.sleep(30)"], 6),
+        Stage("fashion_mnist", echo(TRAIN_OUTPUT), 30, parse=parse_training),
+        Stage("never", echo("{}"), 30, skip="no data"),
+    ]
+
+
+def test_the_report_records_every_stage_and_survives_failures(tmp_path):
+    report = verify(None, tmp_path, budget_s=120, stage_list=fake_stages())
+    stages = report["stages"]
+    assert {name: r["status"] for name, r in stages.items()} == {
+        "environment": "ok", "probe": "ok", "pytest": "failed",
+        "bench:resnet18:ours-gpu": "ok", "bench:resnet18:torch-cuda": "ok",
+        "bench:alexnet:ours-gpu": "failed", "bench:alexnet:torch-cuda": "timeout",
+        "fashion_mnist": "ok", "never": "skipped"}
+    # a failing pytest run still has its summary parsed
+    assert stages["pytest"]["result"]["counts"] == {"failed": 1, "passed": 5, "skipped": 1}
+    assert stages["pytest"]["result"]["failed"] == [
+        "tests/gpu/test_gpu_networks.py::test_gpu_matches_cpu[vgg11]"]
+    assert stages["bench:alexnet:ours-gpu"]["error"] == "CUDA out of memory"
+    assert stages["bench:alexnet:torch-cuda"]["note"] == "stopped after 6 s"
+    assert stages["fashion_mnist"]["result"] == {
+        "train_loss": 0.412, "train_acc": 0.851, "test_acc": 0.801,
+        "examples_per_s": 11800.5, "device": "cuda:0"}
+    assert report["benchmark"]["resnet18"]["ratio"] == 0.025
+    assert report["benchmark"]["resnet18"]["memory_ratio"] == 1.5
+    assert "error" in report["benchmark"]["alexnet"]["ours-gpu"]
+    # one JSON file, the report itself; no temporary left
+    files = sorted(p.name for p in tmp_path.iterdir())
+    assert len(files) == 1 and files[0].startswith("gpu-verify-") and files[0].endswith(".json")
+    saved = json.loads((tmp_path / files[0]).read_text())
+    assert saved["stages"] == json.loads(json.dumps(stages))
+    text = "\n".join(gpu_verify.summary_lines(report))
+    assert "Fake H200" in text and "NOT used (AttributeError: row_stack)" in text
+    assert "resnet18: ours 300.0 ex/s, PyTorch 12000.0 ex/s, ratio 0.025" in text
+    assert "247 kernel calls/step" in text
+
+
+def test_stages_past_the_total_budget_are_skipped(tmp_path):
+    slow = [Stage("slow", [PY, "-c", "import time; time.sleep(30)"], 60),
+            Stage("after", echo("{}"), 60)]
+    report = verify(None, tmp_path, budget_s=8, stage_list=slow)
+    assert report["stages"]["slow"]["status"] == "timeout"
+    assert report["stages"]["after"] == {
+        "name": "after", "command": " ".join(slow[1].argv), "status": "skipped",
+        "note": "the total time budget is spent"}
+    assert report["seconds"] < 30
+
+
+def test_the_real_stage_list_covers_the_issue(tmp_path):
+    names = [s.name for s in gpu_verify.stages(None, tmp_path)]
+    assert names[:3] == ["environment", "probe", "pytest"]
+    assert {n.split(":")[1] for n in names if n.startswith("bench:")} == {
+        "lenet", "resnet18", "densenet", "googlenet", "alexnet"}
+    fashion = gpu_verify.stages(None, tmp_path)[-1]
+    assert fashion.name == "fashion_mnist" and "no --data-dir" in fashion.skip
+    assert sum(s.timeout for s in gpu_verify.stages(None, tmp_path)) > 450  # the budget binds
+
+
+def test_dry_run_runs_environment_and_probe_here(tmp_path):
+    report = verify(None, tmp_path, budget_s=200, dry_run=True)
+    assert report["stages"]["environment"]["status"] == "ok"
+    probe = report["stages"]["probe"]
+    assert probe["status"] == "ok" and set(probe["result"]) == {"numba_cuda_kernels", "why_not"}
+    assert {r["status"] for n, r in report["stages"].items()
+            if n not in ("environment", "probe")} == {"skipped"}
+
+
+def test_parsers_reject_output_without_their_lines():
+    with pytest.raises(ValueError):
+        parse_pytest("collected 0 items\n")
+    with pytest.raises(ValueError):
+        parse_training("Traceback ...\n")
