@@ -60,3 +60,33 @@ def memory_reserved():
     """Bytes the pool holds from the driver, live arrays and cached blocks (0 without a GPU)."""
     pool = _memory_pool()
     return 0 if pool is None else pool.total_bytes()
+
+
+# A GPU convolution should build its columns for the whole batch at once and
+# run one matrix product: every chunk costs kernel launches and host time, and
+# the CPU's bound (a cache-sized 16 MB) splits a GPU convolution into many.  A
+# chunk's columns are live together with about as much again (the product's
+# output; in backward the column gradient), so a quarter of what is free is
+# the bound, and never less than the CPU's.
+GPU_COLUMN_FRACTION = 0.25
+
+
+def column_budget(free_bytes=None, cpu_budget=16 * 2**20):
+    """Bytes of im2col columns (or Winograd tiles) one GPU convolution chunk may
+    build: ``GPU_COLUMN_FRACTION`` of the GPU memory free now (the driver's
+    free memory plus the blocks CuPy's pool holds unused), at least
+    ``cpu_budget``.  ``free_bytes`` overrides the measurement (for tests)."""
+    if free_bytes is None:
+        free_bytes = free_memory()
+    if free_bytes < 0:
+        raise ValueError(f"column_budget: free_bytes must be >= 0, got {free_bytes}")
+    return max(int(free_bytes * GPU_COLUMN_FRACTION), cpu_budget)
+
+
+def free_memory(device="cuda"):
+    """Bytes a new GPU array can take on ``device`` without an out-of-memory
+    error: free driver memory plus the pool's unused blocks."""
+    device = backend.require_device(device)
+    with backend.cupy.cuda.Device(int(device.split(":")[1])):
+        driver_free, _ = backend.cupy.cuda.runtime.memGetInfo()
+        return int(driver_free) + int(backend.cupy.get_default_memory_pool().free_bytes())
