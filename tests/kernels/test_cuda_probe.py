@@ -59,7 +59,9 @@ def test_a_failing_probe_sends_gpu_arrays_to_the_reference_with_one_warning(fres
 
 def test_a_numba_cuda_that_cannot_be_imported_is_a_failed_probe(fresh):
     # what numba-cuda 0.30.4 does under NumPy 2.5; None in sys.modules makes the import fail
+    import numba
     fresh.setitem(sys.modules, "numba.cuda", None)
+    fresh.delattr(numba, "cuda", raising=False)     # else `from numba import cuda` finds it
     fresh.delitem(sys.modules, "kernels.cuda_probe_kernel", raising=False)
     reason = cuda_probe.why_not()
     assert reason.startswith("ModuleNotFoundError") and "numba.cuda" in reason
