@@ -123,8 +123,13 @@ def build_parser():
     train.add_argument("--lr", type=_positive_float, help="learning rate")
     train.add_argument("--batch-size", type=_positive_int)
     train.add_argument("--resize", type=_positive_int, help="image side fed to the network")
-    train.add_argument("--schedule", choices=["constant", "cosine"], default="constant",
+    train.add_argument("--schedule", choices=["constant", "cosine"],
                        help="learning-rate schedule over the epochs (default constant)")
+    train.add_argument("--preset", choices=["quick"], help="quick: a few minutes on a CPU at "
+                       "the smallest input size the network learns at (models/presets.py); "
+                       "options given here override its values")
+    train.add_argument("--test-limit", type=_positive_int,
+                       help="use only the first N test examples (default: --limit)")
     _add_training_options(train)
     train.add_argument("--out", type=Path, help="output folder (default runs/MODEL)")
     train.add_argument("--resume", nargs="?", const=True, metavar="CHECKPOINT",
@@ -275,38 +280,35 @@ def _run_train(args, writes, world=1):
             raise UsageError(f"--resume: {resume}: no such checkpoint")
     per_rank_given = args.batch_size is not None
     _settings_from_checkpoint(args, resume)
-    epochs = args.epochs or spec.num_epochs
-    lr = args.lr or spec.lr
-    batch_size = args.batch_size or spec.batch_size
+    s = _train_settings(args, spec)
+    epochs, lr, batch_size, resize = s["epochs"], s["lr"], s["batch_size"], s["resize"]
     if resume and not per_rank_given and world > 1:    # the checkpoint's is global
         if batch_size % world:
             raise UsageError(f"--resume: the checkpoint's batch size {batch_size} does not "
                              f"divide among {world} processes; give --batch-size")
         batch_size //= world
-    resize = args.resize or spec.resize
 
-    train_set = _dataset(spec.dataset, args.data_dir, True, resize, args.limit)
-    test_set = _dataset(spec.dataset, args.data_dir, False, resize, args.limit)
-    manual_seed(args.seed)    # before the network is built: its biases keep their init
-    net = models.get(args.model)
+    train_set = _dataset(s["dataset"], args.data_dir, True, resize, s["limit"])
+    test_set = _dataset(s["dataset"], args.data_dir, False, resize, s["test_limit"])
+    manual_seed(s["seed"])    # before the network is built: its biases keep their init
+    net = models.get(args.model, in_channels=s["in_channels"])
     train_iter = DataLoader(train_set, batch_size, shuffle=True, device=args.device)
     test_iter = DataLoader(test_set, batch_size, device=args.device)
     # What the run is; on --resume each must match the checkpoint's, except the
     # settings fit lets a resumed run change (train.RESUMABLE_CHANGES).
-    meta = {"model": args.model, "dataset": spec.dataset, "resize": resize,
-            "batch_size": batch_size * world, "lr": lr, "epochs": epochs, "seed": args.seed,
-            "limit": args.limit, "momentum": args.momentum,
-            "weight_decay": args.weight_decay, "schedule": args.schedule}
+    meta = {"model": args.model, **s, "batch_size": batch_size * world,
+            "train_examples": len(train_set), "test_examples": len(test_set)}
     if writes:
         print(f"{args.model}: {epochs} epochs, lr {lr:g}, batch size {batch_size}"
               + (f" per rank x {world} ranks" if world > 1 else "") + ", "
               f"{len(train_set)} training / {len(test_set)} test images"
               + (f" resized to {resize}" if resize else "") + f"; writing to {out}")
-    schedule = cosine_schedule(lr, epochs) if args.schedule == "cosine" else None
+        print("settings: " + ", ".join(f"{key} {value}" for key, value in meta.items()))
+    schedule = cosine_schedule(lr, epochs) if s["schedule"] == "cosine" else None
     # the final weights too belong to this run (distributed: rank 0's, which writes)
     with hold_folder(out, say=print) if writes else contextlib.nullcontext():
-        fit(net, train_iter, test_iter, epochs, lr, args.device, momentum=args.momentum,
-            weight_decay=args.weight_decay, lr_schedule=schedule, out_dir=out, resume=resume,
+        fit(net, train_iter, test_iter, epochs, lr, args.device, momentum=s["momentum"],
+            weight_decay=s["weight_decay"], lr_schedule=schedule, out_dir=out, resume=resume,
             progress=not args.no_progress, meta=meta, max_loss_ratio=args.max_loss_ratio,
             force=args.force, distributed=args.distributed)
         if writes:
@@ -316,14 +318,43 @@ def _run_train(args, writes, world=1):
 
 
 def _settings_from_checkpoint(args, resume):
-    """Fill the settings not given on the command line: on --resume from the
+    """On --resume, fill the settings not given on the command line from the
     checkpoint (a resumed run goes on as it was; a flag given is a change,
-    which fit honours or refuses), then TRAIN_DEFAULTS."""
+    which fit honours or refuses); _train_settings fills the rest."""
     from .checkpoint import load_checkpoint
     saved = load_checkpoint(resume).meta.get("run", {}) if resume else {}
-    for name in ("epochs", "lr", "batch_size", "resize", "limit", *TRAIN_DEFAULTS):
+    for name in ("epochs", "lr", "batch_size", "resize", "limit", "test_limit", "preset",
+                 *TRAIN_DEFAULTS):
         if getattr(args, name) is None:
-            setattr(args, name, saved.get(name, TRAIN_DEFAULTS.get(name)))
+            setattr(args, name, saved.get(name))
+
+
+def _train_settings(args, spec):
+    """The run's settings: the command line's (or on --resume the checkpoint's), else
+    the preset's, else d2l's (the registry) or TRAIN_DEFAULTS."""
+    import models.presets
+    preset = models.presets.get(args.model, args.preset).settings(args.model) \
+        if args.preset else {}
+
+    def pick(given, key, default):
+        return given if given is not None else preset.get(key, default)
+
+    dataset = preset.get("dataset", spec.dataset)
+    return {"preset": args.preset, "dataset": dataset,
+            "in_channels": 3 if dataset == "cifar10" else 1,
+            "resize": pick(args.resize, "resize", spec.resize),
+            "limit": pick(args.limit, "limit", None),
+            # an explicit --limit bounds both splits, as before presets
+            "test_limit": args.test_limit or (args.limit if args.limit is not None
+                                              else preset.get("test_limit")),
+            "epochs": pick(args.epochs, "num_epochs", spec.num_epochs),
+            "lr": pick(args.lr, "lr", spec.lr),
+            "batch_size": pick(args.batch_size, "batch_size", spec.batch_size),
+            "momentum": pick(args.momentum, "momentum", TRAIN_DEFAULTS["momentum"]),
+            "schedule": pick(args.schedule, "schedule", TRAIN_DEFAULTS["schedule"]),
+            "weight_decay": pick(args.weight_decay, "weight_decay",
+                                 TRAIN_DEFAULTS["weight_decay"]),
+            "seed": pick(args.seed, "seed", TRAIN_DEFAULTS["seed"])}
 
 
 # ---------------------------------------------------------------- eval
@@ -343,7 +374,8 @@ def run_eval(args):
     if not run.get("model"):
         raise ValueError(f"{args.checkpoint}: key '__meta__' does not name the model")
     spec = _spec(run["model"])
-    net = models.get(run["model"])
+    net = models.get(run["model"], **({"in_channels": run["in_channels"]}
+                                      if "in_channels" in run else {}))
     checkpoint.load_into(net)
     net.to(args.device)
     test_set = _dataset(run.get("dataset", spec.dataset), args.data_dir, False,

@@ -156,10 +156,10 @@ def fit(net, train_iter, test_iter, num_epochs, lr, device="cpu", *, momentum=0.
     seed:        ``manual_seed(seed)`` first, so a run can be repeated exactly.
     out_dir:     folder for metrics.jsonl, curves.png and checkpoint.npz.
     resume:      a checkpoint path (or True: ``out_dir/checkpoint.npz``) to go on from.
-    meta:        JSON-serialisable facts about the run kept in the checkpoints
-                 (the CLI stores the model name and its settings).  On resume
-                 they must equal the checkpoint's, else ValueError (another
-                 run's checkpoint), except ``RESUMABLE_CHANGES``.
+    meta:        JSON-serialisable facts about the run kept in the checkpoints and
+                 as ``run`` in every history row (the CLI stores the model name and
+                 its settings).  On resume they must equal the checkpoint's, else
+                 ValueError (another run's checkpoint), except ``RESUMABLE_CHANGES``.
     max_loss_ratio: stop when a step's loss exceeds this times the run's first
                  loss (at least 1.0); None or 0 turns the check off.
     force:       resume even from a checkpoint whose ``meta`` differs.
@@ -462,6 +462,8 @@ class _Run:
                "train_acc": correct / count, "test_acc": test_acc,
                "examples_per_sec": count / seconds if seconds > 0 else None,
                "train_examples": count, "lr": self.optimizer.param_groups[0]["lr"]}
+        if self.meta:    # the run's settings on every row: metrics.jsonl hides nothing
+            row["run"] = self.meta
         self.history.append(row)
         self.epoch, self.batch, self.sums = self.epoch + 1, 0, [0.0, 0, 0, 0.0]
         self.epoch_start = self._snapshot()

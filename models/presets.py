@@ -1,0 +1,104 @@
+"""Quick presets: settings under which each chapter network visibly learns on a CPU.
+
+At d2l's sizes (224×224, 96×96) one epoch takes from 25 minutes to 8 hours
+on a 2-core CPU.  A quick preset trains the network on Fashion-MNIST at the
+smallest input side its layer stack accepts (and learns at), on the first
+``limit`` training images, for a few minutes; it is evidence that the
+network learns, not d2l's result.  ``tinygrad-cnn train NAME --preset quick``
+uses it, options given on the command line win, and every setting is printed
+and written to metrics.jsonl.  ``benchmarks/learning.py`` runs them all.
+
+    import models.presets
+    p = models.presets.get("alexnet", "quick")    # resize 193, limit 3200, lr …, why …
+"""
+from dataclasses import asdict, dataclass
+from typing import Optional
+
+from . import spec
+
+PRESET_NAMES = ("quick",)
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Training settings of one network's quick run.  ``None`` keeps the
+    registry's d2l value (``models.spec(name)``) or, for the limits, every image."""
+    resize: Optional[int] = None     # image side fed to the network; None keeps 28
+    limit: Optional[int] = None      # the first N training images
+    test_limit: Optional[int] = None  # the first N test images
+    num_epochs: Optional[int] = None
+    lr: Optional[float] = None
+    batch_size: Optional[int] = None
+    momentum: float = 0.0
+    schedule: str = "constant"       # or "cosine": the lr falls to 0 over the epochs
+    dataset: str = "fashion_mnist"
+    why: str = ""                    # why these values and not d2l's
+
+    def settings(self, name):
+        """Every setting of the run, the registry's d2l values filled in."""
+        d2l = spec(name)
+        values = asdict(self)
+        for key in ("lr", "num_epochs", "batch_size"):
+            if values[key] is None:
+                values[key] = getattr(d2l, key)
+        return values
+
+
+# Sides (tests/models/test_presets.py checks each is the smallest that fits): AlexNet
+# and VGG end in a Linear sized for their d2l input (AlexNet's fits 193-224, VGG's only
+# 224-231); NiN's pooling stack needs 67, DenseNet's three transitions 29; GoogLeNet
+# and the ResNets reach their global pool from 28, Fashion-MNIST's own side.
+# Steps: with momentum 0.9 an SGD step moves about 10 × lr once the velocity has built
+# up, so "lr 0.005, momentum 0.9" moves like d2l's plain lr 0.05, with less noise per step.
+_QUICK = {
+    "lenet": Preset(why="d2l's own settings: sigmoid LeNet needs several epochs to start"),
+    # At lr 1.0 batch norm's test accuracy jumps from epoch to epoch (0.70, then 0.47 after
+    # 2 constant-lr epochs here); a cosine schedule ends the run at a small lr.
+    "lenet_bn": Preset(limit=30000, num_epochs=3, schedule="cosine",
+                       why="half the images, 3 epochs, lr falling from d2l's 1.0"),
+    "lenet_bn_scratch": Preset(limit=30000, num_epochs=3, schedule="cosine",
+                               why="half the images, 3 epochs, lr falling from d2l's 1.0"),
+    "alexnet": Preset(resize=193, limit=3200, test_limit=500, num_epochs=1, batch_size=32,
+                      lr=0.005, momentum=0.9,
+                      why="193: the smallest side whose last pool is 5×5; d2l's plain lr "
+                      "0.01 learns too slowly for 100 steps"),
+    "alexnet_cifar10": Preset(resize=31, limit=6400, test_limit=1000, num_epochs=1,
+                              batch_size=64, lr=0.005, momentum=0.9,
+                              why="Fashion-MNIST (1 channel) at 31, the smallest side whose "
+                              "last pool is 3×3"),
+    "vgg11": Preset(resize=224, limit=960, test_limit=200, num_epochs=1, batch_size=16,
+                    lr=0.005, momentum=0.9,
+                    why="224 only (Linear(25088)); 3 images/s here, so 60 steps"),
+    "vgg11_small": Preset(resize=224, limit=3200, test_limit=500, num_epochs=1, batch_size=32,
+                          lr=0.005, momentum=0.9, why="224 only (Linear(6272))"),
+    "nin": Preset(resize=67, limit=20000, test_limit=2000, num_epochs=1,
+                  why="67, the smallest side; d2l's lr (0.05 with momentum 0.9 killed every "
+                  "output unit: the loss stayed at ln 10 for 140 steps)"),
+    "googlenet": Preset(limit=19200, test_limit=2000, num_epochs=1,
+                        why="28 (global pooling); d2l's lr and batch"),
+    "resnet18": Preset(limit=12800, test_limit=2000, num_epochs=1, batch_size=64,
+                       why="28 (global pooling); d2l's lr, smaller batches for more steps"),
+    "resnet34": Preset(limit=6400, test_limit=1000, num_epochs=1, batch_size=64,
+                       lr=0.05, momentum=0.9,
+                       why="28 (global pooling); momentum: batch norm takes it, few steps"),
+    "resnet50": Preset(limit=6400, test_limit=1000, num_epochs=1, batch_size=64,
+                       lr=0.05, momentum=0.9,
+                       why="28 (global pooling); momentum: batch norm takes it, few steps"),
+    "resnet101": Preset(limit=3200, test_limit=1000, num_epochs=1, batch_size=64,
+                        lr=0.05, momentum=0.9,
+                        why="28 (global pooling); momentum: batch norm takes it, few steps"),
+    "resnet152": Preset(limit=3200, test_limit=1000, num_epochs=1, batch_size=64,
+                        lr=0.05, momentum=0.9,
+                        why="28 (global pooling); momentum: batch norm takes it, few steps"),
+    "densenet": Preset(resize=29, limit=12800, test_limit=2000, num_epochs=1, batch_size=64,
+                       why="29, the smallest side; d2l's lr, smaller batches for more steps"),
+}
+
+
+def get(name, preset="quick"):
+    """The ``Preset`` called ``preset`` (only "quick" so far) of network ``name``."""
+    if preset not in PRESET_NAMES:
+        raise ValueError(f"models.presets: unknown preset {preset!r}; available: "
+                         f"{', '.join(PRESET_NAMES)}")
+    spec(name)                      # an unknown name fails with the registry's message
+    return _QUICK[name]
