@@ -1,6 +1,7 @@
 """The ``tinygrad-cnn`` command (also ``python -m tinygrad_cnn``)::
 
     tinygrad-cnn train lenet --data-dir ../shared/datasets/fashion-mnist
+    tinygrad-cnn train alexnet --preset quick --data-dir ../shared/datasets/fashion-mnist
     tinygrad-cnn eval runs/lenet/model.npz --data-dir ../shared/datasets/fashion-mnist
     tinygrad-cnn summary alexnet
     tinygrad-cnn gradcheck lenet            (or an op: tinygrad-cnn gradcheck conv2d)
