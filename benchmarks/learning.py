@@ -237,8 +237,9 @@ NOTES = {
     "vgg11_small": "as AlexNet: test acc 0.58 after its 100 steps, train accuracy averaged "
                    "over the epoch 0.25, still climbing; 7 s per step on this loaded machine",
     "resnet34": "0.696 after 200 steps, within noise of the target (one standard error is "
-                "0.010 on 2,000 test images); the train accuracy averaged over the epoch, 0.64, "
-                "against 0.70 at the end says it was still climbing. With momentum 0.9 added "
+                "0.010 on 2,000 test images); the train accuracy averaged over the epoch (0.64) "
+                "below the test accuracy at its end says it was still climbing. With "
+                "momentum 0.9 added "
                 "it ended at 0.46 (100 steps)",
     "nin": "stuck at chance: the loss stays at ln 10 = 2.303 for all 157 steps (and for 140 "
            "steps at lr 0.05 with momentum 0.9, and 140 at lr 0.4, batch 64). Measured on one batch at Xavier init: weight "
