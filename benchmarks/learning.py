@@ -45,6 +45,12 @@ D2L = {
     "nin": ("0.322, 0.881, 0.865", "d2l 7.3"),
     "googlenet": None,
     "resnet18": ("0.008, 0.999, 0.898", "d2l 7.6"),
+    "googlenet": "stuck at chance: the loss averaged over its 150 steps is 2.302 (ln 10). "
+                 "Measured on one batch at Xavier init: logits spread by 0.04, weight "
+                 "gradients 5e-6–6e-4 RMS against weights 0.02–0.13, the first layers' "
+                 "moving by under 1e-4 of themselves per unit lr: like NiN, a deep ReLU "
+                 "stack without batch norm starts on a plateau (d2l trains it for 10 epochs "
+                 "of 469 steps at 96×96)",
     "resnet34": None, "resnet50": None, "resnet101": None, "resnet152": None,
     "densenet": None,
 }
@@ -236,6 +242,12 @@ NOTES = {
                "machine)",
     "vgg11_small": "as AlexNet: test acc 0.58 after its 100 steps, train accuracy averaged "
                    "over the epoch 0.25, still climbing; 7 s per step on this loaded machine",
+    "googlenet": "stuck at chance: the loss averaged over its 150 steps is 2.302 (ln 10). "
+                 "Measured on one batch at Xavier init: logits spread by 0.04, weight "
+                 "gradients 5e-6–6e-4 RMS against weights 0.02–0.13, the first layers' "
+                 "moving by under 1e-4 of themselves per unit lr: like NiN, a deep ReLU "
+                 "stack without batch norm starts on a plateau (d2l trains it for 10 epochs "
+                 "of 469 steps at 96×96)",
     "resnet34": "0.696 after 200 steps, within noise of the target (one standard error is "
                 "0.010 on 2,000 test images); the train accuracy averaged over the epoch (0.64) "
                 "below the test accuracy at its end says it was still climbing. With "
