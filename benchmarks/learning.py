@@ -45,12 +45,6 @@ D2L = {
     "nin": ("0.322, 0.881, 0.865", "d2l 7.3"),
     "googlenet": None,
     "resnet18": ("0.008, 0.999, 0.898", "d2l 7.6"),
-    "googlenet": "stuck at chance: the loss averaged over its 150 steps is 2.302 (ln 10). "
-                 "Measured on one batch at Xavier init: logits spread by 0.04, weight "
-                 "gradients 5e-6–6e-4 RMS against weights 0.02–0.13, the first layers' "
-                 "moving by under 1e-4 of themselves per unit lr: like NiN, a deep ReLU "
-                 "stack without batch norm starts on a plateau (d2l trains it for 10 epochs "
-                 "of 469 steps at 96×96)",
     "resnet34": None, "resnet50": None, "resnet101": None, "resnet152": None,
     "densenet": None,
 }
