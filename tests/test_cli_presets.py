@@ -11,7 +11,9 @@ from tinygrad_cnn import cli
 from tinygrad_cnn.checkpoint import load_checkpoint
 
 from tests.data.make_files import write_idx
-from tests.models.checks import once_per_run
+
+# the command's logic is the same under every kernel set: the first one only (tests/conftest.py)
+pytestmark = pytest.mark.kernel_free
 
 
 @pytest.fixture(autouse=True)
@@ -87,11 +89,9 @@ def test_quick_preset_learns_and_writes_its_settings(capsys, learnable, tmp_path
     assert rows[-1]["train_acc"] > rows[0]["train_acc"]
 
 
-def test_network_trained_on_another_data_set_evaluates(request, kernel_set, capsys, learnable,
-                                                       tmp_path):
+def test_network_trained_on_another_data_set_evaluates(capsys, learnable, tmp_path):
     # alexnet_cifar10 is registered for 3-channel CIFAR-10; its preset trains it on
     # 1-channel Fashion-MNIST, and eval must rebuild it with one input channel.
-    once_per_run(request, kernel_set)      # 30 M parameters: seconds per run
     out = tmp_path / "run"
     code = cli.main(["train", "alexnet_cifar10", "--preset", "quick", "--data-dir",
                      str(learnable), "--limit", "8", "--batch-size", "8", "--no-progress",

@@ -6,6 +6,9 @@ import pytest
 import models
 from benchmarks import learning
 
+# bookkeeping only: no op runs, so one kernel set is enough
+pytestmark = pytest.mark.kernel_free
+
 
 def rows():
     run = {"model": "resnet18", "resize": None, "batch_size": 64, "lr": 0.05, "epochs": 2,
