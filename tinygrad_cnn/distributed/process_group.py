@@ -20,6 +20,7 @@ for code that catches its exceptions, such as the CLI).
 """
 import contextlib
 import sys
+import time
 import traceback
 
 import numpy as np
@@ -94,6 +95,11 @@ def abort(exc_type, exc, tb, errorcode=1):
     """Print the failure, naming this rank, and end every rank of the job."""
     sys.stderr.write(_failure_message(exc_type, exc, tb))
     sys.stderr.flush()
+    # mpiexec forwards each rank's stderr through its own proxy process, and
+    # MPI_Abort has the launcher kill every process of the job: without a
+    # moment for the proxy to pass the message on, a busy machine can lose it
+    # (seen once: the job ended non-zero with an empty stderr).
+    time.sleep(0.5)
     _comm.Abort(errorcode)
 
 
