@@ -40,35 +40,15 @@ import os
 import sys
 import warnings
 
-# How the compiled loops share the cores with OpenBLAS, the matrix products'
-# library.  Both settings are environment variables that a library reads once,
-# when it starts, so they are set here, before either can start; a value
-# already in the environment wins.  (The measurements behind both are in
-# benchmarks/results.md, "Figures behind design choices in kernels/".)
-THREAD_ENVIRONMENT = {
-    # Numba's parallel loops run on OpenMP threads, which by default busy-wait
-    # after each loop.  With as many threads as cores they then take the cores
-    # from the BLAS threads of the matrix product that comes next, and the
-    # convolutions slow down badly.  Passive threads sleep at once.  (OpenMP
-    # starts at the first parallel loop of any *_numba module.)
-    "OMP_WAIT_POLICY": "PASSIVE",
-    # The other way round: after every matrix product OpenBLAS's worker
-    # threads busy-wait for 2^28 CPU cycles (about 0.1 s), taking a core from
-    # the im2col or pooling loop that comes next, a large share of a training
-    # step's CPU time; 2^4 cycles makes them sleep at once.  OpenBLAS reads
-    # it when NumPy loads it: ``tinygrad_cnn`` imports this module before
-    # NumPy for that reason (a program that imports NumPy first must set the
-    # variable itself; see the README's Speed section).
-    "OPENBLAS_THREAD_TIMEOUT": "4",
-}
-for _name, _value in THREAD_ENVIRONMENT.items():
-    os.environ.setdefault(_name, _value)
+import numpy as np
 
-# Only now NumPy (and CuPy, which imports it): OpenBLAS has read its setting.
-import numpy as np  # noqa: E402
+from . import arrays, cuda_probe, threads
+from .jit import COMPILED_DTYPES
 
-from . import arrays, cuda_probe  # noqa: E402
-from .jit import COMPILED_DTYPES  # noqa: E402
+# OpenBLAS's threads, started when NumPy was imported, spin after every matrix
+# product and take the cores from the compiled loops that come next: restart
+# them so they sleep at once (kernels/threads.py says how, and how to opt out).
+threads.quiet_openblas()
 
 # ---------------------------------------------------------------- the sets
 CONV = ("im2col", "col2im")

@@ -29,6 +29,8 @@ import types
 
 import numpy as np
 
+from . import threads
+
 COMPILED_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
@@ -47,7 +49,10 @@ def compile_loops(*loops, parallel=False, **options):
     see the module docstring); ``options`` go to ``numba.njit`` as they are
     (``nogil``, ``fastmath``, ``error_model``).  Every loop is cached on disk.
     """
-    import numba      # (kernels/__init__.py set OMP_WAIT_POLICY before this: read why there)
+    import numba
+    # Before anything starts Numba's threads: its threading layer and thread
+    # count (kernels/threads.py).
+    threads.apply_to_numba()
     if parallel:
         for loop in loops:
             if "prange" in loop.__globals__:

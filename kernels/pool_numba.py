@@ -42,7 +42,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from . import pool_numpy
+from . import pool_numpy, threads
 from .geometry import adaptive_bins, pool_output_hw
 from .jit import compilable, compile_loops, on_first_use
 
@@ -285,13 +285,11 @@ _adaptive_loops = on_first_use(_adaptive_avg_forward_loop, _adaptive_max_forward
 
 # ---------------------------------------------------------------- threads
 @functools.cache
-def _thread_pool(pid):
-    """(pool, workers): as many threads as Numba's own (``NUMBA_NUM_THREADS``, all cores
-    by default).  One pool per process id: a forked child inherits the pool but
-    not its threads, so it must start its own."""
-    import numba
-    workers = numba.config.NUMBA_NUM_THREADS
-    return ThreadPoolExecutor(workers, thread_name_prefix="pool_numba"), workers
+def _thread_pool(pid, workers):
+    """A pool of ``workers`` threads (``threads.numba_threads()``: as many as
+    Numba's loops use).  One pool per process id: a forked child inherits the
+    pool but not its threads, so it must start its own."""
+    return ThreadPoolExecutor(workers, thread_name_prefix="pool_numba")
 
 
 # Below this many bytes of inputs and outputs a pooling loop runs on the
@@ -310,7 +308,8 @@ def _over_batch(loop, batch_arrays, *args):
     the rest.
     """
     N = batch_arrays[0].shape[0]
-    pool, workers = _thread_pool(os.getpid())
+    workers = threads.numba_threads()
+    pool = _thread_pool(os.getpid(), workers)
     slices = min(N, 2 * workers)
     if slices <= 1 or sum(a.nbytes for a in batch_arrays) < PARALLEL_MIN_BYTES:
         loop(*batch_arrays, *args)

@@ -1,6 +1,7 @@
 """tinygrad_cnn: a small, readable deep-learning engine for CNNs on NumPy/CuPy."""
-# kernels first: it sets environment variables OpenBLAS reads when NumPy loads it
+# kernels first: it quiets OpenBLAS's threads (kernels/threads.py)
 from kernels import set_kernels
+from kernels.threads import get_num_threads, set_num_threads
 from . import backend
 from .autograd import detect_anomaly, enable_grad, is_grad_enabled, no_grad, set_grad_enabled
 from .backend import float16, float32, float64, int32, int64, manual_seed, uint8

@@ -1,0 +1,156 @@
+"""How many threads, and how they share the cores: OpenBLAS's and Numba's.
+
+Two pools of threads do a training step's work on the CPU, taking turns:
+OpenBLAS's run NumPy's matrix products, Numba's run the parallel loops
+(im2col, the Winograd transforms, batch norm, ReLU).  A thread that
+busy-waits after its part keeps a core from the other pool's next part, so
+both pools are made to sleep as soon as their part is done -- at run time,
+whatever was imported first, and without writing the user's environment
+(the measurements behind this are in benchmarks/results.md).
+
+- **OpenBLAS** threads spin for 2^28 CPU cycles (about 0.1 s) after every
+  product before they sleep.  The library reads that timeout
+  (``OPENBLAS_THREAD_TIMEOUT``) when it starts its thread pool, which is
+  when NumPy is imported -- in most scripts before this package.
+  ``quiet_openblas()`` (run when ``kernels`` is imported) restarts the pool
+  with the smallest timeout OpenBLAS accepts, 2^4 cycles: it has OpenBLAS
+  read its settings again (``openblas_read_env``) while the variable is set,
+  removes the variable at once, and stops the threads
+  (``blas_thread_shutdown_``, what OpenBLAS itself does before a fork); the
+  next product starts them again with the new timeout.  Opt out by setting
+  ``OPENBLAS_THREAD_TIMEOUT`` yourself (OpenBLAS's own default is 28): a
+  value you set is never touched.
+- **Numba** runs its parallel loops on the ``workqueue`` threading layer,
+  whose threads wait on a lock, instead of OpenMP's, which spin after each
+  loop -- and which, as a second OpenMP runtime in a process that has
+  imported PyTorch (whose OpenMP has read its settings already), would
+  fight PyTorch's threads.  ``choose_numba_layer()`` makes that choice
+  before Numba starts its threads, unless you chose a layer
+  (``NUMBA_THREADING_LAYER`` or ``numba.config.THREADING_LAYER``; with
+  ``omp``, also set ``OMP_WAIT_POLICY=PASSIVE``).  The parallel loops hold
+  the GIL, so two Python threads never launch them at once (workqueue does
+  not allow that).
+- **How many threads**: ``set_num_threads(n)``/``get_num_threads()``, the
+  way ``torch.set_num_threads`` works: one number for the matrix products
+  (every BLAS library loaded, through threadpoolctl) and the compiled loops
+  (Numba).  Until it is called, the number is what OpenBLAS chose from the
+  environment (``OMP_NUM_THREADS``, ``OPENBLAS_NUM_THREADS``, else all
+  cores), and Numba uses the same.
+"""
+import functools
+import os
+import sys
+
+import threadpoolctl
+
+# OpenBLAS reads the first of these that is set; the smallest value it accepts
+# is 4 (2^4 cycles: sleep at once).
+TIMEOUT_VARIABLES = ("OPENBLAS_THREAD_TIMEOUT", "GOTO_THREAD_TIMEOUT")
+QUIET_TIMEOUT = 4
+
+# The OpenBLAS functions quiet_openblas needs: builds without them (or with
+# OpenMP threads instead of its own pool) are left as they are.
+_OPENBLAS_SYMBOLS = ("openblas_read_env", "blas_thread_shutdown_", "openblas_thread_timeout")
+
+NUMBA_LAYER = "workqueue"
+
+_requested = None       # set_num_threads's number, None until it is called
+
+
+def blas_libraries():
+    """threadpoolctl's controllers of the BLAS libraries loaded in this process."""
+    return threadpoolctl.ThreadpoolController().select(user_api="blas").lib_controllers
+
+
+def _quietable(library):
+    return (library.internal_api == "openblas" and library.threading_layer == "pthreads"
+            and all(hasattr(library.dynlib, name) for name in _OPENBLAS_SYMBOLS))
+
+
+def openblas_timeouts():
+    """{library path: thread timeout (log2 of CPU cycles)} of every OpenBLAS
+    with its own thread pool: what its threads do after a product."""
+    return {lib.filepath: int(lib.dynlib.openblas_thread_timeout())
+            for lib in blas_libraries() if _quietable(lib)}
+
+
+def quiet_openblas():
+    """Make every loaded OpenBLAS's threads sleep right after a product (see
+    the module docstring); returns the paths of the libraries changed.  Does
+    nothing when ``OPENBLAS_THREAD_TIMEOUT`` (or ``GOTO_THREAD_TIMEOUT``) is
+    set: that is the user's choice."""
+    if any(name in os.environ for name in TIMEOUT_VARIABLES):
+        return []
+    changed = []
+    for library in blas_libraries():
+        if not _quietable(library):
+            continue
+        dll = library.dynlib
+        if dll.openblas_thread_timeout() != QUIET_TIMEOUT:
+            # For the instant OpenBLAS reads it: the environment is left as it was.
+            os.environ["OPENBLAS_THREAD_TIMEOUT"] = str(QUIET_TIMEOUT)
+            try:
+                dll.openblas_read_env()
+            finally:
+                del os.environ["OPENBLAS_THREAD_TIMEOUT"]
+            dll.blas_thread_shutdown_()     # restarted, with the new timeout, by the next product
+        changed.append(library.filepath)
+    return changed
+
+
+def choose_numba_layer():
+    """Before Numba starts its threads: choose ``workqueue`` unless the user
+    chose a layer.  Returns the layer Numba will use (or is using)."""
+    import numba
+    from numba.np.ufunc import parallel
+    if parallel._is_initialized:
+        return numba.threading_layer()      # started already: too late to choose
+    if "NUMBA_THREADING_LAYER" not in os.environ and numba.config.THREADING_LAYER == "default":
+        numba.config.THREADING_LAYER = NUMBA_LAYER
+    return numba.config.THREADING_LAYER
+
+
+@functools.cache
+def _initial_blas_threads():
+    threads = [lib.num_threads for lib in blas_libraries()]
+    return threads[0] if threads else (os.cpu_count() or 1)
+
+
+def get_num_threads():
+    """The number of threads the matrix products and compiled loops use
+    (``torch.get_num_threads``): set_num_threads's number, else what BLAS
+    chose when it started (``OMP_NUM_THREADS``/``OPENBLAS_NUM_THREADS``, else
+    all cores)."""
+    return _requested if _requested is not None else _initial_blas_threads()
+
+
+def set_num_threads(n):
+    """Use ``n`` threads for the matrix products (every BLAS library loaded)
+    and Numba's compiled loops, from now on (``torch.set_num_threads``).
+
+    Numba's pool has ``NUMBA_NUM_THREADS`` threads (all cores by default) and
+    never uses more; its setting, like Numba's own ``set_num_threads``, holds
+    for the calling thread (and for the loops it launches)."""
+    global _requested
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"set_num_threads: expected a positive int, got {n!r}")
+    _requested = n
+    for library in blas_libraries():
+        library.set_num_threads(n)
+    if "numba" in sys.modules:
+        apply_to_numba()
+
+
+def numba_threads():
+    """How many threads Numba's loops should use: get_num_threads(), at most
+    the size of Numba's pool."""
+    import numba
+    return max(1, min(get_num_threads(), numba.config.NUMBA_NUM_THREADS))
+
+
+def apply_to_numba():
+    """Choose Numba's layer and give it get_num_threads() threads (called
+    before every compilation, and by set_num_threads)."""
+    import numba
+    choose_numba_layer()
+    numba.set_num_threads(numba_threads())

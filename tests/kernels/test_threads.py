@@ -1,0 +1,133 @@
+"""kernels/threads.py: OpenBLAS's threads quieted whatever the import order,
+Numba on the workqueue layer, no environment variable written, and one
+thread count for BLAS and Numba (set_num_threads/get_num_threads)."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import threadpoolctl
+
+import kernels
+import tinygrad_cnn as tc
+from kernels import threads
+
+# The thread settings are process-wide, not per kernel set: each test runs once.
+pytestmark = pytest.mark.kernel_free
+
+ROOT = Path(__file__).resolve().parents[2]
+
+# A fresh interpreter that imports what ``first`` names, then the rest, runs a
+# compiled loop and reports what the libraries ended up with.
+PROBE = r"""
+import json, os, sys
+before = dict(os.environ)
+for name in %(order)r:
+    __import__(name)
+import numpy as np
+import kernels
+from kernels import threads
+timeouts = list(threads.openblas_timeouts().values())     # NumPy's OpenBLAS
+kernels.relu_forward(np.ones((4, 8), np.float32))   # starts Numba's threads
+import numba
+after = dict(os.environ)
+print(json.dumps({
+    "timeouts": timeouts,
+    "environment_changes": sorted(k for k in set(before) | set(after)
+                                  if before.get(k) != after.get(k)),
+    "numba_layer": numba.threading_layer(),
+    "numba_threads": numba.get_num_threads(),
+    "blas_threads": [lib.num_threads for lib in threads.blas_libraries()],
+    "get_num_threads": threads.get_num_threads(),
+}))
+"""
+
+THREAD_VARIABLES = ("OPENBLAS_THREAD_TIMEOUT", "GOTO_THREAD_TIMEOUT", "OMP_WAIT_POLICY",
+                    "NUMBA_THREADING_LAYER", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+                    "GOTO_NUM_THREADS", "NUMBA_NUM_THREADS", "TINYGRAD_CNN_KERNELS")
+
+
+def probe(order, **env):
+    """Run PROBE importing the modules ``order`` first, with ``env`` added to
+    an environment without any thread variable."""
+    clean = {k: v for k, v in os.environ.items() if k not in THREAD_VARIABLES}
+    clean["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), clean.get("PYTHONPATH")]))
+    out = subprocess.run([sys.executable, "-c", PROBE % {"order": order}],
+                         env={**clean, **env}, cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def openblas_here():
+    if not threads.openblas_timeouts():
+        pytest.skip("NumPy's BLAS here is not an OpenBLAS with its own thread pool")
+
+
+@pytest.mark.parametrize("order", [["numpy", "tinygrad_cnn"], ["tinygrad_cnn", "numpy"],
+                                   ["numpy", "kernels"]], ids=lambda o: " then ".join(o))
+def test_openblas_threads_sleep_after_a_product_whatever_the_import_order(order):
+    openblas_here()
+    seen = probe(order)
+    assert seen["timeouts"] and all(t == threads.QUIET_TIMEOUT for t in seen["timeouts"])
+
+
+def test_import_writes_no_environment_variable():
+    seen = probe(["numpy", "tinygrad_cnn"])
+    assert seen["environment_changes"] == []
+
+
+def test_a_timeout_the_user_set_is_left_alone():
+    openblas_here()
+    seen = probe(["numpy", "tinygrad_cnn"], OPENBLAS_THREAD_TIMEOUT="28")
+    assert seen["timeouts"] and all(t == 28 for t in seen["timeouts"])
+
+
+def test_numba_runs_on_the_workqueue_layer_unless_the_user_chose_one():
+    assert probe(["numpy", "tinygrad_cnn"])["numba_layer"] == "workqueue"
+    assert probe(["numpy", "tinygrad_cnn"], NUMBA_THREADING_LAYER="omp")["numba_layer"] == "omp"
+
+
+def test_numba_follows_the_thread_count_blas_took_from_the_environment():
+    seen = probe(["numpy", "tinygrad_cnn"], OMP_NUM_THREADS="1")
+    assert seen["get_num_threads"] == 1
+    assert seen["blas_threads"] and set(seen["blas_threads"]) == {1}
+    assert seen["numba_threads"] == 1
+
+
+@pytest.fixture
+def restore_threads():
+    previous = tc.get_num_threads()
+    yield
+    tc.set_num_threads(previous)
+
+
+def blas_threads():
+    return {p["num_threads"] for p in threadpoolctl.threadpool_info() if p["user_api"] == "blas"}
+
+
+def test_set_num_threads_round_trip_reaches_blas_and_numba(restore_threads):
+    import numba
+    kernels.relu_forward(np.ones(3, np.float32))    # Numba's threads started
+    for n in (1, 2):
+        tc.set_num_threads(n)
+        assert tc.get_num_threads() == n
+        assert blas_threads() == {n}
+        assert numba.get_num_threads() == min(n, numba.config.NUMBA_NUM_THREADS)
+        assert threads.numba_threads() == min(n, numba.config.NUMBA_NUM_THREADS)
+
+
+def test_more_threads_than_numbas_pool_caps_numba_only(restore_threads):
+    import numba
+    n = numba.config.NUMBA_NUM_THREADS + 1
+    tc.set_num_threads(n)
+    assert tc.get_num_threads() == n
+    assert numba.get_num_threads() == numba.config.NUMBA_NUM_THREADS
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, "2", True, None])
+def test_set_num_threads_rejects_what_is_not_a_positive_int(bad):
+    with pytest.raises(ValueError, match="set_num_threads"):
+        tc.set_num_threads(bad)
