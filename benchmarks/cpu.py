@@ -1,7 +1,8 @@
 """Training-step throughput and peak memory on the CPU: our two kernel sets and PyTorch.
 
     python -m benchmarks.cpu [--networks lenet,resnet18] [--batch N] [--steps N]
-                             [--rounds 2] [--threads 2] [--kernels numba,numpy]
+                             [--rounds 2] [--threads 1,2] [--kernels numba,numpy]
+                             [--protocol user|environment]
 
 For each network (``models.names()``; default: the ones the speed issue sets
 targets for) and each engine -- this engine with the Numba kernel set, with
@@ -12,6 +13,17 @@ step (forward, cross-entropy, zero_grad, backward, SGD step) is timed
 so its peak resident memory is its own; engines alternate inside every
 round, so machine noise (other jobs, thermal drift) hits all of them alike,
 and the best round counts.
+
+As users run it (``--protocol user``, the default): a worker imports NumPy
+first, as most scripts do, then the engine, inherits the environment as it
+is (no thread variable added) and sets its thread count through the
+engine's API, ``tinygrad_cnn.set_num_threads`` or ``torch.set_num_threads``.
+``--protocol environment`` sets ``OMP_NUM_THREADS``, ``OPENBLAS_NUM_THREADS``,
+``MKL_NUM_THREADS`` and ``NUMBA_NUM_THREADS`` in every worker's environment
+instead.  ``--threads 1,2`` sweeps thread counts and adds a table of each
+engine's scaling.  An engine ``numba+torch`` is our Numba set in a process
+that imported PyTorch first and ran one PyTorch product (a d2l reader
+comparing the two in one notebook).
 
 Same work for every engine: the weights are this engine's initialisation
 (``manual_seed``) loaded into a PyTorch twin of the network, and every step
@@ -226,21 +238,26 @@ def _reset_peak_rss():
         return False
 
 
-def measure(engine, name, batch, steps, warmup, threads):
-    """Run in a fresh process: time ``steps`` training steps, report memory."""
-    if engine == "torch":
-        # Before ``models``: importing our kernels sets OMP_WAIT_POLICY=PASSIVE
-        # (see kernels/__init__.py), and PyTorch's OpenMP reads it when torch
-        # loads.  PyTorch is measured with its own defaults.
-        import torch
-        torch.set_num_threads(threads)
+def measure(engine, name, batch, steps, warmup, threads, protocol="user"):
+    """Run in a fresh process (NumPy imported already, at the top of this
+    file): time ``steps`` training steps, report memory."""
+    kernel_set, _, alongside = engine.partition("+")
+    if kernel_set == "torch" or alongside == "torch":
+        import torch            # before our engine, as a notebook comparing the two would
+        if protocol == "user":
+            torch.set_num_threads(threads)
+        if alongside == "torch":
+            (torch.ones(256, 256) @ torch.ones(256, 256)).sum().item()   # a PyTorch call
     import models
     spec = models.spec(name)
     X, y = batch_for(spec.input_shape, batch)
-    if engine != "torch":
+    if kernel_set != "torch":
         import kernels
-        kernels.set_kernels(engine)
-    on_batch = training_setup(engine, name, spec.lr, check_input=X)
+        import tinygrad_cnn as tc
+        kernels.set_kernels(kernel_set)
+        if protocol == "user":
+            tc.set_num_threads(threads)
+    on_batch = training_setup(kernel_set, name, spec.lr, check_input=X)
     # First a step on a batch of 2: Numba compiles (or loads its cache), the
     # gradients come to exist.  The resident size after it is the baseline:
     # weights, gradients, libraries, compiled kernels.  The peak is measured
@@ -262,33 +279,35 @@ def measure(engine, name, batch, steps, warmup, threads):
                   first_step_s=first, peak_rss_mb=_peak_rss_mb(), baseline_rss_mb=baseline,
                   peak_includes_compiler=not reset, loss=float(loss.item()))
     result["examples_per_s"] = batch / result["step_s"]
-    if engine != "torch":
+    if kernel_set != "torch":
         import kernels
+        probe = np.zeros(1, np.float32)
         result["numba_kernels"] = sorted(
-            k for k in kernels.KERNELS if "numba" in getattr(kernels, k).__module__)
+            k for k in kernels.KERNELS if "numba" in kernels.which(k, probe))
     return result
 
 
-def run_worker(engine, name, batch, steps, warmup, threads):
-    """``measure`` in a fresh subprocess with ``threads`` threads everywhere."""
+def run_worker(engine, name, batch, steps, warmup, threads, protocol="user"):
+    """``measure`` in a fresh subprocess with ``threads`` threads."""
     return run_module("benchmarks.cpu", ["--worker", engine, name, str(batch), str(steps),
-                                         str(warmup), str(threads)],
-                      worker_environment(engine, threads))
+                                         str(warmup), str(threads), protocol],
+                      worker_environment(engine, threads, protocol))
 
 
-def worker_environment(engine, threads):
-    """The user's environment with ``threads`` threads everywhere; for our
-    engines also the thread settings ``kernels`` sets on import
-    (``kernels.THREAD_ENVIRONMENT``), which a worker, importing NumPy before
-    our kernels, would otherwise get too late for OpenBLAS to read.
-    PyTorch's workers run with PyTorch's own defaults."""
-    env = dict(USER_ENVIRONMENT, TINYGRAD_CNN_KERNELS="numpy" if engine == "torch" else engine)
-    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
-                "NUMBA_NUM_THREADS"):
-        env[var] = str(threads)
-    if engine != "torch":
-        import kernels
-        env = {**kernels.THREAD_ENVIRONMENT, **env}     # values the user set win
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
+                    "NUMBA_NUM_THREADS")
+
+
+def worker_environment(engine, threads, protocol="user"):
+    """The user's environment as it is (``user``: the worker sets its threads
+    through the engine's API), or with ``threads`` in every thread-count
+    variable (``environment``).  PyTorch's worker builds the network with
+    our NumPy kernels (to copy its weights): Numba is not loaded there."""
+    env = dict(USER_ENVIRONMENT)
+    if engine == "torch":
+        env["TINYGRAD_CNN_KERNELS"] = "numpy"
+    if protocol == "environment":
+        env.update((var, str(threads)) for var in THREAD_VARIABLES)
     return env
 
 
@@ -365,6 +384,58 @@ def write_markdown(path, table):
     path.write_text(table.rstrip("\n") + "\n\n" + log if log else table)
 
 
+PROTOCOLS = {
+    "user": "as users run it: NumPy imported first, no thread variable set, the count set "
+            "by tinygrad_cnn.set_num_threads / torch.set_num_threads",
+    "environment": "OMP_NUM_THREADS, OPENBLAS_NUM_THREADS, MKL_NUM_THREADS and "
+                   "NUMBA_NUM_THREADS set in each worker's environment",
+}
+
+
+def engine_label(engine):
+    kernel_set, _, alongside = engine.partition("+")
+    if kernel_set == "torch":
+        return "PyTorch"
+    return f"ours, {kernel_set} kernels" + (", PyTorch imported and called first"
+                                             if alongside == "torch" else "")
+
+
+def scaling_efficiency(rate, threads, base_rate, base_threads):
+    """Speed-up over the run with the fewest threads, divided by the growth in
+    threads: 1.0 is perfect scaling (2 threads twice as fast as 1)."""
+    return (rate / base_rate) / (threads / base_threads)
+
+
+def scaling_table(report):
+    """Markdown lines: per network and engine, examples/s at each thread count
+    swept and the scaling efficiency against the fewest threads (none if one
+    count was run)."""
+    counts = sorted({net.get("threads") for net in report["networks"]} - {None})
+    if len(counts) < 2:
+        return []
+    lines = ["", "Scaling with threads: best examples/s per thread count; efficiency = "
+             f"speed-up over {counts[0]} thread(s) ÷ the growth in threads (1.00 is perfect).",
+             "", "| network | engine | " + " | ".join(f"{t} threads" for t in counts)
+             + " | " + " | ".join(f"efficiency {counts[0]}→{t}" for t in counts[1:]) + " |",
+             "|---|---|" + "---|" * (2 * len(counts) - 1)]
+    names = list(dict.fromkeys(net["name"] for net in report["networks"]))
+    for name in names:
+        entries = {net["threads"]: net for net in report["networks"] if net["name"] == name}
+        engines = list(dict.fromkeys(e for net in entries.values() for e in net["runs"]))
+        for engine in engines:
+            rates = {}
+            for t, net in entries.items():
+                r = best(net["runs"].get(engine, []))
+                if r is not None and "error" not in r:
+                    rates[t] = r["examples_per_s"]
+            cells = [f"{rates[t]:.1f}" if t in rates else "" for t in counts]
+            base = rates.get(counts[0])
+            cells += [f"{scaling_efficiency(rates[t], t, base, counts[0]):.2f}"
+                      if base and t in rates else "" for t in counts[1:]]
+            lines.append(f"| {name} | {engine_label(engine)} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def markdown(report):
     m, a = report["machine"], report["args"]
     lines = [
@@ -372,7 +443,8 @@ def markdown(report):
         "",
         f"`{' '.join(['python -m benchmarks.cpu'] + report['argv'])}`, {report['date']}",
         "",
-        f"Machine: {m['cpu']}, {m['cpus']} CPUs, {a['threads']} threads per engine; "
+        f"Machine: {m['cpu']}, {m['cpus']} CPUs, {a['threads']} threads per engine "
+        f"({PROTOCOLS[a.get('protocol', 'environment')]}); "
         f"Python {m['python']}, NumPy {m['numpy']} ({'; '.join(m['blas'])}), "
         f"Numba {m['numba']}, PyTorch {m['torch']}. "
         f"Load average at start: {', '.join(f'{x:.1f}' for x in m['load_average'])}.",
@@ -386,9 +458,9 @@ def markdown(report):
         "ours / PyTorch's, measured in the same run; memory figures are the smallest "
         "of the rounds. Per round: the median over rounds of the ratio within each round.",
         "",
-        "| network | batch | engine | examples/s | × PyTorch | × PyTorch per round | "
+        "| network | batch | threads | engine | examples/s | × PyTorch | × PyTorch per round | "
         "peak RSS MB | × PyTorch | training memory MB | × PyTorch | first step s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for net in report["networks"]:
         theirs = best(net["runs"].get("torch", []))
@@ -399,10 +471,10 @@ def markdown(report):
             if r is None:
                 continue
             if "error" in r:
-                lines.append(f"| {net['name']} | {net['batch']} | {engine} | "
-                             f"error: {r['error'][:80]} | | | | | | | |")
+                lines.append(f"| {net['name']} | {net['batch']} | {net.get('threads', '')} | "
+                             f"{engine} | error: {r['error'][:80]} | | | | | | | |")
                 continue
-            label = "PyTorch" if engine == "torch" else f"ours, {engine} kernels"
+            label = engine_label(engine)
 
             def ratio(key):
                 if theirs is None or engine == "torch" or theirs[key] <= 0:
@@ -411,12 +483,14 @@ def markdown(report):
             per_round = (paired_ratio(runs, net["runs"]["torch"])
                          if theirs is not None and engine != "torch" else None)
             lines.append(
-                f"| {net['name']} | {net['batch']} | {label} | {r['examples_per_s']:.1f} | "
+                f"| {net['name']} | {net['batch']} | {net.get('threads', '')} | {label} | "
+                f"{r['examples_per_s']:.1f} | "
                 f"{ratio('examples_per_s')} | "
                 f"{'' if per_round is None else f'{per_round:.2f}'} | "
                 f"{r['peak_rss_mb']:.0f} | {ratio('peak_rss_mb')} | "
                 f"{r['step_memory_mb']:.0f} | {ratio('step_memory_mb')} | "
                 f"{r['first_step_s']:.2f} |")
+    lines += scaling_table(report)
     numba_runs = [r for net in report["networks"] for r in net["runs"].get("numba", [])]
     if numba_runs:
         provided = sorted({k for r in numba_runs for k in r.get("numba_kernels", [])})
@@ -442,10 +516,16 @@ def parse_args(argv):
                              "the untimed batch-2 step (default 1)")
     parser.add_argument("--rounds", type=int, default=2,
                         help="measurements per engine, alternating (default 2)")
-    parser.add_argument("--threads", type=int, default=os.cpu_count(),
-                        help="threads for BLAS, Numba and PyTorch (default: all CPUs)")
+    parser.add_argument("--threads", default=str(os.cpu_count()),
+                        help="threads for BLAS, Numba and PyTorch; a comma-separated list "
+                             "sweeps them (default: all CPUs)")
+    parser.add_argument("--protocol", choices=sorted(PROTOCOLS), default="user",
+                        help="user (default): workers import NumPy first, set no thread "
+                             "variable and call set_num_threads; environment: the thread "
+                             "counts go in OMP_NUM_THREADS and the like")
     parser.add_argument("--kernels", default="numba,numpy",
-                        help="our kernel sets to run (default: numba,numpy)")
+                        help="our kernel sets to run (default: numba,numpy); "
+                             "numba+torch: the Numba set with PyTorch imported first")
     parser.add_argument("--no-torch", action="store_true", help="skip PyTorch")
     parser.add_argument("--out", default=str(HERE / "results" / "cpu.json"))
     parser.add_argument("--markdown", default=str(HERE / "results.md"))
@@ -455,9 +535,9 @@ def parse_args(argv):
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "--worker":
-        engine, name, batch, steps, warmup, threads = argv[1:]
+        engine, name, batch, steps, warmup, threads, protocol = argv[1:]
         print(json.dumps(measure(engine, name, int(batch), int(steps), int(warmup),
-                                 int(threads))))
+                                 int(threads), protocol)))
         return
     args = parse_args(argv)
     sys.path.insert(0, str(ROOT))
@@ -474,21 +554,25 @@ def main(argv=None):
             print("PyTorch is not installed: measuring this engine alone")
     report = {"date": datetime.datetime.now().isoformat(timespec="seconds"),
               "argv": argv, "args": vars(args), "machine": machine(), "networks": []}
+    thread_counts = [int(t) for t in args.threads.split(",") if t]
     for name in names:
         spec = models.spec(name)
         batch = args.batch or DEFAULT_BATCH.get(name, BATCH_96)
         steps = args.steps or (STEPS_SMALL if spec.input_shape[1] <= 32 else STEPS_BIG)
-        entry = {"name": name, "batch": batch, "input_shape": spec.input_shape,
-                 "steps": steps, "runs": {e: [] for e in engines}}
-        report["networks"].append(entry)
+        entries = {t: {"name": name, "batch": batch, "threads": t,
+                       "input_shape": spec.input_shape, "steps": steps,
+                       "runs": {e: [] for e in engines}} for t in thread_counts}
+        report["networks"] += entries.values()
         for round_ in range(args.rounds):
-            for engine in engines:
-                r = run_worker(engine, name, batch, steps, args.warmup, args.threads)
-                entry["runs"][engine].append(r)
-                shown = r.get("error") or (f"{r['examples_per_s']:9.1f} examples/s  "
-                                           f"peak {r['peak_rss_mb']:6.0f} MB")
-                print(f"{name:10s} batch {batch:3d}  round {round_ + 1}  {engine:6s} {shown}",
-                      flush=True)
+            for threads in thread_counts:
+                for engine in engines:
+                    r = run_worker(engine, name, batch, steps, args.warmup, threads,
+                                   args.protocol)
+                    entries[threads]["runs"][engine].append(r)
+                    shown = r.get("error") or (f"{r['examples_per_s']:9.1f} examples/s  "
+                                               f"peak {r['peak_rss_mb']:6.0f} MB")
+                    print(f"{name:10s} batch {batch:3d}  {threads:2d} threads  round "
+                          f"{round_ + 1}  {engine:11s} {shown}", flush=True)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=1))
     table = markdown(report)

@@ -1,0 +1,46 @@
+"""benchmarks/cpu.py's thread protocols and its scaling table (no timing here)."""
+import pytest
+
+from benchmarks import cpu
+
+# Environment and table handling only: no kernel is called (tests/conftest.py).
+pytestmark = pytest.mark.kernel_free
+
+
+def test_user_protocol_adds_no_thread_variable(monkeypatch):
+    monkeypatch.setattr(cpu, "USER_ENVIRONMENT", {"PATH": "/bin"})
+    assert cpu.worker_environment("numba", 2, "user") == {"PATH": "/bin"}
+    assert cpu.worker_environment("numba+torch", 2, "user") == {"PATH": "/bin"}
+
+
+def test_environment_protocol_sets_every_thread_count_variable(monkeypatch):
+    monkeypatch.setattr(cpu, "USER_ENVIRONMENT", {"PATH": "/bin"})
+    env = cpu.worker_environment("numba", 3, "environment")
+    assert {var: env[var] for var in cpu.THREAD_VARIABLES} == dict.fromkeys(
+        cpu.THREAD_VARIABLES, "3")
+
+
+def run(rate):
+    return {"examples_per_s": rate, "peak_rss_mb": 100.0, "baseline_rss_mb": 50.0}
+
+
+def test_scaling_table_gives_each_engines_efficiency_against_the_fewest_threads():
+    report = {"networks": [
+        {"name": "lenet", "threads": 1, "runs": {"numba": [run(90.0), run(100.0)],
+                                                 "torch": [run(50.0)]}},
+        {"name": "lenet", "threads": 2, "runs": {"numba": [run(150.0)],
+                                                 "torch": [run(100.0)]}},
+        {"name": "lenet", "threads": 4, "runs": {"numba": [run(200.0)],
+                                                 "torch": [{"error": "boom"}]}}]}
+    lines = cpu.scaling_table(report)
+    cells = [[cell.strip() for cell in line.split("|")[1:-1]] for line in lines
+             if line.startswith("| lenet")]
+    rows = {row[1]: row for row in cells}
+    # best round at 1 thread (100), then 150 at 2: 1.5x faster on 2x the threads
+    assert rows["ours, numba kernels"][2:] == ["100.0", "150.0", "200.0", "0.75", "0.50"]
+    assert rows["PyTorch"][2:] == ["50.0", "100.0", "", "1.00", ""]
+
+
+def test_one_thread_count_makes_no_scaling_table():
+    report = {"networks": [{"name": "lenet", "threads": 2, "runs": {"numba": [run(1.0)]}}]}
+    assert cpu.scaling_table(report) == []
