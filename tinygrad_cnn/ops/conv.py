@@ -23,7 +23,8 @@ OH = (H + pad_top + pad_bottom - DH·(KH - 1) - 1) // SH + 1.
 Memory: im2col's column matrix is KH·KW/(SH·SW) times larger than the
 input (9x for a 3x3 conv), so ``conv2d`` builds it for one chunk of the
 batch at a time, each chunk's columns at most ``column_budget`` bytes
-(``set_column_budget(nbytes)`` changes it).  The default, 16 MB, is also
+(``set_column_budget(nbytes)`` changes it).  The default, 16 MB (up to 4
+threads; more with more threads, ``column_budget_for``), is also
 the fast choice on a CPU: a buffer that size is reused from the heap and
 stays in the L3 cache between im2col and the matrix product, while one
 above glibc's 32 MB mmap threshold comes fresh from the OS, page faults
@@ -39,7 +40,7 @@ from .arguments import as_int, as_pair
 from .conv_winograd import Conv2dWinograd, winograd_suits
 from .shape import pad, squeeze, stack, unsqueeze
 
-column_budget = 16 * 2**20      # bytes of im2col columns built at once (see set_column_budget)
+column_budget = None    # bytes of im2col columns built at once; None: by thread count
 
 algorithm = "auto"       # "auto" or "im2col" (see set_algorithm)
 
@@ -65,14 +66,38 @@ def set_column_budget(nbytes):
     A batch whose columns exceed the bound is processed in chunks of images
     (``kernels.geometry.batch_chunks``).  Smaller bounds save memory but make
     smaller, less efficient matrix products.  A chunk holds at least one
-    image, even one whose columns alone exceed the bound.
+    image, even one whose columns alone exceed the bound.  ``None`` (the
+    default) sizes the bound by the thread count:
+    ``column_budget_for(tinygrad_cnn.get_num_threads())``.
     """
     global column_budget
-    if isinstance(nbytes, bool) or not isinstance(nbytes, int) or nbytes < 1:
+    if nbytes is not None and (isinstance(nbytes, bool) or not isinstance(nbytes, int)
+                               or nbytes < 1):
         raise ValueError(f"set_column_budget: expected a positive int number of bytes, "
-                         f"got {nbytes!r}")
+                         f"got {nbytes!r} (or None: sized by the thread count)")
     previous, column_budget = column_budget, nbytes
     return previous
+
+
+# Up to this many threads the default budget is the 16 MB the module docstring
+# explains; beyond, it grows with the threads so that each one's share of a
+# chunk's matrix product stays as wide as with 4 threads (4 MB of columns),
+# instead of a 16-thread product being cut into slivers.  A rule from
+# reasoning: it never ran on more than 2 cores (benchmarks/results.md).
+COLUMN_BUDGET_THREADS = 4
+
+
+def column_budget_for(threads):
+    """The default column budget with ``threads`` threads: 16 MB up to
+    COLUMN_BUDGET_THREADS threads, 4 MB per thread beyond."""
+    return 4 * 2**20 * max(COLUMN_BUDGET_THREADS, threads)
+
+
+def current_column_budget():
+    """The budget conv2d uses now: set_column_budget's, else by thread count."""
+    if column_budget is not None:
+        return column_budget
+    return column_budget_for(kernels.threads.get_num_threads())
 
 
 def choose_algorithm(x_shape, weight_shape, stride, padding, dilation, groups, out_hw):
@@ -356,9 +381,9 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     if chosen == "pointwise":
         fn = Conv2dPointwise(groups, has_bias)
     elif chosen == "winograd":
-        fn = Conv2dWinograd(padding, has_bias, column_budget)
+        fn = Conv2dWinograd(padding, has_bias, current_column_budget())
     else:
-        fn = Conv2dIm2col(stride, padding, dilation, groups, has_bias, column_budget)
+        fn = Conv2dIm2col(stride, padding, dilation, groups, has_bias, current_column_budget())
     y = fn(input, weight, bias) if has_bias else fn(input, weight)
     return squeeze(y, 0) if unbatched else y
 
