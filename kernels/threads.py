@@ -15,9 +15,9 @@ whatever was imported first, and without writing the user's environment
   ``quiet_openblas()`` (run when ``kernels`` is imported) restarts the pool
   with the smallest timeout OpenBLAS accepts, 2^4 cycles: it has OpenBLAS
   read its settings again (``openblas_read_env``) while the variable is set,
-  removes the variable at once, and stops the threads
-  (``blas_thread_shutdown_``, what OpenBLAS itself does before a fork); the
-  next product starts them again with the new timeout.  Opt out by setting
+  stops its threads (``blas_thread_shutdown_``, what OpenBLAS itself does
+  at a fork) and starts them again (``blas_thread_init``), now with the new
+  timeout, then removes the variable.  Opt out by setting
   ``OPENBLAS_THREAD_TIMEOUT`` yourself (OpenBLAS's own default is 28): a
   value you set is never touched.
 - **Numba** runs its parallel loops on the ``workqueue`` threading layer,
@@ -50,7 +50,8 @@ QUIET_TIMEOUT = 4
 
 # The OpenBLAS functions quiet_openblas needs: builds without them (or with
 # OpenMP threads instead of its own pool) are left as they are.
-_OPENBLAS_SYMBOLS = ("openblas_read_env", "blas_thread_shutdown_", "openblas_thread_timeout")
+_OPENBLAS_SYMBOLS = ("openblas_read_env", "blas_thread_shutdown_", "blas_thread_init",
+                     "openblas_thread_timeout")
 
 NUMBA_LAYER = "workqueue"
 
@@ -87,13 +88,15 @@ def quiet_openblas():
             continue
         dll = library.dynlib
         if dll.openblas_thread_timeout() != QUIET_TIMEOUT:
-            # For the instant OpenBLAS reads it: the environment is left as it was.
+            # Set only while OpenBLAS reads it (into its settings, and when the
+            # pool starts again): the environment is left as it was.
             os.environ["OPENBLAS_THREAD_TIMEOUT"] = str(QUIET_TIMEOUT)
             try:
                 dll.openblas_read_env()
+                dll.blas_thread_shutdown_()
+                dll.blas_thread_init()
             finally:
                 del os.environ["OPENBLAS_THREAD_TIMEOUT"]
-            dll.blas_thread_shutdown_()     # restarted, with the new timeout, by the next product
         changed.append(library.filepath)
     return changed
 
