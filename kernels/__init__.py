@@ -29,6 +29,10 @@ still hand an input its loops do not cover to its reference (a mixed-dtype
 SGD step, a non-contiguous parameter, a non-global adaptive average pool's
 backward), as its module explains.
 
+Threads: the compiled loops (Numba) and the matrix products (OpenBLAS) take
+turns on the cores; ``kernels/threads.py`` keeps each pool asleep between its
+turns and gives both one thread count (``set_num_threads``).
+
 ``kernels`` imports nothing from ``tinygrad_cnn``: the engine sits on top of
 it (``kernels/arrays.py`` answers which array module an array belongs to).
 """
