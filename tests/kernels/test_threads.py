@@ -85,9 +85,18 @@ def test_a_timeout_the_user_set_is_left_alone():
     assert seen["timeouts"] and all(t == 28 for t in seen["timeouts"])
 
 
-def test_numba_runs_on_the_workqueue_layer_unless_the_user_chose_one():
+def test_numba_runs_on_the_workqueue_layer():
     assert probe(["numpy", "tinygrad_cnn"])["numba_layer"] == "workqueue"
-    assert probe(["numpy", "tinygrad_cnn"], NUMBA_THREADING_LAYER="omp")["numba_layer"] == "omp"
+
+
+def test_a_threading_layer_the_user_chose_is_kept():
+    # Only the choice, not a launch: the chosen layer need not be installed here.
+    code = "from kernels import threads; print(threads.choose_numba_layer())"
+    env = dict(os.environ, NUMBA_THREADING_LAYER="tbb",
+               PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+    out = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True,
+                         text=True, check=True).stdout
+    assert out.strip().splitlines()[-1] == "tbb"
 
 
 def test_numba_follows_the_thread_count_blas_took_from_the_environment():
