@@ -109,8 +109,6 @@ def run_configuration(name, ranks, batch, steps, warmup, threads):
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
                 "NUMBA_NUM_THREADS"):
         env[var] = str(threads)
-    import kernels
-    env = {**kernels.THREAD_ENVIRONMENT, **env}
     command = [shutil.which("mpiexec") or "mpiexec", "-n", str(ranks), sys.executable, "-m",
                "benchmarks.distributed", "--worker", name, str(batch), str(steps), str(warmup)]
     proc = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
