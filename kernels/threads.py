@@ -135,7 +135,11 @@ def set_num_threads(n):
     never uses more; its setting, like Numba's own ``set_num_threads``, holds
     for the calling thread (and for the loops it launches)."""
     global _requested
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+    # the ops' rule (tinygrad_cnn/ops/arguments.py): a wrong type is a TypeError,
+    # a wrong value a ValueError, as torch.set_num_threads does
+    if isinstance(n, bool) or not isinstance(n, int):
+        raise TypeError(f"set_num_threads: expected a positive int, got {n!r}")
+    if n < 1:
         raise ValueError(f"set_num_threads: expected a positive int, got {n!r}")
     _requested = n
     for library in blas_libraries():
