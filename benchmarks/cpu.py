@@ -71,6 +71,19 @@ STEPS_SMALL, STEPS_BIG = 20, 3     # timed steps for 28x28 networks / the rest
 
 
 # ================================================================ the network
+def training_step(net, functional, optimizer, X, y):
+    """One training step on the batch (X, y) -- forward, cross-entropy,
+    zero_grad, backward, SGD step -- as a function of no arguments; written
+    once for every engine (``functional`` is ours or PyTorch's)."""
+    def step():
+        loss = functional.cross_entropy(net(X), y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        return loss
+    return step
+
+
 def build_ours(name):
     """Our network ``name``, initialised from seed 0 (so every engine gets these weights)."""
     import tinygrad_cnn as tc
@@ -189,15 +202,7 @@ def training_setup(engine, name, lr, check_input, device="cpu"):
         opt = optim.SGD(net.parameters(), lr=lr)
 
     def on_batch(X, y):
-        X, y = wrap(X), wrap(y)
-
-        def step():
-            loss = F.cross_entropy(net(X), y)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            return loss
-        return step
+        return training_step(net, F, opt, wrap(X), wrap(y))
     return on_batch
 
 

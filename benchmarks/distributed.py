@@ -32,7 +32,7 @@ import subprocess
 import sys
 import time
 
-from benchmarks.cpu import ROOT, USER_ENVIRONMENT, batch_for, build_ours, machine
+from benchmarks.cpu import ROOT, USER_ENVIRONMENT, batch_for, build_ours, machine, training_step
 
 DEFAULT_BATCH = {"lenet": 256, "lenet_bn": 256, "resnet18": 64}
 
@@ -59,15 +59,7 @@ def measure(name, batch, steps, warmup):
     optimizer = optim.SGD(net.parameters(), lr=spec.lr)
 
     def step_on(X, y):
-        X, y = Tensor(X), Tensor(y)
-
-        def step():
-            loss = F.cross_entropy(net(X), y)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            return loss
-        return step
+        return training_step(net, F, optimizer, Tensor(X), Tensor(y))
 
     step_on(*batch_for(spec.input_shape, 2))()
     step = step_on(*batch_for(spec.input_shape, batch))
