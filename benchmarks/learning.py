@@ -19,6 +19,7 @@ import datetime
 import json
 import math
 import os
+import resource
 import subprocess
 import sys
 import time
@@ -70,10 +71,12 @@ def run_network(name, data_dir, out_dir, threads=None):
     if threads:
         env.update({variable: str(threads) for variable in THREAD_VARIABLES})
     load_before = os.getloadavg()[0]
+    cpu_before = children_cpu_seconds()
     start = time.perf_counter()
     proc = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - start
     result = {"network": name, "wall_s": wall, "command": " ".join(command[1:]),
+              "cpu_s": children_cpu_seconds() - cpu_before,
               "threads": threads or os.cpu_count(),
               "load_average": [load_before, os.getloadavg()[0]],
               "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")}
@@ -86,6 +89,14 @@ def run_network(name, data_dir, out_dir, threads=None):
     if rows:
         result.update(summarise(rows))
     return result
+
+
+def children_cpu_seconds():
+    """CPU seconds (user + system) of the finished child processes so far.  On a
+    machine shared with other jobs the wall time grows with the load; a 1-thread
+    run's CPU time is about its wall time on the machine alone."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def summarise(rows):
@@ -147,11 +158,16 @@ def _duration(seconds):
     return f"{minutes} min {seconds:02d} s" if minutes else f"{seconds} s"
 
 
+def cpu_text(r):
+    return _duration(r["cpu_s"]) if r.get("cpu_s") is not None else ""
+
+
 def row(name, r, notes):
     if r is None:
-        return f"| `{name}` | not run yet | | | | | | | {d2l_text(name)} | |"
+        return f"| `{name}` | not run yet | | | | | | | | {d2l_text(name)} | |"
     if "train_loss" not in r:
         return (f"| `{name}` | {r.get('command', '')} | | | | | | {_duration(r['wall_s'])} | "
+                f"{cpu_text(r)} | "
                 f"{d2l_text(name)} | failed: {r.get('error', '?')} |")
     note = ""
     if r.get("error"):
@@ -161,7 +177,7 @@ def row(name, r, notes):
     speed = r.get("examples_per_sec")
     return (f"| `{name}` | {settings_text(r['settings'])} | {r.get('steps') or ''} | "
             f"{r['train_loss']:.3f} | {r['train_acc']:.3f} | {r['test_acc']:.3f} | "
-            f"{f'{speed:,.1f}' if speed else ''} | {_duration(r['wall_s'])} | "
+            f"{f'{speed:,.1f}' if speed else ''} | {_duration(r['wall_s'])} | {cpu_text(r)} | "
             f"{d2l_text(name)} | {note} |")
 
 
@@ -188,7 +204,9 @@ def table(results, names, machine, notes=None):
            f"so examples/s and wall times are those of a loaded machine. " if loads else "")
         + f"Chance is {CHANCE:.2f} test accuracy (ten balanced classes); the target is "
         f"{TARGET:.2f}. Steps are SGD steps; examples/s counts the training steps only, "
-        f"wall time the whole command (start-up, loading and resizing the images, testing); "
+        f"wall time the whole command (start-up, loading and resizing the images, testing), "
+        f"CPU time the command's user + system seconds (for a 1-thread run about its wall "
+        f"time on the machine alone); "
         f"train loss and accuracy are averaged over the last epoch's steps, as d2l's "
         f"`train_ch6` reports them. "
         + (f"Each run used {threads_text(done)} (`--threads`): on the loaded machine one "
@@ -198,8 +216,8 @@ def table(results, names, machine, notes=None):
         f"epochs, on a GPU).",
         "",
         "| network | quick preset | steps | train loss | train acc | test acc | examples/s "
-        "| wall time | d2l: loss, train acc, test acc | note |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| wall time | CPU time | d2l: loss, train acc, test acc | note |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     lines += [row(n, results.get(n), notes) for n in names]
     explained = [n for n in names if n in notes and n in results]
@@ -275,6 +293,9 @@ def parse_args(argv):
                         help="threads per run (BLAS, Numba); default all cores. On a machine "
                         "loaded by other jobs 1 is faster: 2 threads that wait for each "
                         "other at every parallel loop lose their turns")
+    parser.add_argument("--results", type=Path, default=RESULTS,
+                        help="the JSON file of results to add to and build the table from "
+                        "(default benchmarks/results/learning.json)")
     parser.add_argument("--table-only", action="store_true",
                         help="train nothing: rewrite README's table from the saved results")
     args = parser.parse_args(argv)
@@ -292,14 +313,14 @@ def parse_args(argv):
 def main(argv=None):
     import models
     args = parse_args(argv)
-    results = load_results()
+    results = load_results(args.results)
     if not args.table_only:
         for name in args.names:
             print(f"{name} ...", flush=True)
             result = run_network(name, args.data_dir.resolve(), args.out.resolve(),
                                  args.threads)
             results[name] = result
-            save_results(results)
+            save_results(results, args.results)
             print(row(name, result, NOTES), flush=True)
     text = table(results, models.names(), machine_text(), NOTES)
     write_readme(text)

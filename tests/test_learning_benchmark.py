@@ -29,13 +29,13 @@ def test_summary_takes_the_last_epoch_and_the_speed_over_all():
 
 def test_table_shows_done_failed_and_missing_networks():
     done = {"network": "resnet18", "wall_s": 125.0, "load_average": [3.0, 5.0],
-            "date": "2026-12-04", "threads": 1, **learning.summarise(rows())}
+            "date": "2026-12-04", "threads": 1, "cpu_s": 100.4, **learning.summarise(rows())}
     failed = {"network": "nin", "wall_s": 10.0, "load_average": [4.0, 4.0],
               "date": "2026-12-04", "error": "loss is nan", "command": "…"}
     text = learning.table({"resnet18": done, "nin": failed}, models.names(), "a test machine",
                           notes={"resnet18": "why"})
     line = next(r for r in text.splitlines() if r.startswith("| `resnet18`"))
-    assert "| 4 | 1.000 | 0.600 | 0.750 | 33.3 | 2 min 05 s |" in line
+    assert "| 4 | 1.000 | 0.600 | 0.750 | 33.3 | 2 min 05 s | 1 min 40 s |" in line
     assert "28×28 (no resize), 100 train / 40 test images, 2 epochs, batch 64, lr 0.05, " \
            "momentum 0.9" in line
     assert "0.008, 0.999, 0.898 (d2l 7.6)" in line and "below" not in line
