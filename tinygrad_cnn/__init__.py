@@ -16,7 +16,7 @@ from .ops.shape import cat, flatten, permute, reshape, squeeze, stack, transpose
 from .gradcheck import gradcheck, gradcheck_module
 from .summary import summary
 from .tracing import trace
-from . import cuda, nn, optim
+from . import backends, cuda, nn, optim
 
 __version__ = "0.1.0"
 bool = backend.bool_

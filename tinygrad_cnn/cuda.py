@@ -90,3 +90,24 @@ def free_memory(device="cuda"):
     with backend.cupy.cuda.Device(int(device.split(":")[1])):
         driver_free, _ = backend.cupy.cuda.runtime.memGetInfo()
         return int(driver_free) + int(backend.cupy.get_default_memory_pool().free_bytes())
+
+
+# ---------------------------------------------------------------- GPU convolutions' budget
+# Measured once per device, then kept: a driver call and a pool query per
+# convolution would cost host time on every layer, and worse, chunks that
+# follow what the pool happens to hold would change from step to step (other
+# allocation sizes, other kernels: no fixed sequence for a CUDA graph to
+# capture).  The first measure comes early, at the first convolution, when
+# most memory is free; a convolution that then runs out of memory measures
+# again (``refresh=True``, ops/conv.py ``run_in_chunks``) and retries with
+# the smaller budget.
+_conv_column_budgets = {}       # device id -> bytes
+
+
+def conv_column_budget(device_id=0, refresh=False):
+    """The column budget of convolutions on GPU ``device_id``: ``column_budget()``
+    of its free memory, measured at the first call (or with ``refresh``) and kept."""
+    if refresh or device_id not in _conv_column_budgets:
+        _conv_column_budgets[device_id] = column_budget(free_memory(f"cuda:{device_id}"))
+    return _conv_column_budgets[device_id]
+

@@ -566,8 +566,31 @@ def test_winograd_float32_error_is_close_to_im2col_s(algorithm):
 
 
 def test_set_algorithm_rejects_unknown_names(algorithm):
-    with pytest.raises(ValueError, match="set_algorithm: expected 'auto' or 'im2col', got 'fft'"):
+    with pytest.raises(ValueError, match=r"set_algorithm: expected one of \('auto', 'im2col', "
+                                         r"'winograd'\), got 'fft'"):
         algorithm("fft")
+
+
+@pytest.mark.parametrize("name", ["8-channels", "3x3-output"])
+def test_set_algorithm_winograd_runs_it_wherever_it_can_compute(name, algorithm):
+    # 'auto' leaves these to im2col (too few channels, wasted tiles); 'winograd' does not
+    cfg = NOT_WINOGRAD[name]
+    x, w, b = make_inputs(cfg)
+    plain = conv2d(x, w, b, **cfg["kwargs"])
+    assert plain.grad_fn.name == "Conv2d[im2col]"
+    algorithm("winograd")
+    forced = conv2d(x, w, b, **cfg["kwargs"])
+    assert forced.grad_fn.name == "Conv2d[winograd]"
+    np.testing.assert_allclose(forced.detach().numpy(), plain.detach().numpy(), rtol=1e-11,
+                               atol=1e-11)
+
+
+@pytest.mark.parametrize("name", ["stride2", "dilation2", "groups2", "5x5-kernel"])
+def test_set_algorithm_winograd_leaves_what_it_cannot_compute_to_im2col(name, algorithm):
+    cfg = NOT_WINOGRAD[name]
+    algorithm("winograd")
+    x, w, b = make_inputs(cfg)
+    assert conv2d(x, w, b, **cfg["kwargs"]).grad_fn.name == "Conv2d[im2col]"
 
 
 def test_winograd_backward_twice_with_retain_graph():

@@ -30,32 +30,51 @@ stays in the L3 cache between im2col and the matrix product, while one
 above glibc's 32 MB mmap threshold comes fresh from the OS, page faults
 and all, on every call; much larger chunks made whole networks slower
 (benchmarks/results.md, "Figures behind design choices").
+
+On a GPU the opposite holds: every chunk costs kernel launches and host time
+while the GPU waits, so a GPU convolution's bound is a share of the GPU's
+free memory (``tinygrad_cnn.cuda.conv_column_budget``): the whole batch's
+columns and one matrix product per convolution (per group), wherever they
+fit.  Its products may use TF32 (``tinygrad_cnn.backends.cudnn.allow_tf32``).
 """
+import warnings
+
+import numpy as np
+
 import kernels
 from kernels.geometry import batch_chunks, conv_output_hw
 
+from .. import backend, cuda
 from ..autograd import Function
 from ..backend import get_array_module
+from ..backends import cudnn
+from ..backends.tf32 import TF32
 from .arguments import as_int, as_pair
-from .conv_winograd import Conv2dWinograd, winograd_suits
+from .conv_winograd import Conv2dWinograd, winograd_can_run, winograd_suits
 from .shape import pad, squeeze, stack, unsqueeze
 
 column_budget = None    # bytes of im2col columns built at once; None: by thread count
 
-algorithm = "auto"       # "auto" or "im2col" (see set_algorithm)
+algorithm = "auto"       # "auto", "im2col" or "winograd" (see set_algorithm)
+
+ALGORITHMS = ("auto", "im2col", "winograd")
 
 
 def set_algorithm(name):
     """Choose how conv2d computes 3×3 stride-1 convolutions; return the previous choice.
 
-    ``"auto"`` (the default): Winograd's F(2×2, 3×3) (``conv_winograd.py``),
-    2.25x fewer multiplications, where the layer suits it (see
-    ``choose_algorithm``); im2col elsewhere.  ``"im2col"``: im2col and one
-    matrix product for every convolution but the 1×1 ones, the textbook way.
+    ``"auto"`` (the default): on the CPU, Winograd's F(2×2, 3×3)
+    (``conv_winograd.py``), 2.25x fewer multiplications, where the layer suits
+    it (see ``choose_algorithm``); im2col elsewhere, and everywhere on a GPU.
+    ``"im2col"``: im2col and one matrix product for every convolution but the
+    1×1 ones, the textbook way.  ``"winograd"``: Winograd for every
+    convolution it can compute (3×3, stride 1, no dilation, one group), also
+    on a GPU, where it warns: its transforms there are the NumPy references
+    run on CuPy, many small kernels, far slower than im2col.
     """
     global algorithm
-    if name not in ("auto", "im2col"):
-        raise ValueError(f"set_algorithm: expected 'auto' or 'im2col', got {name!r}")
+    if name not in ALGORITHMS:
+        raise ValueError(f"set_algorithm: expected one of {ALGORITHMS}, got {name!r}")
     previous, algorithm = algorithm, name
     return previous
 
@@ -93,26 +112,61 @@ def column_budget_for(threads):
     return 4 * 2**20 * max(COLUMN_BUDGET_THREADS, threads)
 
 
-def current_column_budget():
-    """The budget conv2d uses now: set_column_budget's, else by thread count."""
+def current_column_budget(x=None):
+    """The budget conv2d uses now for input array ``x``: set_column_budget's;
+    else, for a GPU array, a share of that GPU's free memory
+    (``tinygrad_cnn.cuda.conv_column_budget``); else by thread count."""
     if column_budget is not None:
         return column_budget
+    if x is not None and get_array_module(x) is not np:
+        return cuda.conv_column_budget(x.device.id)
     return column_budget_for(kernels.threads.get_num_threads())
 
 
-def choose_algorithm(x_shape, weight_shape, stride, padding, dilation, groups, out_hw):
-    """'pointwise', 'winograd' or 'im2col': the algorithm ``conv2d`` runs.
+def run_in_chunks(run, x, bytes_per_image, budget):
+    """``run(chunks)`` over the batch of ``x`` cut by ``batch_chunks``; returns
+    (its result, the chunks).
+
+    On a GPU out-of-memory error (the GPU budget was measured when memory was
+    freer, ``tinygrad_cnn.cuda.conv_column_budget``), the budget is measured
+    again and ``run`` retried once, if that makes the chunks smaller; else
+    the error stands."""
+    batch = x.shape[0]
+    chunks = batch_chunks(batch, bytes_per_image, budget)
+    try:
+        return run(chunks), chunks
+    except backend.out_of_memory_errors():
+        if column_budget is not None:           # a bound the user set: not ours to change
+            raise
+        smaller = batch_chunks(batch, bytes_per_image,
+                               cuda.conv_column_budget(x.device.id, refresh=True))
+        if len(smaller) <= len(chunks):
+            raise
+        return run(smaller), smaller
+
+
+def choose_algorithm(x_shape, weight_shape, stride, padding, dilation, groups, out_hw,
+                     xp=np):
+    """'pointwise', 'winograd' or 'im2col': the algorithm ``conv2d`` runs on
+    arrays of module ``xp`` (NumPy, or CuPy for a GPU).
 
     - "pointwise": a 1×1 kernel with stride 1 and no padding needs no im2col
       at all (dilation does not matter for a 1×1 kernel).
-    - "winograd": 3×3 stride-1 layers where Winograd pays
-      (``conv_winograd.winograd_suits``), unless ``set_algorithm("im2col")``.
+    - "winograd": with ``set_algorithm("auto")`` (the default), 3×3 stride-1
+      layers where Winograd pays (``conv_winograd.winograd_suits``), on the
+      CPU only: on a GPU its transforms are the NumPy references, one small
+      CuPy kernel per row of a tile (issue 12: 19,776 calls in 3 ResNet-18
+      steps), while im2col is one large matrix product.  With
+      ``set_algorithm("winograd")``, every layer it can compute
+      (``conv_winograd.winograd_can_run``), on either device.
     - "im2col": everything else.
     """
     if tuple(weight_shape[2:]) == (1, 1) and stride == (1, 1) and not any(padding):
         return "pointwise"
-    if algorithm == "auto" and winograd_suits(x_shape, weight_shape, stride, dilation, groups,
-                                              out_hw):
+    if algorithm == "winograd" and winograd_can_run(weight_shape, stride, dilation, groups):
+        return "winograd"
+    if algorithm == "auto" and xp is np and winograd_suits(x_shape, weight_shape, stride,
+                                                           dilation, groups, out_hw):
         return "winograd"
     return "im2col"
 
@@ -136,8 +190,9 @@ class Conv2dIm2col(Function):
         db = Σ_{n, oh, ow} dy
 
     Memory: the columns are built one chunk of the batch at a time
-    (``batch_chunks``, bounded by ``column_budget``), and backward builds
-    them again instead of keeping the forward's; it saves x, which is
+    (``batch_chunks``, bounded by ``column_budget``; on a GPU usually the
+    whole batch: one im2col, one product, one col2im per pass), and backward
+    builds them again instead of keeping the forward's; it saves x, which is
     KH·KW/(SH·SW) times smaller (see ``forward``).
     """
     name = "Conv2d[im2col]"
@@ -156,55 +211,71 @@ class Conv2dIm2col(Function):
         # copy, and often kept alive anyway (ReLU saves its output).
         self.save_for_backward(x if need_W else None, W if need_x else None)
         self.x_shape, self.W_shape = x.shape, W.shape
-        xp = get_array_module(x, W)
         N, C = x.shape[:2]
         O, _, KH, KW = W.shape
-        G = self.groups
         OH, OW = conv_output_hw(x.shape, W.shape[2:], self.stride, self.padding, self.dilation)
-        L = OH * OW
-        self.chunks = batch_chunks(N, C * KH * KW * L * x.dtype.itemsize, self.column_budget)
+        self.column_bytes_per_image = C * KH * KW * OH * OW * x.dtype.itemsize
+        with TF32(x, cudnn.allow_tf32):
+            y, self.chunks = run_in_chunks(lambda chunks: self._forward(x, W, b, OH * OW, chunks),
+                                           x, self.column_bytes_per_image, self.column_budget)
+        return y.reshape(N, O, OH, OW)
+
+    def _forward(self, x, W, b, L, chunks):
+        xp = get_array_module(x, W)
+        N, O, G = x.shape[0], W.shape[0], self.groups
         Wg = W.reshape(G, O // G, -1)
         y = xp.empty((N, O, L), dtype=xp.result_type(x, W))
-        for chunk in self.chunks:
+        for chunk in chunks:
             y_chunk = Wg @ self._columns(x[chunk])                 # (G, O/G, n·L): the GEMM
             y_chunk = y_chunk.reshape(O, -1, L).transpose(1, 0, 2)   # -> (n, O, L)
             if b is None:
                 y[chunk] = y_chunk
             else:       # the bias rides along the copy: no second pass over y
                 xp.add(y_chunk, b.reshape(O, 1), out=y[chunk])
-        return y.reshape(N, O, OH, OW)
+        return y
 
     def backward(self, gy):
         x, W = self.saved
+        with TF32(gy, cudnn.allow_tf32):
+            grads, self.chunks = run_in_chunks(lambda chunks: self._backward(gy, x, W, chunks),
+                                               gy, self.column_bytes_per_image, self.column_budget)
+        return grads
+
+    def _backward(self, gy, x, W, chunks):
         need_x, need_W = self.needs_input_grad[:2]
         need_b = self.has_bias and self.needs_input_grad[2]
         xp = get_array_module(gy)
         _, O, OH, OW = gy.shape
         G = self.groups
         WgT = W.reshape(G, O // G, -1).swapaxes(1, 2) if need_x else None     # (G, K, O/G)
-        gW = gb = 0
-        gx = xp.empty(self.x_shape, dtype=gy.dtype) if need_x else None
-        for chunk in self.chunks:
+        gW = gb = None
+        whole_batch = len(chunks) == 1
+        gx = xp.empty(self.x_shape, dtype=gy.dtype) if need_x and not whole_batch else None
+        for chunk in chunks:
             n = len(gy[chunk])
             # (n, O, OH, OW) -> (G, O/G, n·L), the layout of the forward's product
             gy_chunk = xp.ascontiguousarray(gy[chunk].reshape(n, O, OH * OW).transpose(1, 0, 2))
             gy_chunk = gy_chunk.reshape(G, O // G, n * OH * OW)
             if need_b:      # db = Σ dy, summed while the chunk is in the cache
-                gb = gb + gy_chunk.sum(axis=2).reshape(O)
+                gb = accumulate(gb, gy_chunk.sum(axis=2).reshape(O))
             col = None
             if need_W:
                 col = self._columns(x[chunk])
-                gW = gW + gy_chunk @ col.swapaxes(1, 2)            # (G, O/G, K)
+                gW = accumulate(gW, gy_chunk @ col.swapaxes(1, 2))   # (G, O/G, K)
             if need_x:
                 # The columns are used up: Wᵀ @ dy may overwrite their buffer --
                 # unless im2col returned a view of x itself (no padding, windows
                 # that tile x exactly), which must survive for other consumers.
                 reuse = col is not None and not xp.may_share_memory(col, x)
                 gcol = xp.matmul(WgT, gy_chunk, out=col if reuse else None)  # (G, K, n·L)
-                gx[chunk] = kernels.col2im(gcol.reshape(G * gcol.shape[1], -1),
-                                           (n,) + self.x_shape[1:], self.W_shape[2:],
-                                           self.stride, self.padding, self.dilation,
-                                           merge_batch=True)
+                gx_chunk = kernels.col2im(gcol.reshape(G * gcol.shape[1], -1),
+                                          (n,) + self.x_shape[1:], self.W_shape[2:],
+                                          self.stride, self.padding, self.dilation,
+                                          merge_batch=True)
+                if whole_batch:     # col2im's output is dx: no copy into a second buffer
+                    gx = gx_chunk
+                else:
+                    gx[chunk] = gx_chunk
         gW = gW.reshape(self.W_shape) if need_W else None
         if not self.has_bias:
             return gx, gW
@@ -218,6 +289,15 @@ class Conv2dIm2col(Function):
         return col.reshape(self.groups, rows // self.groups, columns)
 
 
+def accumulate(total, term):
+    """``total + term``, in place after the first term (None): a sum over
+    chunks that, for one chunk, is that chunk's array with no extra pass."""
+    if total is None:
+        return term
+    total += term
+    return total
+
+
 # ---------------------------------------------------------------- 1×1, stride 1, no padding
 class Conv2dPointwise(Function):
     """A 1×1 kernel with stride 1 and no padding: each image x[n], viewed as
@@ -225,15 +305,20 @@ class Conv2dPointwise(Function):
 
     Per group g, with W viewed as (G, O/G, C/G) and x[n] as (G, C/G, H·W)::
 
-        y[n] = W @ x[n] + b               (G, O/G, H·W)
-        dx[n] = Wᵀ @ dy[n]
-        dW = Σ_n dy[n] @ x[n]ᵀ
+        y[n] = W @ x[n] + b               (G, O/G, H·W)     one batched product
+        dx[n] = Wᵀ @ dy[n]                                  one batched product
+        dW = dy @ xᵀ                      dy as (G, O/G, N·H·W), x as (G, C/G, N·H·W)
         db = Σ_{n, h, w} dy
+
+    dW is one product over the batch's pixels side by side (one chunk of the
+    batch at a time, at most ``column_budget`` bytes of the two transposed
+    copies: on a GPU usually the whole batch), not N per-image products:
+    on a GPU each would be a launch, on a CPU a thin product.
     """
     name = "Conv2d[pointwise]"
 
-    def __init__(self, groups, has_bias):
-        self.groups, self.has_bias = groups, has_bias
+    def __init__(self, groups, has_bias, column_budget):
+        self.groups, self.has_bias, self.column_budget = groups, has_bias, column_budget
 
     def forward(self, x, W, b=None):
         need_x, need_W = self.needs_input_grad[:2]
@@ -241,7 +326,8 @@ class Conv2dPointwise(Function):
         self.x_shape, self.W_shape = x.shape, W.shape
         N, C, H, Wd = x.shape
         O, G = W.shape[0], self.groups
-        y = W.reshape(G, O // G, C // G) @ x.reshape(N, G, C // G, H * Wd)   # (N, G, O/G, L)
+        with TF32(x, cudnn.allow_tf32):
+            y = W.reshape(G, O // G, C // G) @ x.reshape(N, G, C // G, H * Wd)  # (N, G, O/G, L)
         y = y.reshape(N, O, H, Wd)
         if b is not None:
             y += b.reshape(1, O, 1, 1)
@@ -254,20 +340,34 @@ class Conv2dPointwise(Function):
         N, C, H, Wd = self.x_shape
         O, G = gy.shape[1], self.groups
         gb = gy.sum(axis=(0, 2, 3)) if need_b else None
-        gy = gy.reshape(N, G, O // G, H * Wd)
         gx = gW = None
-        if need_x:
-            gx = (W.reshape(G, O // G, C // G).swapaxes(1, 2) @ gy).reshape(self.x_shape)
-        if need_W:
-            x = x.reshape(N, G, C // G, H * Wd)
-            # dW = Σ_n dy[n] @ x[n]ᵀ, one image at a time: a batched product
-            # summed afterwards would hold N copies of dW.
-            xp = get_array_module(gy)
-            gW = xp.zeros((G, O // G, C // G), dtype=xp.result_type(gy, x))
-            for n in range(N):
-                gW += gy[n] @ x[n].swapaxes(1, 2)
-            gW = gW.reshape(self.W_shape)
+        with TF32(gy, cudnn.allow_tf32):
+            if need_x:
+                gx = (W.reshape(G, O // G, C // G).swapaxes(1, 2)
+                      @ gy.reshape(N, G, O // G, H * Wd)).reshape(self.x_shape)
+            if need_W:
+                bytes_per_image = (C + O) * H * Wd * gy.dtype.itemsize
+                gW, _ = run_in_chunks(lambda chunks: self._weight_grad(gy, x, chunks), gy,
+                                      bytes_per_image, self.column_budget)
         return (gx, gW, gb) if self.has_bias else (gx, gW)
+
+    def _weight_grad(self, gy, x, chunks):
+        """dW = Σ_chunks dy_chunk @ x_chunkᵀ, each chunk's images side by side."""
+        xp = get_array_module(gy)
+        C, O, G = x.shape[1], gy.shape[1], self.groups
+        gW = None
+        for chunk in chunks:
+            gy_chunk, x_chunk = (_side_by_side(xp, a[chunk], G) for a in (gy, x))
+            gW = accumulate(gW, gy_chunk @ x_chunk.swapaxes(1, 2))      # (G, O/G, C/G)
+        return gW.reshape(self.W_shape)
+
+
+def _side_by_side(xp, a, groups):
+    """(n, C, H, W) -> (G, C/G, n·H·W): each group's channels as rows, the
+    images' pixels side by side (one copy)."""
+    n, C, H, W = a.shape
+    a = a.reshape(n, groups, C // groups, H * W).transpose(1, 2, 0, 3)
+    return xp.ascontiguousarray(a).reshape(groups, C // groups, n * H * W)
 
 
 # ---------------------------------------------------------------- arguments
@@ -376,14 +476,21 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
         input.shape, weight.shape, stride, padding, dilation, groups)
     _check_bias("conv2d", bias, weight.shape)
     has_bias = bias is not None
+    xp = get_array_module(input.data)
     chosen = choose_algorithm(input.shape, weight.shape, stride, padding, dilation, groups,
-                              out_hw)
+                              out_hw, xp)
+    budget = current_column_budget(input.data)
     if chosen == "pointwise":
-        fn = Conv2dPointwise(groups, has_bias)
+        fn = Conv2dPointwise(groups, has_bias, budget)
     elif chosen == "winograd":
-        fn = Conv2dWinograd(padding, has_bias, current_column_budget())
+        if xp is not np:
+            warnings.warn("conv2d: set_algorithm('winograd') on a GPU runs Winograd's NumPy "
+                          "reference transforms on CuPy, many small kernels per convolution: "
+                          "far slower than im2col, which set_algorithm('auto') uses there",
+                          stacklevel=2)
+        fn = Conv2dWinograd(padding, has_bias, budget)
     else:
-        fn = Conv2dIm2col(stride, padding, dilation, groups, has_bias, current_column_budget())
+        fn = Conv2dIm2col(stride, padding, dilation, groups, has_bias, budget)
     y = fn(input, weight, bias) if has_bias else fn(input, weight)
     return squeeze(y, 0) if unbatched else y
 

@@ -13,6 +13,8 @@ from kernels.geometry import batch_chunks, conv_output_hw, winograd_tiles
 
 from ..autograd import Function
 from ..backend import get_array_module
+from ..backends import cudnn
+from ..backends.tf32 import TF32
 
 # Winograd's 16 products are (O, C) @ (C, tiles): with fewer channels than this
 # they are too thin for the matrix-product library to run near its speed.
@@ -26,13 +28,20 @@ def _tiles_well_used(out_hw):
     return 4 * math.prod(out_hw) >= 3 * 4 * math.prod(tiles)
 
 
-def winograd_suits(x_shape, weight_shape, stride, dilation, groups, out_hw):
-    """Whether a convolution can and should run as ``Conv2dWinograd``: a 3×3
-    kernel with stride 1, no dilation, one group, at least
-    ``WINOGRAD_MIN_CHANNELS`` input and output channels, and an output the
-    2×2 tiles cover with at most a quarter wasted."""
+def winograd_can_run(weight_shape, stride, dilation, groups):
+    """Whether ``Conv2dWinograd`` can compute a convolution at all: a 3×3
+    kernel with stride 1, no dilation and one group."""
     return (tuple(weight_shape[2:]) == (3, 3) and stride == (1, 1) and dilation == (1, 1)
-            and groups == 1 and min(x_shape[1], weight_shape[0]) >= WINOGRAD_MIN_CHANNELS
+            and groups == 1)
+
+
+def winograd_suits(x_shape, weight_shape, stride, dilation, groups, out_hw):
+    """Whether a convolution can and should run as ``Conv2dWinograd``: one it
+    can run (``winograd_can_run``) with at least ``WINOGRAD_MIN_CHANNELS``
+    input and output channels, and an output the 2×2 tiles cover with at most
+    a quarter wasted."""
+    return (winograd_can_run(weight_shape, stride, dilation, groups)
+            and min(x_shape[1], weight_shape[0]) >= WINOGRAD_MIN_CHANNELS
             and _tiles_well_used(out_hw))
 
 
@@ -72,6 +81,14 @@ class Conv2dWinograd(Function):
         self.padding, self.has_bias, self.column_budget = padding, has_bias, column_budget
 
     def forward(self, x, W, b=None):
+        with TF32(x, cudnn.allow_tf32):      # the 16 products are convolution products
+            return self._forward(x, W, b)
+
+    def backward(self, gy):
+        with TF32(gy, cudnn.allow_tf32):
+            return self._backward(gy)
+
+    def _forward(self, x, W, b):
         need_x, need_W = self.needs_input_grad[:2]
         xp = get_array_module(x, W)
         N, C = x.shape[:2]
@@ -93,7 +110,7 @@ class Conv2dWinograd(Function):
             y += b.reshape(1, O, 1, 1)
         return y
 
-    def backward(self, gy):
+    def _backward(self, gy):
         x, U = self.saved
         need_x, need_W = self.needs_input_grad[:2]
         need_b = self.has_bias and self.needs_input_grad[2]

@@ -2,22 +2,30 @@
 import numpy as np
 
 from ..autograd import Function
+from ..backends import cuda
+from ..backends.tf32 import TF32
 from .elementwise import unbroadcast
 
 
 class MatMul(Function):
-    """Y = A @ B (batched, broadcasting);   dA = dY @ Bᵀ,  dB = Aᵀ @ dY"""
+    """Y = A @ B (batched, broadcasting);   dA = dY @ Bᵀ,  dB = Aᵀ @ dY
+
+    On a GPU, float32 products may use TF32 where
+    ``tinygrad_cnn.backends.cuda.matmul.allow_tf32`` (default False) says so;
+    ``Linear`` likewise."""
     def forward(self, a, b):
         need_a, need_b = self.needs_input_grad
         self.save_for_backward(a if need_b else None, b if need_a else None)
         self.shapes = a.shape, b.shape
-        return a @ b
+        with TF32(a, cuda.matmul.allow_tf32):
+            return a @ b
 
     def backward(self, gy):
         a, b = self.saved
         need_a, need_b = self.needs_input_grad
-        ga = unbroadcast(gy @ b.swapaxes(-1, -2), self.shapes[0]) if need_a else None
-        gb = unbroadcast(a.swapaxes(-1, -2) @ gy, self.shapes[1]) if need_b else None
+        with TF32(gy, cuda.matmul.allow_tf32):
+            ga = unbroadcast(gy @ b.swapaxes(-1, -2), self.shapes[0]) if need_a else None
+            gb = unbroadcast(a.swapaxes(-1, -2) @ gy, self.shapes[1]) if need_b else None
         return ga, gb
 
 
@@ -29,7 +37,8 @@ class Linear(Function):
     def forward(self, x, W, b=None):
         need_x, need_W = self.needs_input_grad[:2]
         self.save_for_backward(x if need_W else None, W if need_x else None)
-        y = x @ W.T
+        with TF32(x, cuda.matmul.allow_tf32):
+            y = x @ W.T
         if b is not None:
             y += b
         return y
@@ -37,8 +46,9 @@ class Linear(Function):
     def backward(self, gy):
         x, W = self.saved
         need = self.needs_input_grad
-        gx = gy @ W if need[0] else None
-        gW = gy.T @ x if need[1] else None
+        with TF32(gy, cuda.matmul.allow_tf32):
+            gx = gy @ W if need[0] else None
+            gW = gy.T @ x if need[1] else None
         if len(need) == 2:
             return gx, gW
         return gx, gW, (gy.sum(axis=0) if need[2] else None)
