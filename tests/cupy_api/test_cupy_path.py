@@ -9,7 +9,8 @@ import kernels
 import models
 import tinygrad_cnn as tc
 import tinygrad_cnn.nn.functional as F
-from tinygrad_cnn import backend, optim
+from tinygrad_cnn import backend, cuda, optim
+from tinygrad_cnn.ops import conv as conv_module
 from tests.cupy_api.strict_cupy import StrictCupy, StrictGpuArray
 
 # The CuPy path runs the reference kernels whatever the CPU set (the numba.cuda
@@ -24,6 +25,7 @@ def strict_cupy(monkeypatch):
     monkeypatch.setattr(backend, "cupy", cupy)
     # what the dispatch gives CuPy arrays when the numba.cuda probe fails
     monkeypatch.setattr(kernels, "_gpu_kernels", dict(kernels._reference))
+    monkeypatch.setattr(cuda, "_conv_column_budgets", {})      # measured on this fake
     return cupy
 
 
@@ -87,14 +89,16 @@ def test_training_steps_call_only_what_cupy_has(strict_cupy, name, shape, optimi
     assert np.isfinite(losses).all()
     if name in WITH_DROPOUT:    # the GPU draws its masks from its own generator
         return
-    # the same arithmetic as the CPU's reference kernels (the ones the fake GPU ran): the
-    # fake changes which functions are allowed, not the math
+    # the same arithmetic as the CPU's reference kernels (the ones the fake GPU ran) and
+    # im2col (what 'auto' runs on a GPU): the fake changes which functions are allowed,
+    # not the math
     kernels.arrays.cupy = backend.cupy = None
-    previous = kernels.set_kernels("numpy")
+    previous = kernels.set_kernels("numpy"), conv_module.set_algorithm("im2col")
     try:
         cpu_losses, cpu_weights = steps(name, shape, optimizer, "cpu")
     finally:
-        kernels.set_kernels(previous)
+        kernels.set_kernels(previous[0])
+        conv_module.set_algorithm(previous[1])
     np.testing.assert_allclose(losses, cpu_losses, rtol=1e-5)
     for ours, cpu in zip(weights, cpu_weights):
         np.testing.assert_allclose(ours, cpu, rtol=1e-4, atol=1e-6)

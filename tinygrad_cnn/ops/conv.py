@@ -125,7 +125,7 @@ def current_column_budget(x=None):
 
 def run_in_chunks(run, x, bytes_per_image, budget):
     """``run(chunks)`` over the batch of ``x`` cut by ``batch_chunks``; returns
-    (its result, the chunks).
+    (its result, the chunks, the budget they were cut by).
 
     On a GPU out-of-memory error (the GPU budget was measured when memory was
     freer, ``tinygrad_cnn.cuda.conv_column_budget``), the budget is measured
@@ -134,15 +134,15 @@ def run_in_chunks(run, x, bytes_per_image, budget):
     batch = x.shape[0]
     chunks = batch_chunks(batch, bytes_per_image, budget)
     try:
-        return run(chunks), chunks
+        return run(chunks), chunks, budget
     except backend.out_of_memory_errors():
         if column_budget is not None:           # a bound the user set: not ours to change
             raise
-        smaller = batch_chunks(batch, bytes_per_image,
-                               cuda.conv_column_budget(x.device.id, refresh=True))
+        budget = cuda.conv_column_budget(x.device.id, refresh=True)
+        smaller = batch_chunks(batch, bytes_per_image, budget)
         if len(smaller) <= len(chunks):
             raise
-        return run(smaller), smaller
+        return run(smaller), smaller, budget
 
 
 def choose_algorithm(x_shape, weight_shape, stride, padding, dilation, groups, out_hw,
@@ -216,8 +216,10 @@ class Conv2dIm2col(Function):
         OH, OW = conv_output_hw(x.shape, W.shape[2:], self.stride, self.padding, self.dilation)
         self.column_bytes_per_image = C * KH * KW * OH * OW * x.dtype.itemsize
         with TF32(x, cudnn.allow_tf32):
-            y, self.chunks = run_in_chunks(lambda chunks: self._forward(x, W, b, OH * OW, chunks),
-                                           x, self.column_bytes_per_image, self.column_budget)
+            # (backward starts from the budget that worked)
+            y, self.chunks, self.column_budget = run_in_chunks(
+                lambda chunks: self._forward(x, W, b, OH * OW, chunks), x,
+                self.column_bytes_per_image, self.column_budget)
         return y.reshape(N, O, OH, OW)
 
     def _forward(self, x, W, b, L, chunks):
@@ -237,8 +239,9 @@ class Conv2dIm2col(Function):
     def backward(self, gy):
         x, W = self.saved
         with TF32(gy, cudnn.allow_tf32):
-            grads, self.chunks = run_in_chunks(lambda chunks: self._backward(gy, x, W, chunks),
-                                               gy, self.column_bytes_per_image, self.column_budget)
+            grads, self.chunks, self.column_budget = run_in_chunks(
+                lambda chunks: self._backward(gy, x, W, chunks), gy,
+                self.column_bytes_per_image, self.column_budget)
         return grads
 
     def _backward(self, gy, x, W, chunks):
@@ -347,8 +350,8 @@ class Conv2dPointwise(Function):
                       @ gy.reshape(N, G, O // G, H * Wd)).reshape(self.x_shape)
             if need_W:
                 bytes_per_image = (C + O) * H * Wd * gy.dtype.itemsize
-                gW, _ = run_in_chunks(lambda chunks: self._weight_grad(gy, x, chunks), gy,
-                                      bytes_per_image, self.column_budget)
+                gW, _, _ = run_in_chunks(lambda chunks: self._weight_grad(gy, x, chunks), gy,
+                                         bytes_per_image, self.column_budget)
         return (gx, gW, gb) if self.has_bias else (gx, gW)
 
     def _weight_grad(self, gy, x, chunks):
