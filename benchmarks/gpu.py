@@ -91,8 +91,13 @@ def measure(engine, name, batch, steps, warmup):
             step()
         synchronize()
         kernel_calls = sum(calls.values())
+    launches = None
+    if device != "cpu":         # one more step, its GPU kernels counted by CUPTI
+        from benchmarks.launches import profile_launches
+        launches = profile_launches(step, synchronize)
     return dict(step_s=step_s, examples_per_s=batch / step_s, first_step_s=first,
                 host_step_s=statistics.median(host_times), kernel_calls_per_step=kernel_calls,
+                launches_per_step=(launches or {}).get("kernels"), launches=launches,
                 memory_mb=memory_mb(), device=device)
 
 
@@ -139,10 +144,14 @@ def markdown(report):
         "examples/s: batch / median step time (forward, cross-entropy, zero_grad, backward, "
         "SGD step; GPU steps end with a synchronize). × ours CPU: examples/s over our CPU "
         "engine's. Memory: the peak resident size for CPU engines; CuPy's memory pool "
-        "(ours) or PyTorch's peak allocation on the GPU.",
+        "(ours) or PyTorch's peak allocation on the GPU. launches/step: the GPU kernels one "
+        "step ran, as CUPTI counts them (through PyTorch's profiler; blank without it). "
+        "host ms/step: median time until step() returned, before the synchronize: "
+        "Python's share of a GPU step.",
         "",
-        "| network | input | batch | engine | examples/s | × ours CPU | step ms | memory MB |",
-        "|---|---|---|---|---|---|---|---|",
+        "| network | input | batch | engine | examples/s | × ours CPU | step ms | memory MB "
+        "| launches/step | host ms/step |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for entry in report["results"]:
         shape = "×".join(map(str, entry["input_shape"]))
@@ -150,12 +159,16 @@ def markdown(report):
         for engine, r in entry["runs"].items():
             head = f"| {entry['name']} | {shape} | {entry['batch']} | {engine} |"
             if "error" in r:
-                lines.append(f"{head} error: {r['error'][:80]} | | | |")
+                lines.append(f"{head} error: {r['error'][:80]} | | | | | |")
                 continue
             ratio = (f"{r['examples_per_s'] / base['examples_per_s']:.2f}"
                      if "examples_per_s" in base else "")
+            gpu = r.get("device", "cpu") != "cpu"
+            launches = r.get("launches_per_step")
+            host = f"{r['host_step_s'] * 1e3:.1f}" if gpu and "host_step_s" in r else ""
             lines.append(f"{head} {r['examples_per_s']:.1f} | {ratio} | "
-                         f"{r['step_s'] * 1e3:.1f} | {r['memory_mb']:.0f} |")
+                         f"{r['step_s'] * 1e3:.1f} | {r['memory_mb']:.0f} | "
+                         f"{'' if launches is None else launches} | {host} |")
     return "\n".join(lines) + "\n"
 
 

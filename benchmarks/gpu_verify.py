@@ -14,7 +14,8 @@ time is recorded and the rest still run:
 4. ``bench:<network>``: one training step, batch 128 (LeNet 256), at d2l's
    input size, ours on the GPU against PyTorch CUDA (``benchmarks.gpu --worker``):
    examples/s, ratio, GPU peak memory (ours: CuPy's pool; PyTorch: its peak
-   allocation), host time per step, kernel-interface calls per step;
+   allocation), host time per step, kernel-interface calls per step, GPU kernel
+   launches per step (CUPTI, through PyTorch's profiler: ``launches_per_step``);
 5. ``fashion_mnist``: ``tinygrad-cnn train lenet_bn --epochs 3 --device cuda``
    on ``--data-dir`` (skipped, with a note, when the files are not there).
 
@@ -241,6 +242,8 @@ def summary_lines(report):
         extra = (f", host {ours['host_step_s'] * 1e3:.1f} ms/step, "
                  f"{ours['kernel_calls_per_step']} kernel calls/step"
                  if "host_step_s" in ours else "")
+        if ours.get("launches_per_step") is not None:
+            extra += f", {ours['launches_per_step']} launches/step"
         ratio = f", ratio {row['ratio']:.3f}, memory ratio {row['memory_ratio']:.2f}" \
             if "ratio" in row else ""
         lines.append(f"  {network}: ours {speed(ours)}, PyTorch {speed(torch)}{ratio}{extra}")

@@ -25,7 +25,7 @@ def echo(text, code=0):
 
 def fake_stages():
     ours = {"examples_per_s": 300.0, "memory_mb": 900.0, "host_step_s": 0.4,
-            "kernel_calls_per_step": 247}
+            "kernel_calls_per_step": 247, "launches_per_step": 947}
     torch = {"examples_per_s": 12000.0, "memory_mb": 600.0, "host_step_s": 0.01,
              "kernel_calls_per_step": None}
     return [
@@ -70,7 +70,8 @@ def test_the_report_records_every_stage_and_survives_failures(tmp_path):
     text = "\n".join(gpu_verify.summary_lines(report))
     assert "Fake H200" in text and "NOT used (AttributeError: row_stack)" in text
     assert "resnet18: ours 300.0 ex/s, PyTorch 12000.0 ex/s, ratio 0.025" in text
-    assert "247 kernel calls/step" in text
+    assert "247 kernel calls/step, 947 launches/step" in text
+    assert report["benchmark"]["resnet18"]["ours-gpu"]["launches_per_step"] == 947
 
 
 def test_stages_past_the_total_budget_are_skipped(tmp_path):

@@ -22,6 +22,7 @@ which rules).
 """
 import contextlib
 import json
+import time
 import types
 from pathlib import Path
 
@@ -51,6 +52,10 @@ class LaunchCounter:
       ``a[index_array]``: one each.
 
     A view (slicing, reshape of a contiguous array, transpose) launches none.
+
+    ``device_seconds`` adds up the time spent inside these operations (and
+    inside ``paused`` blocks): the array work a GPU would do, which leaves the
+    rest of a step's time as the host's (``benchmarks/launches.py``).
     """
     VIEWS = {"empty", "empty_like", "reshape", "transpose", "swapaxes", "moveaxis",
              "expand_dims", "squeeze", "broadcast_to", "lib.stride_tricks.as_strided",
@@ -59,12 +64,12 @@ class LaunchCounter:
              "asnumpy", "get_array_module"}
 
     def __init__(self):
-        self.count, self.active, self.depth = 0, False, 0
+        self.count, self.active, self.depth, self.device_seconds = 0, False, 0, 0.0
 
     @contextlib.contextmanager
     def counting(self):
-        """Count the launches inside the block, from 0."""
-        self.count, self.active, self.depth = 0, True, 0
+        """Count the launches (and device time) inside the block, from 0."""
+        self.count, self.active, self.depth, self.device_seconds = 0, True, 0, 0.0
         try:
             yield self
         finally:
@@ -73,22 +78,21 @@ class LaunchCounter:
     @contextlib.contextmanager
     def inside(self, launches=1):
         """One operation of ``launches`` kernels; what it calls is not counted."""
-        if self.active and self.depth == 0:
+        outermost = self.active and self.depth == 0
+        if outermost:
             self.count += launches
+            start = time.perf_counter()
         self.depth += 1
         try:
             yield
         finally:
             self.depth -= 1
+            if outermost:
+                self.device_seconds += time.perf_counter() - start
 
-    @contextlib.contextmanager
     def paused(self):
-        """Nothing inside is counted."""
-        self.depth += 1
-        try:
-            yield
-        finally:
-            self.depth -= 1
+        """Nothing inside is counted (its time is device time)."""
+        return self.inside(0)
 
 
 LAUNCHES = LaunchCounter()

@@ -357,10 +357,9 @@ class Conv2dPointwise(Function):
     def _weight_grad(self, gy, x, chunks):
         """dW = Σ_chunks dy_chunk @ x_chunkᵀ, each chunk's images side by side."""
         xp = get_array_module(gy)
-        C, O, G = x.shape[1], gy.shape[1], self.groups
         gW = None
         for chunk in chunks:
-            gy_chunk, x_chunk = (_side_by_side(xp, a[chunk], G) for a in (gy, x))
+            gy_chunk, x_chunk = (_side_by_side(xp, a[chunk], self.groups) for a in (gy, x))
             gW = accumulate(gW, gy_chunk @ x_chunk.swapaxes(1, 2))      # (G, O/G, C/G)
         return gW.reshape(self.W_shape)
 
