@@ -121,3 +121,30 @@ def test_each_convolution_runs_the_function_and_kernels_the_page_lists(heading, 
     y.sum().backward()
     assert called == listed_kernels(heading)
     assert np.isfinite(x.grad.numpy()).all()
+
+
+def test_on_a_gpu_auto_runs_a_winograd_shaped_layer_as_the_im2col_section_says(monkeypatch):
+    from tinygrad_cnn import backend, cuda
+    from tests.cupy_api.strict_cupy import StrictCupy
+    fake = StrictCupy()
+    monkeypatch.setattr(kernels.arrays, "cupy", fake)
+    monkeypatch.setattr(backend, "cupy", fake)
+    monkeypatch.setattr(kernels, "_gpu_kernels", dict(kernels._reference))
+    monkeypatch.setattr(cuda, "_conv_column_budgets", {})
+    called = set()
+    choose = kernels._implementation
+
+    def recording(name, array):
+        called.add(name)
+        return choose(name, array)
+    monkeypatch.setattr(kernels, "_implementation", recording)
+    c_in, c_out, k, p = CONVOLUTIONS["Winograd"]
+    conv = nn.Conv2d(c_in, c_out, k, padding=p).to("cuda")
+    x = tc.randn(2, c_in, 8, 8).to("cuda").requires_grad_()
+    y = conv(x)
+    function = type(y.grad_fn)
+    assert (Path(sys.modules[function.__module__].__file__).resolve().relative_to(ROOT).as_posix(),
+            function.__name__) == listed_function("im2col")
+    y.sum().backward()
+    assert called == listed_kernels("im2col")
+    assert "never picks Winograd" in " ".join(TEXT.split())     # what the page says
