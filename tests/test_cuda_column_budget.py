@@ -43,3 +43,26 @@ def test_free_memory_is_the_drivers_free_memory_plus_the_pools_unused_blocks(mon
     monkeypatch.setattr(kernels.arrays, "cupy", fake)
     assert cuda.free_memory() == 8 * GiB
     assert cuda.column_budget() == 2 * GiB
+
+
+def test_a_devices_conv_budget_is_measured_once_and_again_on_refresh(monkeypatch):
+    free = [5 * GiB]
+    calls = []
+
+    def mem_get_info():
+        calls.append(1)
+        return free[0], 140 * GiB
+    fake = types.SimpleNamespace(
+        ndarray=type("FakeArray", (), {}),
+        get_default_memory_pool=lambda: types.SimpleNamespace(free_bytes=lambda: 3 * GiB),
+        cuda=types.SimpleNamespace(
+            Device=FakeDevice,
+            runtime=types.SimpleNamespace(getDeviceCount=lambda: 1, memGetInfo=mem_get_info)))
+    monkeypatch.setattr(backend, "cupy", fake)
+    monkeypatch.setattr(kernels.arrays, "cupy", fake)
+    monkeypatch.setattr(cuda, "_conv_column_budgets", {})
+    assert cuda.conv_column_budget(0) == 2 * GiB
+    free[0] = 1 * GiB                               # the GPU filled up: not seen ...
+    assert cuda.conv_column_budget(0) == 2 * GiB and len(calls) == 1
+    assert cuda.conv_column_budget(0, refresh=True) == GiB     # ... until asked again
+    assert cuda.conv_column_budget(0) == GiB and len(calls) == 2
