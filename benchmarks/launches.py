@@ -201,6 +201,8 @@ def profile_launches(step, synchronize):
                          if e.device_type == torch.autograd.DeviceType.CUDA]
     except Exception as exc:        # ImportError, or a profiler that cannot start here
         return {"error": f"{type(exc).__name__}: {exc}"}
+    if not device_events:           # a step launches hundreds: CUPTI did not see them
+        return {"error": "the profiler recorded no GPU activity for the step"}
     copies = sum(1 for e in device_events if e.name.startswith(("Memcpy", "Memset")))
     return {"kernels": len(device_events) - copies, "memcpy_memset": copies}
 
