@@ -9,6 +9,9 @@ backward, SGD step) is timed with
 
 - ``ours-cpu``:   this engine on the CPU, Numba kernel set,
 - ``ours-gpu``:   this engine on CuPy arrays (the numba.cuda kernels),
+- ``ours-gpu-graph``: the same step captured once as a CUDA graph and replayed
+                  (``tinygrad_cnn.cuda.make_graphed_step``; the batch copied
+                  into its static buffers each step, as PyTorch's graphed loops do),
 - ``torch-cpu``, ``torch-cuda``: PyTorch, when it is installed (CUDA when it sees a GPU).
 
 Each measurement runs in a fresh subprocess (its memory, and an out-of-memory
@@ -42,7 +45,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.cpu import _peak_rss_mb, batch_for, machine, run_module, training_setup  # noqa: E402
 
-ENGINES = ("ours-cpu", "ours-gpu", "torch-cpu", "torch-cuda")
+ENGINES = ("ours-cpu", "ours-gpu", "ours-gpu-graph", "torch-cpu", "torch-cuda")
 CPU_ENGINES = ("ours-cpu", "torch-cpu")
 DEFAULT_BATCHES = "32,128"
 
@@ -67,7 +70,8 @@ def measure(engine, name, batch, steps, warmup):
     X, y = batch_for(spec.input_shape, batch)
     device = "cpu" if engine in CPU_ENGINES else "cuda"
     library = "torch" if engine.startswith("torch") else "ours"
-    step = training_setup(library, name, spec.lr, X, device)(X, y)
+    step = (graphed_training_step(name, spec.lr, X, y) if engine == "ours-gpu-graph"
+            else training_setup(library, name, spec.lr, X, device)(X, y))
     synchronize, memory_mb = _synchronize_and_memory(engine, device)
     start = time.perf_counter()
     step()
@@ -99,6 +103,23 @@ def measure(engine, name, batch, steps, warmup):
                 host_step_s=statistics.median(host_times), kernel_calls_per_step=kernel_calls,
                 launches_per_step=(launches or {}).get("kernels"), launches=launches,
                 memory_mb=memory_mb(), device=device)
+
+
+def graphed_training_step(name, lr, X, y):
+    """``step()``: our training step on (X, y) replayed as a CUDA graph (its
+    first three calls run eagerly, the fourth captures)."""
+    import tinygrad_cnn as tc
+    import tinygrad_cnn.nn.functional as F
+    from benchmarks.cpu import build_ours, training_step
+    from tinygrad_cnn import optim
+    net = build_ours(name).to("cuda")
+    opt = optim.SGD(net.parameters(), lr=lr)
+    X, y = tc.Tensor(X).to("cuda"), tc.Tensor(y).to("cuda")
+    graphed = tc.cuda.make_graphed_step(
+        lambda X, y: training_step(net, F, opt, X, y)(), (X, y), optimizer=opt)
+    for _ in range(graphed.num_warmup_iters + 1):      # warm-up and capture, untimed
+        graphed(X, y)
+    return lambda: graphed(X, y)
 
 
 def run_worker(engine, name, batch, steps, warmup):
@@ -238,7 +259,7 @@ def main(argv=None):
     for name in names:
         models.spec(name)       # an unknown name fails now, not after minutes
     batches = [int(b) for b in args.batch.split(",")]
-    engines = ["ours-cpu"] + ([] if args.cpu_only else ["ours-gpu"])
+    engines = ["ours-cpu"] + ([] if args.cpu_only else ["ours-gpu", "ours-gpu-graph"])
     engines += [] if args.no_torch else torch_engines(args.cpu_only)
     cpu_steps = args.cpu_steps or min(args.steps, 2)
     report = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "argv": argv,

@@ -15,7 +15,8 @@ time is recorded and the rest still run:
    input size, ours on the GPU against PyTorch CUDA (``benchmarks.gpu --worker``):
    examples/s, ratio, GPU peak memory (ours: CuPy's pool; PyTorch: its peak
    allocation), host time per step, kernel-interface calls per step, GPU kernel
-   launches per step (CUPTI, through PyTorch's profiler: ``launches_per_step``);
+   launches per step (CUPTI, through PyTorch's profiler: ``launches_per_step``); for
+   ResNet-18 also ``ours-gpu-graph``, the step replayed as a CUDA graph;
 5. ``fashion_mnist``: ``tinygrad-cnn train lenet_bn --epochs 3 --device cuda``
    on ``--data-dir`` (skipped, with a note, when the files are not there).
 
@@ -182,7 +183,8 @@ def stages(data_dir, out_dir, steps=10):
     ]
     for name in NETWORKS:
         batch = str(BATCH.get(name, DEFAULT_BATCH))
-        for engine in ("ours-gpu", "torch-cuda"):
+        graph = ("ours-gpu-graph",) if name == "resnet18" else ()   # CUDA Graphs' target
+        for engine in ("ours-gpu",) + graph + ("torch-cuda",):
             found.append(Stage(f"bench:{name}:{engine}",
                                [python, "-m", "benchmarks.gpu", "--worker", engine, name, batch,
                                 str(steps), "2"], 75))
@@ -210,6 +212,9 @@ def benchmark_table(records):
         if "examples_per_s" in ours and "examples_per_s" in torch:
             row["ratio"] = round(ours["examples_per_s"] / torch["examples_per_s"], 4)
             row["memory_ratio"] = round(ours["memory_mb"] / max(torch["memory_mb"], 1e-9), 3)
+        graphed = row.get("ours-gpu-graph") or {}
+        if "examples_per_s" in graphed and "examples_per_s" in torch:
+            row["graph_ratio"] = round(graphed["examples_per_s"] / torch["examples_per_s"], 4)
     return table
 
 
@@ -247,6 +252,10 @@ def summary_lines(report):
         ratio = f", ratio {row['ratio']:.3f}, memory ratio {row['memory_ratio']:.2f}" \
             if "ratio" in row else ""
         lines.append(f"  {network}: ours {speed(ours)}, PyTorch {speed(torch)}{ratio}{extra}")
+        if "ours-gpu-graph" in row:
+            graphed = row["ours-gpu-graph"]
+            ratio = f", ratio {row['graph_ratio']:.3f}" if "graph_ratio" in row else ""
+            lines.append(f"  {network} with a CUDA graph: ours {speed(graphed)}{ratio}")
     lines.append(f"  total {report['seconds']:.0f} s of a {report['budget_s']:.0f} s budget")
     return lines
 

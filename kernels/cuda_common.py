@@ -8,6 +8,8 @@ on the legacy default stream, so a kernel sees every CuPy operation before it.
 (Numba also synchronizes the stream a CuPy array names before each launch,
 ``CUDA_ARRAY_INTERFACE_SYNC``: safe, maybe slow; not yet measured on a GPU.)
 """
+import contextlib
+
 from numba import config, cuda
 
 # Threads per block.  A multiple of the warp size (32) and a power of two (the
@@ -17,19 +19,41 @@ from numba import config, cuda
 THREADS = 32 if config.ENABLE_CUDASIM else 128
 
 
+# The stream the kernels go to: 0, the default stream, except inside
+# ``launching_on`` (a CUDA graph capture on a CuPy stream: a launch elsewhere
+# would break the capture).
+_stream = 0
+
+
+@contextlib.contextmanager
+def launching_on(stream_ptr):
+    """Launch every kernel on the CUDA stream ``stream_ptr`` inside the block,
+    with Numba's synchronize on the stream a CuPy array names turned off: it
+    would synchronize a capturing stream (an error), and the kernels run on
+    that same stream, so nothing is reordered."""
+    global _stream
+    previous = _stream, config.CUDA_ARRAY_INTERFACE_SYNC
+    _stream = cuda.external_stream(stream_ptr) if stream_ptr else 0
+    config.CUDA_ARRAY_INTERFACE_SYNC = False
+    try:
+        yield
+    finally:
+        _stream, config.CUDA_ARRAY_INTERFACE_SYNC = previous
+
+
 def launch(kernel, total, *args):
     """Run ``kernel(*args)`` with at least ``total`` threads in a 1-D grid
     (the kernel skips indices >= total).  Nothing to do for ``total == 0``."""
     if total == 0:
         return
     threads = min(THREADS, total)
-    kernel[(total + threads - 1) // threads, threads](*args)
+    kernel[(total + threads - 1) // threads, threads, _stream](*args)
 
 
 def launch_blocks(kernel, blocks, *args):
     """Run ``kernel(*args)`` with ``blocks`` blocks of ``THREADS`` threads each
     (a block per channel, for the batch-norm sums)."""
-    kernel[blocks, THREADS](*args)
+    kernel[blocks, THREADS, _stream](*args)
 
 
 @cuda.jit(device=True)

@@ -86,6 +86,21 @@ def to_device(array, device):
         return cupy.asarray(array)
 
 
+# Whether a CUDA graph capture is under way (tinygrad_cnn/cuda_graphs.py sets it):
+# the engine's checks that read a GPU value on the host step aside meanwhile.
+_capturing = False
+
+
+def is_current_stream_capturing():
+    """Whether a CUDA graph capture is under way (``torch.cuda``'s name)."""
+    return _capturing
+
+
+def set_capturing(flag):
+    global _capturing
+    _capturing = bool(flag)
+
+
 class OutOfMemoryError(RuntimeError):
     """The GPU ran out of memory: raised instead of CuPy's error, with advice."""
 

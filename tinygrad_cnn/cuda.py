@@ -48,6 +48,7 @@ def empty_cache():
     pool = _memory_pool()
     if pool is not None:
         pool.free_all_blocks()
+        release_graph_memory()          # and those of CUDA graphs no longer replayed
 
 
 def memory_allocated():
@@ -111,3 +112,8 @@ def conv_column_budget(device_id=0, refresh=False):
         _conv_column_budgets[device_id] = column_budget(free_memory(f"cuda:{device_id}"))
     return _conv_column_budgets[device_id]
 
+
+# CUDA Graphs (tinygrad_cnn/cuda_graphs.py): torch.cuda's names.
+from .cuda_graphs import (CUDAGraph, GraphCaptureError, GraphedStep,  # noqa: E402,F401
+                          GraphShapeError, graph, is_current_stream_capturing,
+                          make_graphed_step, release_graph_memory)

@@ -387,7 +387,9 @@ def as_tensor_like(x, ref):
         elif not isinstance(x, bool) and isinstance(x, int) and dtype.kind == "b":
             dtype = np.dtype(np.int64)
         xp = get_array_module(ref.data)
-        return Tensor(xp.asarray(x, dtype=dtype))
+        # a fill on the device, the number its argument: no host-to-device copy
+        # (which a CUDA graph capture cannot hold), the same array as asarray's
+        return Tensor(xp.full((), x, dtype=dtype))
     return Tensor(to_device(_to_array(x), ref.device))
 
 

@@ -21,6 +21,16 @@ lasts (``files.hold_folder``: a second run there is refused).
 A run never keeps a bad state: every step is checked after the loss and before
 the update (see ``DivergenceError``), and no checkpoint is written with a NaN
 or infinite array, so the last checkpoint is always one to go back to.
+
+``cuda_graph=True`` (device 'cuda') runs each training step as one replayed
+CUDA graph (``tinygrad_cnn/cuda_graphs.py``): the first ``GRAPH_WARMUP_STEPS``
+steps eagerly, then the step is captured and replayed per batch, captured again
+when the learning rate changes; a batch of another shape (the last, partial
+one) runs uncaptured.  The same loss curve as without the graph.  Nothing in a
+graph can read the GPU on the host, so there the checks read the loss, the
+gradient norm and the accuracy after the replayed step, update included: a
+``DivergenceError`` names the same batch, but the weights in memory then hold
+that step (a checkpoint never does).
 """
 import contextlib
 import json
@@ -35,8 +45,8 @@ import numpy as np
 
 from . import nn, optim
 from .autograd import no_grad
-from .backend import (explain_out_of_memory, get_array_module, get_rng_state, manual_seed,
-                      require_device, set_rng_state, to_device)
+from .backend import (device_of, explain_out_of_memory, get_array_module, get_rng_state,
+                      manual_seed, require_device, set_rng_state, to_device)
 from .checkpoint import NonFiniteStateError, load_checkpoint, save_checkpoint
 from .files import atomic_write, hold_folder
 from .nn import functional as F
@@ -49,6 +59,9 @@ CURVES_FILE = "curves.png"
 # Settings a resumed run may change: the new value is used, and said.  Any other
 # key of ``fit(meta=...)`` that differs from the checkpoint's is refused.
 RESUMABLE_CHANGES = ("lr", "momentum", "weight_decay", "epochs")
+
+# fit(cuda_graph=True): steps run eagerly before the capture (torch's default).
+GRAPH_WARMUP_STEPS = 3
 
 
 class DivergenceError(FloatingPointError, ValueError):
@@ -143,7 +156,7 @@ def predict(net, data_iter, device=None):
 def fit(net, train_iter, test_iter, num_epochs, lr, device="cpu", *, momentum=0.0,
         weight_decay=0.0, lr_schedule=None, optimizer=None, init="xavier", seed=None,
         out_dir=None, resume=None, progress=True, plot=True, verbose=True, meta=None,
-        max_loss_ratio=1e3, force=False, distributed=False):
+        max_loss_ratio=1e3, force=False, distributed=False, cuda_graph=False):
     """Train ``net`` for ``num_epochs`` epochs; returns the history, a list of
     one dict per epoch (``epoch`` from 1, ``train_loss``, ``train_acc``,
     ``test_acc``, ``examples_per_sec``, ``lr``, ...).
@@ -167,6 +180,8 @@ def fit(net, train_iter, test_iter, num_epochs, lr, device="cpu", *, momentum=0.
     distributed: one process per rank under ``mpiexec -n N``: data-parallel training
                  on each rank's shard, rank 0 alone writing (see
                  ``tinygrad_cnn/distributed/training.py``).
+    cuda_graph:  replay each step as a CUDA graph (device 'cuda'; see the module
+                 docstring and ``tinygrad_cnn/cuda_graphs.py``).
 
     Every step is guarded: a NaN or infinite loss (``NonFiniteLossError``) or
     gradient norm, a loss above the ``max_loss_ratio`` threshold, or a NumPy
@@ -181,6 +196,12 @@ def fit(net, train_iter, test_iter, num_epochs, lr, device="cpu", *, momentum=0.
     if max_loss_ratio is not None and not max_loss_ratio >= 0:
         raise ValueError(f"fit: max_loss_ratio must be a number >= 0 or None, got "
                          f"{max_loss_ratio!r}")
+    if cuda_graph and distributed:
+        raise ValueError("fit: cuda_graph=True does not go with distributed=True (the "
+                         "gradient all-reduce is not captured); use one of them")
+    if cuda_graph and require_device(device) == "cpu":
+        raise ValueError(f"fit: cuda_graph=True needs device 'cuda' (a CUDA graph replays "
+                         f"GPU work), got device {device!r}")
     if seed is not None:
         manual_seed(seed)
     if init == "xavier":
@@ -202,6 +223,7 @@ def fit(net, train_iter, test_iter, num_epochs, lr, device="cpu", *, momentum=0.
     run = _Run(net, optimizer, train_iter, test_iter, num_epochs, device, lr_schedule,
                written, progress and writes, plot, verbose and writes, meta or {},
                max_loss_ratio or None)
+    run.cuda_graph = cuda_graph
     if distributed:
         run.reduce_sums = distributed_training.global_sums
         run.saves_on_interrupt = False   # the ranks stop at different steps
@@ -253,6 +275,10 @@ class _Run:
         self.phase = None         # "evaluation" or "saving" while not in a step
         self.reduce_sums = None   # distributed: the epoch's sums over every rank
         self.saves_on_interrupt = True
+        self.cuda_graph = False
+        self.graphed = None       # the GraphedStep, made at the first step
+        self.uncaptured_steps = 0  # cuda_graph: batches of another shape, run eagerly
+        self.num_classes = None   # the network's output width (checks labels on the host)
 
     # ------------------------------------------------------------ starting
     def start(self):
@@ -378,6 +404,12 @@ class _Run:
                 batches.close()
 
     def _step(self, X, y):
+        if self.cuda_graph:
+            self._graph_step(X, y)
+        else:
+            self._eager_step(X, y)
+
+    def _eager_step(self, X, y):
         start = time.perf_counter()
         X, y = X.to(self.device), y.to(self.device)
         y_hat = self.net(X)
@@ -398,6 +430,70 @@ class _Run:
             self.rng_after_step = get_rng_state()
             if self.first_loss is None:
                 self.first_loss = value
+
+    # ------------------------------------------------------------ the graphed step
+    def _graph_step(self, X, y):
+        """One step replayed as a CUDA graph; a batch of another shape runs eagerly."""
+        from .cuda_graphs import make_graphed_step
+        if self.graphed is not None and not self.graphed.accepts(X, y):
+            self.uncaptured_steps += 1
+            return self._eager_step(X, y)
+        start = time.perf_counter()
+        self._check_labels(y)
+        if self.graphed is None:
+            self.graphed = make_graphed_step(self._captured_step,
+                                             (X.to(self.device), y.to(self.device)),
+                                             GRAPH_WARMUP_STEPS, self.optimizer)
+        # the update is inside the graph: it and the bookkeeping together or not at all
+        with _sigint_deferred():
+            stats = self.graphed(X, y)
+            loss, squares, correct = (float(v) for v in to_device(stats, "cpu"))
+            try:
+                self._check_loss(loss)
+                self._check_gradient_squares(squares)
+            except DivergenceError as exc:
+                raise type(exc)(f"{exc} (with cuda_graph=True the checks follow the "
+                                "replayed step: the weights in memory include it; the "
+                                "checkpoint does not)") from None
+            n = int(y.shape[0])
+            self.sums[0] += loss * n
+            self.sums[1] += int(correct)
+            self.sums[2] += n
+            self.sums[3] += time.perf_counter() - start
+            self.batch += 1
+            self.rng_after_step = get_rng_state()
+            if self.first_loss is None:
+                self.first_loss = loss
+
+    def _captured_step(self, X, y):
+        """The whole step with no host read: loss, squared gradient norm and the
+        number right come back as one small GPU array, read after the replay."""
+        y_hat = self.net(X)
+        loss = F.cross_entropy(y_hat, y)
+        self.optimizer.zero_grad()
+        loss.backward()
+        self.optimizer.step()
+        self.num_classes = y_hat.shape[1]
+        xp = get_array_module(loss.data)
+        squares = xp.zeros((), dtype=xp.float64)
+        for group in self.optimizer.param_groups:
+            for p in group["params"]:
+                if p.grad is not None:
+                    g = p.grad.data.ravel()
+                    squares += xp.vdot(g, g)
+        correct = (y_hat.data.argmax(axis=1) == y.data).sum()
+        return xp.stack([loss.data.astype(xp.float64), squares, correct.astype(xp.float64)])
+
+    def _check_labels(self, y):
+        """cross_entropy's target check, on the host: a captured step cannot read the GPU."""
+        if self.num_classes is None or y.shape[0] == 0:
+            return
+        labels = to_device(y.data, "cpu") if device_of(y.data) != "cpu" else y.data
+        low, high = int(labels.min()), int(labels.max())
+        if low < 0 or high >= self.num_classes:
+            raise ValueError(f"cross_entropy: target {low if low < 0 else high} is out of "
+                             f"bounds for {self.num_classes} classes (valid: 0 … "
+                             f"{self.num_classes - 1})")
 
     # ------------------------------------------------------------ guards
     def _check_loss(self, value):
@@ -422,8 +518,14 @@ class _Run:
         grads = [p.grad.data for group in self.optimizer.param_groups
                  for p in group["params"] if p.grad is not None]
         # One BLAS pass per gradient, summed on the device: one sync per step.
-        squares = float(sum(get_array_module(g).vdot(g.ravel(), g.ravel()) for g in grads))
+        self._check_gradient_squares(
+            float(sum(get_array_module(g).vdot(g.ravel(), g.ravel()) for g in grads)))
+
+    def _check_gradient_squares(self, squares):
+        """Raise if the sum of the gradients' squares is not finite."""
         if not math.isfinite(squares):
+            grads = [p.grad.data for group in self.optimizer.param_groups
+                     for p in group["params"] if p.grad is not None]
             # NaN/inf, or finite float32 gradients whose squares overflowed: float64 says.
             squares = sum(float(get_array_module(g).square(g, dtype="float64").sum())
                           for g in grads)

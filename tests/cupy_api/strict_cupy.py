@@ -18,10 +18,34 @@ which it records so tests can see what was set when each product ran.
 
 It also counts, in ``LAUNCHES`` (``with LAUNCHES.counting():``), the GPU kernels
 CuPy would launch for what the engine asks of it (``LaunchCounter`` says by
-which rules).
+which rules); a graph's replay is one launch.
+
+As in CuPy, reductions (``a.sum()``, ``xp.vdot``) give 0-d arrays, not NumPy
+scalars, so reading one on the host goes through the array (``float(a)``).
+
+Stream capture (CUDA Graphs, ``cupy.cuda.Stream.begin_capture`` /
+``end_capture`` / ``cupy.cuda.Graph.launch``) is stood in for by recording:
+while a stream captures, every call that computes on the fake's arrays (module
+functions, ufuncs and operators, the array methods that copy or write) is run
+as usual *and* logged with the very array objects it read and wrote (the
+"device pointers" of a real graph) and its Python scalars (a kernel's frozen
+arguments).  ``end_capture`` then puts back every array that existed before the
+capture (a real capture runs nothing), and ``Graph.launch`` re-runs the log,
+writing each result into the array recorded for it.  What a real capture
+refuses raises here too: reading a GPU value on the host (``float()``,
+``int()``, ``bool()``, ``.item()``, ``.tolist()``, ``asnumpy``) raises CuPy's
+``CUDARuntimeError`` (cudaErrorStreamCaptureUnsupported), work queued on
+another stream while a capture is under way raises
+cudaErrorStreamCaptureImplicit, and so does capturing on the legacy default
+stream.  Stricter than CuPy: a host-to-device copy (``xp.asarray`` of a NumPy
+array or a Python number, a NumPy array as an operand or index) raises during
+capture, since a graph would re-read a staging buffer whose contents are gone.
+Not modelled: memory reuse (the log keeps every array alive), timing, and
+anything numba.cuda launches (the fake path runs the reference kernels).
 """
 import contextlib
 import json
+import threading
 import time
 import types
 from pathlib import Path
@@ -113,6 +137,174 @@ def _needs_copy(array, dtype=None):
     return not array.flags.c_contiguous or (dtype is not None and np.dtype(dtype) != array.dtype)
 
 
+class CUDARuntimeError(RuntimeError):
+    """``cupy.cuda.runtime.CUDARuntimeError``: a CUDA call failed."""
+
+
+# ---------------------------------------------------------------- stream capture
+class _State(threading.local):
+    """The fake GPU's streams, per thread as CuPy's: the current one, and whether
+    a logged call (or a replay) is running, whose inner calls are not logged
+    again; and (for every thread) the capture under way."""
+    def __init__(self):
+        self.current = None          # None: the legacy default stream
+        self.depth = 0
+        self.allocator = None        # set by cupy.cuda.using_allocator
+
+    def reset(self):
+        self.__init__()
+        self.capture = None
+
+    @property
+    def capture(self):
+        return _CAPTURE[0]
+
+    @capture.setter
+    def capture(self, recording):
+        _CAPTURE[0] = recording
+
+
+_CAPTURE = [None]
+
+
+_STATE = _State()
+
+
+def _capture_error(code, what):
+    return CUDARuntimeError(f"{code}: operation not permitted when stream is capturing "
+                            f"(strict fake CuPy: {what})")
+
+
+def _host_read(what):
+    """A GPU value read on the host: a synchronisation, refused during capture."""
+    if _STATE.capture is not None and _STATE.depth == 0:
+        raise _capture_error("cudaErrorStreamCaptureUnsupported", f"{what} reads a GPU "
+                             "value on the host")
+
+
+def _root(array):
+    while isinstance(array.base, np.ndarray):
+        array = array.base
+    return array
+
+
+class _Recording:
+    """The calls logged by one capture, and the pre-existing arrays to put back."""
+    def __init__(self, stream):
+        self.stream, self.calls = stream, []
+        self.saved = {}               # id(root) -> (root, copy before the capture)
+        self.created = {}             # id(root) -> root of an array made during capture
+        self.allocators = set()
+        self.generators = {}
+        self.host_copying = False
+
+    def before(self, args, kwargs):
+        for value in _flat(args, kwargs):
+            if isinstance(value, StrictGpuArray):
+                root = _root(value)
+                if id(root) not in self.created and id(root) not in self.saved:
+                    self.saved[id(root)] = (root, np.ndarray.copy(root))
+            elif isinstance(value, np.ndarray) or (isinstance(value, (int, float)) and
+                                                   self.host_copying):
+                raise _capture_error("cudaErrorStreamCaptureUnsupported",
+                                     "a host-to-device copy during capture (a graph would "
+                                     "re-read a staging buffer that is gone)")
+
+    def after(self, result):
+        for value in _flat((result,), {}):
+            if isinstance(value, StrictGpuArray):
+                root = _root(value)
+                if id(root) not in self.saved:
+                    self.created.setdefault(id(root), root)
+
+    def keep_generator(self, generator):
+        """CuPy's Generator keeps its state on the GPU: a capture does not advance it."""
+        self.generators.setdefault(id(generator), (generator, generator.bit_generator.state))
+
+    def restore(self):
+        for root, before in self.saved.values():
+            np.copyto(root, before)
+        for generator, state in self.generators.values():
+            generator.bit_generator.state = state
+
+
+def _flat(args, kwargs):
+    for value in list(args) + list(kwargs.values()):
+        if isinstance(value, (tuple, list)):
+            yield from value
+        else:
+            yield value
+
+
+# CuPy functions that copy host data to the GPU when given it
+_HOST_COPYING = {"asarray", "array", "asanyarray", "ascontiguousarray"}
+
+
+def _run(function, args, kwargs, name=""):
+    """``function(*args, **kwargs)``; while a capture records, logged (outermost
+    calls only: the inner ones are part of it)."""
+    recording = _STATE.capture
+    if recording is None or _STATE.depth:
+        return function(*args, **kwargs)
+    if _STATE.current is not recording.stream:
+        if recording.stream.is_non_blocking:   # (relaxed mode) not captured: runs as usual
+            return function(*args, **kwargs)
+        raise _capture_error("cudaErrorStreamCaptureImplicit", f"{name or 'work'} queued on "
+                             "the legacy default stream while a blocking stream captures")
+    recording.host_copying = name.split(".")[-1] in _HOST_COPYING
+    recording.before(args, kwargs)
+    _STATE.depth += 1
+    try:
+        result = function(*args, **kwargs)
+    finally:
+        _STATE.depth -= 1
+    recording.after(result)
+    if _STATE.allocator is not None:
+        recording.allocators.add(_STATE.allocator)
+    recording.calls.append((function, args, kwargs, result))
+    return result
+
+
+def _replay(calls):
+    _STATE.depth += 1
+    try:
+        with LAUNCHES.inside(1):            # cudaGraphLaunch: one launch for them all
+            for function, args, kwargs, result in calls:
+                again = function(*args, **kwargs)
+                for old, new in zip(_flat((result,), {}), _flat((again,), {})):
+                    if isinstance(old, np.ndarray) and old is not new:
+                        np.copyto(old, new)
+    finally:
+        _STATE.depth -= 1
+
+
+def _plain(value):
+    return value.view(np.ndarray) if isinstance(value, StrictGpuArray) else value
+
+
+def _apply_ufunc(ufunc, method, *inputs, **kwargs):
+    out = kwargs.get("out")
+    if out is not None:
+        kwargs["out"] = tuple(_plain(o) for o in (out if isinstance(out, tuple) else (out,)))
+    if ufunc is np.matmul:
+        StrictGpuArray._fake.record_product()
+    with LAUNCHES.inside():
+        result = getattr(ufunc, method)(*(_plain(x) for x in inputs), **kwargs)
+    if out is not None:
+        outs = out if isinstance(out, tuple) else (out,)
+        return outs[0] if len(outs) == 1 else outs
+    return on_gpu(result)
+
+
+def _getitem(array, index):
+    return on_gpu(np.ndarray.__getitem__(array, index))     # CuPy: a[0] is a 0-d array
+
+
+# ndarray methods that compute (copy or write) without going through a ufunc
+_LOGGED_METHODS = {"astype", "copy", "argmax", "argmin", "take", "repeat", "flatten",
+                   "ravel", "reshape", "fill", "sort", "dot", "put"}   # reshape: copies when it must
+
+
 class StrictGpuArray(np.ndarray):
     """Stands for a cupy.ndarray on cuda:0: only CuPy's array attributes."""
     device = types.SimpleNamespace(id=0)
@@ -120,30 +312,32 @@ class StrictGpuArray(np.ndarray):
     def __getattribute__(self, name):
         if not name.startswith("_") and name not in API["objects"]["ndarray"]:
             raise _lacks("cupy.ndarray", name)
+        if name in ("item", "tolist"):
+            _host_read(f"ndarray.{name}()")
+        if name in _LOGGED_METHODS and _STATE.capture is not None:
+            method = getattr(StrictGpuArray, name)    # self among the logged arguments
+            return lambda *args, **kwargs: _run(method, (self,) + args, kwargs,
+                                                f"ndarray.{name}")
         return super().__getattribute__(name)
 
-    # ---- what launches kernels (LaunchCounter); results as NumPy's, on the fake GPU
-    def __array_ufunc__(self, ufunc, method, *inputs, out=None, **kwargs):
-        if out is not None:
-            kwargs["out"] = _as_numpy(out)
-        if ufunc is np.matmul:
-            StrictGpuArray._fake.record_product()
-        with LAUNCHES.inside():
-            result = getattr(ufunc, method)(*_as_numpy(inputs), **kwargs)
-        if out is not None:
-            return out[0] if len(out) == 1 else out
-        return on_gpu(result)
+    def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
+        return _run(_apply_ufunc, (ufunc, method) + inputs, kwargs, ufunc.__name__)
 
-    def __setitem__(self, index, value):
-        with LAUNCHES.inside():
-            super().__setitem__(index, value)
+    def __array_wrap__(self, array, context=None, return_scalar=False):
+        return super().__array_wrap__(array, context, False)   # CuPy: 0-d arrays
 
     def __getitem__(self, index):
         fancy = any(isinstance(i, (np.ndarray, list))
                     for i in (index if isinstance(index, tuple) else (index,)))
         with LAUNCHES.inside(1 if fancy else 0):
-            return super().__getitem__(index)
+            return _run(_getitem, (self, index), {}, "ndarray.__getitem__")
 
+    def __setitem__(self, index, value):
+        with LAUNCHES.inside():
+            return _run(np.ndarray.__setitem__, (self, index, value), {},
+                        "ndarray.__setitem__")
+
+    # ---- what launches kernels (LaunchCounter)
     def astype(self, *args, **kwargs):
         with LAUNCHES.inside():
             return super().astype(*args, **kwargs)
@@ -156,9 +350,28 @@ class StrictGpuArray(np.ndarray):
         with LAUNCHES.inside():
             return super().fill(value)
 
+    def __float__(self):
+        _host_read("float()")
+        return super().__float__()
+
+    def __int__(self):
+        _host_read("int()")
+        return super().__int__()
+
+    def __index__(self):
+        _host_read("operator.index()")
+        return super().__index__()
+
+    def __bool__(self):
+        _host_read("bool()")
+        return super().__bool__()
+
 
 def on_gpu(value):
-    """NumPy results as the fake's arrays (and generators), as CuPy returns its own."""
+    """NumPy results as the fake's arrays (and generators), as CuPy returns its own
+    (a 0-d array where NumPy gives a scalar)."""
+    if isinstance(value, np.generic) and not isinstance(value, (np.str_, np.bytes_)):
+        return np.asarray(value).view(StrictGpuArray)
     if isinstance(value, np.ndarray) and not isinstance(value, StrictGpuArray):
         return value.view(StrictGpuArray)
     if isinstance(value, np.random.Generator):
@@ -183,7 +396,7 @@ def strict_function(qualified_name, function, keywords):
             launches = int(_needs_copy(args[0], args[1] if len(args) > 1
                                        else kwargs.get("dtype")))
         with LAUNCHES.inside(launches):
-            return on_gpu(function(*args, **kwargs))
+            return on_gpu(_run(function, args, kwargs, qualified_name))
     call.__name__ = qualified_name
     return call
 
@@ -194,11 +407,13 @@ class StrictObject:
         self._kind, self._wrapped = kind, wrapped
 
     def __call__(self, *args, **kwargs):
-        return on_gpu(self._wrapped(*args, **kwargs))
+        return on_gpu(_run(self._wrapped, args, kwargs, self._kind))
 
     def __getattr__(self, name):
         if name not in API["objects"][self._kind]:
             raise _lacks(f"cupy {self._kind} {getattr(self._wrapped, '__name__', '')}", name)
+        if self._kind == "random.Generator" and _STATE.capture is not None:
+            _STATE.capture.keep_generator(self._wrapped)
         value = getattr(self._wrapped, name)
         return strict_function(f"{self._kind}.{name}", value, None) if callable(value) \
             else value
@@ -237,11 +452,108 @@ class _Device:
         return False
 
     def synchronize(self):
-        pass
+        _host_read("Device.synchronize()")
 
 
 class OutOfMemoryError(MemoryError):
     pass
+
+
+class Stream:
+    """``cupy.cuda.Stream``: ``with stream:`` makes it current; it can capture."""
+    null = None                       # the legacy default stream (set below)
+
+    def __init__(self, null=False, non_blocking=False, ptds=False, priority=None):
+        self.ptr = 0 if null else id(self)
+        self.is_non_blocking = non_blocking
+        self._previous = []
+
+    def __enter__(self):
+        self._previous.append(_STATE.current)
+        _STATE.current = None if self.ptr == 0 else self
+        return self
+
+    def __exit__(self, *exc):
+        _STATE.current = self._previous.pop()
+        return False
+
+    def synchronize(self):
+        _host_read("Stream.synchronize()")
+
+    def is_capturing(self):
+        return _STATE.capture is not None and _STATE.capture.stream is self
+
+    def begin_capture(self, mode=None):
+        if self.ptr == 0:
+            raise CUDARuntimeError("cudaErrorStreamCaptureUnsupported: operation not "
+                                   "permitted when stream is capturing (strict fake CuPy: "
+                                   "capture on the legacy default stream)")
+        if _STATE.capture is not None:
+            raise CUDARuntimeError("cudaErrorIllegalState: a capture is already under way")
+        _STATE.capture = _Recording(self)
+
+    def end_capture(self):
+        recording = _STATE.capture
+        if recording is None or recording.stream is not self:
+            raise CUDARuntimeError("cudaErrorIllegalState: this stream is not capturing")
+        _STATE.capture = None
+        recording.restore()
+        return Graph(recording)
+
+
+Stream.null = Stream(null=True)
+
+
+class Graph:
+    """``cupy.cuda.Graph``: made by ``end_capture``; ``launch()`` replays the work."""
+    def __init__(self, recording):
+        self._recording = recording
+        self.launches = 0
+
+    @property
+    def allocators(self):
+        """(fake only) the allocators in use while the capture allocated"""
+        return self._recording.allocators
+
+    def launch(self, stream=None):
+        if _STATE.capture is not None:
+            raise _capture_error("cudaErrorStreamCaptureUnsupported",
+                                 "a graph launched while a capture is under way")
+        _replay(self._recording.calls)
+        self.launches += 1
+
+
+class MemoryPool:
+    """``cupy.cuda.MemoryPool``: the fake keeps no memory; ``malloc`` is its identity;
+    ``released`` (fake only) counts ``free_all_blocks`` calls."""
+    def __init__(self, allocator=None):
+        self.released = 0
+
+    def malloc(self, size):
+        raise NotImplementedError("the strict fake allocates with NumPy")
+
+    def free_all_blocks(self, stream=None):
+        _host_read("MemoryPool.free_all_blocks()")     # a cudaFree: not while capturing
+        self.released += 1
+
+    def used_bytes(self):
+        return 0
+
+    def total_bytes(self):
+        return 0
+
+    def free_bytes(self):
+        return 0
+
+
+@contextlib.contextmanager
+def using_allocator(allocator=None):
+    """``cupy.cuda.using_allocator``: the allocator new arrays come from in the block."""
+    previous, _STATE.allocator = _STATE.allocator, allocator
+    try:
+        yield
+    finally:
+        _STATE.allocator = previous
 
 
 class FakeCublas:
@@ -287,6 +599,7 @@ class StrictCupy(StrictModule):
 
     def __init__(self, free_gpu_bytes=100 * GiB, pool_free_bytes=0, compute_capability="90"):
         super().__init__("", np)
+        _STATE.reset()                    # a new fake GPU: no stream current, no capture
         self.free_gpu_bytes, self.pool_free_bytes = free_gpu_bytes, pool_free_bytes
         self.mem_get_info_calls = 0
         cublas = FakeCublas()
@@ -295,11 +608,19 @@ class StrictCupy(StrictModule):
         self.cuda = types.SimpleNamespace(
             Device=device, cublas=cublas,
             device=types.SimpleNamespace(get_cublas_handle=lambda: FakeCublas.HANDLE),
-            runtime=types.SimpleNamespace(getDeviceCount=lambda: 1,
-                                          memGetInfo=self._mem_get_info),
+            Stream=Stream, Graph=Graph, MemoryPool=MemoryPool,
+            using_allocator=using_allocator,
+            get_current_stream=lambda: _STATE.current or Stream.null,
+            runtime=types.SimpleNamespace(
+                getDeviceCount=lambda: 1, memGetInfo=self._mem_get_info,
+                CUDARuntimeError=CUDARuntimeError,
+                streamCaptureModeGlobal=0, streamCaptureModeThreadLocal=1,
+                streamCaptureModeRelaxed=2),
             memory=types.SimpleNamespace(OutOfMemoryError=OutOfMemoryError))
         self.products = []
         StrictGpuArray._fake = self
+        self._default_pool = MemoryPool()
+        self._default_pool.free_bytes = lambda: self.pool_free_bytes
 
     def _mem_get_info(self):
         self.mem_get_info_calls += 1
@@ -313,9 +634,21 @@ class StrictCupy(StrictModule):
 
     @staticmethod
     def asnumpy(array):
+        _host_read("cupy.asnumpy()")
         return np.array(array).view(np.ndarray)
 
     def get_default_memory_pool(self):
-        return types.SimpleNamespace(used_bytes=lambda: 0, total_bytes=lambda: 0,
-                                     free_bytes=lambda: self.pool_free_bytes,
-                                     free_all_blocks=lambda: None)
+        return self._default_pool
+
+
+def install(monkeypatch):
+    """A new ``StrictCupy`` where the engine looks for CuPy, with the reference
+    kernels for its arrays (what the dispatch gives them when the numba.cuda
+    probe fails); returns it."""
+    import kernels
+    from tinygrad_cnn import backend
+    cupy = StrictCupy()
+    monkeypatch.setattr(kernels.arrays, "cupy", cupy)
+    monkeypatch.setattr(backend, "cupy", cupy)
+    monkeypatch.setattr(kernels, "_gpu_kernels", dict(kernels._reference))
+    return cupy

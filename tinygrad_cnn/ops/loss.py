@@ -7,7 +7,7 @@ famous ``softmax(x) - onehot(t)``.
 import numpy as np
 
 from ..autograd import Function
-from ..backend import get_array_module
+from ..backend import get_array_module, is_current_stream_capturing
 
 
 def _log_softmax(x, axis):
@@ -178,7 +178,10 @@ def _check_classification(op, x, target, reduction):
         raise ValueError(f"{op}: input of shape {x.shape} (N, C, ...) needs a target of "
                          f"shape {(x.shape[0],) + x.shape[2:] if x.ndim >= 2 else '(N,)'}, "
                          f"got {tuple(t.shape)}")
-    if t.size and (int(t.min()) < 0 or int(t.max()) >= x.shape[1]):
+    # (a host read of the GPU, which a CUDA graph capture cannot hold: the graphed
+    # caller checks its labels on the host before copying them in, as fit does)
+    if t.size and not is_current_stream_capturing() and (
+            int(t.min()) < 0 or int(t.max()) >= x.shape[1]):
         bad = int(t.min()) if int(t.min()) < 0 else int(t.max())
         raise ValueError(f"{op}: target {bad} is out of bounds for {x.shape[1]} classes "
                          f"(valid: 0 … {x.shape[1] - 1})")
