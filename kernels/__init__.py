@@ -14,11 +14,16 @@ rule, decided on its first array argument:
    ``TINYGRAD_CNN_KERNELS`` (``numpy`` or ``numba``) chooses the set at
    start-up; ``tinygrad_cnn.set_kernels(name)`` switches later.
 2. **The device**: a GPU (CuPy) array goes to the GPU kernels whatever the
-   set: the ``numba.cuda`` kernels of the ``*_cuda.py`` modules
-   (``GPU_OVERLAYS``) where a probe kernel runs (``cuda_probe.py``), else
-   (with one warning that says why) the NumPy references, which run on CuPy arrays as they are.
-   The elementwise, Winograd and adaptive-pooling kernels have no CUDA
-   version: CuPy runs their references' expressions as GPU kernels.
+   set, laid over the references in two layers, each where its probe runs
+   (else with one warning that says why): the ``numba.cuda`` kernels of the
+   ``*_cuda.py`` modules (``GPU_OVERLAYS``: convolution, pooling, batch norm;
+   ``cuda_probe.py``), then the fused CUDA C kernels of ``fused_cupy.py``
+   (``FUSED_OVERLAYS``: ReLU, the sigmoid's backward, batch norm, the
+   optimizers' multi-tensor steps; ``fused_cupy.why_not``), which take batch
+   norm over from numba.cuda (a launch costs microseconds instead of ~0.3 ms,
+   that module says why).  The Winograd and adaptive-pooling kernels have no
+   GPU version: CuPy runs their references' expressions as GPU kernels, and
+   so it runs every reference whose layers cannot run.
 3. **The dtype**: compiled CPU loops take NumPy float32 and float64 arrays
    only (``kernels/jit.py``); any other dtype (float16, integers) runs the
    reference.
@@ -46,7 +51,7 @@ import warnings
 
 import numpy as np
 
-from . import arrays, cuda_probe, threads
+from . import arrays, cuda_probe, fused_cupy, threads
 from .jit import COMPILED_DTYPES
 
 # OpenBLAS's threads, started when NumPy was imported, spin after every matrix
@@ -63,6 +68,8 @@ ADAPTIVE_POOL = ("adaptive_avgpool2d_forward", "adaptive_avgpool2d_backward",
                  "adaptive_maxpool2d_forward", "adaptive_maxpool2d_backward")
 BATCHNORM = ("batchnorm_forward_train", "batchnorm_backward")
 ELEMENTWISE = ("relu_forward", "relu_backward", "sigmoid_backward", "sgd_update")
+# the optimizers' steps over all parameters of a group at once (one launch on the GPU)
+MULTI_TENSOR = ("sgd_update_multi", "adam_update", "adam_update_multi")
 
 # Every kernel, in the reference module that defines it.
 REFERENCE = {
@@ -70,7 +77,7 @@ REFERENCE = {
     "kernels.winograd_numpy": WINOGRAD,
     "kernels.pool_numpy": POOL + ADAPTIVE_POOL,
     "kernels.bn_numpy": BATCHNORM,
-    "kernels.elementwise_numpy": ELEMENTWISE,
+    "kernels.elementwise_numpy": ELEMENTWISE + MULTI_TENSOR,
 }
 KERNELS = tuple(name for names in REFERENCE.values() for name in names)
 
@@ -82,7 +89,7 @@ OVERLAYS = {
         "kernels.winograd_numba": WINOGRAD,
         "kernels.pool_numba": POOL + ADAPTIVE_POOL,
         "kernels.bn_numba": BATCHNORM,
-        "kernels.elementwise_numba": ELEMENTWISE,
+        "kernels.elementwise_numba": ELEMENTWISE + ("sgd_update_multi",),
     },
 }
 
@@ -92,6 +99,11 @@ GPU_OVERLAYS = {
     "kernels.conv_cuda": CONV,
     "kernels.pool_cuda": POOL,
     "kernels.bn_cuda": BATCHNORM,
+}
+
+# The CUDA C kernels CuPy compiles (NVRTC) and launches, laid over those.
+FUSED_OVERLAYS = {
+    "kernels.fused_cupy": ELEMENTWISE + BATCHNORM + ("sgd_update_multi", "adam_update_multi"),
 }
 
 active = None           # the name of the CPU kernel set in use
@@ -127,22 +139,32 @@ def set_kernels(name):
 
 
 def gpu_kernels():
-    """The kernels GPU arrays go to: the numba.cuda ones where a probe kernel
-    compiles, launches and computes right (``kernels/cuda_probe.py``), else
-    the NumPy references, with one warning that says why."""
+    """The kernels GPU arrays go to: the references, with the numba.cuda ones
+    laid over them where a probe kernel compiles, launches and computes right
+    (``kernels/cuda_probe.py``), and the fused CUDA C ones over those where
+    they do (``fused_cupy.why_not``); one warning for each layer that cannot
+    run, saying why."""
     global _gpu_kernels
     if _gpu_kernels is None:
+        chosen = dict(_reference)
         why = cuda_probe.why_not()
         if why is None:
             try:
-                _gpu_kernels = {**_reference, **_collect(GPU_OVERLAYS)}
+                chosen.update(_collect(GPU_OVERLAYS))
             except Exception as exc:     # the probe passed, a kernel module did not import
                 why = f"{type(exc).__name__}: {exc}"
         if why is not None:
-            warnings.warn(f"the numba.cuda kernels cannot run here ({why}); convolution, "
-                          "pooling and batch norm run the NumPy reference kernels on the "
-                          "GPU instead, which is slower", stacklevel=4)
-            _gpu_kernels = dict(_reference)
+            warnings.warn(f"the numba.cuda kernels cannot run here ({why}); convolution "
+                          "and pooling run the NumPy reference kernels on the GPU instead, "
+                          "which is slower", stacklevel=4)
+        why = fused_cupy.why_not()
+        if why is None:
+            chosen.update(_collect(FUSED_OVERLAYS))
+        else:
+            warnings.warn(f"the fused CUDA C kernels cannot run here ({why}); ReLU, batch "
+                          "norm and the optimizers' steps run slower kernels on the GPU "
+                          "instead (numba.cuda's or NumPy reference kernels)", stacklevel=4)
+        _gpu_kernels = chosen
     return _gpu_kernels
 
 
@@ -307,6 +329,32 @@ def sgd_update(param, grad, momentum_buffer, lr, momentum, dampening, weight_dec
     buffer (``elementwise_numpy.sgd_update``)."""
     return _implementation("sgd_update", param)(param, grad, momentum_buffer, lr, momentum,
                                                 dampening, weight_decay, nesterov)
+
+
+def sgd_update_multi(params, grads, momentum_buffers, lr, momentum, dampening, weight_decay,
+                     nesterov):
+    """``sgd_update`` on every parameter of a list, one launch for all on the GPU -> the
+    momentum buffers (``elementwise_numpy.sgd_update_multi``); chosen by ``params[0]``."""
+    return _implementation("sgd_update_multi", params[0])(
+        params, grads, momentum_buffers, lr, momentum, dampening, weight_decay, nesterov)
+
+
+def adam_update(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step, lr, beta1, beta2, eps,
+                weight_decay, amsgrad, decoupled_weight_decay):
+    """One ``torch.optim.Adam``/``AdamW`` step on ``param`` and its moments, in place
+    (``elementwise_numpy.adam_update``)."""
+    return _implementation("adam_update", param)(
+        param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step, lr, beta1, beta2, eps,
+        weight_decay, amsgrad, decoupled_weight_decay)
+
+
+def adam_update_multi(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, lr, beta1,
+                      beta2, eps, weight_decay, amsgrad, decoupled_weight_decay):
+    """``adam_update`` on every parameter of a list, one launch for all on the GPU
+    (``elementwise_numpy.adam_update_multi``); chosen by ``params[0]``."""
+    return _implementation("adam_update_multi", params[0])(
+        params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, lr, beta1, beta2, eps,
+        weight_decay, amsgrad, decoupled_weight_decay)
 
 
 # ---------------------------------------------------------------- counting

@@ -145,3 +145,10 @@ def sgd_update(param, grad, momentum_buffer, lr, momentum, dampening, weight_dec
                        has_momentum, scalar(momentum), scalar(1 - dampening),
                        weight_decay != 0, scalar(weight_decay), bool(nesterov), first_step)
     return buf
+
+
+def sgd_update_multi(params, grads, momentum_buffers, lr, momentum, dampening, weight_decay,
+                     nesterov):
+    """``elementwise_numpy.sgd_update_multi`` with this module's loop per parameter."""
+    return [sgd_update(p, g, buf, lr, momentum, dampening, weight_decay, nesterov)
+            for p, g, buf in zip(params, grads, momentum_buffers)]

@@ -20,7 +20,19 @@ sigmoid_backward(gy, y) -> gx              gx = gy·y·(1 - y)
 sgd_update(param, grad, momentum_buffer, lr, momentum, dampening, weight_decay, nesterov)
     -> momentum_buffer                     updates ``param`` (and the buffer) in place;
                                            None in, a new buffer out on the first step
+sgd_update_multi(params, grads, momentum_buffers, lr, momentum, dampening, weight_decay,
+                 nesterov) -> momentum_buffers      the same for lists of parameters
+adam_update(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step, lr, beta1, beta2, eps,
+            weight_decay, amsgrad, decoupled_weight_decay) -> None     in place
+adam_update_multi(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, lr, beta1,
+                  beta2, eps, weight_decay, amsgrad, decoupled_weight_decay) -> None
+
+The ``*_multi`` kernels update every parameter of an optimizer's group in one
+call: here a loop over the one-parameter kernel, so the results are the
+loop's by construction; on the GPU one launch for all (``fused_cupy.py``).
 """
+import math
+
 from .arrays import get_array_module
 
 
@@ -95,3 +107,52 @@ def sgd_update(param, grad, momentum_buffer, lr, momentum, dampening, weight_dec
     else:
         param -= scalar(lr) * d
     return buf
+
+
+def sgd_update_multi(params, grads, momentum_buffers, lr, momentum, dampening, weight_decay,
+                     nesterov):
+    """``sgd_update`` on each parameter of a list -> the list of momentum buffers."""
+    return [sgd_update(p, g, buf, lr, momentum, dampening, weight_decay, nesterov)
+            for p, g, buf in zip(params, grads, momentum_buffers)]
+
+
+def adam_update(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step, lr, beta1, beta2, eps,
+                weight_decay, amsgrad, decoupled_weight_decay):
+    """One step of ``torch.optim.Adam`` (``AdamW`` with ``decoupled_weight_decay``) on
+    ``param``, in place in it and its moments; ``step`` counts this parameter's steps
+    from 1 (``tinygrad_cnn/optim.py`` states the math).  ``max_exp_avg_sq`` is used
+    (and updated) only with ``amsgrad``; ``grad`` is only read."""
+    xp = get_array_module(param)
+    if weight_decay != 0:
+        if decoupled_weight_decay:
+            param *= 1 - lr * weight_decay
+        else:
+            grad = grad + weight_decay * param
+    # The moments are updated in place (they are ours); each line makes at
+    # most one temporary, and Python-float factors keep float32 float32.
+    exp_avg *= beta1
+    exp_avg += (1 - beta1) * grad
+    exp_avg_sq *= beta2
+    square = grad * grad
+    square *= 1 - beta2
+    exp_avg_sq += square
+    del square           # before the next temporary: one alive at a time
+    second = exp_avg_sq
+    if amsgrad:
+        xp.maximum(max_exp_avg_sq, second, out=max_exp_avg_sq)
+        second = max_exp_avg_sq
+    # One new array (out=: an array even for a 0-d parameter) becomes the step.
+    denom = xp.sqrt(second, out=xp.empty_like(second))
+    denom /= math.sqrt(1 - beta2 ** step)
+    denom += eps
+    update = xp.divide(exp_avg, denom, out=denom)
+    update *= lr / (1 - beta1 ** step)
+    param -= update
+
+
+def adam_update_multi(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, lr, beta1,
+                      beta2, eps, weight_decay, amsgrad, decoupled_weight_decay):
+    """``adam_update`` on each parameter of a list (``steps``: each one's step count)."""
+    for i, param in enumerate(params):
+        adam_update(param, grads[i], exp_avgs[i], exp_avg_sqs[i], max_exp_avg_sqs[i], steps[i],
+                    lr, beta1, beta2, eps, weight_decay, amsgrad, decoupled_weight_decay)

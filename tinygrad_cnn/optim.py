@@ -11,9 +11,17 @@ train its layers at different rates::
 place (the Parameter object stays the same; ``p.grad`` is only read, never
 written, because a gradient array may be shared).  Per-parameter state
 (momentum buffers, Adam's moments) lives in ``self.state[p]`` as raw arrays.
+
+``foreach`` and ``fused`` (PyTorch's names, both None by default): SGD and
+Adam update all parameters of a group with one multi-tensor kernel call
+(``kernels.sgd_update_multi``, ``kernels.adam_update_multi``): one GPU launch
+for all of them (``kernels/fused_cupy.py``), where a loop over the
+parameters makes several per parameter.  On the CPU it is that loop, so the
+numbers are the same either way.  ``foreach=False`` (or ``fused=False``)
+without the other set True asks for the per-parameter loop; both True is an
+error, as in PyTorch.
 """
 import copy
-import math
 import numbers
 
 import numpy as np
@@ -91,13 +99,22 @@ class Optimizer:
             with enable_grad():
                 loss = closure()
         for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is not None:
+            params = [p for p in group["params"] if p.grad is not None]
+            if params and _multi_tensor(group):
+                self._update_all(params, group)
+            else:
+                for p in params:
                     self._update(p, p.grad.data, group, self.state.setdefault(p, {}))
         return loss
 
     def _update(self, p, grad, group, state):
         raise NotImplementedError
+
+    def _update_all(self, params, group):
+        """Update every parameter of ``params`` (all with a gradient); SGD and Adam
+        override this with one multi-tensor kernel call."""
+        for p in params:
+            self._update(p, p.grad.data, group, self.state.setdefault(p, {}))
 
     # ------------------------------------------------------------ state dict
     def state_dict(self):
@@ -154,6 +171,17 @@ class Optimizer:
         return "\n".join(lines + [")"])
 
 
+def _multi_tensor(group):
+    """Whether a group's step is one multi-tensor kernel call (see the module docstring)."""
+    foreach, fused = group.get("foreach"), group.get("fused")
+    return bool(foreach or fused or (foreach is None and fused is None))
+
+
+def _check_foreach_fused(foreach, fused):
+    if foreach and fused:
+        raise RuntimeError("`fused` and `foreach` cannot be `True` together.")
+
+
 def _copy(value):
     return value.copy() if hasattr(value, "copy") else value
 
@@ -183,9 +211,11 @@ class SGD(Optimizer):
     """
 
     def __init__(self, params, lr=1e-3, momentum=0, dampening=0, weight_decay=0,
-                 nesterov=False):
+                 nesterov=False, *, foreach=None, fused=None):
+        _check_foreach_fused(foreach, fused)
         super().__init__(params, dict(lr=lr, momentum=momentum, dampening=dampening,
-                                      weight_decay=weight_decay, nesterov=nesterov))
+                                      weight_decay=weight_decay, nesterov=nesterov,
+                                      foreach=foreach, fused=fused))
 
     def _validate(self, group):
         super()._validate(group)
@@ -205,6 +235,16 @@ class SGD(Optimizer):
         if buf is not None:
             state["momentum_buffer"] = buf
 
+    def _update_all(self, params, group):
+        states = [self.state.setdefault(p, {}) for p in params]
+        buffers = kernels.sgd_update_multi(
+            [p.data for p in params], [p.grad.data for p in params],
+            [state.get("momentum_buffer") for state in states], group["lr"],
+            group["momentum"], group["dampening"], group["weight_decay"], group["nesterov"])
+        for state, buf in zip(states, buffers):
+            if buf is not None:
+                state["momentum_buffer"] = buf
+
 
 # ---------------------------------------------------------------- Adam / AdamW
 class Adam(Optimizer):
@@ -221,9 +261,11 @@ class Adam(Optimizer):
     decoupled_weight_decay = False
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0,
-                 amsgrad=False):
+                 amsgrad=False, *, foreach=None, fused=None):
+        _check_foreach_fused(foreach, fused)
         super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps,
-                                      weight_decay=weight_decay, amsgrad=amsgrad))
+                                      weight_decay=weight_decay, amsgrad=amsgrad,
+                                      foreach=foreach, fused=fused))
 
     def _validate(self, group):
         super()._validate(group)
@@ -234,43 +276,35 @@ class Adam(Optimizer):
                 raise ValueError(f"Invalid beta parameter at index {i}: {beta} "
                                  "(must be in [0, 1))")
 
-    def _update(self, p, grad, group, state):
-        xp = get_array_module(p.data)
-        beta1, beta2 = group["betas"]
-        lr, wd = group["lr"], group["weight_decay"]
+    @staticmethod
+    def _next_step(p, state, group):
+        """``p``'s ``state``, its moments made on its first step, its step count advanced."""
         if not state:
+            xp = get_array_module(p.data)
             state.update(step=0, exp_avg=xp.zeros_like(p.data),
                          exp_avg_sq=xp.zeros_like(p.data))
             if group["amsgrad"]:
                 state["max_exp_avg_sq"] = xp.zeros_like(p.data)
         state["step"] += 1
-        t = state["step"]
-        if wd != 0:
-            if self.decoupled_weight_decay:
-                p.data *= 1 - lr * wd
-            else:
-                grad = grad + wd * p.data
-        # The moments are updated in place (they are ours); each line makes at
-        # most one temporary, and Python-float factors keep float32 float32.
-        exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
-        exp_avg *= beta1
-        exp_avg += (1 - beta1) * grad
-        exp_avg_sq *= beta2
-        square = grad * grad
-        square *= 1 - beta2
-        exp_avg_sq += square
-        del square           # before the next temporary: one alive at a time
-        second = exp_avg_sq
-        if group["amsgrad"]:
-            xp.maximum(state["max_exp_avg_sq"], second, out=state["max_exp_avg_sq"])
-            second = state["max_exp_avg_sq"]
-        # One new array (out=: an array even for a 0-d parameter) becomes the step.
-        denom = xp.sqrt(second, out=xp.empty_like(second))
-        denom /= math.sqrt(1 - beta2 ** t)
-        denom += group["eps"]
-        step = xp.divide(exp_avg, denom, out=denom)
-        step *= lr / (1 - beta1 ** t)
-        p.data -= step
+        return state
+
+    def _options(self, group):
+        beta1, beta2 = group["betas"]
+        return (group["lr"], beta1, beta2, group["eps"], group["weight_decay"],
+                group["amsgrad"], self.decoupled_weight_decay)
+
+    def _update(self, p, grad, group, state):
+        self._next_step(p, state, group)
+        kernels.adam_update(p.data, grad, state["exp_avg"], state["exp_avg_sq"],
+                            state.get("max_exp_avg_sq"), state["step"], *self._options(group))
+
+    def _update_all(self, params, group):
+        states = [self._next_step(p, self.state.setdefault(p, {}), group) for p in params]
+        kernels.adam_update_multi(
+            [p.data for p in params], [p.grad.data for p in params],
+            [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states],
+            [s.get("max_exp_avg_sq") for s in states], [s["step"] for s in states],
+            *self._options(group))
 
 
 class AdamW(Adam):
@@ -280,5 +314,6 @@ class AdamW(Adam):
     decoupled_weight_decay = True
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2,
-                 amsgrad=False):
-        super().__init__(params, lr, betas, eps, weight_decay, amsgrad)
+                 amsgrad=False, *, foreach=None, fused=None):
+        super().__init__(params, lr, betas, eps, weight_decay, amsgrad, foreach=foreach,
+                         fused=fused)

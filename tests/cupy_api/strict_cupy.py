@@ -42,6 +42,13 @@ array or a Python number, a NumPy array as an operand or index) raises during
 capture, since a graph would re-read a staging buffer whose contents are gone.
 Not modelled: memory reuse (the log keeps every array alive), timing, and
 anything numba.cuda launches (the fake path runs the reference kernels).
+
+``RawModule`` builds CUDA C kernels as NumPy twins (``kernel_twins.py``) that
+check their arguments against the C signatures, count one launch each (in
+``LAUNCHES``, and by kernel name in ``kernel_twins.launches``), are logged by a
+capture like any other call, and compute; an array's ``data.ptr`` is its host
+address, which the twins of the multi-tensor kernels read their tables of
+addresses with.
 """
 import contextlib
 import json
@@ -51,6 +58,8 @@ import types
 from pathlib import Path
 
 import numpy as np
+
+from tests.cupy_api import kernel_twins
 
 API = json.loads(Path(__file__).with_name("cupy_api.json").read_text())
 CUPY = f"CuPy {API['cupy_version']}"
@@ -366,6 +375,11 @@ class StrictGpuArray(np.ndarray):
         _host_read("bool()")
         return super().__bool__()
 
+    @property
+    def data(self):
+        """CuPy's MemoryPointer: ``.ptr`` is the address of the first element."""
+        return types.SimpleNamespace(ptr=self.__array_interface__["data"][0])
+
 
 def on_gpu(value):
     """NumPy results as the fake's arrays (and generators), as CuPy returns its own
@@ -595,6 +609,7 @@ class StrictCupy(StrictModule):
     ``products`` records, for every matrix product of GPU arrays, the cuBLAS
     math mode and float32 compute type in force when it ran."""
     ndarray = StrictGpuArray
+    RawModule = kernel_twins.TwinModule
     GiB = 2**30
 
     def __init__(self, free_gpu_bytes=100 * GiB, pool_free_bytes=0, compute_capability="90"):
@@ -631,6 +646,15 @@ class StrictCupy(StrictModule):
         linalg = self._core._routines_linalg
         self.products.append((self.cuda.cublas.getMathMode(FakeCublas.HANDLE),
                               linalg.compute_types.get("f", linalg.COMPUTE_TYPE_DEFAULT)))
+
+    def asarray(self, a, dtype=None, order=None, *, blocking=False):
+        """As CuPy's, and a host array is copied (a transfer, not a kernel), as CuPy
+        copies it to the device: never sharing memory with the NumPy array."""
+        result = StrictModule.__getattr__(self, "asarray")(a, dtype=dtype, order=order)
+        if isinstance(a, np.ndarray) and np.may_share_memory(result, a) \
+                and not isinstance(a, StrictGpuArray):
+            result = np.ndarray.copy(result).view(StrictGpuArray)
+        return result
 
     @staticmethod
     def asnumpy(array):

@@ -37,10 +37,10 @@ def test_counting_restores_the_kernels_after_an_error():
     assert {name: getattr(kernels, name) for name in kernels.KERNELS} == originals
 
 
-def resnet18_step_calls(batch=2, size=32):
+def resnet18_step_calls(batch=2, size=32, foreach=None):
     tc.manual_seed(0)
     net = models.get("resnet18")
-    opt = optim.SGD(net.parameters(), lr=0.01)
+    opt = optim.SGD(net.parameters(), lr=0.01, foreach=foreach)
     X = tc.randn(batch, 1, size, size)
     y = tc.randint(0, 10, (batch,))
     F.cross_entropy(net(X), y).backward()     # lazy shapes and compilation outside the count
@@ -57,8 +57,13 @@ def test_a_resnet18_step_calls_each_kernel_as_its_layers_say(kernel_set):
     calls, parameters, kinds = resnet18_step_calls()
     print(f"\nResNet-18 training step ({kernel_set}): {sum(calls.values())} kernel calls: "
           f"{dict(sorted(calls.items()))}")
-    assert calls["sgd_update"] == parameters                   # one per parameter
+    assert calls["sgd_update_multi"] == 1 and calls["sgd_update"] == 0   # all at once
     assert calls["batchnorm_forward_train"] == calls["batchnorm_backward"] \
         == kinds["BatchNorm2d"] == 17                          # d2l: none on the 1x1 shortcut
     assert calls["maxpool2d_forward"] == calls["maxpool2d_backward"] == kinds["MaxPool2d"] == 1
     assert calls["adaptive_avgpool2d_forward"] == calls["adaptive_avgpool2d_backward"] == 1
+
+
+def test_foreach_false_steps_each_parameter_with_its_own_kernel_call():
+    calls, parameters, _ = resnet18_step_calls(foreach=False)
+    assert calls["sgd_update"] == parameters and calls["sgd_update_multi"] == 0

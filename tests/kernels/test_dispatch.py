@@ -39,7 +39,8 @@ def test_every_kernel_is_a_function_of_the_package_with_its_references_signature
     assert dispatcher.__doc__
     reference = kernels._reference[name]
     assert inspect.signature(dispatcher) == inspect.signature(reference)
-    implementations = [module for overlays in [*kernels.OVERLAYS.values(), kernels.GPU_OVERLAYS]
+    implementations = [module for overlays in [*kernels.OVERLAYS.values(), kernels.GPU_OVERLAYS,
+                                               kernels.FUSED_OVERLAYS]
                        for module, names in overlays.items() if name in names]
     for module_name in implementations:
         function = getattr(importlib.import_module(module_name), name)
@@ -104,14 +105,32 @@ def test_the_dispatcher_runs_the_function_which_names(kernel_set, monkeypatch):
 
 def test_gpu_arrays_go_to_the_reference_without_numba_cuda(fake_gpu, kernel_set):
     fake_gpu.setattr(kernels.cuda_probe, "why_not", lambda: "ImportError: no numba.cuda")
-    with pytest.warns(UserWarning, match=r"\(ImportError: no numba.cuda\).*NumPy reference kernels on the GPU"):
+    fake_gpu.setattr(kernels.fused_cupy, "why_not", lambda: "CompileException: no NVRTC")
+    with pytest.warns(UserWarning) as warned:
         assert kernels.which("col2im", FakeGpuArray()) == "kernels.conv_numpy.col2im"
+    assert [str(w.message).split(" (")[1].split(")")[0] for w in warned] == [
+        "ImportError: no numba.cuda", "CompileException: no NVRTC"]     # one each, saying why
+    assert "NumPy reference kernels on the GPU" in str(warned[0].message)
     assert (kernels.which("relu_backward", FakeGpuArray())
             == "kernels.elementwise_numpy.relu_backward")
+    assert (kernels.which("sgd_update_multi", FakeGpuArray())
+            == "kernels.elementwise_numpy.sgd_update_multi")
+
+
+def test_gpu_arrays_go_to_the_fused_kernels_where_only_they_run(fake_gpu, kernel_set):
+    fake_gpu.setattr(kernels.cuda_probe, "why_not", lambda: "ImportError: no numba.cuda")
+    fake_gpu.setattr(kernels.fused_cupy, "why_not", lambda: None)
+    with pytest.warns(UserWarning, match="numba.cuda"):
+        assert kernels.which("col2im", FakeGpuArray()) == "kernels.conv_numpy.col2im"
+    for name in ("relu_forward", "relu_backward", "sigmoid_backward", "batchnorm_forward_train",
+                 "batchnorm_backward", "sgd_update", "sgd_update_multi", "adam_update_multi"):
+        assert kernels.which(name, FakeGpuArray()) == f"kernels.fused_cupy.{name}"
+    assert kernels.which("adam_update", FakeGpuArray()) == "kernels.elementwise_numpy.adam_update"
 
 
 def test_gpu_arrays_go_to_the_cuda_kernels_whatever_the_set(fake_gpu, kernel_set):
     fake_gpu.setattr(kernels.cuda_probe, "why_not", lambda: None)
+    fake_gpu.setattr(kernels.fused_cupy, "why_not", lambda: "CompileException: no NVRTC")
     assert kernels.which("col2im", FakeGpuArray()) == "kernels.conv_cuda.col2im"
     assert (kernels.which("batchnorm_backward", FakeGpuArray())
             == "kernels.bn_cuda.batchnorm_backward")
