@@ -9,9 +9,10 @@ import tinygrad_cnn as tc
 from tests.kernels_cuda import check_simulator as check
 from tests.kernels_cuda.cases import AVGPOOL, BATCHNORM, CONV, DTYPES, MAXPOOL
 
-# no CUDA loops: CuPy arrays take the reference (one GPU kernel per expression)
-ELEMENTWISE = ("relu_forward", "relu_backward", "sigmoid_backward", "sgd_update")
-REFERENCE_ONLY = ELEMENTWISE + tuple(k for k in kernels.KERNELS if k.startswith("winograd"))
+# the fused CUDA C kernels (kernels/fused_cupy.py, tests/gpu/test_gpu_fused.py)
+FUSED = kernels.FUSED_OVERLAYS["kernels.fused_cupy"]
+# no GPU version: CuPy arrays take the reference (one GPU kernel per expression)
+REFERENCE_ONLY = ("adam_update",) + tuple(k for k in kernels.KERNELS if k.startswith("winograd"))
 
 # CuPy arrays go to the GPU kernels whatever the CPU set: run under the first kernel set only
 # (tests/conftest.py).
@@ -92,13 +93,16 @@ def test_batchnorm(gpu, case, dtype):
 
 def test_cupy_arrays_are_dispatched_to_the_gpu_kernels():
     import cupy
-    expected = ({"kernels.conv_cuda", "kernels.pool_cuda", "kernels.bn_cuda"}
+    expected = ({"kernels.conv_cuda", "kernels.pool_cuda"}
                 if kernels.numba_cuda_works() else  # else the reference, on CuPy arrays
-                {"kernels.conv_numpy", "kernels.pool_numpy", "kernels.bn_numpy"})
+                {"kernels.conv_numpy", "kernels.pool_numpy"})
+    assert kernels.fused_cupy.why_not() is None      # wherever CuPy runs, they must
     chosen = kernels.gpu_kernels()
-    assert {chosen[name].__module__ for name in ELEMENTWISE} == {"kernels.elementwise_numpy"}
+    assert {chosen[name].__module__ for name in FUSED} == {"kernels.fused_cupy"}
+    assert {chosen[name].__module__ for name in REFERENCE_ONLY} == {
+        "kernels.elementwise_numpy", "kernels.winograd_numpy"}
     assert {f.__module__ for name, f in chosen.items()      # adaptive: the reference
-            if not name.startswith("adaptive") and name not in REFERENCE_ONLY} == expected
+            if not name.startswith("adaptive") and name not in REFERENCE_ONLY + FUSED} == expected
     x = cupy.arange(16, dtype=cupy.float32).reshape(1, 1, 4, 4)
     y, argmax = kernels.maxpool2d_forward(x, (2, 2), (2, 2), (0, 0))
     assert isinstance(y, cupy.ndarray)
