@@ -9,8 +9,10 @@ time is recorded and the rest still run:
 1. ``environment``: Python, NumPy, Numba, numba-cuda, CuPy, the CUDA runtime
    and driver, the GPU, PyTorch (and its CUDA), the git commit;
 2. ``probe``: whether the numba.cuda kernels run here (``kernels/cuda_probe.py``),
-   and why not;
+   and the fused CUDA C kernels (``kernels/fused_cupy.py``), and why not;
 3. ``pytest``: ``pytest -m gpu``, its summary line parsed, failures named;
+   ``launch_cost``: host µs per kernel launch of each GPU kernel technology
+   (``benchmarks/gpu_launch.py``: the check of fused_cupy's choice of CuPy RawKernel);
 4. ``bench:<network>``: one training step, batch 128 (LeNet 256), at d2l's
    input size, ours on the GPU against PyTorch CUDA (``benchmarks.gpu --worker``):
    examples/s, ratio, GPU peak memory (ours: CuPy's pool; PyTorch: its peak
@@ -85,7 +87,9 @@ print(json.dumps(env))
 PROBE = r"""
 import json, kernels
 why = kernels.cuda_probe.why_not()
-print(json.dumps({"numba_cuda_kernels": why is None, "why_not": why}))
+fused_why = kernels.fused_cupy.why_not()
+print(json.dumps({"numba_cuda_kernels": why is None, "why_not": why,
+                  "fused_kernels": fused_why is None, "fused_why_not": fused_why}))
 """
 
 
@@ -180,6 +184,7 @@ def stages(data_dir, out_dir, steps=10):
         Stage("probe", [python, "-c", PROBE], 120),
         Stage("pytest", [python, "-m", "pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider",
                          "--kernels", "numba", "tests"], 200, parse=parse_pytest),
+        Stage("launch_cost", [python, "-m", "benchmarks.gpu_launch"], 45),
     ]
     for name in NETWORKS:
         batch = str(BATCH.get(name, DEFAULT_BATCH))

@@ -87,7 +87,7 @@ def test_stages_past_the_total_budget_are_skipped(tmp_path):
 
 def test_the_real_stage_list_covers_the_issue(tmp_path):
     names = [s.name for s in gpu_verify.stages(None, tmp_path)]
-    assert names[:3] == ["environment", "probe", "pytest"]
+    assert names[:4] == ["environment", "probe", "pytest", "launch_cost"]
     assert {n.split(":")[1] for n in names if n.startswith("bench:")} == {
         "lenet", "resnet18", "densenet", "googlenet", "alexnet"}
     fashion = gpu_verify.stages(None, tmp_path)[-1]
@@ -99,7 +99,8 @@ def test_dry_run_runs_environment_and_probe_here(tmp_path):
     report = verify(None, tmp_path, budget_s=200, dry_run=True)
     assert report["stages"]["environment"]["status"] == "ok"
     probe = report["stages"]["probe"]
-    assert probe["status"] == "ok" and set(probe["result"]) == {"numba_cuda_kernels", "why_not"}
+    assert probe["status"] == "ok" and set(probe["result"]) == {"numba_cuda_kernels", "why_not",
+                                                           "fused_kernels", "fused_why_not"}
     assert {r["status"] for n, r in report["stages"].items()
             if n not in ("environment", "probe")} == {"skipped"}
 

@@ -4,6 +4,9 @@ against the CUDA C signatures), their tables of device addresses, and how many
 launches a kernel call and a training step take -- each kernel's NumPy twin
 computing, compared with the NumPy reference.  That the CUDA C computes what the
 twins do is tests/gpu/test_gpu_fused.py's, on a GPU."""
+import json
+import sys
+
 import numpy as np
 import pytest
 
@@ -281,3 +284,24 @@ def test_a_training_step_launches_fewer_kernels_and_computes_the_same(cupy, name
     assert total["fused"] < total["reference"]
     for got, expected in zip(fused_weights, reference_weights):
         np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-7)
+
+
+def test_the_launch_cost_benchmark_reports_every_technology(cupy, monkeypatch, capsys):
+    # the first GPU machine's check of the technology choice (benchmarks/gpu_launch.py,
+    # a stage of benchmarks.gpu --verify): here only that it runs and reports every
+    # technology, a figure or the error that stopped it (the fake has no ElementwiseKernel)
+    from benchmarks import gpu_launch
+    monkeypatch.setitem(sys.modules, "cupy", cupy)
+    gpu_launch.main(["--launches", "5", "--size", "300"])
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    per_launch = report["per_launch"]
+    assert set(per_launch) == {"cupy-rawkernel", "fused-relu-wrapper", "cupy-elementwisekernel",
+                               "cupy-ufunc", "numba-cuda"}
+    assert per_launch["cupy-rawkernel"]["host_us"] > 0
+    assert "ElementwiseKernel" in per_launch["cupy-elementwisekernel"]["error"]
+    step = report["sgd_step_resnet18"]
+    assert step["parameters"] == len(gpu_launch.RESNET18_SHAPES)
+    net = models.get("resnet18")
+    net(tc.zeros(2, 1, 32, 32))
+    assert sorted(gpu_launch.RESNET18_SHAPES) == sorted(p.shape for p in net.parameters())
+    assert step["one-launch-for-all"]["host_us"] > 0 and step["reference-loop"]["host_us"] > 0
