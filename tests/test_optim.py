@@ -341,3 +341,80 @@ def test_bad_params_raise():
         optim.SGD([np.zeros(2)], lr=0.1)
     with pytest.raises(ValueError, match="non-leaf"):
         optim.SGD([p * 2], lr=0.1)
+
+
+# ---------------------------------------------------------------- foreach / fused
+def multi_param_run(make_optimizer, dtype, steps=4):
+    """Parameters of several shapes and one dtype; one of them has no gradient at the
+    second step (it joins the momentum/moments late) -> the final parameters and state."""
+    rng = np.random.default_rng(3)
+    shapes = [(4, 3, 3, 3), (4,), (), (7, 5), (1,)]
+    params = [nn.Parameter(rng.standard_normal(s).astype(dtype)) for s in shapes]
+    opt = make_optimizer(params)
+    for step in range(steps):
+        for i, p in enumerate(params):
+            p.grad = None if (step == 1 and i == 1) else \
+                tc.Tensor(rng.standard_normal(p.shape).astype(dtype))
+        opt.step()
+    return [p.detach().numpy() for p in params], opt.state_dict()["state"]
+
+
+MULTI_CONFIGS = ([("SGD", c) for c in SGD_CONFIGS]
+                 + [(n, c) for n in ("Adam", "AdamW") for c in ADAM_CONFIGS])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("name,config", MULTI_CONFIGS,
+                         ids=lambda v: v if isinstance(v, str) else config_id(v))
+def test_the_multi_tensor_step_is_the_per_parameter_loop_bit_for_bit(kernel_set, name, config,
+                                                                       dtype):
+    loop = multi_param_run(lambda ps: getattr(optim, name)(ps, foreach=False, **config), dtype)
+    for flags in (dict(), dict(foreach=True), dict(fused=True)):
+        multi = multi_param_run(lambda ps: getattr(optim, name)(ps, **flags, **config), dtype)
+        for ours, theirs in zip(multi[0], loop[0]):
+            np.testing.assert_array_equal(ours, theirs, strict=True)
+        assert multi[1].keys() == loop[1].keys()
+        for index, state in loop[1].items():
+            for key, value in state.items():
+                np.testing.assert_array_equal(multi[1][index][key], value, strict=True)
+
+
+@pytest.mark.parametrize("flags,kernel,calls", [
+    (dict(), "sgd_update_multi", 2), (dict(foreach=True), "sgd_update_multi", 2),
+    (dict(fused=True, foreach=False), "sgd_update_multi", 2),
+    (dict(foreach=False), "sgd_update", 5), (dict(fused=False), "sgd_update", 5)])
+def test_one_kernel_call_per_group_unless_foreach_or_fused_is_false(flags, kernel, calls):
+    import kernels
+    params = [nn.Parameter(np.ones(3)) for _ in range(5)]
+    opt = optim.SGD([{"params": params[:2]}, {"params": params[2:], "lr": 0.5}], lr=0.1,
+                    momentum=0.9, **flags)
+    for p in params:
+        p.grad = tc.Tensor(np.ones(3))
+    with kernels.counting() as counted:
+        opt.step()
+    assert {k: v for k, v in counted.items() if v} == {kernel: calls}
+
+
+@pytest.mark.parametrize("name", ["SGD", "Adam", "AdamW"])
+def test_foreach_and_fused_together_is_an_error_as_in_torch(name):
+    with pytest.raises(RuntimeError, match="`fused` and `foreach` cannot be `True` together"):
+        getattr(optim, name)([nn.Parameter(np.ones(2))], lr=0.1, foreach=True, fused=True)
+
+
+@pytest.mark.parametrize("name", ["SGD", "Adam", "AdamW"])
+def test_foreach_and_fused_are_group_options_with_torchs_defaults(name):
+    opt = getattr(optim, name)([nn.Parameter(np.ones(2))], lr=0.1)
+    assert (opt.param_groups[0]["foreach"], opt.param_groups[0]["fused"]) == (None, None)
+    torch = pytest.importorskip("torch")
+    theirs = getattr(torch.optim, name)([torch.nn.Parameter(torch.ones(2))], lr=0.1)
+    assert (theirs.param_groups[0]["foreach"], theirs.param_groups[0]["fused"]) == (None, None)
+
+
+def test_a_state_dict_saved_without_foreach_and_fused_still_loads():
+    p = nn.Parameter(np.ones(2))
+    opt = optim.SGD([p], lr=0.1, momentum=0.9, foreach=False)
+    saved = opt.state_dict()
+    for group in saved["param_groups"]:        # as saved before the options existed
+        del group["foreach"], group["fused"]
+    opt.load_state_dict(saved)
+    assert opt.param_groups[0]["foreach"] is False
