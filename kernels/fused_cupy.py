@@ -38,6 +38,21 @@ GPU: ``python -m benchmarks.gpu_launch`` (host µs per launch of a RawKernel,
 an ElementwiseKernel, a CuPy ufunc and a numba.cuda kernel), a stage of
 ``python -m benchmarks.gpu --verify``.  Never measured yet: no GPU so far.
 
+Why a table of addresses, not one flat buffer for all parameters
+-----------------------------------------------------------------
+A flat buffer (every parameter a view of one array, every gradient a view of
+another) would make the step one plain elementwise kernel, but autograd makes
+each gradient a fresh array, and ``Module.to``, ``load_state_dict`` and users
+replace ``p.data``: keeping everything in one buffer would need the engine to
+copy the gradients into it (a launch per parameter, what this saves) or to
+allocate every gradient inside it.  The table reads the tensors where they are,
+as PyTorch's ``multi_tensor_apply`` does; it is copied to the GPU (one small
+host-to-device copy) only when an address changed since the last step
+(``_Table``).  Only the state this module creates itself (the momentum buffers)
+is one flat allocation.  (CuPy can also pass a struct by value, as PyTorch
+passes its tensor lists, but a kernel's arguments are limited to 4 KB, which
+Adam's five lists for ResNet-18's 76 parameters exceed.)
+
 Exactness
 ---------
 Compiled with ``--fmad=false``: NVRTC would otherwise contract ``a·b + c``
