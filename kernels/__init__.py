@@ -67,7 +67,8 @@ POOL = ("maxpool2d_forward", "maxpool2d_backward", "avgpool2d_forward", "avgpool
 ADAPTIVE_POOL = ("adaptive_avgpool2d_forward", "adaptive_avgpool2d_backward",
                  "adaptive_maxpool2d_forward", "adaptive_maxpool2d_backward")
 BATCHNORM = ("batchnorm_forward_train", "batchnorm_backward")
-ELEMENTWISE = ("relu_forward", "relu_backward", "sigmoid_backward", "sgd_update")
+ELEMENTWISE = ("relu_forward", "relu_backward", "sigmoid_forward", "sigmoid_backward",
+               "sgd_update")
 # the optimizers' steps over all parameters of a group at once (one launch on the GPU)
 MULTI_TENSOR = ("sgd_update_multi", "adam_update", "adam_update_multi")
 
@@ -89,7 +90,9 @@ OVERLAYS = {
         "kernels.winograd_numba": WINOGRAD,
         "kernels.pool_numba": POOL + ADAPTIVE_POOL,
         "kernels.bn_numba": BATCHNORM,
-        "kernels.elementwise_numba": ELEMENTWISE + ("sgd_update_multi",),
+        # no loop for sigmoid_forward: a compiled tanh would not round as NumPy's does
+        "kernels.elementwise_numba": ("relu_forward", "relu_backward", "sigmoid_backward",
+                                      "sgd_update", "sgd_update_multi"),
     },
 }
 
@@ -317,6 +320,11 @@ def relu_forward(x):
 def relu_backward(gy, y):
     """gx = 0 where y <= 0, else gy (``elementwise_numpy.relu_backward``)."""
     return _implementation("relu_backward", gy)(gy, y)
+
+
+def sigmoid_forward(x):
+    """y = σ(x) = ½ tanh(x/2) + ½ (``elementwise_numpy.sigmoid_forward``)."""
+    return _implementation("sigmoid_forward", x)(x)
 
 
 def sigmoid_backward(gy, y):

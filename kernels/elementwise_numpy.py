@@ -16,6 +16,7 @@ Signatures
 ----------
 relu_forward(x) -> y                       y = max(x, 0)
 relu_backward(gy, y) -> gx                 gx = 0 where y <= 0, else gy
+sigmoid_forward(x) -> y                    y = σ(x) = ½ tanh(x/2) + ½
 sigmoid_backward(gy, y) -> gx              gx = gy·y·(1 - y)
 sgd_update(param, grad, momentum_buffer, lr, momentum, dampening, weight_decay, nesterov)
     -> momentum_buffer                     updates ``param`` (and the buffer) in place;
@@ -51,6 +52,20 @@ def relu_backward(gy, y):
     """
     xp = get_array_module(gy)
     return xp.where(y <= 0, gy.dtype.type(0), gy)
+
+
+def sigmoid_forward(x):
+    """y = σ(x) = 1 / (1 + e⁻ˣ), computed as ½ tanh(x/2) + ½: no overflow in exp(-x)
+    for very negative x.  In place in the one new array: activations are large, and
+    each extra temporary is another pass through memory.  (A Python float keeps
+    float32 float32; asarray because a 0-d x gives a NumPy scalar, which cannot be
+    written into.)"""
+    xp = get_array_module(x)
+    y = xp.asarray(x * 0.5)
+    xp.tanh(y, out=y)
+    y *= 0.5
+    y += 0.5
+    return y.astype(x.dtype, copy=False)
 
 
 def sigmoid_backward(gy, y):

@@ -4,7 +4,7 @@ What runs here, one launch each (the reference's CuPy expressions take the
 number in brackets):
 
 - ``relu_forward`` (1), ``relu_backward`` (2: a mask, then ``where``),
-  ``sigmoid_backward`` (3);
+  ``sigmoid_forward`` (4), ``sigmoid_backward`` (3);
 - ``batchnorm_forward_train``: the per-channel statistics in one launch (one
   block per channel, mean then variance, float64 sums), then x̂ and y
   together in one elementwise launch: 2 (the reference: about 10);
@@ -60,7 +60,8 @@ into one fused multiply-add, which rounds once where the NumPy reference
 rounds twice.  Division and square root are IEEE-rounded (NVRTC's defaults,
 ``-prec-div=true -prec-sqrt=true``), no flush-to-zero.  Every kernel does the
 reference's float operations in its order and dtype, so elementwise results
-are bit for bit the reference's; per-channel sums accumulate in float64 as the
+are bit for bit the reference's (but ``sigmoid_forward``: CUDA's ``tanh`` is
+within 2 ulp, not NumPy's, so y agrees to a few ulp); per-channel sums accumulate in float64 as the
 reference's do, but in another order (threads, then a tree), so they agree
 to float64 rounding (float32 results almost always bit for bit).
 
@@ -93,6 +94,8 @@ __device__ long long first_index() { return (long long)blockIdx.x * blockDim.x +
 __device__ long long grid_stride() { return (long long)gridDim.x * blockDim.x; }
 __device__ float real_sqrt(float v) { return sqrtf(v); }
 __device__ double real_sqrt(double v) { return sqrt(v); }
+__device__ float real_tanh(float v) { return tanhf(v); }
+__device__ double real_tanh(double v) { return tanh(v); }
 
 // ------------------------------------------------------------ elementwise
 extern "C" __global__ void relu_forward(const real* x, real* y, long long n) {
@@ -107,6 +110,13 @@ extern "C" __global__ void relu_backward(const real* gy, const real* y, real* gx
     // PyTorch's threshold_backward: 0 where y <= 0, else gy (a NaN y passes gy on)
     for (long long i = first_index(); i < n; i += grid_stride())
         gx[i] = y[i] <= 0 ? (real)0 : gy[i];
+}
+
+extern "C" __global__ void sigmoid_forward(const real* x, real* y, long long n) {
+    // 1/2 tanh(x/2) + 1/2, the reference's operations (CUDA's tanh is within 2 ulp of
+    // the correctly rounded value, so y agrees with NumPy's to a few ulp, not bit for bit)
+    for (long long i = first_index(); i < n; i += grid_stride())
+        y[i] = real_tanh(x[i] * (real)0.5) * (real)0.5 + (real)0.5;
 }
 
 extern "C" __global__ void sigmoid_backward(const real* gy, const real* y, real* gx,
@@ -275,7 +285,7 @@ extern "C" __global__ void adam_multi(const long long* table, int count, long lo
 }
 """
 
-FUNCTIONS = ("relu_forward", "relu_backward", "sigmoid_backward", "batchnorm_moments",
+FUNCTIONS = ("relu_forward", "relu_backward", "sigmoid_forward", "sigmoid_backward", "batchnorm_moments",
              "batchnorm_apply", "batchnorm_backward_sums", "batchnorm_backward_dx",
              "sgd_multi", "adam_multi")
 
@@ -331,6 +341,15 @@ def relu_forward(x):
         return elementwise_numpy.relu_forward(x)
     y = arrays.cupy.empty(x.shape, dtype=x.dtype)
     _launch_elementwise("relu_forward", x.size, _contiguous(x), y)
+    return y
+
+
+def sigmoid_forward(x):
+    """``elementwise_numpy.sigmoid_forward`` in one launch -> y = σ(x) (to a few ulp)."""
+    if not _fusable(x):
+        return elementwise_numpy.sigmoid_forward(x)
+    y = arrays.cupy.empty(x.shape, dtype=x.dtype)
+    _launch_elementwise("sigmoid_forward", x.size, _contiguous(x), y)
     return y
 
 

@@ -272,7 +272,8 @@ def test_cupy_arrays_go_to_the_gpu_kernels(with_cupy, monkeypatch):
 
 ADAPTIVE = ("adaptive_avgpool2d_forward", "adaptive_avgpool2d_backward",
             "adaptive_maxpool2d_forward", "adaptive_maxpool2d_backward")
-ELEMENTWISE = ("relu_forward", "relu_backward", "sigmoid_backward", "sgd_update",
+ELEMENTWISE = ("relu_forward", "relu_backward", "sigmoid_forward", "sigmoid_backward",
+               "sgd_update",
                "sgd_update_multi", "adam_update", "adam_update_multi")
 WINOGRAD = ("winograd_weight", "winograd_weight_backward", "winograd_input",
             "winograd_input_backward", "winograd_output", "winograd_output_backward")

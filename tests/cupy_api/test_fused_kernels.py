@@ -94,7 +94,9 @@ def test_relu_and_sigmoid_kernels_equal_the_reference(cupy, dtype, shape, layout
         assert_same(kernels.relu_backward(gy_, y_), elementwise_numpy.relu_backward(gy, y))
         assert_same(kernels.sigmoid_backward(gy_, s_),
                     elementwise_numpy.sigmoid_backward(gy, s))
-    assert launched() == {"relu_forward": 1, "relu_backward": 1, "sigmoid_backward": 1}
+        assert_same(kernels.sigmoid_forward(gx_), elementwise_numpy.sigmoid_forward(x))
+    assert launched() == {"relu_forward": 1, "relu_backward": 1, "sigmoid_backward": 1,
+                          "sigmoid_forward": 1}
 
 
 def test_empty_arrays_launch_nothing(cupy):

@@ -55,6 +55,11 @@ def test_relu_and_sigmoid_kernels_are_the_reference_bit_for_bit(cupy, dtype, sha
                                       elementwise_numpy.relu_backward(gy, y), strict=True)
         np.testing.assert_array_equal(host(fused_cupy.sigmoid_backward(on_gpu(gy), on_gpu(s))),
                                       elementwise_numpy.sigmoid_backward(gy, s), strict=True)
+        # CUDA's tanh is within 2 ulp: a few ulp of 1/2 tanh + 1/2, NaN and inf as NumPy's
+        got = host(fused_cupy.sigmoid_forward(on_gpu(x)))
+        expected = elementwise_numpy.sigmoid_forward(x)
+        assert got.dtype == expected.dtype
+        np.testing.assert_allclose(got, expected, rtol=0, atol=4 * np.finfo(dtype).eps)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -122,7 +122,8 @@ def test_gpu_arrays_go_to_the_fused_kernels_where_only_they_run(fake_gpu, kernel
     fake_gpu.setattr(kernels.fused_cupy, "why_not", lambda: None)
     with pytest.warns(UserWarning, match="numba.cuda"):
         assert kernels.which("col2im", FakeGpuArray()) == "kernels.conv_numpy.col2im"
-    for name in ("relu_forward", "relu_backward", "sigmoid_backward", "batchnorm_forward_train",
+    for name in ("relu_forward", "relu_backward", "sigmoid_forward", "sigmoid_backward",
+                 "batchnorm_forward_train",
                  "batchnorm_backward", "sgd_update", "sgd_update_multi", "adam_update_multi"):
         assert kernels.which(name, FakeGpuArray()) == f"kernels.fused_cupy.{name}"
     assert kernels.which("adam_update", FakeGpuArray()) == "kernels.elementwise_numpy.adam_update"

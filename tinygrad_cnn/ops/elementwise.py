@@ -198,17 +198,7 @@ class ReLU(Function):
 class Sigmoid(Function):
     """y = 1 / (1 + e⁻ˣ);   dy/dx = y (1 - y)"""
     def forward(self, x):
-        xp = get_array_module(x)
-        # σ(x) = ½ tanh(x/2) + ½: no overflow in exp(-x) for very negative x.
-        # Computed in place in the one new array: activations are large, and
-        # each extra temporary is another pass through memory.
-        # (A Python float keeps float32 float32; asarray because a 0-d x gives
-        # a NumPy scalar, which cannot be written into.)
-        y = xp.asarray(x * 0.5)
-        xp.tanh(y, out=y)
-        y *= 0.5
-        y += 0.5
-        y = y.astype(x.dtype, copy=False)
+        y = kernels.sigmoid_forward(x)           # ½ tanh(x/2) + ½: no overflow in exp(-x)
         self.save_for_backward(y)
         return y
 
