@@ -164,9 +164,9 @@ def gpu_kernels():
         if why is None:
             chosen.update(_collect(FUSED_OVERLAYS))
         else:
-            warnings.warn(f"the fused CUDA C kernels cannot run here ({why}); ReLU, batch "
-                          "norm and the optimizers' steps run slower kernels on the GPU "
-                          "instead (numba.cuda's or NumPy reference kernels)", stacklevel=4)
+            warnings.warn(f"the fused CUDA C kernels cannot run here ({why}); ReLU, the "
+                          "sigmoid, batch norm and the optimizers' steps run slower kernels "
+                          "on the GPU instead", stacklevel=4)
         _gpu_kernels = chosen
     return _gpu_kernels
 

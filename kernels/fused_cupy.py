@@ -285,9 +285,9 @@ extern "C" __global__ void adam_multi(const long long* table, int count, long lo
 }
 """
 
-FUNCTIONS = ("relu_forward", "relu_backward", "sigmoid_forward", "sigmoid_backward", "batchnorm_moments",
-             "batchnorm_apply", "batchnorm_backward_sums", "batchnorm_backward_dx",
-             "sgd_multi", "adam_multi")
+FUNCTIONS = ("relu_forward", "relu_backward", "sigmoid_forward", "sigmoid_backward",
+             "batchnorm_moments", "batchnorm_apply", "batchnorm_backward_sums",
+             "batchnorm_backward_dx", "sgd_multi", "adam_multi")
 
 
 def source(dtype):
@@ -322,11 +322,11 @@ def _launch_elementwise(name, n, *args):
         _functions(dtype)[name](_grid(n), (THREADS,), args + (np.int64(n),))
 
 
-def _fusable(*arrays_):
-    """Arrays of one float32/float64 dtype on the GPU: what these kernels take."""
+def _fusable(*inputs):
+    """GPU arrays of one dtype, float32 or float64: what these kernels take."""
     cupy = arrays.cupy
-    first = arrays_[0]
-    return all(isinstance(a, cupy.ndarray) and a.dtype == first.dtype for a in arrays_) \
+    first = inputs[0]
+    return all(isinstance(a, cupy.ndarray) and a.dtype == first.dtype for a in inputs) \
         and first.dtype in DTYPES
 
 

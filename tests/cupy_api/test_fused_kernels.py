@@ -226,8 +226,11 @@ def test_the_address_table_is_copied_to_the_gpu_only_when_it_changes(cupy):
     assert second is not first       # the first step's table says "first step"
 
 
-ADAM_OPTIONS = [(1e-3, 0.9, 0.999, 1e-8, 0, False, False), (1e-2, 0.8, 0.99, 1e-6, 1e-2, True, False),
-                (1e-2, 0.9, 0.999, 1e-8, 1e-2, False, True), (1e-3, 0.9, 0.999, 1e-8, 0.1, True, True)]
+# lr, beta1, beta2, eps, weight_decay, amsgrad, decoupled (AdamW)
+ADAM_OPTIONS = [(1e-3, 0.9, 0.999, 1e-8, 0, False, False),
+                (1e-2, 0.8, 0.99, 1e-6, 1e-2, True, False),
+                (1e-2, 0.9, 0.999, 1e-8, 1e-2, False, True),
+                (1e-3, 0.9, 0.999, 1e-8, 0.1, True, True)]
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
