@@ -160,13 +160,14 @@ def gpu_kernels():
             warnings.warn(f"the numba.cuda kernels cannot run here ({why}); convolution "
                           "and pooling run the NumPy reference kernels on the GPU instead, "
                           "which is slower", stacklevel=4)
-        why = fused_cupy.why_not()
-        if why is None:
-            chosen.update(_collect(FUSED_OVERLAYS))
-        else:
-            warnings.warn(f"the fused CUDA C kernels cannot run here ({why}); ReLU, the "
-                          "sigmoid, batch norm and the optimizers' steps run slower kernels "
-                          "on the GPU instead", stacklevel=4)
+        if arrays.cupy is not None:     # else no GPU arrays for them (Numba's CUDA simulator)
+            why = fused_cupy.why_not()
+            if why is None:
+                chosen.update(_collect(FUSED_OVERLAYS))
+            else:
+                warnings.warn(f"the fused CUDA C kernels cannot run here ({why}); ReLU, the "
+                              "sigmoid, batch norm and the optimizers' steps run slower "
+                              "kernels on the GPU instead", stacklevel=4)
         _gpu_kernels = chosen
     return _gpu_kernels
 
