@@ -252,7 +252,7 @@ def test_one_adam_launch_for_all_parameters_equals_the_loop(cupy, dtype, options
 
 
 # ---------------------------------------------------------------- whole steps
-def training_step_launches(name, shape, optimizer_options, fused):
+def training_step_launches(name, shape, optimizer_options, fused, optimizer="SGD"):
     """Kernel launches of one training step of ``name`` on the fake GPU (after one
     untimed step), the fused kernels on or off; and the final weights."""
     if not fused:
@@ -264,7 +264,7 @@ def training_step_launches(name, shape, optimizer_options, fused):
     rng = np.random.default_rng(1)
     X = tc.Tensor(rng.standard_normal(shape).astype(np.float32)).to("cuda")
     y = tc.Tensor(rng.integers(0, 10, shape[0])).to("cuda")
-    opt = optim.SGD(net.parameters(), **optimizer_options)
+    opt = getattr(optim, optimizer)(net.parameters(), **optimizer_options)
     counts = []
     for _ in range(2):
         kernel_twins.launches.clear()
@@ -310,3 +310,16 @@ def test_the_launch_cost_benchmark_reports_every_technology(cupy, monkeypatch, c
     net(tc.zeros(2, 1, 32, 32))
     assert sorted(gpu_launch.RESNET18_SHAPES) == sorted(p.shape for p in net.parameters())
     assert step["one-launch-for-all"]["host_us"] > 0 and step["reference-loop"]["host_us"] > 0
+
+
+@pytest.mark.parametrize("optimizer,options", [
+    ("Adam", dict(lr=1e-3, weight_decay=1e-4, amsgrad=True)),
+    ("AdamW", dict(lr=1e-3)), ("SGD", dict(lr=0.01, momentum=0.9, nesterov=True))])
+def test_every_optimizer_steps_a_network_in_one_launch_as_the_reference(cupy, optimizer, options):
+    fused, fused_weights = training_step_launches("lenet_bn", (4, 1, 28, 28), options,
+                                                  fused=True, optimizer=optimizer)
+    _, reference_weights = training_step_launches("lenet_bn", (4, 1, 28, 28), options,
+                                                  fused=False, optimizer=optimizer)
+    assert fused[{"SGD": "sgd_multi"}.get(optimizer, "adam_multi")] == 1
+    for got, expected in zip(fused_weights, reference_weights):
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-7)
