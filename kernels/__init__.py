@@ -18,10 +18,10 @@ rule, decided on its first array argument:
    (else with one warning that says why): the ``numba.cuda`` kernels of the
    ``*_cuda.py`` modules (``GPU_OVERLAYS``: convolution, pooling, batch norm;
    ``cuda_probe.py``), then the fused CUDA C kernels of ``fused_cupy.py``
-   (``FUSED_OVERLAYS``: ReLU, the sigmoid's backward, batch norm, the
-   optimizers' multi-tensor steps; ``fused_cupy.why_not``), which take batch
-   norm over from numba.cuda (a launch costs microseconds instead of ~0.3 ms,
-   that module says why).  The Winograd and adaptive-pooling kernels have no
+   (``FUSED_OVERLAYS``: ReLU, the sigmoid, batch norm, the optimizers'
+   multi-tensor steps; ``fused_cupy.why_not``), which take batch norm over
+   from numba.cuda (their launches cost far less host time: that module says
+   why).  The Winograd and adaptive-pooling kernels have no
    GPU version: CuPy runs their references' expressions as GPU kernels, and
    so it runs every reference whose layers cannot run.
 3. **The dtype**: compiled CPU loops take NumPy float32 and float64 arrays

@@ -21,20 +21,20 @@ number in brackets):
 Why CuPy ``RawKernel`` and not numba.cuda (the other candidate, issue 12)
 --------------------------------------------------------------------------
 Launch cost, which is what a step with hundreds of small kernels pays.  On
-the H200 trial each numba.cuda launch spent ~0.3 ms of host time preparing
-its arguments (``typeof`` and a DLPack/``__cuda_array_interface__`` wrap per
-array argument, then the dispatcher's type matching), ~340 launches per
-ResNet-18 step.  A ``RawKernel`` launch passes each ``cupy.ndarray`` as its
-data pointer and each NumPy scalar by value, through Cython, straight to
-``cuLaunchKernel``: a few microseconds.  (``ElementwiseKernel`` adds
-broadcasting and type matching on top, ~10-20 µs, and its generated code needs
-CuPy's headers, so it cannot be compiled without CuPy; a ``RawKernel`` source
+the H200 trial each numba.cuda launch spent a large fraction of a millisecond
+of host time preparing its arguments (``typeof`` and a
+DLPack/``__cuda_array_interface__`` wrap per array argument, then the
+dispatcher's type matching; issue 12 and benchmarks/results.md have the
+figures).  A ``RawKernel`` launch passes each ``cupy.ndarray`` as its data
+pointer and each NumPy scalar by value, through Cython, straight to
+``cuLaunchKernel``: microseconds.  (``ElementwiseKernel`` adds broadcasting
+and type matching on top, and its generated code needs CuPy's headers, so it cannot be compiled without CuPy; a ``RawKernel`` source
 is plain CUDA C that NVRTC alone compiles, which ``tests/kernels/test_fused_cupy_compile.py``
 does on any machine with the ``nvidia-cuda-nvrtc`` wheel.)  CuPy itself needs
 NVRTC for every elementwise op, so where CuPy works these kernels can be built;
 numba.cuda is a second, version-fragile stack (numba-cuda 0.30.4 did not
 import under NumPy 2.5).  The figure that checks this decision on the first
-GPU: ``python -m benchmarks.gpu_launch`` (host µs per launch of a RawKernel,
+GPU: ``python -m benchmarks.gpu_launch`` (host time per launch of a RawKernel,
 an ElementwiseKernel, a CuPy ufunc and a numba.cuda kernel), a stage of
 ``python -m benchmarks.gpu --verify``.  Never measured yet: no GPU so far.
 
