@@ -17,7 +17,11 @@ call launches depends on which GPU kernels run (``--gpu-kernels``):
   by the fake; its own output is thrown away) and then the NumPy reference,
   uncounted, for the numbers the step goes on with;
 - ``reference`` (the probe failed): every kernel is its NumPy reference on
-  CuPy, counted by the fake like any other CuPy call.
+  CuPy, counted by the fake like any other CuPy call;
+- ``fused``: ``numba_cuda`` with the fused CUDA C kernels of
+  ``kernels/fused_cupy.py`` laid over it (``kernels.FUSED_OVERLAYS``), as a GPU
+  where both work runs them: one launch per fused-kernel launch (the fake runs
+  each kernel's NumPy twin), their CuPy calls counted by the fake.
 
 Kernels without a CUDA version (elementwise, Winograd, adaptive pooling) are
 their references on CuPy either way.  The count is the same for every batch
@@ -51,7 +55,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-GPU_KERNEL_CHOICES = ("numba_cuda", "reference")
+GPU_KERNEL_CHOICES = ("numba_cuda", "reference", "fused")
 
 
 # ================================================================ counting on the fake
@@ -90,9 +94,10 @@ class _CountedCudaKernel:
 
 
 @contextlib.contextmanager
-def _counted_cuda_launches(fake_module, launches):
+def _counted_cuda_launches(fake_module, launches, fused=False):
     """The GPU kernels as numba.cuda would run them, launches counted into
-    ``launches`` (a Counter by kernel name)."""
+    ``launches`` (a Counter by kernel name); with ``fused``, the fused CUDA C
+    kernels over them (their launches counted by the fake)."""
     import kernels
     gpu = dict(kernels._reference)
     patched = []
@@ -108,6 +113,8 @@ def _counted_cuda_launches(fake_module, launches):
         for name in names:
             gpu[name] = _CountedCudaKernel(name, module, kernels._reference[name], launches,
                                            fake_module.LAUNCHES.paused)
+    if fused:
+        gpu.update(kernels._collect(kernels.FUSED_OVERLAYS))
     saved = kernels._gpu_kernels
     kernels._gpu_kernels = gpu
     try:
@@ -157,8 +164,9 @@ def count_launches(name="resnet18", batch=2, side=64, algorithm="auto",
             step = _training_step(name, batch, side, "cuda")
             step()                              # lazy state, momentum buffers, budgets
             with contextlib.ExitStack() as stack:
-                if gpu_kernels == "numba_cuda":
-                    stack.enter_context(_counted_cuda_launches(strict_cupy, numba_launches))
+                if gpu_kernels in ("numba_cuda", "fused"):
+                    stack.enter_context(_counted_cuda_launches(
+                        strict_cupy, numba_launches, fused=gpu_kernels == "fused"))
                 calls = stack.enter_context(kernels.counting())
                 host_seconds = []
                 for _ in range(max(1, host_steps)):

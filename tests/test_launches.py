@@ -31,6 +31,14 @@ def test_each_resnet18_convolution_is_one_im2col_per_pass(resnet_counts):
     assert resnet_counts[0]["numba_cuda_by_module"]["kernels.conv_cuda"] == 59
 
 
+def test_the_fused_kernels_take_fewer_launches_and_one_for_the_optimizer():
+    fused, numba = (count_launches("lenet_bn", 2, 28, gpu_kernels=kind, host_steps=1)
+                    for kind in ("fused", "numba_cuda"))
+    assert fused["launches"] < numba["launches"]
+    assert "kernels.bn_cuda" not in fused["numba_cuda_by_module"]     # batch norm is fused
+    assert fused["kernel_calls"]["sgd_update_multi"] == 1
+
+
 def test_the_reference_kernels_count_as_cupy_launches():
     counted = count_launches("lenet_bn", 2, 28, gpu_kernels="reference", host_steps=1)
     assert counted["numba_cuda"] == 0 and counted["launches"] == counted["cupy"] > 0

@@ -178,8 +178,16 @@ class TwinKernel:
 
     def __call__(self, grid, block, args, *, shared_mem=0, stream=None,
                  enable_cooperative_groups=False):
-        from kernels.fused_cupy import MAX_BLOCKS, THREADS
         from tests.cupy_api.strict_cupy import LAUNCHES
+        launches[self.name] += 1
+        # one launch, whatever the twin does; the checks are the fake's, not the host's
+        # time (CuPy's argument passing is Cython: microseconds)
+        with LAUNCHES.inside():
+            self.twin(*self._checked(grid, block, args))
+
+    def _checked(self, grid, block, args):
+        """The arguments as the kernel would read them, or a TypeError/ValueError."""
+        from kernels.fused_cupy import MAX_BLOCKS, THREADS
         if not (isinstance(grid, tuple) and isinstance(block, tuple) and isinstance(args, tuple)):
             raise TypeError(f"{self.name}: grid, block and args must be tuples, as CuPy's")
         if len(args) != len(self.parameters):
@@ -194,9 +202,7 @@ class TwinKernel:
             if grid[0] != channels:
                 raise ValueError(f"{self.name}: one block per channel, got grid {grid} "
                                  f"for {channels} channels")
-        launches[self.name] += 1
-        with LAUNCHES.inside():           # one launch, whatever the twin does
-            self.twin(*values)
+        return values
 
 
 class TwinModule:
