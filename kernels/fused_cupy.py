@@ -49,7 +49,10 @@ allocate every gradient inside it.  The table reads the tensors where they are,
 as PyTorch's ``multi_tensor_apply`` does; it is copied to the GPU (one small
 host-to-device copy) only when an address changed since the last step
 (``_Table``).  Only the state this module creates itself (the momentum buffers)
-is one flat allocation.  (CuPy can also pass a struct by value, as PyTorch
+is one flat allocation.  While a CUDA graph is being captured the multi-tensor
+steps run the reference loop instead: a new table would be a host-to-device
+copy inside the capture, which CUDA refuses (a replayed graph would re-read a
+staging buffer), and a graph's replay is one launch however many it holds.  (CuPy can also pass a struct by value, as PyTorch
 passes its tensor lists, but a kernel's arguments are limited to 4 KB, which
 Adam's five lists for ResNet-18's 76 parameters exceed.)
 
@@ -455,6 +458,11 @@ def _groups_by_dtype(params):
     return by_dtype, rest
 
 
+def _capturing():
+    """Whether the current stream is capturing a CUDA graph (see the module docstring)."""
+    return arrays.cupy.cuda.get_current_stream().is_capturing()
+
+
 def _offsets(sizes):
     return np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)]).astype(np.int64)
 
@@ -471,6 +479,9 @@ def sgd_update_multi(params, grads, momentum_buffers, lr, momentum, dampening, w
 
     Buffers made on the first step are views of one new flat array (one
     allocation, not one per parameter)."""
+    if _capturing():
+        return elementwise_numpy.sgd_update_multi(params, grads, momentum_buffers, lr, momentum,
+                                                  dampening, weight_decay, nesterov)
     cupy = arrays.cupy
     buffers = list(momentum_buffers)
     by_dtype, rest = _groups_by_dtype(params)
@@ -513,6 +524,10 @@ def sgd_update_multi(params, grads, momentum_buffers, lr, momentum, dampening, w
 def adam_update_multi(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, lr,
                       beta1, beta2, eps, weight_decay, amsgrad, decoupled_weight_decay):
     """``elementwise_numpy.adam_update_multi`` in one launch per dtype (updates in place)."""
+    if _capturing():
+        return elementwise_numpy.adam_update_multi(
+            params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, lr, beta1, beta2,
+            eps, weight_decay, amsgrad, decoupled_weight_decay)
     by_dtype, rest = _groups_by_dtype(params)
     for dtype, chosen in by_dtype.items():
         state = [exp_avgs, exp_avg_sqs] + ([max_exp_avg_sqs] if amsgrad else [])

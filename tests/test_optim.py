@@ -418,3 +418,13 @@ def test_a_state_dict_saved_without_foreach_and_fused_still_loads():
         del group["foreach"], group["fused"]
     opt.load_state_dict(saved)
     assert opt.param_groups[0]["foreach"] is False
+
+
+def test_a_subclass_overriding_update_alone_keeps_its_rule():
+    class HalfStep(optim.SGD):
+        def _update(self, p, grad, group, state):
+            p.data -= 0.5 * group["lr"] * grad
+    p = nn.Parameter(np.ones(3))
+    p.grad = tc.Tensor(np.ones(3))
+    HalfStep([p], lr=1.0).step()
+    np.testing.assert_array_equal(p.detach().numpy(), np.full(3, 0.5))

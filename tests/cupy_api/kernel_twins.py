@@ -178,12 +178,15 @@ class TwinKernel:
 
     def __call__(self, grid, block, args, *, shared_mem=0, stream=None,
                  enable_cooperative_groups=False):
-        from tests.cupy_api.strict_cupy import LAUNCHES
+        from tests.cupy_api.strict_cupy import LAUNCHES, _run
         launches[self.name] += 1
         # one launch, whatever the twin does; the checks are the fake's, not the host's
-        # time (CuPy's argument passing is Cython: microseconds)
+        # time (CuPy's argument passing is Cython: microseconds).  A capture logs the
+        # launch with its arguments and a replay runs it again (what a twin reaches
+        # only through a table of addresses a capture cannot see: those kernels are not
+        # launched while capturing, kernels/fused_cupy.py says why).
         with LAUNCHES.inside():
-            self.twin(*self._checked(grid, block, args))
+            _run(lambda *a: self.twin(*self._checked(grid, block, a)), args, {}, self.name)
 
     def _checked(self, grid, block, args):
         """The arguments as the kernel would read them, or a TypeError/ValueError."""

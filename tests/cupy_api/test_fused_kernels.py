@@ -324,3 +324,26 @@ def test_every_optimizer_steps_a_network_in_one_launch_as_the_reference(cupy, op
     assert fused[{"SGD": "sgd_multi"}.get(optimizer, "adam_multi")] == 1
     for got, expected in zip(fused_weights, reference_weights):
         np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-7)
+
+
+def test_a_captured_step_with_the_fused_kernels_replays_the_eager_losses(cupy):
+    # CUDA Graphs (tinygrad_cnn/cuda_graphs.py) on the fake: the fused ReLU/sigmoid/batch-norm
+    # launches are captured and replayed like any kernel; the multi-tensor SGD step runs the
+    # reference loop while capturing (a new address table would be a host-to-device copy)
+    from tests.cupy_api.test_cuda_graphs import _batches, _setup, _step_of
+    batches = _batches(5)
+    losses = {}
+    for graphed in (False, True):
+        net, opt = _setup("lenet_bn")
+        step = _step_of(net, opt)
+        if graphed:
+            X0, y0 = batches[0]
+            step = tc.cuda.make_graphed_step(step, (X0.to("cuda"), y0.to("cuda")),
+                                             num_warmup_iters=1, optimizer=opt)
+        kernel_twins.launches.clear()
+        losses[graphed] = [float(cupy.asnumpy(step(X.to("cuda"), y.to("cuda")).data))
+                           for X, y in batches]
+        if graphed:
+            assert step.replays == len(batches) - 1      # all but the warm-up step
+            assert kernel_twins.launches["batchnorm_apply"] > 0
+    np.testing.assert_allclose(losses[True], losses[False], rtol=1e-6)
