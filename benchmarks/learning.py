@@ -250,10 +250,6 @@ def machine_text():
 
 # Why a row falls short, from what was measured (filled in after the runs).
 NOTES = {
-    "alexnet": "learning but short of 0.70 after its 100 steps: test acc 0.58 at the end "
-               "while the train accuracy averaged over the epoch is 0.25, so the accuracy "
-               "was still climbing; more steps did not fit (6 s per step on this loaded "
-               "machine)",
     "alexnet_cifar10": "learning but short of 0.70 after its 100 steps: test acc 0.46, the "
                        "train accuracy averaged over the epoch 0.19, still climbing; 9 s per "
                        "step on this loaded machine",
