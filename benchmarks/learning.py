@@ -253,8 +253,6 @@ NOTES = {
     "alexnet_cifar10": "learning but short of 0.70 after its 100 steps: test acc 0.46, the "
                        "train accuracy averaged over the epoch 0.19, still climbing; 9 s per "
                        "step on this loaded machine",
-    "vgg11_small": "as AlexNet: test acc 0.58 after its 100 steps, train accuracy averaged "
-                   "over the epoch 0.25, still climbing; 7 s per step on this loaded machine",
     "googlenet": "stuck at chance: the loss averaged over its 150 steps is 2.302 (ln 10). "
                  "Measured on one batch at Xavier init: logits spread by 0.04, weight "
                  "gradients 5e-6–6e-4 RMS against weights 0.02–0.13, the first layers' "
