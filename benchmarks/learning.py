@@ -250,9 +250,6 @@ def machine_text():
 
 # Why a row falls short, from what was measured (filled in after the runs).
 NOTES = {
-    "alexnet_cifar10": "learning but short of 0.70 after its 100 steps: test acc 0.46, the "
-                       "train accuracy averaged over the epoch 0.19, still climbing; 9 s per "
-                       "step on this loaded machine",
     "googlenet": "stuck at chance: the loss averaged over its 150 steps is 2.302 (ln 10). "
                  "Measured on one batch at Xavier init: logits spread by 0.04, weight "
                  "gradients 5e-6–6e-4 RMS against weights 0.02–0.13, the first layers' "
