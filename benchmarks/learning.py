@@ -141,6 +141,8 @@ def settings_text(s):
         parts.append(f"{s['schedule']} schedule")
     if s.get("momentum"):
         parts.append(f"momentum {s['momentum']:g}")
+    if s.get("init", "xavier") != "xavier":
+        parts.append(f"{s['init']} init")
     if s.get("weight_decay"):
         parts.append(f"weight decay {s['weight_decay']:g}")
     return ", ".join(parts)

@@ -31,6 +31,7 @@ class Preset:
     batch_size: Optional[int] = None
     momentum: float = 0.0
     schedule: str = "constant"       # or "cosine": the lr falls to 0 over the epochs
+    init: str = "xavier"             # d2l's; "kaiming" (He) or "default" (the layers' own)
     dataset: str = "fashion_mnist"
     why: str = ""                    # why these values and not d2l's
 

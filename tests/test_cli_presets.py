@@ -69,6 +69,40 @@ def test_without_a_preset_d2l_settings_stay():
                                              spec.num_epochs, 0.0, None, None)
 
 
+def test_init_comes_from_the_preset_and_the_option_wins():
+    assert settings("alexnet")["init"] == "xavier"                  # d2l's
+    assert settings("alexnet", "--init", "kaiming")["init"] == "kaiming"
+    for name in models.names():
+        preset = models.presets.get(name, "quick")
+        assert settings(name, "--preset", "quick")["init"] == preset.init
+        assert settings(name, "--preset", "quick", "--init", "default")["init"] == "default"
+
+
+@pytest.mark.parametrize("option, given_to_fit", [
+    ([], "xavier"), (["--init", "kaiming"], "kaiming"), (["--init", "default"], None)])
+def test_init_reaches_fit_and_is_recorded(monkeypatch, capsys, learnable, tmp_path, option,
+                                          given_to_fit):
+    import tinygrad_cnn.train
+    seen = {}
+    real_fit = tinygrad_cnn.train.fit
+
+    def spy(*args, **kwargs):
+        seen["init"] = kwargs["init"]
+        return real_fit(*args, **kwargs)
+
+    monkeypatch.setattr(tinygrad_cnn.train, "fit", spy)
+    out = tmp_path / "run"
+    code = cli.main(["train", "lenet_bn", "--data-dir", str(learnable), "--limit", "16",
+                     "--batch-size", "16", "--epochs", "1", "--no-progress", "--out", str(out),
+                     *option])
+    assert code == 0, capsys.readouterr().err
+    assert seen["init"] == given_to_fit
+    expected = given_to_fit or "default"
+    assert f"init {expected}" in capsys.readouterr().out
+    row = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+    assert row["run"]["init"] == expected
+
+
 def test_quick_preset_learns_and_writes_its_settings(capsys, learnable, tmp_path):
     out = tmp_path / "run"
     # lenet_bn's preset (d2l's lr 1.0), with a small batch and 3 epochs of 128 images

@@ -14,7 +14,8 @@ from tinygrad_cnn import optim
 from tinygrad_cnn.checkpoint import load_checkpoint
 from tinygrad_cnn.data import DataLoader
 from tinygrad_cnn.train import (CHECKPOINT_FILE, NonFiniteLossError, cosine_schedule,
-                                evaluate, fit, init_xavier, step_schedule)
+                                evaluate, fit, init_kaiming, init_xavier,
+                                step_schedule)
 
 from tests.tiny_training import TinyImages, tiny_net, weights
 
@@ -81,6 +82,35 @@ def test_xavier_reinitialises_weights_and_keeps_biases():
         assert np.abs(layer.weight.detach().numpy()).max() > 0.8 * bound   # really spread
     np.testing.assert_array_equal(net[0].bias.detach().numpy(), biases[0])
     np.testing.assert_array_equal(net[-1].bias.detach().numpy(), biases[1])
+
+
+def test_kaiming_reinitialises_weights_with_he_bound_and_keeps_biases():
+    net = tiny_net()
+    biases = [net[0].bias.detach().numpy().copy(), net[-1].bias.detach().numpy().copy()]
+    init_kaiming(net)
+    for layer, fan_in in ((net[0], 9), (net[-1], 36)):
+        bound = math.sqrt(6 / fan_in)       # gain sqrt(2) for ReLU: sqrt(3) * sqrt(2 / fan_in)
+        weight = layer.weight.detach().numpy()
+        assert np.abs(weight).max() <= bound
+        assert np.abs(weight).max() > 0.8 * bound        # really spread to He's bound
+    np.testing.assert_array_equal(net[0].bias.detach().numpy(), biases[0])
+    np.testing.assert_array_equal(net[-1].bias.detach().numpy(), biases[1])
+
+
+def test_fit_init_chooses_the_initialiser():
+    weights = {}
+    for init in ("xavier", "kaiming", None):
+        tc.manual_seed(0)
+        net = tiny_net()
+        own = net[-1].weight.detach().numpy().copy()
+        quiet_fit(net, *loaders(), 0, lr=0.1, init=init)
+        weights[init] = (own, net[-1].weight.detach().numpy())
+    np.testing.assert_array_equal(*weights[None])          # None keeps the layer's own
+    bound = {"xavier": math.sqrt(6 / (36 + 3)), "kaiming": math.sqrt(6 / 36)}
+    for init in ("xavier", "kaiming"):
+        own, after = weights[init]
+        assert not np.array_equal(own, after)
+        assert 0.8 * bound[init] < np.abs(after).max() <= bound[init]
 
 
 def test_run_files(tmp_path, capsys):
@@ -254,7 +284,7 @@ def test_schedules():
 def test_bad_arguments():
     with pytest.raises(ValueError, match="num_epochs must be an int >= 0"):
         quiet_fit(tiny_net(), *loaders(), -1, lr=0.1)
-    with pytest.raises(ValueError, match="init must be 'xavier' or None"):
+    with pytest.raises(ValueError, match="init must be one of 'xavier', 'kaiming' or None"):
         quiet_fit(tiny_net(), *loaders(), 1, lr=0.1, init="he")
     with pytest.raises(ValueError, match="no batches"):
         quiet_fit(tiny_net(), [], loaders()[1], 1, lr=0.1)

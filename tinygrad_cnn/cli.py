@@ -29,7 +29,8 @@ CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
 
 # The train command's defaults for settings whose parser default is None; on
 # --resume the checkpoint's values come first (see _settings_from_checkpoint).
-TRAIN_DEFAULTS = {"seed": 0, "momentum": 0.0, "weight_decay": 0.0, "schedule": "constant"}
+TRAIN_DEFAULTS = {"seed": 0, "momentum": 0.0, "weight_decay": 0.0, "schedule": "constant",
+                  "init": "xavier"}
 
 
 class UsageError(Exception):
@@ -126,6 +127,9 @@ def build_parser():
     train.add_argument("--resize", type=_positive_int, help="image side fed to the network")
     train.add_argument("--schedule", choices=["constant", "cosine"],
                        help="learning-rate schedule over the epochs (default constant)")
+    train.add_argument("--init", choices=["xavier", "kaiming", "default"],
+                       help="weight init of every Conv2d/Linear: xavier (d2l's, the default), "
+                       "kaiming (He, for ReLU stacks) or default (the layers' own, PyTorch's)")
     train.add_argument("--preset", choices=["quick"], help="quick: a few minutes on a CPU at "
                        "the smallest input size the network learns at (models/presets.py); "
                        "options given here override its values")
@@ -319,6 +323,7 @@ def _run_train(args, writes, world=1):
     with hold_folder(out, say=print) if writes else contextlib.nullcontext():
         fit(net, train_iter, test_iter, epochs, lr, args.device, momentum=s["momentum"],
             weight_decay=s["weight_decay"], lr_schedule=schedule, out_dir=out, resume=resume,
+            init=None if s["init"] == "default" else s["init"],
             progress=not args.no_progress, meta=meta, max_loss_ratio=args.max_loss_ratio,
             force=args.force, distributed=args.distributed, cuda_graph=args.cuda_graph)
         if writes:
@@ -362,6 +367,7 @@ def _train_settings(args, spec):
             "batch_size": pick(args.batch_size, "batch_size", spec.batch_size),
             "momentum": pick(args.momentum, "momentum", TRAIN_DEFAULTS["momentum"]),
             "schedule": pick(args.schedule, "schedule", TRAIN_DEFAULTS["schedule"]),
+            "init": pick(args.init, "init", TRAIN_DEFAULTS["init"]),
             "weight_decay": pick(args.weight_decay, "weight_decay",
                                  TRAIN_DEFAULTS["weight_decay"]),
             "seed": pick(args.seed, "seed", TRAIN_DEFAULTS["seed"])}

@@ -5,7 +5,7 @@
                   out_dir="runs/lenet")
 
 As in d2l, ``fit`` re-initialises every Conv2d/Linear weight with Xavier-
-uniform (biases keep theirs), trains with plain SGD on the mean cross-entropy,
+uniform (biases keep theirs; ``init=`` chooses Kaiming or none instead), trains with plain SGD on the mean cross-entropy,
 and reports per epoch the train loss and accuracy (running over the epoch),
 the test accuracy (eval mode, no graph) and the examples per second of the
 training steps.  Momentum, weight decay and a learning-rate schedule are there
@@ -83,6 +83,20 @@ def init_xavier(net):
         if isinstance(module, (nn.Conv2d, nn.Linear)):
             nn.init.xavier_uniform_(module.weight)
     return net
+
+
+def init_kaiming(net):
+    """He (Kaiming) uniform for every Conv2d and Linear weight, for ReLU: weight
+    variance 2 / fan_in keeps the activations' scale through a deep ReLU stack,
+    where Xavier's 2 / (fan_in + fan_out) shrinks it layer after layer (NiN and
+    GoogLeNet start on a plateau with it; see models/presets.py)."""
+    for module in net.modules():
+        if isinstance(module, (nn.Conv2d, nn.Linear)):
+            nn.init.kaiming_uniform_(module.weight, nonlinearity="relu")
+    return net
+
+
+INITS = {"xavier": init_xavier, "kaiming": init_kaiming}
 
 
 # ---------------------------------------------------------------- learning-rate schedules
@@ -165,7 +179,8 @@ def fit(net, train_iter, test_iter, num_epochs, lr, device="cpu", *, momentum=0.
     lr_schedule: None (constant ``lr``) or a callable epoch (from 0) -> lr,
                  e.g. ``cosine_schedule(lr, num_epochs)``.
     optimizer:   used instead of ``SGD(lr, momentum, weight_decay)`` if given.
-    init:        "xavier" (d2l) or None to keep the network's own weights.
+    init:        "xavier" (d2l), "kaiming" (He, for ReLU networks) or None to keep
+                 the network's own weights (PyTorch's default init).
     seed:        ``manual_seed(seed)`` first, so a run can be repeated exactly.
     out_dir:     folder for metrics.jsonl, curves.png and checkpoint.npz.
     resume:      a checkpoint path (or True: ``out_dir/checkpoint.npz``) to go on from.
@@ -204,10 +219,11 @@ def fit(net, train_iter, test_iter, num_epochs, lr, device="cpu", *, momentum=0.
                          f"GPU work), got device {device!r}")
     if seed is not None:
         manual_seed(seed)
-    if init == "xavier":
-        init_xavier(net)
-    elif init is not None:
-        raise ValueError(f"fit: init must be 'xavier' or None, got {init!r}")
+    if init is not None and init not in INITS:
+        raise ValueError(f"fit: init must be one of {', '.join(map(repr, INITS))} or None, "
+                         f"got {init!r}")
+    if init is not None:
+        INITS[init](net)
     if distributed:      # before anything is placed: 'cuda' means this rank's GPU
         from .distributed import training as distributed_training
         device = distributed_training.device_for_rank(device)

@@ -17,6 +17,8 @@ def test_every_network_has_a_quick_preset():
         settings = preset.settings(name)
         assert settings["lr"] > 0 and settings["num_epochs"] >= 1 and settings["batch_size"] >= 1
         assert preset.dataset == "fashion_mnist" and preset.why
+        # an init the train command accepts (tinygrad_cnn/cli.py --init)
+        assert preset.init in ("xavier", "kaiming", "default")
 
 
 def test_settings_fill_in_d2l_values():
