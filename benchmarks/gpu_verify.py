@@ -20,7 +20,13 @@ time is recorded and the rest still run:
    launches per step (CUPTI, through PyTorch's profiler: ``launches_per_step``); for
    ResNet-18 also ``ours-gpu-graph``, the step replayed as a CUDA graph;
 5. ``fashion_mnist``: ``tinygrad-cnn train lenet_bn --epochs 3 --device cuda``
-   on ``--data-dir`` (skipped, with a note, when the files are not there).
+   on ``--data-dir`` (skipped, with a note, when the files are not there);
+6. ``d2l:<network>``, only with ``--d2l NAME…``: ``tinygrad-cnn train NAME
+   --device cuda`` at d2l's own settings (the registry's input size, lr,
+   epochs, batch), for the README's d2l-settings table.  A run whose time,
+   estimated from its ``bench`` stage's examples/s, exceeds what is left of
+   the budget is skipped with that reason (raise ``--budget``) instead of
+   being cut off; one without a benchmark figure gets the rest of the budget.
 
 Works without numba-cuda (or with a broken one): the probe says why, and the
 reference kernels are what gets benchmarked.  Writes one JSON report,
@@ -98,10 +104,12 @@ class Stage:
     """One subprocess: ``argv`` run from the repository root within ``timeout``
     seconds; ``parse(stdout)`` turns its output into the stage's result."""
 
-    def __init__(self, name, argv, timeout, parse=None, skip=None):
+    def __init__(self, name, argv, timeout, parse=None, skip=None, plan=None):
         self.name, self.argv, self.timeout = name, argv, timeout
         self.parse = parse or last_json_line
         self.skip = skip            # a reason not to run it, or None
+        # plan(records so far, seconds left) -> a reason to skip, or None; may set timeout
+        self.plan = plan
 
 
 def last_json_line(stdout):
@@ -201,6 +209,61 @@ def stages(data_dir, out_dir, steps=10):
     return found
 
 
+# d2l's Fashion-MNIST: 60,000 training and 10,000 test images; a test pass costs
+# about a third of a training pass over as many images (forward only).
+D2L_TRAIN_IMAGES, D2L_TEST_IMAGES = 60_000, 10_000
+D2L_START_S = 60            # start-up, loading (and resizing) the images, first compiles
+
+
+def d2l_stages(names, data_dir, out_dir):
+    """One ``d2l:NAME`` stage per network: ``tinygrad-cnn train NAME --device cuda``
+    at the registry's (d2l's) settings, written out on the command line."""
+    import models
+    found = []
+    for name in names:
+        spec = models.spec(name)
+        argv = [sys.executable, "-m", "tinygrad_cnn", "train", name, "--device", "cuda",
+                "--data-dir", str(data_dir), "--epochs", str(spec.num_epochs),
+                "--lr", str(spec.lr), "--batch-size", str(spec.batch_size),
+                *(["--resize", str(spec.resize)] if spec.resize else []),
+                "--no-progress", "--out", str(Path(out_dir) / f"gpu-verify-d2l-{name}")]
+        skip = (f"d2l trains it on {spec.dataset}; --d2l runs Fashion-MNIST networks only"
+                if spec.dataset != "fashion_mnist" else fashion_skip(data_dir))
+        settings = {"lr": spec.lr, "epochs": spec.num_epochs, "batch_size": spec.batch_size,
+                    "resize": spec.resize, "source": spec.source}
+
+        def parse(stdout, settings=settings):
+            return dict(parse_training(stdout), settings=settings)
+
+        found.append(Stage(f"d2l:{name}", argv, 10 ** 6, parse=parse, skip=skip,
+                           plan=_d2l_plan(name, spec.num_epochs)))
+    return found
+
+
+def _d2l_plan(name, epochs):
+    """Skip the run when its estimated time does not fit in what is left."""
+    def plan(records, seconds_left):
+        estimate = d2l_estimate_s(name, epochs, records)
+        if estimate is None:
+            return None         # no speed measured: it gets the rest of the budget
+        if estimate > seconds_left:
+            return (f"needs about {estimate:.0f} s (from bench:{name}'s examples/s), "
+                    f"{seconds_left:.0f} s left of the budget: raise --budget")
+        return None
+    return plan
+
+
+def d2l_estimate_s(name, epochs, records):
+    """Seconds a d2l-settings run of ``name`` should take, from the examples/s of
+    its ``bench:NAME:ours-gpu`` stage; None without that figure."""
+    bench = next((r for r in records if r["name"] == f"bench:{name}:ours-gpu"), None)
+    speed = ((bench or {}).get("result") or {}).get("examples_per_s") \
+        if (bench or {}).get("status") == "ok" else None
+    if not speed:
+        return None
+    return D2L_START_S + epochs * (D2L_TRAIN_IMAGES + D2L_TEST_IMAGES / 3) / speed
+
+
 # ================================================================ the report
 def benchmark_table(records):
     """{network: {ours, torch, ratio}} from the bench stages."""
@@ -281,6 +344,8 @@ def verify(data_dir, out_dir, budget_s, dry_run=False, stage_list=None, steps=10
     for stage in stage_list if stage_list is not None else stages(data_dir, out_dir, steps):
         if dry_run and stage.name not in ("environment", "probe"):
             stage.skip = stage.skip or "dry run"
+        if stage.plan and not stage.skip:
+            stage.skip = stage.plan(records, budget_s - (time.monotonic() - start))
         record = run_stage(stage, budget_s - (time.monotonic() - start))
         records.append(record)
         print(f"[{time.monotonic() - start:6.1f} s] {stage.name}: {record['status']}",
@@ -308,11 +373,27 @@ def main(argv=None):
     parser.add_argument("--out-dir", default=str(HERE / "results"))
     parser.add_argument("--dry-run", action="store_true",
                         help="run the environment and probe stages only; list the rest")
+    parser.add_argument("--d2l", nargs="+", default=[], metavar="NAME",
+                        help="also train these networks at d2l's settings on the GPU "
+                        "(models.names(); each skipped, with the reason, when it does not "
+                        "fit in --budget)")
     args = parser.parse_args(argv)
+    import models
+    unknown = [name for name in args.d2l if name not in models.names()]
+    if unknown:
+        parser.error(f"--d2l: unknown networks {', '.join(unknown)}; available: "
+                     f"{', '.join(models.names())}")
     data_dir = args.data_dir or (DEFAULT_DATA_DIR if DEFAULT_DATA_DIR.exists() else None)
-    report = verify(data_dir, args.out_dir, args.budget, args.dry_run, steps=args.steps)
+    stage_list = stages(data_dir, args.out_dir, args.steps) + \
+        d2l_stages(args.d2l, data_dir, args.out_dir)
+    report = verify(data_dir, args.out_dir, args.budget, args.dry_run, stage_list=stage_list,
+                    steps=args.steps)
     print()
     print("\n".join(summary_lines(report)))
+    if args.dry_run:
+        for name, record in report["stages"].items():
+            if record.get("note") == "dry run":
+                print(f"  would run {name}: {record['command']}")
     print(f"wrote {report['path']}")
     return 0
 

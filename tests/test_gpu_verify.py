@@ -110,3 +110,82 @@ def test_parsers_reject_output_without_their_lines():
         parse_pytest("collected 0 items\n")
     with pytest.raises(ValueError):
         parse_training("Traceback ...\n")
+
+
+# ---------------------------------------------------------------- --d2l NAME…
+def fashion_dir(tmp_path):
+    for name in gpu_verify.FASHION_FILES:
+        (tmp_path / name).write_bytes(b"")
+    return tmp_path
+
+
+def test_d2l_stages_train_at_the_registry_settings_on_cuda(tmp_path):
+    import models
+    data = fashion_dir(tmp_path)
+    found = {s.name: s for s in gpu_verify.d2l_stages(["nin", "lenet", "alexnet_cifar10"],
+                                                       data, tmp_path / "out")}
+    assert list(found) == ["d2l:nin", "d2l:lenet", "d2l:alexnet_cifar10"]
+    nin = found["d2l:nin"]
+    spec = models.spec("nin")
+    command = " ".join(nin.argv[1:])
+    assert command.startswith("-m tinygrad_cnn train nin --device cuda")
+    for option in (f"--epochs {spec.num_epochs}", f"--lr {spec.lr}",
+                   f"--batch-size {spec.batch_size}", f"--resize {spec.resize}",
+                   f"--data-dir {data}"):
+        assert option in command
+    assert nin.skip is None
+    assert "--resize" not in found["d2l:lenet"].argv          # LeNet keeps 28×28
+    assert found["d2l:alexnet_cifar10"].skip.startswith("d2l trains it on cifar10")
+    # no data: skipped with the reason, as the fashion_mnist stage
+    assert "no --data-dir" in gpu_verify.d2l_stages(["lenet"], None, tmp_path)[0].skip
+    # the figures and the settings they were made at
+    result = nin.parse(TRAIN_OUTPUT)
+    assert result["test_acc"] == 0.801 and result["examples_per_s"] == 11800.5
+    assert result["settings"]["lr"] == spec.lr and result["settings"]["resize"] == spec.resize
+
+
+def test_d2l_run_that_does_not_fit_the_budget_is_skipped_not_cut_off(tmp_path):
+    ours = {"examples_per_s": 1000.0, "memory_mb": 1.0}
+    # at 1,000 examples/s, 10 epochs of 60,000 (+ tests) take about 10 minutes
+    estimate = gpu_verify.d2l_estimate_s("lenet", 10, [
+        {"name": "bench:lenet:ours-gpu", "status": "ok", "result": ours}])
+    assert estimate == pytest.approx(gpu_verify.D2L_START_S + 10 * (60_000 + 10_000 / 3) / 1000)
+
+    def d2l_stage(name):
+        return Stage(f"d2l:{name}", echo(TRAIN_OUTPUT), 10 ** 6, parse=parse_training,
+                     plan=gpu_verify._d2l_plan(name, 10))
+
+    listed = [Stage("bench:lenet:ours-gpu", echo(json.dumps(ours)), 30), d2l_stage("lenet"),
+              d2l_stage("nin")]        # nin: no benchmark figure, so no estimate
+    report = verify(None, tmp_path, budget_s=120, stage_list=listed)
+    skipped = report["stages"]["d2l:lenet"]
+    assert skipped["status"] == "skipped"
+    assert "needs about" in skipped["note"] and "raise --budget" in skipped["note"]
+    assert report["stages"]["d2l:nin"]["status"] == "ok"      # gets the rest of the budget
+    # with the budget it needs, the same run goes ahead
+    listed = [Stage("bench:lenet:ours-gpu", echo(json.dumps(ours)), 30), d2l_stage("lenet")]
+    report = verify(None, tmp_path, budget_s=estimate + 60, stage_list=listed)
+    assert report["stages"]["d2l:lenet"]["status"] == "ok"
+    assert report["stages"]["d2l:lenet"]["result"]["test_acc"] == 0.801
+
+
+def test_d2l_dry_run_shows_what_it_would_run(tmp_path, capsys):
+    (tmp_path / "data").mkdir()
+    data = fashion_dir(tmp_path / "data")
+    code = gpu_verify.main(["--dry-run", "--d2l", "lenet", "googlenet", "--data-dir",
+                            str(data), "--out-dir", str(tmp_path / "out"), "--budget", "200"])
+    out = capsys.readouterr().out
+    assert code == 0
+    for name in ("lenet", "googlenet"):
+        line = next(l for l in out.splitlines() if l.strip().startswith(f"would run d2l:{name}:"))
+        assert f"tinygrad_cnn train {name} --device cuda" in line
+    report = json.loads(next((tmp_path / "out").glob("gpu-verify-*.json")).read_text())
+    assert report["stages"]["d2l:googlenet"]["status"] == "skipped"
+    assert report["stages"]["d2l:googlenet"]["note"] == "dry run"
+
+
+def test_d2l_unknown_network_is_refused(capsys):
+    with pytest.raises(SystemExit) as exc:
+        gpu_verify.main(["--dry-run", "--d2l", "nosuchnet"])
+    assert exc.value.code == 2
+    assert "unknown networks nosuchnet" in capsys.readouterr().err
