@@ -258,12 +258,6 @@ NOTES = {
              "500 images 1 CPU-minute, so 9 CPU-minutes buy ~70 steps. vgg11_small, at the "
              "same lr, passed 0.70 between 80 and 160 steps of 32 (test acc 0.59, then 0.73): "
              "about 4,500 images, which at 0.39 CPU-s an image is ~30 CPU-minutes here",
-    "googlenet": "stuck at chance: the loss averaged over its 150 steps is 2.302 (ln 10). "
-                 "Measured on one batch at Xavier init: logits spread by 0.04, weight "
-                 "gradients 5e-6–6e-4 RMS against weights 0.02–0.13, the first layers' "
-                 "moving by under 1e-4 of themselves per unit lr: like NiN, a deep ReLU "
-                 "stack without batch norm starts on a plateau (d2l trains it for 10 epochs "
-                 "of 469 steps at 96×96)",
     "resnet34": "0.696 after 200 steps, within noise of the target (one standard error is "
                 "0.010 on 2,000 test images); the train accuracy averaged over the epoch (0.64) "
                 "below the test accuracy at its end says it was still climbing. With "

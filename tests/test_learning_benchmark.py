@@ -57,3 +57,10 @@ def test_readme_block_is_replaced_between_the_markers(tmp_path):
 def test_the_project_readme_has_the_markers():
     text = learning.README.read_text()
     assert text.index(learning.START) < text.index(learning.END)
+
+
+def test_settings_name_an_init_other_than_d2l_xavier():
+    base = {"resize": 67, "batch_size": 128, "lr": 0.01, "epochs": 2}
+    assert "init" not in learning.settings_text(dict(base, init="xavier"))
+    assert "init" not in learning.settings_text(base)           # runs from before the option
+    assert learning.settings_text(dict(base, init="kaiming")).endswith("kaiming init")
