@@ -108,7 +108,7 @@ class Stage:
         self.name, self.argv, self.timeout = name, argv, timeout
         self.parse = parse or last_json_line
         self.skip = skip            # a reason not to run it, or None
-        # plan(records so far, seconds left) -> a reason to skip, or None; may set timeout
+        # plan(records so far, seconds left) -> a reason to skip, or None
         self.plan = plan
 
 
