@@ -258,11 +258,6 @@ NOTES = {
              "500 images 1 CPU-minute, so 9 CPU-minutes buy ~70 steps. vgg11_small, at the "
              "same lr, passed 0.70 between 80 and 160 steps of 32 (test acc 0.59, then 0.73): "
              "about 4,500 images, which at 0.39 CPU-s an image is ~30 CPU-minutes here",
-    "resnet34": "0.696 after 200 steps, within noise of the target (one standard error is "
-                "0.010 on 2,000 test images); the train accuracy averaged over the epoch (0.64) "
-                "below the test accuracy at its end says it was still climbing. With "
-                "momentum 0.9 added "
-                "it ended at 0.46 (100 steps)",
     "nin": "learning, but short of 0.70: test acc 0.48 after its 200 steps (131 CPU-seconds), "
            "and 0.32 after 600 (3 epochs of 25,600 images, 6 min 28 s of CPU: train loss "
            "stuck near 1.6 from the second epoch). At d2l's Xavier init and lr 0.1 the loss "

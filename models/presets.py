@@ -111,14 +111,23 @@ _QUICK = {
                        why="28 (global pooling); d2l's lr, smaller batches for more steps"),
     # d2l's plain lr 0.05: with momentum 0.9 added, ResNet-34 ended its 100 steps at train
     # loss 2.8 and test accuracy 0.46 (measured here), ResNet-18 without it at 0.82.
-    "resnet34": Preset(limit=12800, test_limit=2000, num_epochs=1, batch_size=64,
-                       why="28 (global pooling); d2l's lr, smaller batches for more steps"),
-    "resnet50": Preset(limit=9600, test_limit=1000, num_epochs=1, batch_size=64,
-                       why="28 (global pooling); d2l's lr, smaller batches for more steps"),
-    "resnet101": Preset(limit=6400, test_limit=1000, num_epochs=1, batch_size=64,
-                        why="28 (global pooling); d2l's lr, smaller batches for more steps"),
-    "resnet152": Preset(limit=6400, test_limit=1000, num_epochs=1, batch_size=64,
-                        why="28 (global pooling); d2l's lr, smaller batches for more steps"),
+    "resnet34": Preset(limit=38400, test_limit=2000, num_epochs=1, batch_size=64,
+                       why="28 (global pooling); d2l's lr, smaller batches for more steps: "
+                       "600, as 200 ended at 0.696"),
+    # At 28×28 the Bottleneck nets end in Linear(2048): their first losses are 3.3–4.3, not
+    # ln 10, and d2l's lr 0.05 throws them about (ResNet-50's steps 2–8: 14, 18, 10, 16, 10,
+    # 9, 14). Measured over the first 30 steps: ResNet-50 train acc 0.30 at lr 0.05, 0.38
+    # at 0.02; ResNet-152 at batch 64 lr 0.01 0.29, at batch 32 lr 0.02 chance (losses up
+    # to 11), at batch 32 lr 0.005 0.21.
+    "resnet50": Preset(limit=23040, test_limit=1000, num_epochs=1, batch_size=64, lr=0.02,
+                       why="28 (global pooling); lr 0.02: d2l's 0.05 made the first losses "
+                       "jump to 18; 360 steps of 64 (1.2 s each)"),
+    "resnet101": Preset(limit=12800, test_limit=1000, num_epochs=1, batch_size=64, lr=0.01,
+                        why="28 (global pooling); ResNet-152's lr 0.01 (d2l's 0.05 was "
+                        "unstable on ResNet-50 already); 200 steps of 64 (2.3 s each)"),
+    "resnet152": Preset(limit=8000, test_limit=1000, num_epochs=1, batch_size=64, lr=0.01,
+                        why="28 (global pooling); lr 0.01: at 0.02 (batch 32) it stayed at "
+                        "chance for 30 steps; 125 steps of 64 (3.5 s each)"),
     "densenet": Preset(resize=29, limit=12800, test_limit=2000, num_epochs=1, batch_size=64,
                        why="29, the smallest side; d2l's lr, smaller batches for more steps"),
 }
