@@ -329,6 +329,14 @@ class StrictGpuArray(np.ndarray):
                                                 f"ndarray.{name}")
         return super().__getattribute__(name)
 
+    # NumPy before 2.0 turns `a ** b` with a 0-d exponent into float(b) (its fast scalar
+    # power); CuPy runs its power kernel, reading nothing on the host.
+    def __pow__(self, other):
+        return np.power(self, other)
+
+    def __rpow__(self, other):
+        return np.power(other, self)
+
     def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
         return _run(_apply_ufunc, (ufunc, method) + inputs, kwargs, ufunc.__name__)
 

@@ -49,7 +49,10 @@ def launched():
 def assert_same(got, expected):
     """Bit for bit, NaNs in the same places, on the GPU."""
     assert isinstance(got, StrictGpuArray), type(got)
-    np.testing.assert_array_equal(np.asarray(got), expected, strict=True)
+    got = np.asarray(got)
+    # dtype and shape by hand: assert_array_equal's strict= needs NumPy 1.24
+    assert (got.dtype, got.shape) == (expected.dtype, expected.shape)
+    np.testing.assert_array_equal(got, expected)
 
 
 def noncontiguous(a):
@@ -153,6 +156,7 @@ def test_batchnorm_backward_equals_the_reference(cupy, dtype, shape, with_dx):
 SGD_OPTIONS = [(0.1, 0, 0, 0, False), (0.1, 0.9, 0, 0, False), (0.05, 0.9, 0.3, 1e-2, False),
                (0.1, 0.9, 0, 1e-2, True)]
 SHAPES = [(3, 1, 5, 5), (3,), (), (10, 17), (1,)]
+NUMPY_1_VALUE_CASTING = int(np.__version__.split(".")[0]) < 2
 
 
 def parameters(dtype, seed, shapes=SHAPES):
@@ -248,7 +252,12 @@ def test_one_adam_launch_for_all_parameters_equals_the_loop(cupy, dtype, options
                                   *options)
         assert launched() == {"adam_multi": 1}
         for got, expected in zip(on_gpu + sum(gpu_state, []), params + sum(state, [])):
-            assert_same(got, expected)
+            if expected.ndim == 0 and NUMPY_1_VALUE_CASTING and dtype == np.float32:
+                # NumPy before 2.0 computes a 0-d float32 array times a Python float in
+                # float64 and rounds (value-based casting); the kernel stays in float32
+                np.testing.assert_array_max_ulp(np.asarray(got), expected, maxulp=1)
+            else:
+                assert_same(got, expected)
 
 
 # ---------------------------------------------------------------- whole steps
