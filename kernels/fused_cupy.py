@@ -338,22 +338,22 @@ def _contiguous(a):
 
 
 # ---------------------------------------------------------------- the elementwise kernels
+def _activation_kernel(name, x, reference):
+    if not _fusable(x):
+        return reference(x)
+    y = arrays.cupy.empty(x.shape, dtype=x.dtype)
+    _launch_elementwise(name, x.size, _contiguous(x), y)
+    return y
+
+
 def relu_forward(x):
     """``elementwise_numpy.relu_forward`` in one launch -> y = max(x, 0)."""
-    if not _fusable(x):
-        return elementwise_numpy.relu_forward(x)
-    y = arrays.cupy.empty(x.shape, dtype=x.dtype)
-    _launch_elementwise("relu_forward", x.size, _contiguous(x), y)
-    return y
+    return _activation_kernel("relu_forward", x, elementwise_numpy.relu_forward)
 
 
 def sigmoid_forward(x):
     """``elementwise_numpy.sigmoid_forward`` in one launch -> y = σ(x) (to a few ulp)."""
-    if not _fusable(x):
-        return elementwise_numpy.sigmoid_forward(x)
-    y = arrays.cupy.empty(x.shape, dtype=x.dtype)
-    _launch_elementwise("sigmoid_forward", x.size, _contiguous(x), y)
-    return y
+    return _activation_kernel("sigmoid_forward", x, elementwise_numpy.sigmoid_forward)
 
 
 def _gradient_kernel(name, gy, y, reference):
