@@ -21,6 +21,7 @@ from tinygrad_cnn import backend, cli, nn, optim, train
 from tinygrad_cnn.cuda_graphs import GraphCaptureError, GraphShapeError
 from tinygrad_cnn.data import DataLoader
 from tests.cupy_api.strict_cupy import CUDARuntimeError, StrictGpuArray, install
+from tests.inputs import RandomImages
 
 # The GPU path runs the reference kernels whatever the CPU set: first set only.
 pytestmark = pytest.mark.kernel_free
@@ -315,24 +316,13 @@ def test_replay_before_capture_is_an_error(strict_cupy):
 
 
 # ---------------------------------------------------------------- fit and the CLI
-class _Images:
-    def __init__(self, n, seed=3):
-        rng = np.random.default_rng(seed)
-        self.X = rng.standard_normal((n, 1, 28, 28)).astype(np.float32)
-        self.y = rng.integers(0, 10, n)
-
-    def __len__(self):
-        return len(self.X)
-
-    def __getitem__(self, i):
-        return self.X[i], self.y[i]
 
 
 def _fit(cuda_graph, epochs=3, n=60, labels=None, shuffle=True):
     tc.manual_seed(0)
     net = models.get("lenet_bn")
     net(tc.zeros(2, 1, 28, 28))
-    data = _Images(n)
+    data = RandomImages(n)
     if labels is not None:
         data.y = labels
     loader = DataLoader(data, 8, shuffle=shuffle, device="cuda")
@@ -382,7 +372,7 @@ def test_fit_stops_a_diverged_graphed_step_saying_the_update_is_in(strict_cupy):
     tc.manual_seed(0)
     net = models.get("lenet_bn")
     net(tc.zeros(2, 1, 28, 28))
-    data = _Images(40)
+    data = RandomImages(40)
     data.X[35] = np.nan
     loader = DataLoader(data, 8, shuffle=False, device="cuda")
     with pytest.raises(train.NonFiniteLossError, match=r"batch 5: loss is nan.*with "

@@ -13,6 +13,7 @@ import tinygrad_cnn as tc
 import tinygrad_cnn.nn.functional as F
 from tinygrad_cnn import nn, optim
 from tinygrad_cnn.cuda_graphs import GraphCaptureError
+from tests.inputs import RandomImages
 
 # CuPy arrays go to the GPU kernels whatever the CPU set: first kernel set only
 pytestmark = [pytest.mark.kernel_free, pytest.mark.gpu,
@@ -74,19 +75,6 @@ def test_a_host_read_inside_the_capture_is_refused_on_the_gpu():
     assert float((x * 2).sum().item()) == 8.0       # the device still works afterwards
 
 
-class _Images:
-    def __init__(self, n):
-        rng = np.random.default_rng(3)
-        self.X = rng.standard_normal((n, 1, 28, 28)).astype(np.float32)
-        self.y = rng.integers(0, 10, n)
-
-    def __len__(self):
-        return len(self.X)
-
-    def __getitem__(self, i):
-        return self.X[i], self.y[i]
-
-
 def test_fit_with_a_cuda_graph_gives_the_eager_loss_curve_on_the_gpu():
     """fit's captured step (its loss, gradient norm and accuracy read after the
     replay: vdot, stack, argmax inside the graph), a partial batch and a cosine
@@ -98,7 +86,7 @@ def test_fit_with_a_cuda_graph_gives_the_eager_loss_curve_on_the_gpu():
         tc.manual_seed(0)
         net = models.get("lenet_bn")
         net(tc.zeros(2, 1, 28, 28))             # lazy layers take their shapes
-        loader = DataLoader(_Images(600), 64, shuffle=True, device="cuda")
+        loader = DataLoader(RandomImages(600), 64, shuffle=True, device="cuda")
         history = train.fit(net, loader, None, 3, 0.1, "cuda", momentum=0.9,
                             lr_schedule=train.cosine_schedule(0.1, 3), seed=0,
                             progress=False, plot=False, verbose=False, cuda_graph=cuda_graph)
