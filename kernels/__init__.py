@@ -71,6 +71,7 @@ ELEMENTWISE = ("relu_forward", "relu_backward", "sigmoid_forward", "sigmoid_back
                "sgd_update")
 # the optimizers' steps over all parameters of a group at once (one launch on the GPU)
 MULTI_TENSOR = ("sgd_update_multi", "adam_update", "adam_update_multi")
+MATMUL = ("matmul",)     # stacked matrix products (the convolutions')
 
 # Every kernel, in the reference module that defines it.
 REFERENCE = {
@@ -79,6 +80,7 @@ REFERENCE = {
     "kernels.pool_numpy": POOL + ADAPTIVE_POOL,
     "kernels.bn_numpy": BATCHNORM,
     "kernels.elementwise_numpy": ELEMENTWISE + MULTI_TENSOR,
+    "kernels.matmul_numpy": MATMUL,
 }
 KERNELS = tuple(name for names in REFERENCE.values() for name in names)
 
@@ -93,6 +95,8 @@ OVERLAYS = {
         # no loop for sigmoid_forward: a compiled tanh would not round as NumPy's does
         "kernels.elementwise_numba": ("relu_forward", "relu_backward", "sigmoid_backward",
                                       "sgd_update", "sgd_update_multi"),
+        # not a compiled loop: the stack of products split over threads
+        "kernels.matmul_threads": MATMUL,
     },
 }
 
@@ -364,6 +368,12 @@ def adam_update_multi(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, ste
     return _implementation("adam_update_multi", params[0])(
         params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, lr, beta1, beta2, eps,
         weight_decay, amsgrad, decoupled_weight_decay)
+
+
+def matmul(a, b, out=None):
+    """a (..., M, K) @ b (..., K, N) over stacks of matrices, broadcast as
+    NumPy's ``matmul`` (``matmul_numpy.matmul``)."""
+    return _implementation("matmul", a)(a, b, out)
 
 
 # ---------------------------------------------------------------- counting

@@ -37,8 +37,6 @@ size and dtype, or loads them from the disk cache).
 """
 import functools
 import math
-import os
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -284,14 +282,6 @@ _adaptive_loops = on_first_use(_adaptive_avg_forward_loop, _adaptive_max_forward
 
 
 # ---------------------------------------------------------------- threads
-@functools.cache
-def _thread_pool(pid, workers):
-    """A pool of ``workers`` threads (``threads.numba_threads()``: as many as
-    Numba's loops use).  One pool per process id: a forked child inherits the
-    pool but not its threads, so it must start its own."""
-    return ThreadPoolExecutor(workers, thread_name_prefix="pool_numba")
-
-
 # Below this many bytes of inputs and outputs a pooling loop runs on the
 # calling thread: handing slices to the pool and waiting for them costs as
 # long as the whole loop takes on small planes such as DenseNet's 6x6
@@ -308,9 +298,8 @@ def _over_batch(loop, batch_arrays, *args):
     the rest.
     """
     N = batch_arrays[0].shape[0]
-    workers = threads.numba_threads()
-    pool = _thread_pool(os.getpid(), workers)
-    slices = min(N, 2 * workers)
+    pool = threads.thread_pool()
+    slices = min(N, 2 * threads.numba_threads())
     if slices <= 1 or sum(a.nbytes for a in batch_arrays) < PARALLEL_MIN_BYTES:
         loop(*batch_arrays, *args)
         return

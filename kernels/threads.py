@@ -37,9 +37,11 @@ whatever was imported first, and without writing the user's environment
   environment (``OMP_NUM_THREADS``, ``OPENBLAS_NUM_THREADS``, else all
   cores), and Numba uses the same.
 """
+import contextlib
 import functools
 import os
 import sys
+from concurrent.futures import ThreadPoolExecutor
 
 import threadpoolctl
 
@@ -161,3 +163,41 @@ def apply_to_numba():
     import numba
     choose_numba_layer()
     numba.set_num_threads(numba_threads())
+
+
+@functools.cache
+def _thread_pool(pid, workers):
+    # One pool per process id: a forked child inherits the pool but not its
+    # threads, so it must start its own.
+    return ThreadPoolExecutor(workers, thread_name_prefix="tinygrad_cnn")
+
+
+def thread_pool():
+    """The Python threads that run work the compiled loops cannot split
+    themselves (pooling's slices of the batch, a stack's matrix products):
+    as many as ``numba_threads()``.  Work handed to them must release the
+    GIL (a ``nogil`` loop, a BLAS call) to run side by side."""
+    return _thread_pool(os.getpid(), numba_threads())
+
+
+@functools.cache
+def _numpy_blas():
+    # the BLAS libraries loaded now; NumPy's was loaded with NumPy, before us
+    return tuple(blas_libraries())
+
+
+@contextlib.contextmanager
+def single_threaded_blas():
+    """Inside: every BLAS call runs on the thread that makes it, so several
+    threads can each run whole products side by side (``matmul_threads.py``).
+    OpenBLAS's thread count is one number for the whole process, not per
+    thread: another thread of the program calling BLAS meanwhile runs on
+    one thread too.  Restored to ``get_num_threads()`` on the way out."""
+    libraries = _numpy_blas()
+    for library in libraries:
+        library.set_num_threads(1)
+    try:
+        yield
+    finally:
+        for library in libraries:
+            library.set_num_threads(get_num_threads())

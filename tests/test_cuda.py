@@ -291,7 +291,8 @@ def test_gpu_kernels_fall_back_to_the_reference_without_numba_cuda(monkeypatch):
         "batchnorm_forward_train": "kernels.bn_numpy", "batchnorm_backward": "kernels.bn_numpy",
         **{name: "kernels.pool_numpy" for name in ADAPTIVE},
         **{name: "kernels.elementwise_numpy" for name in ELEMENTWISE},
-        **{name: "kernels.winograd_numpy" for name in WINOGRAD}}
+        **{name: "kernels.winograd_numpy" for name in WINOGRAD},
+        "matmul": "kernels.matmul_numpy"}
 
 
 def test_gpu_kernels_are_the_cuda_ones_when_numba_reaches_the_gpu(monkeypatch):
@@ -300,12 +301,14 @@ def test_gpu_kernels_are_the_cuda_ones_when_numba_reaches_the_gpu(monkeypatch):
     chosen = kernels.gpu_kernels()
     assert sorted(chosen) == sorted(kernels.KERNELS)
     assert {f.__module__ for name, f in chosen.items()
-            if name not in ADAPTIVE + ELEMENTWISE + WINOGRAD} == {
+            if name not in ADAPTIVE + ELEMENTWISE + WINOGRAD + ("matmul",)} == {
         "kernels.conv_cuda", "kernels.pool_cuda", "kernels.bn_cuda"}
     # Adaptive pooling has no CUDA loops: its reference is matrix products
     # (cuBLAS on CuPy arrays) and, for the global pool, a mean.  Nor have the
     # elementwise kernels: CuPy runs each reference expression as one GPU kernel;
-    # nor the Winograd transforms (einsum on CuPy arrays).
+    # nor the Winograd transforms (einsum on CuPy arrays); the stacked products
+    # are cuBLAS's, through CuPy's matmul.
     assert {chosen[name].__module__ for name in ADAPTIVE} == {"kernels.pool_numpy"}
+    assert chosen["matmul"].__module__ == "kernels.matmul_numpy"
     assert {chosen[name].__module__ for name in ELEMENTWISE} == {"kernels.elementwise_numpy"}
     assert {chosen[name].__module__ for name in WINOGRAD} == {"kernels.winograd_numpy"}

@@ -209,7 +209,7 @@ def test_small_arrays_stay_on_the_calling_thread(monkeypatch, threads):
     x = make_input("normal", (4, 3, 6, 6), np.float32)
     monkeypatch.setattr(pool_numba, "PARALLEL_MIN_BYTES", 0 if threads else x.nbytes * 4)
     submitted = []
-    pool = pool_numba._thread_pool(os.getpid(), kernel_threads.numba_threads())
+    pool = kernel_threads.thread_pool()
     real_submit = pool.submit
     monkeypatch.setattr(pool, "submit", lambda *a: submitted.append(a) or real_submit(*a))
     y, argmax = pool_numba.maxpool2d_forward(x, (2, 2), (2, 2), (0, 0))

@@ -228,7 +228,7 @@ class Conv2dIm2col(Function):
         Wg = W.reshape(G, O // G, -1)
         y = xp.empty((N, O, L), dtype=xp.result_type(x, W))
         for chunk in chunks:
-            y_chunk = Wg @ self._columns(x[chunk])                 # (G, O/G, n·L): the GEMM
+            y_chunk = kernels.matmul(Wg, self._columns(x[chunk]))  # (G, O/G, n·L): the GEMM
             y_chunk = y_chunk.reshape(O, -1, L).transpose(1, 0, 2)   # -> (n, O, L)
             if b is None:
                 y[chunk] = y_chunk
@@ -264,13 +264,13 @@ class Conv2dIm2col(Function):
             col = None
             if need_W:
                 col = self._columns(x[chunk])
-                gW = accumulate(gW, gy_chunk @ col.swapaxes(1, 2))   # (G, O/G, K)
+                gW = accumulate(gW, kernels.matmul(gy_chunk, col.swapaxes(1, 2)))   # (G, O/G, K)
             if need_x:
                 # The columns are used up: Wᵀ @ dy may overwrite their buffer --
                 # unless im2col returned a view of x itself (no padding, windows
                 # that tile x exactly), which must survive for other consumers.
                 reuse = col is not None and not xp.may_share_memory(col, x)
-                gcol = xp.matmul(WgT, gy_chunk, out=col if reuse else None)  # (G, K, n·L)
+                gcol = kernels.matmul(WgT, gy_chunk, out=col if reuse else None)  # (G, K, n·L)
                 gx_chunk = kernels.col2im(gcol.reshape(G * gcol.shape[1], -1),
                                           (n,) + self.x_shape[1:], self.W_shape[2:],
                                           self.stride, self.padding, self.dilation,
@@ -330,7 +330,8 @@ class Conv2dPointwise(Function):
         N, C, H, Wd = x.shape
         O, G = W.shape[0], self.groups
         with TF32(x, cudnn.allow_tf32):
-            y = W.reshape(G, O // G, C // G) @ x.reshape(N, G, C // G, H * Wd)  # (N, G, O/G, L)
+            y = kernels.matmul(W.reshape(G, O // G, C // G),
+                               x.reshape(N, G, C // G, H * Wd))      # (N, G, O/G, L)
         y = y.reshape(N, O, H, Wd)
         if b is not None:
             y += b.reshape(1, O, 1, 1)
@@ -346,8 +347,8 @@ class Conv2dPointwise(Function):
         gx = gW = None
         with TF32(gy, cudnn.allow_tf32):
             if need_x:
-                gx = (W.reshape(G, O // G, C // G).swapaxes(1, 2)
-                      @ gy.reshape(N, G, O // G, H * Wd)).reshape(self.x_shape)
+                gx = kernels.matmul(W.reshape(G, O // G, C // G).swapaxes(1, 2),
+                                    gy.reshape(N, G, O // G, H * Wd)).reshape(self.x_shape)
             if need_W:
                 bytes_per_image = (C + O) * H * Wd * gy.dtype.itemsize
                 gW, _, _ = run_in_chunks(lambda chunks: self._weight_grad(gy, x, chunks), gy,
@@ -360,7 +361,7 @@ class Conv2dPointwise(Function):
         gW = None
         for chunk in chunks:
             gy_chunk, x_chunk = (_side_by_side(xp, a[chunk], self.groups) for a in (gy, x))
-            gW = accumulate(gW, gy_chunk @ x_chunk.swapaxes(1, 2))      # (G, O/G, C/G)
+            gW = accumulate(gW, kernels.matmul(gy_chunk, x_chunk.swapaxes(1, 2)))  # (G, O/G, C/G)
         return gW.reshape(self.W_shape)
 
 

@@ -104,7 +104,7 @@ class Conv2dWinograd(Function):
         for chunk in self.chunks:
             V = kernels.winograd_input(x[chunk], self.padding, tiles)      # (4, 4, C, n, TH, TW)
             n = V.shape[3]
-            M = U @ V.reshape(16, C, -1)                  # the 16 products: (16, O, n·TH·TW)
+            M = kernels.matmul(U, V.reshape(16, C, -1))   # the 16 products: (16, O, n·TH·TW)
             kernels.winograd_output(M.reshape((4, 4, O, n) + tiles), out_hw, out=y[chunk])
         if b is not None:
             y += b.reshape(1, O, 1, 1)
@@ -126,9 +126,9 @@ class Conv2dWinograd(Function):
             gM = gM.reshape(16, O, -1)
             if need_W:
                 V = kernels.winograd_input(x[chunk], self.padding, tiles).reshape(16, C, -1)
-                gU = gU + gM @ V.swapaxes(1, 2)                  # (16, O, C)
+                gU = gU + kernels.matmul(gM, V.swapaxes(1, 2))   # (16, O, C)
             if need_x:
-                gV = U.swapaxes(1, 2) @ gM                       # (16, C, n·TH·TW)
+                gV = kernels.matmul(U.swapaxes(1, 2), gM)        # (16, C, n·TH·TW)
                 kernels.winograd_input_backward(gV.reshape((4, 4, C, n) + tiles),
                                                 (n,) + self.x_shape[1:], self.padding,
                                                 out=gx[chunk])

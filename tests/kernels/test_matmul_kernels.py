@@ -1,0 +1,163 @@
+"""The stacked matrix product kernel: matmul_threads (the stack split over
+threads, BLAS on one thread in each) against matmul_numpy (NumPy's matmul),
+on the stacks the convolutions make -- Winograd's (16, M, K) @ (16, K, N), a
+1×1 convolution's (G, M, K) broadcast against (N, G, K, L), transposed views
+-- in float32 and float64; which calls are split and which go to the
+reference; errors and BLAS's thread count after the call."""
+import numpy as np
+import pytest
+
+import kernels
+from kernels import matmul_numpy, matmul_threads, threads
+
+# The thread count is process-wide: each test sets what it needs and restores it.
+pytestmark = pytest.mark.kernel_free
+
+DTYPES = [np.float32, np.float64]
+# name -> (a's shape, b's shape, transpose b's last two axes)
+STACKS = {
+    "winograd": ((16, 24, 20), (16, 20, 300), False),
+    "winograd-dW": ((16, 24, 300), (16, 20, 300), True),      # gM @ Vᵀ
+    "pointwise": ((2, 12, 8), (40, 2, 8, 36), False),          # W broadcast over the batch
+    "odd-stack": ((5, 30, 40), (5, 40, 50), False),             # not a multiple of the threads
+    "broadcast-b": ((9, 30, 40), (40, 50), False),
+    "length-1-axis": ((1, 30, 40), (7, 40, 50), False),
+}
+
+
+@pytest.fixture
+def two_threads(monkeypatch):
+    """Two threads, and every stack worth splitting (the size rule is tested below)."""
+    before = threads.get_num_threads()
+    threads.set_num_threads(2)
+    monkeypatch.setattr(matmul_threads, "MIN_MULTIPLY_ADDS_PER_THREAD", 0)
+    yield
+    threads.set_num_threads(before)
+
+
+def operands(name, dtype, seed=0):
+    a_shape, b_shape, transpose = STACKS[name]
+    rng = np.random.default_rng(seed)
+    a = rng.standard_normal(a_shape).astype(dtype)
+    b = rng.standard_normal(b_shape).astype(dtype)
+    return a, (b.swapaxes(-1, -2) if transpose else b)
+
+
+def split_calls(monkeypatch):
+    """Record the shares handed to the thread pool."""
+    submitted = []
+    pool = threads.thread_pool()
+    real_submit = pool.submit
+    monkeypatch.setattr(pool, "submit", lambda *args: submitted.append(args) or real_submit(*args))
+    return submitted
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("name", STACKS)
+def test_split_stack_equals_numpys_matmul(two_threads, monkeypatch, name, dtype):
+    a, b = operands(name, dtype)
+    submitted = split_calls(monkeypatch)
+    y = matmul_threads.matmul(a, b)
+    expected = np.matmul(a, b)
+    assert y.dtype == expected.dtype and y.shape == expected.shape
+    # each product is BLAS's own, only on one thread: the same sums in the same order
+    np.testing.assert_allclose(y, expected, rtol=1e-6 if dtype == np.float32 else 1e-13)
+    assert len(submitted) == 1, "two threads: one share to the pool, one on the calling thread"
+
+
+@pytest.mark.parametrize("name", ["winograd", "pointwise"])
+def test_out_receives_the_product(two_threads, name):
+    a, b = operands(name, np.float32)
+    out = np.full(np.matmul(a, b).shape, np.nan, np.float32)
+    assert matmul_threads.matmul(a, b, out=out) is out
+    np.testing.assert_allclose(out, np.matmul(a, b), rtol=1e-6)
+
+
+@pytest.mark.parametrize("case", ["one-matrix", "stack-of-1", "float16", "mixed-dtypes",
+                                  "strided-out", "tiny"])
+def test_what_goes_to_the_reference(monkeypatch, case):
+    threads.set_num_threads(2)
+    a, b = operands("winograd", np.float32)
+    out = None
+    if case == "one-matrix":
+        a, b = a[0], b[0]
+    elif case == "stack-of-1":
+        a, b = a[:1], b[:1]
+    elif case == "float16":
+        a, b = a.astype(np.float16), b.astype(np.float16)
+    elif case == "mixed-dtypes":
+        b = b.astype(np.float64)
+    elif case == "tiny":                            # below MIN_MULTIPLY_ADDS_PER_THREAD
+        a, b = a[:4, :3, :5], b[:4, :5, :6]
+    elif case == "strided-out":
+        out = np.empty((16, 24, 600), np.float32)[:, :, ::2]
+    submitted = split_calls(monkeypatch)
+    reference = []
+    monkeypatch.setattr(matmul_numpy, "matmul",
+                        lambda *args, **kw: reference.append(1) or np.matmul(*args, **kw))
+    expected = np.matmul(a, b)
+    y = matmul_threads.matmul(a, b, out=out)
+    np.testing.assert_allclose(y, expected, rtol=1e-3)
+    assert (submitted, reference) == ([], [1])
+
+
+def test_one_thread_and_small_stacks_are_not_split(monkeypatch):
+    a, b = operands("winograd", np.float32)         # 16·24·20·300 = 2.3M multiply-adds
+    submitted = split_calls(monkeypatch)
+    before = threads.get_num_threads()
+    try:
+        threads.set_num_threads(1)
+        matmul_threads.matmul(a, b)
+        assert submitted == []
+        threads.set_num_threads(2)
+        monkeypatch.setattr(matmul_threads, "MIN_MULTIPLY_ADDS_PER_THREAD", 2 * 10**6)
+        matmul_threads.matmul(a, b)                 # 1.15M per thread: below the bound
+        assert submitted == []
+        monkeypatch.setattr(matmul_threads, "MIN_MULTIPLY_ADDS_PER_THREAD", 10**6)
+        matmul_threads.matmul(a, b)
+        assert len(submitted) == 1
+    finally:
+        threads.set_num_threads(before)
+
+
+def test_blas_threads_come_back_after_a_split_and_after_an_error(two_threads, monkeypatch):
+    a, b = operands("winograd", np.float32)
+    matmul_threads.matmul(a, b)
+    assert [lib.num_threads for lib in threads.blas_libraries()] == [2] * len(
+        threads.blas_libraries())
+    calls = []
+    real = np.matmul
+
+    def failing_share(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise MemoryError("share failed")
+        return real(*args, **kwargs)
+    monkeypatch.setattr(matmul_threads.np, "matmul", failing_share)
+    with pytest.raises(MemoryError, match="share failed"):
+        matmul_threads.matmul(a, b)
+    monkeypatch.undo()
+    assert all(lib.num_threads == 2 for lib in threads.blas_libraries())
+
+
+def test_inside_a_split_blas_runs_on_one_thread(two_threads, monkeypatch):
+    seen = []
+    real = np.matmul
+
+    def recording(*args, **kwargs):
+        seen.append(tuple(lib.num_threads for lib in threads.blas_libraries()))
+        return real(*args, **kwargs)
+    monkeypatch.setattr(matmul_threads.np, "matmul", recording)
+    matmul_threads.matmul(*operands("winograd", np.float32))
+    assert seen and all(set(s) == {1} for s in seen)
+
+
+def test_the_numba_set_runs_the_threaded_matmul_and_numpy_the_reference():
+    a, b = operands("winograd", np.float32)
+    previous = kernels.set_kernels("numba")
+    try:
+        assert kernels.which("matmul", a) == "kernels.matmul_threads.matmul"
+        kernels.set_kernels("numpy")
+        assert kernels.which("matmul", a) == "kernels.matmul_numpy.matmul"
+    finally:
+        kernels.set_kernels(previous)
