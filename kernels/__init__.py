@@ -51,13 +51,16 @@ import warnings
 
 import numpy as np
 
-from . import arrays, cuda_probe, fused_cupy, threads
+from . import arrays, cuda_probe, fused_cupy, heap, threads
 from .jit import COMPILED_DTYPES
 
 # OpenBLAS's threads, started when NumPy was imported, spin after every matrix
 # product and take the cores from the compiled loops that come next: restart
 # them so they sleep at once (kernels/threads.py says how, and how to opt out).
 threads.quiet_openblas()
+# Keep a step's freed arrays in the heap for the next step instead of taking
+# them from the OS again, page fault by page fault (kernels/heap.py; opt-out there).
+heap.keep_freed_memory()
 
 # ---------------------------------------------------------------- the sets
 CONV = ("im2col", "col2im")
