@@ -19,9 +19,14 @@ time is recorded and the rest still run:
    allocation), host time per step, kernel-interface calls per step, GPU kernel
    launches per step (CUPTI, through PyTorch's profiler: ``launches_per_step``); for
    ResNet-18 also ``ours-gpu-graph``, the step replayed as a CUDA graph;
-5. ``fashion_mnist``: ``tinygrad-cnn train lenet_bn --epochs 3 --device cuda``
+5. ``cpu_scaling`` (issue 13), on a machine with 4 or more cores: ResNet-18's
+   training step on the CPU, ours against PyTorch, at 1, 2, 4, ... threads up to
+   the cores there (``benchmarks.cpu --threads``, one round, as users run it);
+   its tables go to ``<out>/cpu-scaling.md`` and ``.json``.  Skipped when less
+   than its timeout is left of the budget;
+6. ``fashion_mnist``: ``tinygrad-cnn train lenet_bn --epochs 3 --device cuda``
    on ``--data-dir`` (skipped, with a note, when the files are not there);
-6. ``d2l:<network>``, only with ``--d2l NAME…``: ``tinygrad-cnn train NAME
+7. ``d2l:<network>``, only with ``--d2l NAME…``: ``tinygrad-cnn train NAME
    --device cuda`` at d2l's own settings (the registry's input size, lr,
    epochs, batch), for the README's d2l-settings table.  A run whose time,
    estimated from its ``bench`` stage's examples/s, exceeds what is left of
@@ -201,12 +206,62 @@ def stages(data_dir, out_dir, steps=10):
             found.append(Stage(f"bench:{name}:{engine}",
                                [python, "-m", "benchmarks.gpu", "--worker", engine, name, batch,
                                 str(steps), "2"], 75))
+    found.append(cpu_scaling_stage(out_dir))
     found.append(Stage("fashion_mnist",
                        [python, "-m", "tinygrad_cnn", "train", "lenet_bn", "--data-dir",
                         str(data_dir), "--epochs", "3", "--device", "cuda", "--no-progress",
                         "--out", str(Path(out_dir) / "gpu-verify-lenet_bn")],
                        150, parse=parse_training, skip=fashion_skip(data_dir)))
     return found
+
+
+CPU_SCALING_NETWORK = "resnet18"          # the network issue 13 sets the 16-core target for
+CPU_SCALING_TIMEOUT = 150
+
+
+def cpu_thread_counts(cores):
+    """1, 2, 4, ... up to ``cores``, and ``cores`` itself: the sweep's thread counts."""
+    counts, n = [], 1
+    while n < cores:
+        counts.append(n)
+        n *= 2
+    return counts + [cores]
+
+
+def cpu_scaling_stage(out_dir, cores=None):
+    """``benchmarks.cpu`` sweeping the threads of this machine's cores for
+    ResNet-18 (skipped below 4 cores: the 2-core sweep is in benchmarks/results.md)."""
+    cores = cores or os.cpu_count() or 1
+    out = Path(out_dir) / "cpu-scaling.json"
+    argv = [sys.executable, "-m", "benchmarks.cpu", "--networks", CPU_SCALING_NETWORK,
+            "--threads", ",".join(map(str, cpu_thread_counts(cores))), "--rounds", "1",
+            "--kernels", "numba", "--out", str(out),
+            "--markdown", str(out.with_suffix(".md"))]
+    skip = (f"{cores} cores: the CPU scaling stage needs 4 or more" if cores < 4 else None)
+
+    def plan(records, seconds_left):
+        if seconds_left < CPU_SCALING_TIMEOUT:
+            return (f"{seconds_left:.0f} s left of the budget, {CPU_SCALING_TIMEOUT} s "
+                    "needed: raise --budget")
+        return None
+    return Stage("cpu_scaling", argv, CPU_SCALING_TIMEOUT,
+                 parse=lambda stdout: parse_cpu_scaling(json.loads(out.read_text())),
+                 skip=skip, plan=plan)
+
+
+def parse_cpu_scaling(report):
+    """{network: {threads: {ours, torch, ratio}}}, examples/s, from a
+    benchmarks.cpu report (its ``--out`` file)."""
+    from benchmarks.cpu import best
+    table = {}
+    for net in report["networks"]:
+        runs = {engine: best(rounds) or {} for engine, rounds in net["runs"].items()}
+        ours, torch = runs.get("numba", {}), runs.get("torch", {})
+        row = {"ours": ours.get("examples_per_s"), "torch": torch.get("examples_per_s")}
+        if row["ours"] and row["torch"]:
+            row["ratio"] = round(row["ours"] / row["torch"], 3)
+        table.setdefault(net["name"], {})[str(net["threads"])] = row
+    return table
 
 
 # d2l's Fashion-MNIST: 60,000 training and 10,000 test images; a test pass costs
@@ -303,6 +358,11 @@ def summary_lines(report):
         if name in ("environment", "probe") or name.startswith("bench:"):
             continue
         what = record.get("result") or {}
+        if name == "cpu_scaling" and what:
+            what = {f"{network} {t} threads":
+                    f"ours {r['ours']} / PyTorch {r['torch']} examples/s"
+                    + (f" = {r['ratio']:.2f}x" if "ratio" in r else "")
+                    for network, rows in what.items() for t, r in rows.items()}
         shown = (what.get("summary") if name == "pytest" else
                  ", ".join(f"{k} {v}" for k, v in what.items()) if what else "")
         lines.append(f"  {name}: {record['status']} {shown or record.get('note') or record.get('error') or ''}".rstrip())

@@ -92,6 +92,7 @@ def test_the_real_stage_list_covers_the_issue(tmp_path):
         "lenet", "resnet18", "densenet", "googlenet", "alexnet"}
     fashion = gpu_verify.stages(None, tmp_path)[-1]
     assert fashion.name == "fashion_mnist" and "no --data-dir" in fashion.skip
+    assert names[-2] == "cpu_scaling"         # issue 13's many-core sweep, after the GPU's
     assert sum(s.timeout for s in gpu_verify.stages(None, tmp_path)) > 450  # the budget binds
 
 
@@ -110,6 +111,45 @@ def test_parsers_reject_output_without_their_lines():
         parse_pytest("collected 0 items\n")
     with pytest.raises(ValueError):
         parse_training("Traceback ...\n")
+
+
+# ---------------------------------------------------------------- cpu_scaling
+@pytest.mark.parametrize("cores, threads", [(16, "1,2,4,8,16"), (12, "1,2,4,8,12"),
+                                            (4, "1,2,4")])
+def test_cpu_scaling_sweeps_the_threads_up_to_the_cores(tmp_path, cores, threads):
+    stage = gpu_verify.cpu_scaling_stage(tmp_path, cores=cores)
+    argv = stage.argv[stage.argv.index("benchmarks.cpu") + 1:]
+    assert argv[argv.index("--threads") + 1] == threads
+    assert argv[argv.index("--networks") + 1] == "resnet18" and stage.skip is None
+    assert stage.plan([], seconds_left=stage.timeout - 1) is not None    # would be cut off
+    assert stage.plan([], seconds_left=stage.timeout) is None
+
+
+def test_cpu_scaling_is_skipped_on_two_cores(tmp_path):
+    assert "2 cores" in gpu_verify.cpu_scaling_stage(tmp_path, cores=2).skip
+
+
+def cpu_report(rates):
+    """A benchmarks.cpu --out report: {threads: (ours, torch)} examples/s."""
+    def run(rate):
+        return {"examples_per_s": rate, "peak_rss_mb": 500.0, "baseline_rss_mb": 300.0}
+    return {"networks": [{"name": "resnet18", "batch": 64, "threads": t,
+                          "runs": {"numba": [run(ours)], "torch": [run(torch)]}}
+                         for t, (ours, torch) in rates.items()]}
+
+
+def test_cpu_scaling_reads_the_sweep_and_summarises_it(tmp_path):
+    stage = gpu_verify.cpu_scaling_stage(tmp_path, cores=16)
+    report = cpu_report({1: (45.0, 48.0), 16: (210.0, 300.0)})
+    out = tmp_path / "cpu-scaling.json"
+    stage.argv = [PY, "-c", f"import pathlib; pathlib.Path({str(out)!r}).write_text("
+                            f"{json.dumps(report)!r})"]
+    result = verify(None, tmp_path, budget_s=200, stage_list=[stage] + fake_stages()[:2])
+    assert result["stages"]["cpu_scaling"]["result"] == {"resnet18": {
+        "1": {"ours": 45.0, "torch": 48.0, "ratio": 0.938},
+        "16": {"ours": 210.0, "torch": 300.0, "ratio": 0.7}}}
+    summary = "\n".join(gpu_verify.summary_lines(result))
+    assert "resnet18 16 threads ours 210.0 / PyTorch 300.0 examples/s = 0.70x" in summary
 
 
 # ---------------------------------------------------------------- --d2l NAME…
