@@ -74,7 +74,8 @@ ELEMENTWISE = ("relu_forward", "relu_backward", "sigmoid_forward", "sigmoid_back
                "sgd_update")
 # the optimizers' steps over all parameters of a group at once (one launch on the GPU)
 MULTI_TENSOR = ("sgd_update_multi", "adam_update", "adam_update_multi")
-MATMUL = ("matmul",)     # stacked matrix products (the convolutions')
+# work split into shares over threads: stacked matrix products, a batch's chunks
+SHARES = ("matmul", "map_chunks")
 
 # Every kernel, in the reference module that defines it.
 REFERENCE = {
@@ -83,7 +84,7 @@ REFERENCE = {
     "kernels.pool_numpy": POOL + ADAPTIVE_POOL,
     "kernels.bn_numpy": BATCHNORM,
     "kernels.elementwise_numpy": ELEMENTWISE + MULTI_TENSOR,
-    "kernels.matmul_numpy": MATMUL,
+    "kernels.shares_numpy": SHARES,
 }
 KERNELS = tuple(name for names in REFERENCE.values() for name in names)
 
@@ -98,8 +99,8 @@ OVERLAYS = {
         # no loop for sigmoid_forward: a compiled tanh would not round as NumPy's does
         "kernels.elementwise_numba": ("relu_forward", "relu_backward", "sigmoid_backward",
                                       "sgd_update", "sgd_update_multi"),
-        # not a compiled loop: the stack of products split over threads
-        "kernels.matmul_threads": MATMUL,
+        # not compiled loops: stacks of products, and chunks, split over threads
+        "kernels.shares_threads": SHARES,
     },
 }
 
@@ -375,8 +376,14 @@ def adam_update_multi(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, ste
 
 def matmul(a, b, out=None):
     """a (..., M, K) @ b (..., K, N) over stacks of matrices, broadcast as
-    NumPy's ``matmul`` (``matmul_numpy.matmul``)."""
+    NumPy's ``matmul`` (``shares_numpy.matmul``)."""
     return _implementation("matmul", a)(a, b, out)
+
+
+def map_chunks(x, work, chunks):
+    """``[work(chunk) for chunk in chunks]`` over the chunks of batch ``x``
+    (index slices), in the chunks' order (``shares_numpy.map_chunks``)."""
+    return _implementation("map_chunks", x)(x, work, chunks)
 
 
 # ---------------------------------------------------------------- counting

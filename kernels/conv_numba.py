@@ -26,9 +26,9 @@ the loops compiled, or loaded from the disk cache, at the first call).
 """
 import numpy as np
 
-from . import conv_numpy
+from . import conv_numpy, threads
 from .geometry import conv_output_hw
-from .jit import compilable, on_first_use
+from .jit import compilable, for_shares, on_first_use
 
 prange = range          # numba.prange once the loops compile (kernels/jit.py)
 
@@ -83,6 +83,13 @@ def _col2im_loops(col, x, rows_inside, cols_inside, KH, KW, SH, SW, DH, DW, top,
 
 
 _compiled = on_first_use(_im2col_loops, _col2im_loops, parallel=True)
+# inside a share of a convolution's chunks (shares_threads.map_chunks): one thread
+_compiled_in_share = for_shares(_im2col_loops, _col2im_loops)
+
+
+def _loops():
+    """The loops for the calling thread: all threads, or its own inside a share."""
+    return _compiled_in_share() if threads.in_share() else _compiled()
 
 
 # ---------------------------------------------------------------- geometry
@@ -115,7 +122,7 @@ def im2col(x, kernel_size, stride, padding, dilation, merge_batch=False):
     col (N, C·KH·KW, OH·OW), or (C·KH·KW, N·OH·OW) with ``merge_batch``."""
     if not compilable(x):
         return conv_numpy.im2col(x, kernel_size, stride, padding, dilation, merge_batch)
-    im2col_loops = _compiled().im2col
+    im2col_loops = _loops().im2col
     x = np.ascontiguousarray(x)            # the loops read x row by row
     N, C = x.shape[:2]
     (OH, OW), geometry = _loop_arguments(x.shape, kernel_size, stride, padding, dilation)
@@ -135,7 +142,7 @@ def col2im(col, x_shape, kernel_size, stride, padding, dilation, merge_batch=Fal
     if not compilable(col):
         return conv_numpy.col2im(col, x_shape, kernel_size, stride, padding, dilation,
                                  merge_batch)
-    col2im_loops = _compiled().col2im
+    col2im_loops = _loops().col2im
     N, C = x_shape[:2]
     (OH, OW), geometry = _loop_arguments(x_shape, kernel_size, stride, padding, dilation)
     rows = C * kernel_size[0] * kernel_size[1]

@@ -85,12 +85,20 @@ def winograd_tiles(out_size):
 
 
 # ---------------------------------------------------------------- batches
-def batch_chunks(batch, bytes_per_image, budget):
+def batch_chunks(batch, bytes_per_image, budget, multiple_of=1):
     """Split a batch of ``batch`` images into as few slices as keep each slice's
     buffers within ``budget`` bytes (at least one image per slice), their
     sizes differing by at most one: 64 images at 49 per chunk go as 32 + 32,
-    not 49 + 15, which would make the second product a thin one."""
+    not 49 + 15, which would make the second product a thin one.
+
+    A batch that needs more than one slice gets a multiple of
+    ``multiple_of`` slices (the threads that run slices side by side,
+    ``kernels.map_chunks``; fewer where the batch has fewer images), so no
+    thread is left idle while another runs the last slice: 3 slices on 2
+    threads become 4."""
     images_per_chunk = max(1, budget // max(1, bytes_per_image))
     count = max(1, -(-batch // images_per_chunk))           # ceil(batch / images_per_chunk)
+    if count > 1:
+        count = min(batch, -(-count // multiple_of) * multiple_of)
     bounds = [batch * k // count for k in range(count + 1)]
     return [slice(start, stop) for start, stop in zip(bounds, bounds[1:])]

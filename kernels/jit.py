@@ -72,6 +72,25 @@ def on_first_use(*loops, parallel=False, **options):
     return compiled
 
 
+def for_shares(*loops, **options):
+    """``on_first_use`` of the same loops compiled for one thread with the GIL
+    released: what a parallel module's kernel runs inside a share of split
+    work (``threads.in_share()``, ``shares_threads.map_chunks``), where
+    several threads each run a whole chunk.  (``prange`` is ``range`` when
+    ``parallel`` is off.)  Each loop is compiled as a copy whose qualified
+    name ends in ``_in_share``: Numba's disk cache files a loop under its
+    name, and would otherwise hand one version's machine code to the other."""
+    return on_first_use(*map(_in_share_copy, loops), nogil=True, **options)
+
+
+def _in_share_copy(loop):
+    copy = types.FunctionType(loop.__code__, loop.__globals__, loop.__name__,
+                              loop.__defaults__, loop.__closure__)
+    copy.__qualname__ = loop.__qualname__ + "_in_share"
+    copy.__doc__ = loop.__doc__
+    return copy
+
+
 def loop_name(loop):
     """``_im2col_loops`` -> ``im2col``: how the namespace names a compiled loop."""
     name = loop.__name__.lstrip("_")

@@ -41,8 +41,10 @@ import contextlib
 import functools
 import os
 import sys
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
 import threadpoolctl
 
 # OpenBLAS reads the first of these that is set; the smallest value it accepts
@@ -186,10 +188,44 @@ def _numpy_blas():
     return tuple(blas_libraries())
 
 
+_share = threading.local()        # .active: this thread runs one share of split work
+
+
+def in_share():
+    """Whether the calling thread is running one share of work split over
+    threads (``map_in_shares``): its kernels then run on this thread alone
+    -- the compiled loops' one-thread versions, BLAS on one thread, no
+    further split -- while other threads run the other shares."""
+    return getattr(_share, "active", False)
+
+
+def shares_for(array):
+    """How many chunks of work on ``array`` run side by side
+    (``kernels.map_chunks``): get_num_threads() for a NumPy array, 1 for a
+    GPU array, whose chunks go one after another on its stream."""
+    return get_num_threads() if isinstance(array, np.ndarray) else 1
+
+
+def map_in_shares(work, items):
+    """``[work(item) for item in items]``, the items run side by side on
+    ``thread_pool()``'s threads, each taking the next item as it comes free,
+    each item's kernels on its thread alone (``in_share``) with BLAS on one
+    thread.  The results come back in the items' order whichever thread ran
+    them, so what the caller sums from them is summed in one fixed order."""
+    def run(item):
+        _share.active = True
+        try:
+            return work(item)
+        finally:
+            _share.active = False
+    with single_threaded_blas():
+        return list(thread_pool().map(run, items))
+
+
 @contextlib.contextmanager
 def single_threaded_blas():
     """Inside: every BLAS call runs on the thread that makes it, so several
-    threads can each run whole products side by side (``matmul_threads.py``).
+    threads can each run whole products side by side (``shares_threads.py``).
     OpenBLAS's thread count is one number for the whole process, not per
     thread: another thread of the program calling BLAS meanwhile runs on
     one thread too.  Restored to ``get_num_threads()`` on the way out."""

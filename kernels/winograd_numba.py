@@ -27,9 +27,9 @@ first call).
 """
 import numpy as np
 
-from . import winograd_numpy
+from . import threads, winograd_numpy
 from .geometry import winograd_tiles
-from .jit import compilable, on_first_use
+from .jit import compilable, for_shares, on_first_use
 
 prange = range          # numba.prange once the loops compile (kernels/jit.py)
 
@@ -203,6 +203,14 @@ def _weight_backward_loops(gU, gW):
 _compiled = on_first_use(_input_loops, _input_backward_loops, _output_loops,
                          _output_backward_loops, _weight_loops, _weight_backward_loops,
                          parallel=True)
+# inside a share of a convolution's chunks (shares_threads.map_chunks): one thread
+_compiled_in_share = for_shares(_input_loops, _input_backward_loops, _output_loops,
+                                _output_backward_loops)
+
+
+def _chunk_loops():
+    """The per-chunk loops for the calling thread: all threads, or its own inside a share."""
+    return _compiled_in_share() if threads.in_share() else _compiled()
 
 
 # ---------------------------------------------------------------- the interface
@@ -228,7 +236,7 @@ def winograd_input(x, padding, tiles):
     """``winograd_numpy.winograd_input``, compiled: x (n, C, H, W) -> V (4, 4, C, n, TH, TW)."""
     if not compilable(x):
         return winograd_numpy.winograd_input(x, padding, tiles)
-    loops = _compiled()
+    loops = _chunk_loops()
     x = np.ascontiguousarray(x)
     n, C = x.shape[:2]
     V = np.empty((4, 4, C, n) + tuple(tiles), dtype=x.dtype)
@@ -241,7 +249,7 @@ def winograd_input_backward(gV, x_shape, padding, out=None):
     if not compilable(gV):
         return winograd_numpy.winograd_input_backward(gV, x_shape, padding, out)
     gx = _output_array(out, tuple(x_shape), gV.dtype)
-    _compiled().input_backward(np.ascontiguousarray(gV), gx, padding[0], padding[2])
+    _chunk_loops().input_backward(np.ascontiguousarray(gV), gx, padding[0], padding[2])
     return _deliver(gx, out)
 
 
@@ -251,7 +259,7 @@ def winograd_output(M, out_hw, out=None):
         return winograd_numpy.winograd_output(M, out_hw, out)
     _, _, O, n = M.shape[:4]
     y = _output_array(out, (n, O) + tuple(out_hw), M.dtype)
-    _compiled().output(np.ascontiguousarray(M), y)
+    _chunk_loops().output(np.ascontiguousarray(M), y)
     return _deliver(y, out)
 
 
@@ -277,7 +285,7 @@ def winograd_output_backward(gy):
     """``winograd_numpy.winograd_output_backward``, compiled: gy (n, O, OH, OW) -> gM."""
     if not compilable(gy):
         return winograd_numpy.winograd_output_backward(gy)
-    loops = _compiled()
+    loops = _chunk_loops()
     n, O, OH, OW = gy.shape
     gM = np.empty((4, 4, O, n, winograd_tiles(OH), winograd_tiles(OW)), dtype=gy.dtype)
     loops.output_backward(np.ascontiguousarray(gy), gM)

@@ -292,7 +292,7 @@ def test_gpu_kernels_fall_back_to_the_reference_without_numba_cuda(monkeypatch):
         **{name: "kernels.pool_numpy" for name in ADAPTIVE},
         **{name: "kernels.elementwise_numpy" for name in ELEMENTWISE},
         **{name: "kernels.winograd_numpy" for name in WINOGRAD},
-        "matmul": "kernels.matmul_numpy"}
+        "matmul": "kernels.shares_numpy"}
 
 
 def test_gpu_kernels_are_the_cuda_ones_when_numba_reaches_the_gpu(monkeypatch):
@@ -309,6 +309,6 @@ def test_gpu_kernels_are_the_cuda_ones_when_numba_reaches_the_gpu(monkeypatch):
     # nor the Winograd transforms (einsum on CuPy arrays); the stacked products
     # are cuBLAS's, through CuPy's matmul.
     assert {chosen[name].__module__ for name in ADAPTIVE} == {"kernels.pool_numpy"}
-    assert chosen["matmul"].__module__ == "kernels.matmul_numpy"
+    assert chosen["matmul"].__module__ == "kernels.shares_numpy"
     assert {chosen[name].__module__ for name in ELEMENTWISE} == {"kernels.elementwise_numpy"}
     assert {chosen[name].__module__ for name in WINOGRAD} == {"kernels.winograd_numpy"}

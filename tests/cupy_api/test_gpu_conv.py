@@ -85,7 +85,7 @@ def test_gpu_conv_is_one_im2col_one_product_per_pass_whatever_the_cpu_budget(
     assert fn.name == "Conv2d[im2col]" and len(fn.chunks) == 1
     # forward im2col, backward im2col (for dW) and col2im: once each for the batch;
     # the three products too (W @ col, dy @ colᵀ, Wᵀ @ dy)
-    assert calls == {"im2col": 2, "col2im": 1, "matmul": 3}
+    assert calls == {"im2col": 2, "col2im": 1, "matmul": 3, "map_chunks": 2}
     assert len(fake.products) == 3          # W @ col, dy @ colᵀ, Wᵀ @ dy
     assert_close(ours, expected)
     # on the CPU the same budget rule cuts it per image

@@ -6,6 +6,7 @@ import pytest
 import kernels
 from kernels.geometry import batch_chunks
 from tests.inputs import distinct
+import tinygrad_cnn as tc
 from tinygrad_cnn import Tensor, gradcheck
 from tinygrad_cnn.ops import conv as conv_module
 from tinygrad_cnn.ops.conv import conv2d, conv2d_simple, set_column_budget
@@ -261,10 +262,14 @@ def test_conv2d_simple_checks_arguments_too(name):
 # ---------------------------------------------------------------- column chunks
 @pytest.fixture
 def column_budget():
-    """Set the column budget inside a test; restored afterwards."""
-    previous = conv_module.column_budget
+    """Set the column budget inside a test; restored afterwards.  On one thread:
+    with more, a batch needing several chunks gets a multiple of the thread
+    count (tests/ops/test_conv_shares.py), which these counts do not follow."""
+    previous, threads = conv_module.column_budget, tc.get_num_threads()
+    tc.set_num_threads(1)
     yield set_column_budget
     set_column_budget(previous)
+    tc.set_num_threads(threads)
 
 
 def column_bytes_per_image(cfg):
@@ -406,6 +411,20 @@ def test_pointwise_reads_a_non_contiguous_input(dtype):
     np.testing.assert_allclose(y.detach().numpy(), expected, rtol=tolerance, atol=tolerance)
     y.sum().backward()
     assert x_t.grad.shape == x_t.shape
+
+
+@pytest.mark.parametrize("batch, image_bytes, budget, threads, count", [
+    (64, 10, 490, 2, 2), (5, 3, 6, 2, 4), (7, 100, 1, 2, 7), (7, 100, 1, 4, 7),
+    (64, 10, 200, 4, 4), (64, 10, 150, 4, 8), (64, 10, 1000, 16, 1), (3, 10, 10, 4, 3)])
+def test_batch_chunks_come_in_multiples_of_the_threads(batch, image_bytes, budget, threads,
+                                                      count):
+    # one chunk stays one (it runs with every thread on it); several are rounded up to
+    # a multiple of the threads, or to one image each
+    chunks = batch_chunks(batch, image_bytes, budget, threads)
+    assert len(chunks) == count
+    assert [i for c in chunks for i in range(batch)[c]] == list(range(batch))
+    sizes = [len(range(batch)[c]) for c in chunks]
+    assert max(sizes) - min(sizes) <= 1 and max(sizes) * image_bytes <= max(budget, image_bytes)
 
 
 @pytest.mark.parametrize("batch, image_bytes, budget", [

@@ -132,14 +132,15 @@ def run_in_chunks(run, x, bytes_per_image, budget):
     again and ``run`` retried once, if that makes the chunks smaller; else
     the error stands."""
     batch = x.shape[0]
-    chunks = batch_chunks(batch, bytes_per_image, budget)
+    shares = kernels.threads.shares_for(x)
+    chunks = batch_chunks(batch, bytes_per_image, budget, shares)
     try:
         return run(chunks), chunks, budget
     except backend.out_of_memory_errors():
         if column_budget is not None:           # a bound the user set: not ours to change
             raise
         budget = cuda.conv_column_budget(x.device.id, refresh=True)
-        smaller = batch_chunks(batch, bytes_per_image, budget)
+        smaller = batch_chunks(batch, bytes_per_image, budget, shares)
         if len(smaller) <= len(chunks):
             raise
         return run(smaller), smaller, budget
@@ -227,13 +228,15 @@ class Conv2dIm2col(Function):
         N, O, G = x.shape[0], W.shape[0], self.groups
         Wg = W.reshape(G, O // G, -1)
         y = xp.empty((N, O, L), dtype=xp.result_type(x, W))
-        for chunk in chunks:
+
+        def run(chunk):     # the chunks write disjoint parts of y: they may run side by side
             y_chunk = kernels.matmul(Wg, self._columns(x[chunk]))  # (G, O/G, n·L): the GEMM
             y_chunk = y_chunk.reshape(O, -1, L).transpose(1, 0, 2)   # -> (n, O, L)
             if b is None:
                 y[chunk] = y_chunk
             else:       # the bias rides along the copy: no second pass over y
                 xp.add(y_chunk, b.reshape(O, 1), out=y[chunk])
+        kernels.map_chunks(x, run, chunks)
         return y
 
     def backward(self, gy):
@@ -251,20 +254,20 @@ class Conv2dIm2col(Function):
         _, O, OH, OW = gy.shape
         G = self.groups
         WgT = W.reshape(G, O // G, -1).swapaxes(1, 2) if need_x else None     # (G, K, O/G)
-        gW = gb = None
         whole_batch = len(chunks) == 1
         gx = xp.empty(self.x_shape, dtype=gy.dtype) if need_x and not whole_batch else None
-        for chunk in chunks:
+
+        def run(chunk):     # -> this chunk's (dW, db); its dx goes into its own part of gx
             n = len(gy[chunk])
             # (n, O, OH, OW) -> (G, O/G, n·L), the layout of the forward's product
             gy_chunk = xp.ascontiguousarray(gy[chunk].reshape(n, O, OH * OW).transpose(1, 0, 2))
             gy_chunk = gy_chunk.reshape(G, O // G, n * OH * OW)
-            if need_b:      # db = Σ dy, summed while the chunk is in the cache
-                gb = accumulate(gb, gy_chunk.sum(axis=2).reshape(O))
-            col = None
+            # db = Σ dy, summed while the chunk is in the cache
+            gb_chunk = gy_chunk.sum(axis=2).reshape(O) if need_b else None
+            col = gW_chunk = gx_chunk = None
             if need_W:
                 col = self._columns(x[chunk])
-                gW = accumulate(gW, kernels.matmul(gy_chunk, col.swapaxes(1, 2)))   # (G, O/G, K)
+                gW_chunk = kernels.matmul(gy_chunk, col.swapaxes(1, 2))     # (G, O/G, K)
             if need_x:
                 # The columns are used up: Wᵀ @ dy may overwrite their buffer --
                 # unless im2col returned a view of x itself (no padding, windows
@@ -275,10 +278,18 @@ class Conv2dIm2col(Function):
                                           (n,) + self.x_shape[1:], self.W_shape[2:],
                                           self.stride, self.padding, self.dilation,
                                           merge_batch=True)
-                if whole_batch:     # col2im's output is dx: no copy into a second buffer
-                    gx = gx_chunk
-                else:
-                    gx[chunk] = gx_chunk
+                if not whole_batch:
+                    gx[chunk], gx_chunk = gx_chunk, None     # (not kept past its copy)
+            return gW_chunk, gb_chunk, gx_chunk
+        per_chunk = kernels.map_chunks(gy, run, chunks)
+        if need_x and whole_batch:      # col2im's output is dx: no copy into a second buffer
+            gx = per_chunk[0][2]
+        gW = gb = None
+        for gW_chunk, gb_chunk, _ in per_chunk:    # summed in the chunks' order
+            if need_W:
+                gW = accumulate(gW, gW_chunk)
+            if need_b:
+                gb = accumulate(gb, gb_chunk)
         gW = gW.reshape(self.W_shape) if need_W else None
         if not self.has_bias:
             return gx, gW
@@ -358,10 +369,13 @@ class Conv2dPointwise(Function):
     def _weight_grad(self, gy, x, chunks):
         """dW = Σ_chunks dy_chunk @ x_chunkᵀ, each chunk's images side by side."""
         xp = get_array_module(gy)
-        gW = None
-        for chunk in chunks:
+
+        def run(chunk):
             gy_chunk, x_chunk = (_side_by_side(xp, a[chunk], self.groups) for a in (gy, x))
-            gW = accumulate(gW, kernels.matmul(gy_chunk, x_chunk.swapaxes(1, 2)))  # (G, O/G, C/G)
+            return kernels.matmul(gy_chunk, x_chunk.swapaxes(1, 2))     # (G, O/G, C/G)
+        gW = None
+        for term in kernels.map_chunks(gy, run, chunks):      # summed in the chunks' order
+            gW = accumulate(gW, term)
         return gW.reshape(self.W_shape)
 
 

@@ -99,13 +99,15 @@ class Conv2dWinograd(Function):
         self.save_for_backward(x if need_W else None, U if need_x else None)
         self.x_shape = x.shape
         bytes_per_image = 16 * (C + O) * tiles[0] * tiles[1] * x.dtype.itemsize
-        self.chunks = batch_chunks(N, bytes_per_image, self.column_budget)
+        self.chunks = batch_chunks(N, bytes_per_image, self.column_budget, kernels.threads.shares_for(x))
         y = xp.empty((N, O) + out_hw, dtype=xp.result_type(x, W))
-        for chunk in self.chunks:
+
+        def run(chunk):     # the chunks write disjoint parts of y: they may run side by side
             V = kernels.winograd_input(x[chunk], self.padding, tiles)      # (4, 4, C, n, TH, TW)
             n = V.shape[3]
             M = kernels.matmul(U, V.reshape(16, C, -1))   # the 16 products: (16, O, n·TH·TW)
             kernels.winograd_output(M.reshape((4, 4, O, n) + tiles), out_hw, out=y[chunk])
+        kernels.map_chunks(x, run, self.chunks)
         if b is not None:
             y += b.reshape(1, O, 1, 1)
         return y
@@ -119,20 +121,28 @@ class Conv2dWinograd(Function):
         O = gy.shape[1]
         tiles = tuple(winograd_tiles(size) for size in gy.shape[2:])
         gx = xp.empty(self.x_shape, dtype=gy.dtype) if need_x else None
-        gU = 0
-        for chunk in self.chunks:
+
+        def run(chunk):     # -> this chunk's dU; its dx goes into its own part of gx
             gM = kernels.winograd_output_backward(gy[chunk])     # (4, 4, O, n, TH, TW)
             n = gM.shape[3]
             gM = gM.reshape(16, O, -1)
+            gU = None
             if need_W:
                 V = kernels.winograd_input(x[chunk], self.padding, tiles).reshape(16, C, -1)
-                gU = gU + kernels.matmul(gM, V.swapaxes(1, 2))   # (16, O, C)
+                gU = kernels.matmul(gM, V.swapaxes(1, 2))        # (16, O, C)
             if need_x:
                 gV = kernels.matmul(U.swapaxes(1, 2), gM)        # (16, C, n·TH·TW)
                 kernels.winograd_input_backward(gV.reshape((4, 4, C, n) + tiles),
                                                 (n,) + self.x_shape[1:], self.padding,
                                                 out=gx[chunk])
-        gW = kernels.winograd_weight_backward(gU.reshape(4, 4, O, C)) if need_W else None
+            return gU
+        per_chunk = kernels.map_chunks(gy, run, self.chunks)
+        gW = None
+        if need_W:      # dU = Σ_chunks, summed in the chunks' order wherever they ran
+            gU = per_chunk[0]
+            for term in per_chunk[1:]:
+                gU += term
+            gW = kernels.winograd_weight_backward(gU.reshape(4, 4, O, C))
         if not self.has_bias:
             return gx, gW
         return gx, gW, gy.sum(axis=(0, 2, 3)) if need_b else None

@@ -1,14 +1,16 @@
-"""The stacked matrix product kernel: matmul_threads (the stack split over
-threads, BLAS on one thread in each) against matmul_numpy (NumPy's matmul),
+"""The stacked matrix product kernel: shares_threads (the stack split over
+threads, BLAS on one thread in each) against shares_numpy (NumPy's matmul),
 on the stacks the convolutions make -- Winograd's (16, M, K) @ (16, K, N), a
 1×1 convolution's (G, M, K) broadcast against (N, G, K, L), transposed views
 -- in float32 and float64; which calls are split and which go to the
 reference; errors and BLAS's thread count after the call."""
+import threading
+
 import numpy as np
 import pytest
 
 import kernels
-from kernels import matmul_numpy, matmul_threads, threads
+from kernels import shares_numpy, shares_threads, threads
 
 # The thread count is process-wide: each test sets what it needs and restores it.
 pytestmark = pytest.mark.kernel_free
@@ -30,7 +32,7 @@ def two_threads(monkeypatch):
     """Two threads, and every stack worth splitting (the size rule is tested below)."""
     before = threads.get_num_threads()
     threads.set_num_threads(2)
-    monkeypatch.setattr(matmul_threads, "MIN_MULTIPLY_ADDS_PER_THREAD", 0)
+    monkeypatch.setattr(shares_threads, "MIN_MULTIPLY_ADDS_PER_THREAD", 0)
     yield
     threads.set_num_threads(before)
 
@@ -57,7 +59,7 @@ def split_calls(monkeypatch):
 def test_split_stack_equals_numpys_matmul(two_threads, monkeypatch, name, dtype):
     a, b = operands(name, dtype)
     submitted = split_calls(monkeypatch)
-    y = matmul_threads.matmul(a, b)
+    y = shares_threads.matmul(a, b)
     expected = np.matmul(a, b)
     assert y.dtype == expected.dtype and y.shape == expected.shape
     # each product is BLAS's own, only on one thread: the same sums in the same order
@@ -69,7 +71,7 @@ def test_split_stack_equals_numpys_matmul(two_threads, monkeypatch, name, dtype)
 def test_out_receives_the_product(two_threads, name):
     a, b = operands(name, np.float32)
     out = np.full(np.matmul(a, b).shape, np.nan, np.float32)
-    assert matmul_threads.matmul(a, b, out=out) is out
+    assert shares_threads.matmul(a, b, out=out) is out
     np.testing.assert_allclose(out, np.matmul(a, b), rtol=1e-6)
 
 
@@ -93,10 +95,10 @@ def test_what_goes_to_the_reference(monkeypatch, case):
         out = np.empty((16, 24, 600), np.float32)[:, :, ::2]
     submitted = split_calls(monkeypatch)
     reference = []
-    monkeypatch.setattr(matmul_numpy, "matmul",
+    monkeypatch.setattr(shares_numpy, "matmul",
                         lambda *args, **kw: reference.append(1) or np.matmul(*args, **kw))
     expected = np.matmul(a, b)
-    y = matmul_threads.matmul(a, b, out=out)
+    y = shares_threads.matmul(a, b, out=out)
     np.testing.assert_allclose(y, expected, rtol=1e-3)
     assert (submitted, reference) == ([], [1])
 
@@ -107,14 +109,14 @@ def test_one_thread_and_small_stacks_are_not_split(monkeypatch):
     before = threads.get_num_threads()
     try:
         threads.set_num_threads(1)
-        matmul_threads.matmul(a, b)
+        shares_threads.matmul(a, b)
         assert submitted == []
         threads.set_num_threads(2)
-        monkeypatch.setattr(matmul_threads, "MIN_MULTIPLY_ADDS_PER_THREAD", 2 * 10**6)
-        matmul_threads.matmul(a, b)                 # 1.15M per thread: below the bound
+        monkeypatch.setattr(shares_threads, "MIN_MULTIPLY_ADDS_PER_THREAD", 2 * 10**6)
+        shares_threads.matmul(a, b)                 # 1.15M per thread: below the bound
         assert submitted == []
-        monkeypatch.setattr(matmul_threads, "MIN_MULTIPLY_ADDS_PER_THREAD", 10**6)
-        matmul_threads.matmul(a, b)
+        monkeypatch.setattr(shares_threads, "MIN_MULTIPLY_ADDS_PER_THREAD", 10**6)
+        shares_threads.matmul(a, b)
         assert len(submitted) == 1
     finally:
         threads.set_num_threads(before)
@@ -122,7 +124,7 @@ def test_one_thread_and_small_stacks_are_not_split(monkeypatch):
 
 def test_blas_threads_come_back_after_a_split_and_after_an_error(two_threads, monkeypatch):
     a, b = operands("winograd", np.float32)
-    matmul_threads.matmul(a, b)
+    shares_threads.matmul(a, b)
     assert [lib.num_threads for lib in threads.blas_libraries()] == [2] * len(
         threads.blas_libraries())
     calls = []
@@ -133,9 +135,9 @@ def test_blas_threads_come_back_after_a_split_and_after_an_error(two_threads, mo
         if len(calls) == 2:
             raise MemoryError("share failed")
         return real(*args, **kwargs)
-    monkeypatch.setattr(matmul_threads.np, "matmul", failing_share)
+    monkeypatch.setattr(shares_threads.np, "matmul", failing_share)
     with pytest.raises(MemoryError, match="share failed"):
-        matmul_threads.matmul(a, b)
+        shares_threads.matmul(a, b)
     monkeypatch.undo()
     assert all(lib.num_threads == 2 for lib in threads.blas_libraries())
 
@@ -147,8 +149,8 @@ def test_inside_a_split_blas_runs_on_one_thread(two_threads, monkeypatch):
     def recording(*args, **kwargs):
         seen.append(tuple(lib.num_threads for lib in threads.blas_libraries()))
         return real(*args, **kwargs)
-    monkeypatch.setattr(matmul_threads.np, "matmul", recording)
-    matmul_threads.matmul(*operands("winograd", np.float32))
+    monkeypatch.setattr(shares_threads.np, "matmul", recording)
+    shares_threads.matmul(*operands("winograd", np.float32))
     assert seen and all(set(s) == {1} for s in seen)
 
 
@@ -156,8 +158,77 @@ def test_the_numba_set_runs_the_threaded_matmul_and_numpy_the_reference():
     a, b = operands("winograd", np.float32)
     previous = kernels.set_kernels("numba")
     try:
-        assert kernels.which("matmul", a) == "kernels.matmul_threads.matmul"
+        assert kernels.which("matmul", a) == "kernels.shares_threads.matmul"
         kernels.set_kernels("numpy")
-        assert kernels.which("matmul", a) == "kernels.matmul_numpy.matmul"
+        assert kernels.which("matmul", a) == "kernels.shares_numpy.matmul"
     finally:
         kernels.set_kernels(previous)
+
+
+# ---------------------------------------------------------------- map_chunks
+def test_map_chunks_runs_the_chunks_as_shares_and_keeps_their_order(two_threads):
+    seen = []
+
+    def work(chunk):
+        seen.append((chunk, threads.in_share(), threading.current_thread().name,
+                     tuple(lib.num_threads for lib in threads.blas_libraries())))
+        return chunk.start
+    chunks = [slice(i, i + 2) for i in range(0, 12, 2)]
+    x = np.zeros((12, 3), np.float32)
+    assert shares_threads.map_chunks(x, work, chunks) == [c.start for c in chunks]
+    assert sorted(s[0].start for s in seen) == [c.start for c in chunks]
+    assert all(in_share and blas == (1,) * len(blas) for _, in_share, _, blas in seen)
+    assert all(name.startswith("tinygrad_cnn") for _, _, name, _ in seen)   # the pool's
+    assert not threads.in_share()
+    assert all(lib.num_threads == 2 for lib in threads.blas_libraries())
+
+
+@pytest.mark.parametrize("case", ["one-chunk", "one-thread", "inside-a-share", "float16"])
+def test_map_chunks_runs_on_the_calling_thread(case):
+    before = threads.get_num_threads()
+    threads.set_num_threads(1 if case == "one-thread" else 2)
+    chunks = [slice(0, 2)] if case == "one-chunk" else [slice(0, 2), slice(2, 4)]
+    x = np.zeros((4, 3), np.float16 if case == "float16" else np.float32)
+    names = []
+    try:
+        threads._share.active = case == "inside-a-share"
+        shares_threads.map_chunks(x, lambda c: names.append(threading.current_thread().name),
+                                  chunks)
+    finally:
+        threads._share.active = False
+        threads.set_num_threads(before)
+    assert names == [threading.current_thread().name] * len(chunks)
+
+
+def test_an_error_in_a_share_reaches_the_caller_and_blas_threads_come_back(two_threads):
+    def work(chunk):
+        if chunk.start == 4:
+            raise ValueError("chunk 4 failed")
+        return chunk.start
+    with pytest.raises(ValueError, match="chunk 4 failed"):
+        shares_threads.map_chunks(np.zeros(8, np.float32), work,
+                                  [slice(i, i + 2) for i in range(0, 8, 2)])
+    assert all(lib.num_threads == 2 for lib in threads.blas_libraries())
+
+
+@pytest.mark.parametrize("kernel", ["im2col", "winograd_input"])
+def test_inside_a_share_the_compiled_loops_are_the_one_thread_nogil_ones(two_threads, kernel):
+    from kernels import conv_numba, winograd_numba
+    x = np.random.default_rng(1).standard_normal((3, 16, 10, 10)).astype(np.float32)
+    run = {"im2col": lambda: kernels.im2col(x, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), True),
+           "winograd_input": lambda: kernels.winograd_input(x, (1, 1, 1, 1), (5, 5))}[kernel]
+    module = {"im2col": conv_numba, "winograd_input": winograd_numba}[kernel]
+    outside = run()
+    loops = module._compiled_in_share()
+    calls = []
+    name = {"im2col": "im2col", "winograd_input": "input"}[kernel]
+    real = getattr(loops, name)
+    try:
+        setattr(loops, name, lambda *args: calls.append(1) or real(*args))
+        inside = shares_threads.map_chunks(x, lambda chunk: run(), [0, 1])
+    finally:
+        setattr(loops, name, real)
+    assert calls == [1, 1]
+    assert real.targetoptions.get("nogil") and not real.targetoptions.get("parallel")
+    for result in inside:
+        np.testing.assert_array_equal(result, outside)

@@ -1,0 +1,35 @@
+"""Reference of the work ``shares_threads.py`` splits over threads: a stack of
+matrix products, and the chunks of a batch a convolution runs one by one.
+
+``matmul(a, b, out=None)`` = ``a @ b``.  The convolutions' products come in
+stacks: Winograd's 16 products (16, O, C) @ (16, C, T), a 1×1 convolution's
+one product per image (O, C) @ (N, C, H·W), broadcast the NumPy way (the
+leading axes of the two operands broadcast against each other; a missing
+axis counts as 1).  The reference is NumPy's (or CuPy's) ``matmul`` itself:
+BLAS is called once per matrix of the stack, and splits each product over
+its own threads.
+
+``map_chunks(x, work, chunks)`` = ``[work(chunk) for chunk in chunks]``: a
+convolution cuts its batch into chunks (``geometry.batch_chunks``) and runs
+``work`` -- im2col or the Winograd transforms, the products, the way back --
+on one chunk after another; ``x`` is the batch, which says where the work
+runs (NumPy or CuPy).  Here each chunk's kernels spread over the threads
+themselves.
+
+Signatures
+----------
+matmul(a, b, out=None) -> y        a (..., M, K), b (..., K, N) -> y (..., M, N);
+                                   written into ``out`` when given
+map_chunks(x, work, chunks) -> [work(chunk) for chunk in chunks]
+"""
+from .arrays import get_array_module
+
+
+def matmul(a, b, out=None):
+    """``a @ b`` over stacks of matrices, broadcast as NumPy's ``matmul`` does."""
+    return get_array_module(a, b).matmul(a, b, out=out)
+
+
+def map_chunks(x, work, chunks):
+    """``work(chunk)`` for each chunk of the batch ``x``, one after another, in order."""
+    return [work(chunk) for chunk in chunks]

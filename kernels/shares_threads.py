@@ -1,0 +1,106 @@
+"""Work split into shares over threads: the CPU set's ``matmul`` and
+``map_chunks`` (the interface of ``shares_numpy``).
+
+Both answer one problem: small pieces of work cut up over threads spend as
+much time handing out parts and waiting for the slowest as computing.
+
+``matmul``: NumPy's ``a @ b`` on a stack of matrices calls BLAS once per
+matrix, one after another, and OpenBLAS splits each of those products over
+its threads.  A convolution's stacked products are small -- Winograd's 16
+products (O, C) @ (C, tiles) of one chunk of the batch, a 1×1 convolution's
+(O, C) @ (C, H·W) per image -- and ResNet-18's (64, 64) @ (64, 1728) ran no
+faster on 2 threads than on 1.  Here the stack is cut instead: each thread
+runs whole products of its share of the stack with BLAS on one thread
+(``threads.single_threaded_blas``), the calling thread one share,
+``threads.thread_pool()`` the others; BLAS releases the GIL, so the shares
+run side by side.
+
+``map_chunks``: a convolution runs its chunks of the batch one after
+another, and each chunk is several short steps (im2col or a Winograd
+transform, the products, col2im or the output transform), each spread over
+all threads and waited for before the next starts; the threads idle at every
+hand-over.  Here whole chunks are the shares (``threads.map_in_shares``):
+each thread runs every step of its chunk on its own -- the compiled loops'
+one-thread versions (``jit.for_shares``), BLAS on one thread -- and takes
+the next chunk when done.
+
+Stacks or batches too short to share, one thread, work already inside a
+share, and anything but NumPy float32/float64 arrays go to the reference
+(the measurements are in benchmarks/results.md, "Figures behind design
+choices in kernels/").
+"""
+import numpy as np
+
+from . import shares_numpy, threads
+from .jit import compilable
+
+# Below this many multiply-adds per thread the hand-over to the pool (tens of
+# microseconds) costs about what the products do.
+MIN_MULTIPLY_ADDS_PER_THREAD = 2**20
+
+
+def matmul(a, b, out=None):
+    """``shares_numpy.matmul``: ``a @ b`` over stacks, the stack's leading axis
+    split over threads."""
+    plan = _plan(a, b, out)
+    if plan is None:
+        return shares_numpy.matmul(a, b, out=out)
+    shape, parts = plan
+    if out is None:
+        out = np.empty(shape, dtype=a.dtype)
+    stack = shape[0]
+    bounds = [stack * p // parts for p in range(parts + 1)]
+    batch_ndim = len(shape) - 2
+
+    def run(lo, hi):
+        np.matmul(_rows(a, lo, hi, batch_ndim), _rows(b, lo, hi, batch_ndim), out=out[lo:hi])
+
+    with threads.single_threaded_blas():
+        pool = threads.thread_pool()
+        jobs = [pool.submit(run, lo, hi) for lo, hi in zip(bounds[1:-1], bounds[2:])]
+        try:
+            run(bounds[0], bounds[1])           # the calling thread's share
+        finally:
+            for job in jobs:
+                job.result()                    # waits, and re-raises a share's error
+    return out
+
+
+def _plan(a, b, out):
+    """(result shape, number of shares) when the stack is worth splitting, else None."""
+    if threads.in_share() or not (compilable(a, b) and a.dtype == b.dtype and a.ndim >= 2
+                                  and b.ndim >= 2 and a.shape[-1] == b.shape[-2]):
+        return None
+    try:
+        stack_shape = np.broadcast_shapes(a.shape[:-2], b.shape[:-2])
+    except ValueError:
+        return None                             # the reference raises NumPy's message
+    shape = stack_shape + (a.shape[-2], b.shape[-1])
+    if out is not None and not (isinstance(out, np.ndarray) and out.shape == shape
+                                and out.dtype == a.dtype and out.flags.c_contiguous):
+        return None
+    if not stack_shape or stack_shape[0] < 2:
+        return None
+    parts = min(stack_shape[0], threads.numba_threads())
+    multiply_adds = np.prod(shape, dtype=np.int64) * a.shape[-1]
+    if parts < 2 or multiply_adds < MIN_MULTIPLY_ADDS_PER_THREAD * parts:
+        return None
+    return shape, parts
+
+
+def _rows(operand, lo, hi, batch_ndim):
+    """The operand's share of the stack: its rows lo:hi of the leading stack
+    axis, or all of it where it is broadcast along that axis (fewer stack
+    axes than the result, or length 1 there)."""
+    if operand.ndim - 2 < batch_ndim or operand.shape[0] == 1:
+        return operand
+    return operand[lo:hi]
+
+
+def map_chunks(x, work, chunks):
+    """``shares_numpy.map_chunks``: ``work(chunk)`` for each chunk, the chunks
+    run side by side as shares (results in the chunks' order)."""
+    if (len(chunks) < 2 or threads.numba_threads() < 2 or threads.in_share()
+            or not compilable(x)):
+        return shares_numpy.map_chunks(x, work, chunks)
+    return threads.map_in_shares(work, chunks)
