@@ -99,7 +99,7 @@ def test_what_goes_to_the_reference(monkeypatch, case):
                         lambda *args, **kw: reference.append(1) or np.matmul(*args, **kw))
     expected = np.matmul(a, b)
     y = shares_threads.matmul(a, b, out=out)
-    np.testing.assert_allclose(y, expected, rtol=1e-3)
+    np.testing.assert_allclose(y, expected, rtol=1e-3, atol=1e-4)   # a strided out: NumPy 1.x sums otherwise
     assert (submitted, reference) == ([], [1])
 
 
