@@ -21,8 +21,8 @@ rule, decided on its first array argument:
    (``FUSED_OVERLAYS``: ReLU, the sigmoid, batch norm, the optimizers'
    multi-tensor steps; ``fused_cupy.why_not``), which take batch norm over
    from numba.cuda (their launches cost far less host time: that module says
-   why).  The Winograd and adaptive-pooling kernels have no
-   GPU version: CuPy runs their references' expressions as GPU kernels, and
+   why).  The Winograd, direct-convolution and adaptive-pooling kernels
+   have no GPU version: CuPy runs their references' expressions as GPU kernels, and
    so it runs every reference whose layers cannot run.
 3. **The dtype**: compiled CPU loops take NumPy float32 and float64 arrays
    only (``kernels/jit.py``); any other dtype (float16, integers) runs the
@@ -66,6 +66,8 @@ heap.keep_freed_memory()
 CONV = ("im2col", "col2im")
 WINOGRAD = ("winograd_weight", "winograd_weight_backward", "winograd_input",
             "winograd_input_backward", "winograd_output", "winograd_output_backward")
+CONV_DIRECT = ("conv_direct_forward", "conv_direct_backward_input",
+               "conv_direct_backward_weight")
 POOL = ("maxpool2d_forward", "maxpool2d_backward", "avgpool2d_forward", "avgpool2d_backward")
 ADAPTIVE_POOL = ("adaptive_avgpool2d_forward", "adaptive_avgpool2d_backward",
                  "adaptive_maxpool2d_forward", "adaptive_maxpool2d_backward")
@@ -81,6 +83,7 @@ SHARES = ("matmul", "map_chunks")
 REFERENCE = {
     "kernels.conv_numpy": CONV,
     "kernels.winograd_numpy": WINOGRAD,
+    "kernels.conv_direct_numpy": CONV_DIRECT,
     "kernels.pool_numpy": POOL + ADAPTIVE_POOL,
     "kernels.bn_numpy": BATCHNORM,
     "kernels.elementwise_numpy": ELEMENTWISE + MULTI_TENSOR,
@@ -94,6 +97,7 @@ OVERLAYS = {
     "numba": {
         "kernels.conv_numba": CONV,
         "kernels.winograd_numba": WINOGRAD,
+        "kernels.conv_direct_numba": CONV_DIRECT,
         "kernels.pool_numba": POOL + ADAPTIVE_POOL,
         "kernels.bn_numba": BATCHNORM,
         # no loop for sigmoid_forward: a compiled tanh would not round as NumPy's does
@@ -259,6 +263,26 @@ def winograd_output_backward(gy):
     """gy (n, O, OH, OW) -> gM = A gy Aᵀ per tile
     (``winograd_numpy.winograd_output_backward``)."""
     return _implementation("winograd_output_backward", gy)(gy)
+
+
+def conv_direct_forward(x, W, stride, padding, dilation):
+    """x (N, C, H, W), W (O, C, KH, KW) -> y (N, O, OH, OW), each output summed
+    directly, no bias (``conv_direct_numpy.conv_direct_forward``)."""
+    return _implementation("conv_direct_forward", x)(x, W, stride, padding, dilation)
+
+
+def conv_direct_backward_input(gy, W, x_shape, stride, padding, dilation):
+    """gy (N, O, OH, OW), W -> gx (N, C, H, W)
+    (``conv_direct_numpy.conv_direct_backward_input``)."""
+    return _implementation("conv_direct_backward_input", gy)(gy, W, x_shape, stride, padding,
+                                                             dilation)
+
+
+def conv_direct_backward_weight(gy, x, kernel_size, stride, padding, dilation):
+    """gy (N, O, OH, OW), x (N, C, H, W) -> gW (O, C, KH, KW)
+    (``conv_direct_numpy.conv_direct_backward_weight``)."""
+    return _implementation("conv_direct_backward_weight", gy)(gy, x, kernel_size, stride,
+                                                              padding, dilation)
 
 
 def maxpool2d_forward(x, kernel_size, stride, padding, ceil_mode=False, dilation=(1, 1)):

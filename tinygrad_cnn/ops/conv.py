@@ -5,10 +5,14 @@ runs it as one Function, each with its hand-written backward:
 - ``Conv2dPointwise`` (here): a 1×1 kernel, stride 1, no padding, where the
   input already is its column matrix;
 - ``Conv2dWinograd`` (``conv_winograd.py``): 3×3, stride 1, Winograd's
-  F(2×2, 3×3), 16 smaller products.
+  F(2×2, 3×3), 16 smaller products;
+- ``Conv2dDirect`` (``conv_direct.py``): thin layers on the CPU (few
+  multiply-adds per output, such as LeNet's first), summed directly by
+  compiled loops, no column matrix.
 
 ``choose_algorithm`` holds the rule.  The Function names its algorithm
-(``Conv2d[im2col]``, ``Conv2d[pointwise]``, ``Conv2d[winograd]``), and so do
+(``Conv2d[im2col]``, ``Conv2d[pointwise]``, ``Conv2d[winograd]``,
+``Conv2d[direct]``), and so do
 ``trace()``, ``draw_graph`` and error messages.
 
 ``conv2d_simple`` computes the same thing from primitive differentiable ops
@@ -50,6 +54,7 @@ from ..backend import get_array_module
 from ..backends import cudnn
 from ..backends.tf32 import TF32
 from .arguments import as_int, as_pair
+from .conv_direct import Conv2dDirect, direct_suits
 from .conv_winograd import Conv2dWinograd, winograd_can_run, winograd_suits
 from .shape import pad, squeeze, stack, unsqueeze
 
@@ -148,11 +153,15 @@ def run_in_chunks(run, x, bytes_per_image, budget):
 
 def choose_algorithm(x_shape, weight_shape, stride, padding, dilation, groups, out_hw,
                      xp=np):
-    """'pointwise', 'winograd' or 'im2col': the algorithm ``conv2d`` runs on
+    """'pointwise', 'direct', 'winograd' or 'im2col': the algorithm ``conv2d`` runs on
     arrays of module ``xp`` (NumPy, or CuPy for a GPU).
 
     - "pointwise": a 1×1 kernel with stride 1 and no padding needs no im2col
       at all (dilation does not matter for a 1×1 kernel).
+    - "direct": with ``set_algorithm("auto")``, thin stride-1 layers
+      (``conv_direct.direct_suits``: few multiply-adds per output pixel), on
+      the CPU only: the fast loops are CPU loops, and on a GPU the references
+      would be KH·KW small CuPy kernels per pass against im2col's one product.
     - "winograd": with ``set_algorithm("auto")`` (the default), 3×3 stride-1
       layers where Winograd pays (``conv_winograd.winograd_suits``), on the
       CPU only: on a GPU its transforms are the NumPy references, one small
@@ -164,6 +173,9 @@ def choose_algorithm(x_shape, weight_shape, stride, padding, dilation, groups, o
     """
     if tuple(weight_shape[2:]) == (1, 1) and stride == (1, 1) and not any(padding):
         return "pointwise"
+    if algorithm == "auto" and xp is np and direct_suits(x_shape, weight_shape, stride,
+                                                         dilation, groups):
+        return "direct"
     if algorithm == "winograd" and winograd_can_run(weight_shape, stride, dilation, groups):
         return "winograd"
     if algorithm == "auto" and xp is np and winograd_suits(x_shape, weight_shape, stride,
@@ -482,8 +494,8 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     pair, ``'valid'`` (none) or ``'same'`` (output as large as the input;
     stride 1 only; an odd total pads one more pixel at the bottom/right).
     Runs the algorithm ``choose_algorithm`` picks, as the Function of that
-    name (``y.grad_fn.name``: ``Conv2d[im2col]``, ``Conv2d[pointwise]`` or
-    ``Conv2d[winograd]``).
+    name (``y.grad_fn.name``: ``Conv2d[im2col]``, ``Conv2d[pointwise]``,
+    ``Conv2d[winograd]`` or ``Conv2d[direct]``).
     """
     _check_float("conv2d", input=input, weight=weight, bias=bias)
     unbatched = input.ndim == 3         # one (C, H, W) image, as PyTorch accepts
@@ -499,6 +511,8 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     budget = current_column_budget(input.data)
     if chosen == "pointwise":
         fn = Conv2dPointwise(groups, has_bias, budget)
+    elif chosen == "direct":
+        fn = Conv2dDirect(stride, padding, dilation, has_bias)
     elif chosen == "winograd":
         if xp is not np:
             warnings.warn("conv2d: set_algorithm('winograd') on a GPU runs Winograd's NumPy "

@@ -1,0 +1,216 @@
+"""Direct convolution as compiled loops (Numba): the interface of ``conv_direct_numpy``.
+
+Same signatures, shapes and results as the reference kernels in
+``conv_direct_numpy.py`` (read that file first for the sums); only the *how*
+differs, and only for stride 1 (the thin layers conv2d runs this way, such
+as LeNet's; other strides go to the reference).  No column matrix: each
+kernel is one loop nest over one image at a time.
+
+**Flat rows.**  With stride 1, output pixel (oh, ow) of tap (i, j) reads the
+padded input at (oh + i·DH, ow + j·DW), so in the flattened padded plane
+(width Wp) every tap is the same contiguous stretch shifted by
+base(i, j) = i·DH·Wp + j·DW.  Laying the output out at width Wp too (the
+columns ow >= OW are scratch: they read pixels past the row's end and are
+dropped), one tap over a whole output plane is ONE contiguous loop of
+L = (OH - 1)·Wp + OW elements, which the compiler vectorises::
+
+    y_flat[o, k]      += W[o, c, i, j] · x_flat[c, base(i, j) + k]       forward
+    gx_flat[c, base + k] += W[o, c, i, j] · gy_flat[o, k]                backward_input
+    dW_rows[o, c, i, j, k] += gy_flat[o, k] · x_flat[c, base + k]        backward_weight
+
+instead of OH short loops of OW (8 columns for LeNet's second layer).
+``gy_flat`` is gy at width Wp with zeros in the scratch columns, so they add
+nothing backward.  dW is a dot product over (n, k); summing it into one
+float would need the additions reordered to run in vector registers, which
+only fastmath allows, so each (o, c, i, j) keeps a row of L partial sums,
+added element by element (vectorisable in order) and summed once at the end.
+
+As in ``pool_numba.py``:
+
+- The kernel size is a compile-time constant: ``_loops(KH, KW)`` compiles
+  the loops once per kernel size, so the (i, j) loops unroll.
+- The batch is split over threads (``_split_batch``), each running the
+  compiled loop on its own slice of images with the GIL released
+  (``nogil``).  Images never share an output, so nothing races; dW gets one
+  set of partial sums per slice, added up in slice order afterwards, so the
+  result does not depend on which thread finished first.
+
+Only NumPy float32/float64 arrays of one dtype reach the loops; anything
+else goes to the reference (``kernels/jit.py``).  Indices in the inner
+loops are unsigned for the reason ``conv_numba.py`` gives.
+"""
+import functools
+
+import numpy as np
+
+from . import conv_direct_numpy, threads
+from .geometry import conv_output_hw
+from .jit import compilable, compile_loops
+
+
+# ---------------------------------------------------------------- the loops
+@functools.cache
+def _loops(KH, KW):
+    """The three direct-convolution loops with the kernel size KH x KW built in
+    (compiled at the first call for a kernel size, ``kernels/jit.py``)."""
+
+    def forward(x_flat, W, y, Wp, DH, DW):
+        """y[n, o] = Σ_{c, i, j} W[o, c, i, j] · x_flat[n, c, base(i, j) + k], cropped to
+        (OH, OW).  x_flat: (N, C, Hp·Wp), padded; y: (N, O, OH, OW), written."""
+        N, C = x_flat.shape[:2]
+        O, OH, OW = y.shape[1:]
+        L = (OH - 1) * Wp + OW
+        acc = np.empty(L, dtype=y.dtype)
+        for n in range(N):
+            for o in range(O):
+                acc[:] = 0
+                for c in range(C):
+                    plane, taps = x_flat[n, c], W[o, c]
+                    for k in range(L):
+                        total = acc[np.uint64(k)]
+                        for i in range(KH):
+                            for j in range(KW):
+                                total += taps[i, j] * plane[np.uint64(i * DH * Wp + j * DW + k)]
+                        acc[np.uint64(k)] = total
+                for oh in range(OH):
+                    for ow in range(OW):
+                        y[n, o, oh, ow] = acc[np.uint64(oh * Wp + ow)]
+
+    def backward_input(gy, W, gx, Hp, Wp, DH, DW, top, left):
+        """gx[n, c] = the forward's adjoint, gathered: padded-plane pixel p gets
+        Σ_{o, i, j} W[o, c, i, j] · gy_flat[n, o, p - base(i, j)], then the plane
+        is cropped.  gy: (N, O, OH, OW); gx: (N, C, H, W), written."""
+        N, C, H, Wd = gx.shape
+        O, OH, OW = gy.shape[1:]
+        reach = (KH - 1) * DH * Wp + (KW - 1) * DW      # the largest base(i, j)
+        P = Hp * Wp
+        # gy_flat with `reach` zeros before it and enough after, so every read is inside
+        g_flat = np.zeros((O, reach + P), dtype=gy.dtype)
+        plane = np.empty(P, dtype=gx.dtype)
+        for n in range(N):
+            for o in range(O):
+                for oh in range(OH):
+                    for ow in range(OW):
+                        g_flat[o, np.uint64(reach + oh * Wp + ow)] = gy[n, o, oh, ow]
+            for c in range(C):
+                plane[:] = 0
+                for o in range(O):
+                    g, taps = g_flat[o], W[o, c]
+                    for p in range(P):
+                        total = plane[np.uint64(p)]
+                        for i in range(KH):
+                            for j in range(KW):
+                                total += taps[i, j] * g[np.uint64(reach + p - i * DH * Wp - j * DW)]
+                        plane[np.uint64(p)] = total
+                for h in range(H):
+                    for v in range(Wd):
+                        gx[n, c, h, v] = plane[np.uint64((top + h) * Wp + left + v)]
+
+    def backward_weight(g_flat, x_flat, rows, Wp, DH, DW):
+        """rows[o, c, i, j, k] += Σ_n g_flat[n, o, k] · x_flat[n, c, base(i, j) + k];
+        dW is rows summed over k.  g_flat: (N, O, OH·Wp), gy at row width Wp with
+        zeros in the scratch columns; rows: (O, C, KH, KW, L), zeroed by the caller.
+        (o, c) outermost: its rows stay in the cache while the images stream by."""
+        N, C = x_flat.shape[:2]
+        O, L = g_flat.shape[1], rows.shape[4]
+        for o in range(O):
+            for c in range(C):
+                for n in range(N):
+                    g, plane = g_flat[n, o], x_flat[n, c]
+                    for i in range(KH):
+                        for j in range(KW):
+                            sums, base = rows[o, c, i, j], i * DH * Wp + j * DW
+                            for k in range(L):
+                                sums[np.uint64(k)] += g[np.uint64(k)] * plane[np.uint64(base + k)]
+
+    return compile_loops(forward, backward_input, backward_weight, nogil=True)
+
+
+# ---------------------------------------------------------------- threads
+def _split_batch(N):
+    """[(lo, hi), ...]: the batch cut into slices, twice as many as threads
+    (handed out as threads come free, so one the OS keeps waiting does not
+    hold up the rest); one slice on one thread."""
+    count = threads.numba_threads()
+    slices = 1 if count <= 1 else min(N, 2 * count)
+    bounds = [N * s // slices for s in range(slices + 1)]
+    return list(zip(bounds, bounds[1:]))
+
+
+def _run(jobs):
+    """Run the argument-less callables ``jobs``, in parallel if more than one."""
+    if len(jobs) == 1:
+        jobs[0]()
+        return
+    pool = threads.thread_pool()
+    for future in [pool.submit(job) for job in jobs]:
+        future.result()         # waits, and re-raises an error from the loop
+
+
+def _compiles(stride, *arrays):
+    """Whether the loops take these inputs: stride 1, NumPy float32/float64 of one dtype."""
+    return (tuple(stride) == (1, 1) and compilable(*arrays)
+            and len({a.dtype for a in arrays}) == 1)
+
+
+def _padded_flat(x, padding):
+    """x (N, C, H, W) -> its zero-padded planes flattened, (N, C, Hp·Wp), and Wp."""
+    top, bottom, left, right = padding
+    if any(padding):
+        x = np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)))
+    x = np.ascontiguousarray(x)
+    return x.reshape(x.shape[:2] + (-1,)), x.shape[3]
+
+
+# ---------------------------------------------------------------- the interface
+def conv_direct_forward(x, W, stride, padding, dilation):
+    """``conv_direct_numpy.conv_direct_forward``, compiled: x (N, C, H, W),
+    W (O, C, KH, KW) -> y (N, O, OH, OW)."""
+    if not _compiles(stride, x, W):
+        return conv_direct_numpy.conv_direct_forward(x, W, stride, padding, dilation)
+    KH, KW = W.shape[2:]
+    out_hw = conv_output_hw(x.shape, (KH, KW), stride, padding, dilation)
+    x_flat, Wp = _padded_flat(x, padding)
+    W = np.ascontiguousarray(W)
+    y = np.empty((x.shape[0], W.shape[0]) + out_hw, dtype=x.dtype)
+    loop = _loops(KH, KW).forward
+    _run([functools.partial(loop, x_flat[lo:hi], W, y[lo:hi], Wp, *dilation)
+          for lo, hi in _split_batch(x.shape[0])])
+    return y
+
+
+def conv_direct_backward_input(gy, W, x_shape, stride, padding, dilation):
+    """``conv_direct_numpy.conv_direct_backward_input``, compiled: gy (N, O, OH, OW),
+    W (O, C, KH, KW) -> gx (N, C, H, W)."""
+    if not _compiles(stride, gy, W):
+        return conv_direct_numpy.conv_direct_backward_input(gy, W, x_shape, stride, padding,
+                                                            dilation)
+    top, bottom, left, right = padding
+    N, _, H, Wd = x_shape
+    gy, W = np.ascontiguousarray(gy), np.ascontiguousarray(W)
+    gx = np.empty(tuple(x_shape), dtype=gy.dtype)
+    loop = _loops(*W.shape[2:]).backward_input
+    _run([functools.partial(loop, gy[lo:hi], W, gx[lo:hi], H + top + bottom,
+                            Wd + left + right, *dilation, top, left)
+          for lo, hi in _split_batch(N)])
+    return gx
+
+
+def conv_direct_backward_weight(gy, x, kernel_size, stride, padding, dilation):
+    """``conv_direct_numpy.conv_direct_backward_weight``, compiled: gy (N, O, OH, OW),
+    x (N, C, H, W) -> gW (O, C, KH, KW)."""
+    if not _compiles(stride, gy, x):
+        return conv_direct_numpy.conv_direct_backward_weight(gy, x, kernel_size, stride,
+                                                             padding, dilation)
+    x_flat, Wp = _padded_flat(x, padding)
+    (N, O, OH, OW), C = gy.shape, x.shape[1]
+    L = (OH - 1) * Wp + OW
+    g_flat = np.zeros((N, O, OH * Wp), dtype=gy.dtype)    # gy at row width Wp
+    g_flat.reshape(N, O, OH, Wp)[..., :OW] = gy
+    slices = _split_batch(N)
+    # per slice, one row of partial sums per (o, c, i, j): no two threads share one
+    rows = np.zeros((len(slices), O, C) + tuple(kernel_size) + (L,), dtype=x.dtype)
+    loop = _loops(*kernel_size).backward_weight
+    _run([functools.partial(loop, g_flat[lo:hi], x_flat[lo:hi], rows[s], Wp, *dilation)
+          for s, (lo, hi) in enumerate(slices)])
+    return rows.sum(axis=(0, 5))

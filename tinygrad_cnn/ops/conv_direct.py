@@ -1,0 +1,77 @@
+"""Direct convolution for thin layers: each output summed straight from the
+input, with no column matrix.
+
+``conv2d`` (``conv.py``) runs ``Conv2dDirect`` on the CPU where
+``direct_suits`` says it pays: layers with few multiply-adds per output
+pixel, such as LeNet's first, where im2col would copy the input into a
+matrix KH·KW times its size only to feed products too thin (6 rows) for the
+matrix-product library to run near its speed.  The sums are the kernels
+``kernels.conv_direct_*`` (``kernels/conv_direct_numpy.py``, compiled in
+``kernels/conv_direct_numba.py``).
+"""
+import kernels
+
+from ..autograd import Function
+
+# The most multiply-adds per output pixel, (C/groups)·KH·KW·O, at which the
+# direct loops beat im2col and its matrix products on the CPU (measured on
+# LeNet-shaped layers, benchmarks/results.md): LeNet's first convolution
+# (1·5·5·6 = 150) is well inside; its second (6·5·5·16 = 2400) is not.
+DIRECT_MAX_MULTIPLY_ADDS = 600
+
+
+def direct_suits(x_shape, weight_shape, stride, dilation, groups):
+    """Whether ``conv2d`` should run a CPU convolution as ``Conv2dDirect``:
+    stride 1 (the compiled loops' case), one group, and at most
+    ``DIRECT_MAX_MULTIPLY_ADDS`` multiply-adds per output pixel."""
+    O, C, KH, KW = weight_shape
+    return (tuple(stride) == (1, 1) and groups == 1
+            and C * KH * KW * O <= DIRECT_MAX_MULTIPLY_ADDS)
+
+
+class Conv2dDirect(Function):
+    """y = W ⋆ x + b, each output summed directly (one group)::
+
+        y[n, o, oh, ow] = Σ_{c, i, j} W[o, c, i, j] · x_pad[n, c, oh·SH + i·DH, ow·SW + j·DW] + b[o]
+
+    Backward, the adjoint of each sum::
+
+        dx = Σ_{o, i, j} W[o, c, i, j] · dy added back where it was read
+                                               kernels.conv_direct_backward_input
+        dW[o, c, i, j] = Σ_{n, oh, ow} dy[n, o, oh, ow] · x_pad[n, c, ...]
+                                               kernels.conv_direct_backward_weight
+        db = Σ_{n, oh, ow} dy
+
+    Saved for backward: x (for dW) and W (for dx), each only when that
+    gradient is wanted; nothing else, and no buffer larger than the input.
+    """
+    name = "Conv2d[direct]"
+
+    def __init__(self, stride, padding, dilation, has_bias):
+        # stride, dilation: (H, W) pairs; padding: (top, bottom, left, right)
+        self.stride, self.padding, self.dilation = stride, padding, dilation
+        self.has_bias = has_bias
+
+    def forward(self, x, W, b=None):
+        need_x, need_W = self.needs_input_grad[:2]
+        self.save_for_backward(x if need_W else None, W if need_x else None)
+        self.x_shape, self.kernel_size = x.shape, W.shape[2:]
+        y = kernels.conv_direct_forward(x, W, self.stride, self.padding, self.dilation)
+        if b is not None:
+            y += b.reshape(1, -1, 1, 1)
+        return y
+
+    def backward(self, gy):
+        x, W = self.saved
+        need_x, need_W = self.needs_input_grad[:2]
+        gx = gW = None
+        if need_x:
+            gx = kernels.conv_direct_backward_input(gy, W, self.x_shape, self.stride,
+                                                    self.padding, self.dilation)
+        if need_W:
+            gW = kernels.conv_direct_backward_weight(gy, x, self.kernel_size, self.stride,
+                                                     self.padding, self.dilation)
+        if not self.has_bias:
+            return gx, gW
+        need_b = self.needs_input_grad[2]
+        return gx, gW, gy.sum(axis=(0, 2, 3)) if need_b else None
