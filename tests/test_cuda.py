@@ -277,6 +277,7 @@ ELEMENTWISE = ("relu_forward", "relu_backward", "sigmoid_forward", "sigmoid_back
                "sgd_update_multi", "adam_update", "adam_update_multi")
 WINOGRAD = ("winograd_weight", "winograd_weight_backward", "winograd_input",
             "winograd_input_backward", "winograd_output", "winograd_output_backward")
+CONV_DIRECT = ("conv_direct_forward", "conv_direct_backward_input", "conv_direct_backward_weight")
 
 
 def test_gpu_kernels_fall_back_to_the_reference_without_numba_cuda(monkeypatch):
@@ -292,6 +293,7 @@ def test_gpu_kernels_fall_back_to_the_reference_without_numba_cuda(monkeypatch):
         **{name: "kernels.pool_numpy" for name in ADAPTIVE},
         **{name: "kernels.elementwise_numpy" for name in ELEMENTWISE},
         **{name: "kernels.winograd_numpy" for name in WINOGRAD},
+        **{name: "kernels.conv_direct_numpy" for name in CONV_DIRECT},
         "matmul": "kernels.shares_numpy"}
 
 
@@ -301,14 +303,15 @@ def test_gpu_kernels_are_the_cuda_ones_when_numba_reaches_the_gpu(monkeypatch):
     chosen = kernels.gpu_kernels()
     assert sorted(chosen) == sorted(kernels.KERNELS)
     assert {f.__module__ for name, f in chosen.items()
-            if name not in ADAPTIVE + ELEMENTWISE + WINOGRAD + ("matmul",)} == {
+            if name not in ADAPTIVE + ELEMENTWISE + WINOGRAD + CONV_DIRECT + ("matmul",)} == {
         "kernels.conv_cuda", "kernels.pool_cuda", "kernels.bn_cuda"}
     # Adaptive pooling has no CUDA loops: its reference is matrix products
     # (cuBLAS on CuPy arrays) and, for the global pool, a mean.  Nor have the
     # elementwise kernels: CuPy runs each reference expression as one GPU kernel;
-    # nor the Winograd transforms (einsum on CuPy arrays); the stacked products
-    # are cuBLAS's, through CuPy's matmul.
+    # nor the Winograd transforms or the direct convolution (einsum on CuPy
+    # arrays); the stacked products are cuBLAS's, through CuPy's matmul.
     assert {chosen[name].__module__ for name in ADAPTIVE} == {"kernels.pool_numpy"}
     assert chosen["matmul"].__module__ == "kernels.shares_numpy"
     assert {chosen[name].__module__ for name in ELEMENTWISE} == {"kernels.elementwise_numpy"}
     assert {chosen[name].__module__ for name in WINOGRAD} == {"kernels.winograd_numpy"}
+    assert {chosen[name].__module__ for name in CONV_DIRECT} == {"kernels.conv_direct_numpy"}

@@ -37,7 +37,8 @@ def test_draw_graph_of_lenet_names_its_convs_pools_and_parameters(lenet_step):
     dot = viz.draw_graph(logits, names=dict(net.named_parameters()))
     assert dot.startswith("digraph") and dot.rstrip().endswith("}")
     assert dot.count('label="Conv2d') == 2 and dot.count('label="AvgPool2d') == 2
-    assert 'Conv2d[im2col]\\n(2, 6, 28, 28)' in dot and 'AvgPool2d\\n(2, 16, 5, 5)' in dot
+    assert 'Conv2d[direct]\\n(2, 6, 28, 28)' in dot and 'AvgPool2d\\n(2, 16, 5, 5)' in dot
+    assert 'Conv2d[im2col]\\n(2, 16, 10, 10)' in dot       # the second conv: not thin enough
     assert '0.weight\\n(6, 1, 5, 5)' in dot                 # leaves by name and shape
     # 12 recorded ops (flatten is a Reshape) and 10 parameters; each parameter feeds
     # one op, and each op but the last feeds the next

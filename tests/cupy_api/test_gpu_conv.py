@@ -164,6 +164,21 @@ def test_auto_never_picks_winograd_on_the_gpu(fake, restore_settings):
     assert run("cuda", x, w, b, padding=1)[1].name == "Conv2d[im2col]"
 
 
+# ---------------------------------------------------------------- direct
+def test_auto_never_picks_direct_on_the_gpu(fake, restore_settings):
+    x, w, b = inputs((2, 1, 12, 12), (6, 1, 5, 5))       # LeNet's first convolution
+    cpu_saved = kernels.arrays.cupy, backend.cupy
+    kernels.arrays.cupy = backend.cupy = None
+    try:        # the same layer on the CPU: the direct loops
+        assert conv2d(tc.Tensor(x, requires_grad=True), tc.Tensor(w),
+                      padding=2).grad_fn.name == "Conv2d[direct]"
+    finally:
+        kernels.arrays.cupy, backend.cupy = cpu_saved
+    ours, fn = run("cuda", x, w, b, padding=2)
+    assert fn.name == "Conv2d[im2col]"
+    assert_close(ours, on_cpu(x, w, b, padding=2))
+
+
 def test_set_algorithm_winograd_on_the_gpu_runs_it_with_a_warning(fake, restore_settings):
     x, w, b = inputs((2, 16, 8, 8), (16, 16, 3, 3))
     expected = on_cpu(x, w, b, padding=1)

@@ -88,7 +88,8 @@ def test_grouped_conv_is_independent_convs_on_channel_slices():
     for g in range(G):
         channels, outputs = slice(2 * g, 2 * g + 2), slice(g * step, (g + 1) * step)
         alone = F.conv2d(Tensor(x.data[:, channels]), Tensor(W.data[outputs]), padding=1).data
-        np.testing.assert_allclose(y[:, g * step:(g + 1) * step], alone, rtol=1e-12)
+        # (a thin one-group conv may run as Conv2d[direct], summing in another order)
+        np.testing.assert_allclose(y[:, g * step:(g + 1) * step], alone, rtol=1e-10, atol=1e-12)
 
 
 # ---------------------------------------------------------------- docs/pooling.md

@@ -52,8 +52,9 @@ def test_a_failing_probe_sends_gpu_arrays_to_the_reference_with_one_warning(fres
         f"the numba.cuda kernels cannot run here (AttributeError: {ROW_STACK}); convolution "
         "and pooling run the NumPy reference kernels on the GPU instead, which is slower"]
     assert {f.__module__ for f in chosen.values()} <= {
-        "kernels.conv_numpy", "kernels.winograd_numpy", "kernels.pool_numpy",
-        "kernels.bn_numpy", "kernels.elementwise_numpy", "kernels.shares_numpy"}
+        "kernels.conv_numpy", "kernels.winograd_numpy", "kernels.conv_direct_numpy",
+        "kernels.pool_numpy", "kernels.bn_numpy", "kernels.elementwise_numpy",
+        "kernels.shares_numpy"}
 
 
 def test_a_numba_cuda_that_cannot_be_imported_is_a_failed_probe(fresh):

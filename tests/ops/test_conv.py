@@ -298,7 +298,8 @@ def run_conv(cfg, g):
 
 
 @pytest.mark.parametrize("cfg", CHUNKED.values(), ids=CHUNKED.keys())
-def test_chunked_batch_equals_whole_batch(cfg, column_budget):
+def test_chunked_batch_equals_whole_batch(cfg, column_budget, algorithm):
+    algorithm("im2col")         # the chunks are im2col's (thin layers would run direct)
     x, w, b = make_inputs(cfg)
     g = np.random.default_rng(0).standard_normal(conv2d(x, w, b, **cfg["kwargs"]).shape)
     whole, chunks = run_conv(cfg, g)
@@ -312,7 +313,8 @@ def test_chunked_batch_equals_whole_batch(cfg, column_budget):
         np.testing.assert_allclose(part, reference, rtol=1e-13, atol=1e-13)
 
 
-def test_a_budget_below_one_image_takes_one_image_at_a_time(column_budget):
+def test_a_budget_below_one_image_takes_one_image_at_a_time(column_budget, algorithm):
+    algorithm("im2col")
     cfg = CHUNKED["k3-pad1"]
     column_budget(1)
     x, w, b = make_inputs(cfg)
@@ -330,7 +332,8 @@ CHUNKED_SMALL = {   # for gradcheck, whose cost grows with the number of element
 
 
 @pytest.mark.parametrize("cfg", CHUNKED_SMALL.values(), ids=CHUNKED_SMALL.keys())
-def test_gradcheck_chunked(cfg, column_budget):
+def test_gradcheck_chunked(cfg, column_budget, algorithm):
+    algorithm("im2col")
     column_budget(2 * column_bytes_per_image(cfg))
     x, w, b = make_inputs(cfg)
     args = (x, w) if b is None else (x, w, b)
@@ -378,9 +381,10 @@ POINTWISE = {
 
 
 @pytest.mark.parametrize("cfg", POINTWISE.values(), ids=POINTWISE.keys())
-def test_pointwise_path_equals_the_im2col_path(cfg):
+def test_pointwise_path_equals_the_im2col_path(cfg, algorithm):
     # Padding by 1 and cropping the border back off gives the same numbers
     # through the general im2col path.
+    algorithm("im2col")         # (which 'auto' would run direct, these layers being thin)
     x1, w1, b1 = make_inputs(cfg)
     x2, w2, b2 = make_inputs(cfg)
     kwargs = dict(cfg["kwargs"], padding=0)

@@ -14,10 +14,12 @@ import kernels
 from ..autograd import Function
 
 # The most multiply-adds per output pixel, (C/groups)·KH·KW·O, at which the
-# direct loops beat im2col and its matrix products on the CPU (measured on
-# LeNet-shaped layers, benchmarks/results.md): LeNet's first convolution
-# (1·5·5·6 = 150) is well inside; its second (6·5·5·16 = 2400) is not.
-DIRECT_MAX_MULTIPLY_ADDS = 600
+# direct loops beat im2col and its matrix products on the CPU: measured on
+# LeNet-shaped layers at batch 256 (benchmarks/results.md), direct won clearly
+# up to about a thousand (LeNet's first convolution, 1·5·5·6 = 150, runs in
+# under half im2col's time) and broke even or lost from about two thousand
+# (its second, 6·5·5·16 = 2400).
+DIRECT_MAX_MULTIPLY_ADDS = 1000
 
 
 def direct_suits(x_shape, weight_shape, stride, dilation, groups):

@@ -1,0 +1,174 @@
+"""Direct convolution kernels: the reference against explicit loops and its
+backward kernels against the forward's adjoint, then the Numba kernels against
+the reference, float32 and float64, on awkward geometries (padding on some
+sides, dilation, odd and non-square sizes, a batch of one, a kernel as large as
+the padded input), and what they hand to the reference (other strides, dtypes)."""
+import numpy as np
+import pytest
+
+import kernels
+from kernels import conv_direct_numpy
+from kernels.geometry import conv_output_hw
+
+# (x shape (N, C, H, W), output channels, kernel, stride, padding (t, b, l, r), dilation)
+GEOMETRIES = {
+    "lenet-conv1": ((3, 1, 12, 12), 6, (5, 5), (1, 1), (2, 2, 2, 2), (1, 1)),
+    "lenet-conv2": ((2, 6, 9, 9), 16, (5, 5), (1, 1), (0, 0, 0, 0), (1, 1)),
+    "3x3-pad-one-side": ((2, 3, 7, 5), 4, (3, 3), (1, 1), (0, 2, 1, 0), (1, 1)),
+    "odd-kernel-batch1": ((1, 2, 6, 9), 3, (2, 4), (1, 1), (1, 0, 0, 3), (1, 1)),
+    "dilation": ((2, 2, 9, 8), 3, (3, 2), (1, 1), (1, 1, 2, 0), (2, 3)),
+    "kernel=padded-input": ((2, 2, 3, 4), 2, (5, 4), (1, 1), (1, 1, 0, 0), (1, 1)),
+    "one-output-column": ((3, 1, 6, 3), 2, (2, 3), (1, 1), (0, 0, 0, 0), (1, 1)),
+    "stride2": ((2, 2, 8, 7), 3, (3, 3), (2, 2), (1, 1, 1, 1), (1, 1)),
+    "stride-mixed-dilation": ((1, 3, 9, 10), 2, (2, 3), (2, 1), (1, 0, 0, 2), (2, 2)),
+}
+DTYPES = [np.float32, np.float64]
+RNG = np.random.default_rng(0)
+
+
+def operands(geometry, dtype=np.float64):
+    """x, W and an output gradient gy for a geometry."""
+    x_shape, O, kernel, stride, padding, dilation = geometry
+    out_hw = conv_output_hw(x_shape, kernel, stride, padding, dilation)
+    x = RNG.standard_normal(x_shape).astype(dtype)
+    W = RNG.standard_normal((O, x_shape[1]) + kernel).astype(dtype)
+    gy = RNG.standard_normal((x_shape[0], O) + out_hw).astype(dtype)
+    return x, W, gy
+
+
+def conv_loops(x, W, stride, padding, dilation):
+    """y[n, o, oh, ow] = Σ_{c, i, j} W[o, c, i, j] · x[n, c, h, w], one term at a
+    time, skipping taps on the padding."""
+    N, C, H, Wd = x.shape
+    O, _, KH, KW = W.shape
+    (SH, SW), (DH, DW), (top, _, left, _) = stride, dilation, padding
+    OH, OW = conv_output_hw(x.shape, (KH, KW), stride, padding, dilation)
+    y = np.zeros((N, O, OH, OW))
+    for n in range(N):
+        for o in range(O):
+            for oh in range(OH):
+                for ow in range(OW):
+                    for c in range(C):
+                        for i in range(KH):
+                            for j in range(KW):
+                                h, w = oh * SH + i * DH - top, ow * SW + j * DW - left
+                                if 0 <= h < H and 0 <= w < Wd:
+                                    y[n, o, oh, ow] += W[o, c, i, j] * x[n, c, h, w]
+    return y
+
+
+def geometry_of(geometry):
+    return geometry[3:]      # stride, padding, dilation
+
+
+@pytest.mark.parametrize("geometry", GEOMETRIES.values(), ids=GEOMETRIES.keys())
+def test_reference_forward_equals_explicit_loops(geometry):
+    x, W, _ = operands(geometry)
+    np.testing.assert_allclose(conv_direct_numpy.conv_direct_forward(x, W, *geometry_of(geometry)),
+                               conv_loops(x, W, *geometry_of(geometry)), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("geometry", GEOMETRIES.values(), ids=GEOMETRIES.keys())
+def test_reference_backward_kernels_are_the_forwards_adjoints(geometry):
+    # y = conv(x, W) is linear in x and in W: <conv(x, W), gy> = <x, gx> = <W, gW>
+    # for every gy is what the two backward kernels must compute.
+    x, W, gy = operands(geometry)
+    stride, padding, dilation = geometry_of(geometry)
+    y = conv_direct_numpy.conv_direct_forward(x, W, stride, padding, dilation)
+    gx = conv_direct_numpy.conv_direct_backward_input(gy, W, x.shape, stride, padding, dilation)
+    gW = conv_direct_numpy.conv_direct_backward_weight(gy, x, W.shape[2:], stride, padding,
+                                                       dilation)
+    assert gx.shape == x.shape and gW.shape == W.shape
+    assert np.vdot(y, gy) == pytest.approx(np.vdot(x, gx), rel=1e-12)
+    assert np.vdot(y, gy) == pytest.approx(np.vdot(W, gW), rel=1e-12)
+
+
+# ---------------------------------------------------------------- Numba == reference
+conv_direct_numba = pytest.importorskip("kernels.conv_direct_numba")
+
+
+def all_three(module, x, W, gy, stride, padding, dilation):
+    return (module.conv_direct_forward(x, W, stride, padding, dilation),
+            module.conv_direct_backward_input(gy, W, x.shape, stride, padding, dilation),
+            module.conv_direct_backward_weight(gy, x, W.shape[2:], stride, padding, dilation))
+
+
+def assert_close(actual, expected):
+    assert actual.dtype == expected.dtype and actual.shape == expected.shape
+    tolerance = 1e-4 if actual.dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(actual, expected, rtol=tolerance, atol=tolerance)
+
+
+@pytest.fixture(params=[1, 2], ids=["1-thread", "2-threads"])
+def threads(request):
+    previous = kernels.threads.get_num_threads()
+    kernels.threads.set_num_threads(request.param)
+    yield request.param
+    kernels.threads.set_num_threads(previous)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("geometry", GEOMETRIES.values(), ids=GEOMETRIES.keys())
+def test_numba_kernels_equal_the_reference(geometry, dtype, threads):
+    x, W, gy = operands(geometry, dtype)
+    for actual, expected in zip(all_three(conv_direct_numba, x, W, gy, *geometry_of(geometry)),
+                                all_three(conv_direct_numpy, x, W, gy, *geometry_of(geometry))):
+        assert_close(actual, expected)
+
+
+def test_stride_1_runs_the_loops_other_strides_the_reference(monkeypatch):
+    # The compiled loops are stride-1 loops; the geometries above check both routes
+    # give the reference's numbers, this that each route is the one taken.
+    def refuse(*args):
+        raise AssertionError("the reference ran")
+    for name in ("conv_direct_forward", "conv_direct_backward_input",
+                 "conv_direct_backward_weight"):
+        monkeypatch.setattr(conv_direct_numpy, name, refuse)
+    x, W, gy = operands(GEOMETRIES["dilation"], np.float32)
+    all_three(conv_direct_numba, x, W, gy, *geometry_of(GEOMETRIES["dilation"]))
+    with pytest.raises(AssertionError, match="the reference ran"):
+        conv_direct_numba.conv_direct_forward(x, W, (2, 1), (0, 0, 0, 0), (1, 1))
+
+
+@pytest.mark.parametrize("dtypes", [(np.float16, np.float16), (np.float32, np.float64),
+                                    (np.float64, np.float32)],
+                         ids=["float16", "mixed", "mixed-the-other-way"])
+def test_numba_kernels_hand_other_dtypes_to_the_reference(dtypes):
+    geometry = GEOMETRIES["3x3-pad-one-side"]
+    stride, padding, dilation = geometry_of(geometry)
+    x, W, gy = operands(geometry)
+    first, second = dtypes          # each kernel's two inputs get one dtype each
+    calls = [lambda m: m.conv_direct_forward(x.astype(first), W.astype(second), stride, padding,
+                                             dilation),
+             lambda m: m.conv_direct_backward_input(gy.astype(first), W.astype(second), x.shape,
+                                                    stride, padding, dilation),
+             lambda m: m.conv_direct_backward_weight(gy.astype(first), x.astype(second),
+                                                     W.shape[2:], stride, padding, dilation)]
+    for call in calls:
+        actual, expected = call(conv_direct_numba), call(conv_direct_numpy)
+        assert actual.dtype == expected.dtype
+        np.testing.assert_array_equal(actual, expected)
+
+
+def test_weight_gradient_is_the_same_every_run():
+    # per-slice partial sums, added in slice order: no dependence on which thread
+    # finishes first
+    x, W, gy = operands(((32, 3, 10, 10), 4, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1)), np.float32)
+    first = conv_direct_numba.conv_direct_backward_weight(gy, x, (3, 3), (1, 1), (1, 1, 1, 1),
+                                                          (1, 1))
+    for _ in range(5):
+        np.testing.assert_array_equal(
+            conv_direct_numba.conv_direct_backward_weight(gy, x, (3, 3), (1, 1), (1, 1, 1, 1),
+                                                          (1, 1)), first)
+
+
+def test_scratch_columns_never_reach_the_result():
+    # The loops compute each output row at the padded width and drop the extra
+    # columns, which read past the row's end: huge values there must not leak
+    # into y, nor into dx where the output gradient's scratch columns are zeros.
+    x, W, gy = operands(((2, 1, 6, 8), 2, (3, 3), (1, 1), (0, 0, 0, 0), (1, 1)))
+    x[:, :, :, -1] = 1e30                       # a column only the last outputs read
+    geometry = ((1, 1), (0, 0, 0, 0), (1, 1))
+    for actual, expected in zip(all_three(conv_direct_numba, x, W, gy, *geometry)[:2],
+                                all_three(conv_direct_numpy, x, W, gy, *geometry)[:2]):
+        np.testing.assert_allclose(actual, expected, rtol=1e-12)
