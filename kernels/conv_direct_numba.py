@@ -18,9 +18,11 @@ L = (OH - 1)·Wp + OW elements, which the compiler vectorises::
     gx_flat[c, base + k] += W[o, c, i, j] · gy_flat[o, k]                backward_input
     dW_rows[o, c, i, j, k] += gy_flat[o, k] · x_flat[c, base + k]        backward_weight
 
-instead of OH short loops of OW (8 columns for LeNet's second layer).
+instead of OH short loops of OW (24 columns for LeNet's first layer).
 ``gy_flat`` is gy at width Wp with zeros in the scratch columns, so they add
-nothing backward.  dW is a dot product over (n, k); summing it into one
+nothing backward -- unless the other factor is inf or NaN, where 0 · inf
+would put a NaN where PyTorch has a number: such inputs (W for dx, x for dW;
+one sum tells) go to the reference.  dW is a dot product over (n, k); summing it into one
 float would need the additions reordered to run in vector registers, which
 only fastmath allows, so each (o, c, i, j) keeps a row of L partial sums,
 added element by element (vectorisable in order) and summed once at the end.
@@ -153,6 +155,12 @@ def _compiles(stride, *arrays):
             and len({a.dtype for a in arrays}) == 1)
 
 
+def _finite(a):
+    """Whether every element of ``a`` is finite, by one sum (an overflowing sum of
+    finite values says no, which only costs a trip to the reference)."""
+    return bool(np.isfinite(a.sum()))
+
+
 def _padded_flat(x, padding):
     """x (N, C, H, W) -> its zero-padded planes flattened, (N, C, Hp·Wp), and Wp."""
     top, bottom, left, right = padding
@@ -182,7 +190,7 @@ def conv_direct_forward(x, W, stride, padding, dilation):
 def conv_direct_backward_input(gy, W, x_shape, stride, padding, dilation):
     """``conv_direct_numpy.conv_direct_backward_input``, compiled: gy (N, O, OH, OW),
     W (O, C, KH, KW) -> gx (N, C, H, W)."""
-    if not _compiles(stride, gy, W):
+    if not (_compiles(stride, gy, W) and _finite(W)):
         return conv_direct_numpy.conv_direct_backward_input(gy, W, x_shape, stride, padding,
                                                             dilation)
     top, bottom, left, right = padding
@@ -199,7 +207,7 @@ def conv_direct_backward_input(gy, W, x_shape, stride, padding, dilation):
 def conv_direct_backward_weight(gy, x, kernel_size, stride, padding, dilation):
     """``conv_direct_numpy.conv_direct_backward_weight``, compiled: gy (N, O, OH, OW),
     x (N, C, H, W) -> gW (O, C, KH, KW)."""
-    if not _compiles(stride, gy, x):
+    if not (_compiles(stride, gy, x) and _finite(x)):
         return conv_direct_numpy.conv_direct_backward_weight(gy, x, kernel_size, stride,
                                                              padding, dilation)
     x_flat, Wp = _padded_flat(x, padding)

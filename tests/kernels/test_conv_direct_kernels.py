@@ -165,10 +165,28 @@ def test_weight_gradient_is_the_same_every_run():
 def test_scratch_columns_never_reach_the_result():
     # The loops compute each output row at the padded width and drop the extra
     # columns, which read past the row's end: huge values there must not leak
-    # into y, nor into dx where the output gradient's scratch columns are zeros.
+    # into y, nor into dx and dW, where the output gradient's scratch columns are zeros.
     x, W, gy = operands(((2, 1, 6, 8), 2, (3, 3), (1, 1), (0, 0, 0, 0), (1, 1)))
-    x[:, :, :, -1] = 1e30                       # a column only the last outputs read
+    x[:, :, :, -1] = 1e30                       # tap j=0 reads this column only as scratch
     geometry = ((1, 1), (0, 0, 0, 0), (1, 1))
-    for actual, expected in zip(all_three(conv_direct_numba, x, W, gy, *geometry)[:2],
-                                all_three(conv_direct_numpy, x, W, gy, *geometry)[:2]):
+    for actual, expected in zip(all_three(conv_direct_numba, x, W, gy, *geometry),
+                                all_three(conv_direct_numpy, x, W, gy, *geometry)):
         np.testing.assert_allclose(actual, expected, rtol=1e-12)
+
+
+@pytest.mark.parametrize("where", ["x", "W"])
+def test_inf_in_scratch_reads_gives_the_references_result(where):
+    # 0 · inf in a scratch column would be a NaN where the sum has a number:
+    # the loops hand non-finite factors to the reference
+    x, W, gy = operands(((2, 1, 6, 8), 2, (3, 3), (1, 1), (0, 0, 0, 0), (1, 1)))
+    if where == "x":
+        x[:, :, :, -1] = np.inf
+    else:
+        W[0, 0, 0, 0] = np.inf
+    geometry = ((1, 1), (0, 0, 0, 0), (1, 1))
+    with np.errstate(invalid="ignore"):             # inf - inf in the sums: NaN, as meant
+        actual = all_three(conv_direct_numba, x, W, gy, *geometry)
+        expected = all_three(conv_direct_numpy, x, W, gy, *geometry)
+    for a, e in zip(actual, expected):
+        np.testing.assert_allclose(a, e, rtol=1e-12)     # NaN where, and only where, it is
+    assert np.isfinite(expected[2 if where == "x" else 1]).any()
