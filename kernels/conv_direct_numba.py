@@ -11,21 +11,25 @@ padded input at (oh + i·DH, ow + j·DW), so in the flattened padded plane
 (width Wp) every tap is the same contiguous stretch shifted by
 base(i, j) = i·DH·Wp + j·DW.  Laying the output out at width Wp too (the
 columns ow >= OW are scratch: they read pixels past the row's end and are
-dropped), one tap over a whole output plane is ONE contiguous loop of
-L = (OH - 1)·Wp + OW elements, which the compiler vectorises::
+dropped), a tap over a whole output plane is ONE contiguous stretch of
+L = (OH - 1)·Wp + OW elements, and the loops run over it, innermost, where
+the compiler vectorises them (instead of OH short loops of OW)::
 
-    y_flat[o, k]      += W[o, c, i, j] · x_flat[c, base(i, j) + k]       forward
-    gx_flat[c, base + k] += W[o, c, i, j] · gy_flat[o, k]                backward_input
-    dW_rows[o, c, i, j, k] += gy_flat[o, k] · x_flat[c, base + k]        backward_weight
+    y_flat[o, k]  = Σ_{c, i, j} W[o, c, i, j] · x_flat[c, base(i, j) + k]       forward
+    gx_flat[c, p] = Σ_{o, i, j} W[o, c, i, j] · gy_flat[o, p - base(i, j)]      backward_input
+    dW_rows[o, c, i, j, k] = Σ_n gy_flat[n, o, k] · x_flat[n, c, base(i, j) + k]  backward_weight
 
-instead of OH short loops of OW (24 columns for LeNet's first layer).
+forward and backward_input sum the KH·KW taps inside the loop over k (the
+backward one gathers, reading gy shifted, rather than scattering), so each
+element is loaded and stored once per (o, c), not once per tap.
 ``gy_flat`` is gy at width Wp with zeros in the scratch columns, so they add
 nothing backward -- unless the other factor is inf or NaN, where 0 · inf
 would put a NaN where PyTorch has a number: such inputs (W for dx, x for dW;
-one sum tells) go to the reference.  dW is a dot product over (n, k); summing it into one
-float would need the additions reordered to run in vector registers, which
-only fastmath allows, so each (o, c, i, j) keeps a row of L partial sums,
-added element by element (vectorisable in order) and summed once at the end.
+one sum tells) go to the reference.  dW[o, c, i, j] is a dot product over
+(n, k); summing it into one float would need the additions reordered to run
+in vector registers, which only fastmath allows, so each (o, c, i, j) keeps a
+row of L partial sums, added element by element (vectorisable in order) and
+summed once at the end.
 
 As in ``pool_numba.py``:
 

@@ -34,7 +34,9 @@ def direct_suits(x_shape, weight_shape, stride, dilation, groups):
 class Conv2dDirect(Function):
     """y = W ⋆ x + b, each output summed directly (one group)::
 
-        y[n, o, oh, ow] = Σ_{c, i, j} W[o, c, i, j] · x_pad[n, c, oh·SH + i·DH, ow·SW + j·DW] + b[o]
+        y[n, o, oh, ow] = b[o] + Σ_{c, i, j} W[o, c, i, j] · x_pad[n, c, oh·SH + i·DH,
+                                                                     ow·SW + j·DW]
+                                               kernels.conv_direct_forward
 
     Backward, the adjoint of each sum::
 
@@ -45,7 +47,7 @@ class Conv2dDirect(Function):
         db = Σ_{n, oh, ow} dy
 
     Saved for backward: x (for dW) and W (for dx), each only when that
-    gradient is wanted; nothing else, and no buffer larger than the input.
+    gradient is wanted.  No column matrix: im2col's would be KH·KW times x.
     """
     name = "Conv2d[direct]"
 
