@@ -116,18 +116,29 @@ def _loops(KH, KW):
         """rows[o, c, i, j, k] += Σ_n g_flat[n, o, k] · x_flat[n, c, base(i, j) + k];
         dW is rows summed over k.  g_flat: (N, O, OH·Wp), gy at row width Wp with
         zeros in the scratch columns; rows: (O, C, KH, KW, L), zeroed by the caller.
-        (o, c) outermost: its rows stay in the cache while the images stream by."""
+        (o, c) outermost: its rows stay in the cache while the images stream by,
+        two at a time, so each load and store of a partial sum carries two products."""
         N, C = x_flat.shape[:2]
         O, L = g_flat.shape[1], rows.shape[4]
         for o in range(O):
             for c in range(C):
-                for n in range(N):
-                    g, plane = g_flat[n, o], x_flat[n, c]
+                for n in range(0, N - 1, 2):
+                    g0, plane0 = g_flat[n, o], x_flat[n, c]
+                    g1, plane1 = g_flat[n + 1, o], x_flat[n + 1, c]
                     for i in range(KH):
                         for j in range(KW):
                             sums, base = rows[o, c, i, j], i * DH * Wp + j * DW
                             for k in range(L):
-                                sums[np.uint64(k)] += g[np.uint64(k)] * plane[np.uint64(base + k)]
+                                u, q = np.uint64(k), np.uint64(base + k)
+                                sums[u] += g0[u] * plane0[q] + g1[u] * plane1[q]
+                if N % 2:                               # the odd image out
+                    g, plane = g_flat[N - 1, o], x_flat[N - 1, c]
+                    for i in range(KH):
+                        for j in range(KW):
+                            sums, base = rows[o, c, i, j], i * DH * Wp + j * DW
+                            for k in range(L):
+                                u, q = np.uint64(k), np.uint64(base + k)
+                                sums[u] += g[u] * plane[q]
 
     return compile_loops(forward, backward_input, backward_weight, nogil=True)
 
