@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from kernels import bn_numba, conv_numba, elementwise_numba, jit, pool_numba, winograd_numba
+from kernels import (bn_numba, conv_direct_numba, conv_numba, elementwise_numba, jit, pool_numba,
+                     winograd_numba)
 
 KERNELS_DIR = Path(jit.__file__).resolve().parent
 NUMBA_LOOPS = {          # module -> its compiled-loops function, called with no arguments
@@ -52,6 +53,14 @@ def test_pool_loops_with_the_kernel_size_built_in_are_a_namespace_too():
     assert Path(loops.maxpool_forward.stats.cache_path).resolve() == KERNELS_DIR / "__pycache__"
 
 
+def test_direct_convolution_loops_with_the_kernel_size_built_in_are_a_namespace_too():
+    loops = conv_direct_numba._loops(5, 5)
+    assert isinstance(loops, types.SimpleNamespace)
+    assert conv_direct_numba._loops(5, 5) is loops
+    assert set(vars(loops)) == {"forward", "backward_input", "backward_weight"}
+    assert Path(loops.forward.stats.cache_path).resolve() == KERNELS_DIR / "__pycache__"
+
+
 @pytest.mark.parametrize("module", [conv_numba, bn_numba, winograd_numba],
                          ids=lambda m: m.__name__)
 def test_compiling_a_parallel_module_switches_its_prange(module):
@@ -64,9 +73,10 @@ def test_compiling_a_parallel_module_switches_its_prange(module):
 
 def test_serial_modules_are_not_compiled_parallel():
     # the elementwise and pooling loops are memory-bound or threaded by hand
-    # (benchmarks/results.md, "Figures behind design choices in kernels/")
+    # (benchmarks/results.md, "Figures behind design choices in kernels/"), and so
+    # are the direct convolution's
     for loops in (elementwise_numba._compiled(), pool_numba._adaptive_loops(),
-                  pool_numba._loops(3, 3)):
+                  pool_numba._loops(3, 3), conv_direct_numba._loops(5, 5)):
         assert not any(d.targetoptions.get("parallel") for d in vars(loops).values())
 
 

@@ -66,11 +66,12 @@ ALGORITHMS = ("auto", "im2col", "winograd")
 
 
 def set_algorithm(name):
-    """Choose how conv2d computes 3×3 stride-1 convolutions; return the previous choice.
+    """Choose how conv2d computes 3×3 stride-1 and thin convolutions; return the previous choice.
 
     ``"auto"`` (the default): on the CPU, Winograd's F(2×2, 3×3)
     (``conv_winograd.py``), 2.25x fewer multiplications, where the layer suits
-    it (see ``choose_algorithm``); im2col elsewhere, and everywhere on a GPU.
+    it, and the direct loops (``conv_direct.py``) for thin layers (see
+    ``choose_algorithm``); im2col elsewhere, and everywhere on a GPU.
     ``"im2col"``: im2col and one matrix product for every convolution but the
     1×1 ones, the textbook way.  ``"winograd"``: Winograd for every
     convolution it can compute (3×3, stride 1, no dilation, one group), also
