@@ -49,7 +49,7 @@ import functools
 
 import numpy as np
 
-from . import conv_direct_numpy, threads
+from . import conv_direct_numpy, pool_numba, threads
 from .geometry import conv_output_hw
 from .jit import compilable, compile_loops
 
@@ -144,12 +144,15 @@ def _loops(KH, KW):
 
 
 # ---------------------------------------------------------------- threads
-def _split_batch(N):
+def _split_batch(N, *arrays):
     """[(lo, hi), ...]: the batch cut into slices, twice as many as threads
     (handed out as threads come free, so one the OS keeps waiting does not
-    hold up the rest); one slice on one thread."""
+    hold up the rest); one slice on one thread, or when ``arrays`` (the
+    batch's inputs and outputs) are too small to be worth handing out
+    (``pool_numba.PARALLEL_MIN_BYTES`` says why)."""
     count = threads.numba_threads()
-    slices = 1 if count <= 1 else min(N, 2 * count)
+    small = sum(a.nbytes for a in arrays) < pool_numba.PARALLEL_MIN_BYTES
+    slices = 1 if count <= 1 or small else min(N, 2 * count)
     bounds = [N * s // slices for s in range(slices + 1)]
     return list(zip(bounds, bounds[1:]))
 
@@ -198,7 +201,7 @@ def conv_direct_forward(x, W, stride, padding, dilation):
     y = np.empty((x.shape[0], W.shape[0]) + out_hw, dtype=x.dtype)
     loop = _loops(KH, KW).forward
     _run([functools.partial(loop, x_flat[lo:hi], W, y[lo:hi], Wp, *dilation)
-          for lo, hi in _split_batch(x.shape[0])])
+          for lo, hi in _split_batch(x.shape[0], x_flat, y)])
     return y
 
 
@@ -215,7 +218,7 @@ def conv_direct_backward_input(gy, W, x_shape, stride, padding, dilation):
     loop = _loops(*W.shape[2:]).backward_input
     _run([functools.partial(loop, gy[lo:hi], W, gx[lo:hi], H + top + bottom,
                             Wd + left + right, *dilation, top, left)
-          for lo, hi in _split_batch(N)])
+          for lo, hi in _split_batch(N, gy, gx)])
     return gx
 
 
@@ -230,7 +233,7 @@ def conv_direct_backward_weight(gy, x, kernel_size, stride, padding, dilation):
     L = (OH - 1) * Wp + OW
     g_flat = np.zeros((N, O, OH * Wp), dtype=gy.dtype)    # gy at row width Wp
     g_flat.reshape(N, O, OH, Wp)[..., :OW] = gy
-    slices = _split_batch(N)
+    slices = _split_batch(N, g_flat, x_flat)
     # per slice, one row of partial sums per (o, c, i, j): no two threads share one
     rows = np.zeros((len(slices), O, C) + tuple(kernel_size) + (L,), dtype=x.dtype)
     loop = _loops(*kernel_size).backward_weight

@@ -100,7 +100,9 @@ def assert_close(actual, expected):
 
 
 @pytest.fixture(params=[1, 2], ids=["1-thread", "2-threads"])
-def threads(request):
+def threads(request, monkeypatch):
+    """1 or 2 threads; with 2, even these small arrays are cut into slices."""
+    monkeypatch.setattr(kernels.pool_numba, "PARALLEL_MIN_BYTES", 0)
     previous = kernels.threads.get_num_threads()
     kernels.threads.set_num_threads(request.param)
     yield request.param
@@ -150,7 +152,14 @@ def test_numba_kernels_hand_other_dtypes_to_the_reference(dtypes):
         np.testing.assert_array_equal(actual, expected)
 
 
-def test_weight_gradient_is_the_same_every_run():
+def test_two_threads_cut_the_batch_but_small_arrays_run_as_one_slice(threads, monkeypatch):
+    x = np.zeros((5, 1, 8, 8), np.float32)
+    assert len(conv_direct_numba._split_batch(5, x)) == (1 if threads == 1 else 4)
+    monkeypatch.setattr(kernels.pool_numba, "PARALLEL_MIN_BYTES", x.nbytes + 1)
+    assert conv_direct_numba._split_batch(5, x) == [(0, 5)]
+
+
+def test_weight_gradient_is_the_same_every_run(threads):
     # per-slice partial sums, added in slice order: no dependence on which thread
     # finishes first
     x, W, gy = operands(((32, 3, 10, 10), 4, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1)), np.float32)
