@@ -36,7 +36,10 @@ backward), as its module explains.
 
 Threads: the compiled loops (Numba) and the matrix products (OpenBLAS) take
 turns on the cores; ``kernels/threads.py`` keeps each pool asleep between its
-turns and gives both one thread count (``set_num_threads``).
+turns and gives both one thread count (``set_num_threads``).  Work made of
+small pieces is dealt out whole instead (``shares_threads.py``): a stack of
+products, a convolution's chunks of the batch, each thread running its
+share alone.
 
 ``kernels`` imports nothing from ``tinygrad_cnn``: the engine sits on top of
 it (``kernels/arrays.py`` answers which array module an array belongs to).

@@ -35,7 +35,7 @@ As in ``pool_numba.py``:
 
 - The kernel size is a compile-time constant: ``_loops(KH, KW)`` compiles
   the loops once per kernel size, so the (i, j) loops unroll.
-- The batch is split over threads (``_split_batch``), each running the
+- The batch is split over threads (``threads.batch_slices``), each running the
   compiled loop on its own slice of images with the GIL released
   (``nogil``).  Images never share an output, so nothing races; dW gets one
   set of partial sums per slice, added up in slice order afterwards, so the
@@ -49,7 +49,7 @@ import functools
 
 import numpy as np
 
-from . import conv_direct_numpy, pool_numba, threads
+from . import conv_direct_numpy, threads
 from .geometry import conv_output_hw
 from .jit import compilable, compile_loops
 
@@ -143,28 +143,9 @@ def _loops(KH, KW):
     return compile_loops(forward, backward_input, backward_weight, nogil=True)
 
 
-# ---------------------------------------------------------------- threads
-def _split_batch(N, *arrays):
-    """[(lo, hi), ...]: the batch cut into slices, twice as many as threads
-    (handed out as threads come free, so one the OS keeps waiting does not
-    hold up the rest); one slice on one thread, or when ``arrays`` (the
-    batch's inputs and outputs) are too small to be worth handing out
-    (``pool_numba.PARALLEL_MIN_BYTES`` says why)."""
-    count = threads.numba_threads()
-    small = sum(a.nbytes for a in arrays) < pool_numba.PARALLEL_MIN_BYTES
-    slices = 1 if count <= 1 or small else min(N, 2 * count)
-    bounds = [N * s // slices for s in range(slices + 1)]
-    return list(zip(bounds, bounds[1:]))
-
-
-def _run(jobs):
-    """Run the argument-less callables ``jobs``, in parallel if more than one."""
-    if len(jobs) == 1:
-        jobs[0]()
-        return
-    pool = threads.thread_pool()
-    for future in [pool.submit(job) for job in jobs]:
-        future.result()         # waits, and re-raises an error from the loop
+def _batch_slices(*arrays):
+    """``threads.batch_slices`` for the batch of ``arrays`` (its inputs and outputs)."""
+    return threads.batch_slices(arrays[0].shape[0], sum(a.nbytes for a in arrays))
 
 
 def _compiles(stride, *arrays):
@@ -200,8 +181,8 @@ def conv_direct_forward(x, W, stride, padding, dilation):
     W = np.ascontiguousarray(W)
     y = np.empty((x.shape[0], W.shape[0]) + out_hw, dtype=x.dtype)
     loop = _loops(KH, KW).forward
-    _run([functools.partial(loop, x_flat[lo:hi], W, y[lo:hi], Wp, *dilation)
-          for lo, hi in _split_batch(x.shape[0], x_flat, y)])
+    threads.run_all([functools.partial(loop, x_flat[lo:hi], W, y[lo:hi], Wp, *dilation)
+                     for lo, hi in _batch_slices(x_flat, y)])
     return y
 
 
@@ -216,9 +197,9 @@ def conv_direct_backward_input(gy, W, x_shape, stride, padding, dilation):
     gy, W = np.ascontiguousarray(gy), np.ascontiguousarray(W)
     gx = np.empty(tuple(x_shape), dtype=gy.dtype)
     loop = _loops(*W.shape[2:]).backward_input
-    _run([functools.partial(loop, gy[lo:hi], W, gx[lo:hi], H + top + bottom,
-                            Wd + left + right, *dilation, top, left)
-          for lo, hi in _split_batch(N, gy, gx)])
+    threads.run_all([functools.partial(loop, gy[lo:hi], W, gx[lo:hi], H + top + bottom,
+                                       Wd + left + right, *dilation, top, left)
+                     for lo, hi in _batch_slices(gy, gx)])
     return gx
 
 
@@ -233,10 +214,11 @@ def conv_direct_backward_weight(gy, x, kernel_size, stride, padding, dilation):
     L = (OH - 1) * Wp + OW
     g_flat = np.zeros((N, O, OH * Wp), dtype=gy.dtype)    # gy at row width Wp
     g_flat.reshape(N, O, OH, Wp)[..., :OW] = gy
-    slices = _split_batch(N, g_flat, x_flat)
+    slices = _batch_slices(g_flat, x_flat)
     # per slice, one row of partial sums per (o, c, i, j): no two threads share one
     rows = np.zeros((len(slices), O, C) + tuple(kernel_size) + (L,), dtype=x.dtype)
     loop = _loops(*kernel_size).backward_weight
-    _run([functools.partial(loop, g_flat[lo:hi], x_flat[lo:hi], rows[s], Wp, *dilation)
-          for s, (lo, hi) in enumerate(slices)])
+    threads.run_all([functools.partial(loop, g_flat[lo:hi], x_flat[lo:hi], rows[s], Wp,
+                                       *dilation)
+                     for s, (lo, hi) in enumerate(slices)])
     return rows.sum(axis=(0, 5))

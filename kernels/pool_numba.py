@@ -282,32 +282,17 @@ _adaptive_loops = on_first_use(_adaptive_avg_forward_loop, _adaptive_max_forward
 
 
 # ---------------------------------------------------------------- threads
-# Below this many bytes of inputs and outputs a pooling loop runs on the
-# calling thread: handing slices to the pool and waiting for them costs as
-# long as the whole loop takes on small planes such as DenseNet's 6x6
-# (benchmarks/results.md, "Figures behind design choices in kernels/").
-PARALLEL_MIN_BYTES = 2 * 2**20
-
-
 def _over_batch(loop, batch_arrays, *args):
-    """``loop(*batch_arrays, *args)``, run on slices of the batch axis in parallel.
+    """``loop(*batch_arrays, *args)``, run on slices of the batch axis in parallel
+    (``threads.batch_slices``: twice as many as threads; one for small arrays).
 
     ``batch_arrays`` are the (N, ...) inputs and outputs, sliced alike; ``args``
-    go to every slice unchanged.  Twice as many slices as threads, handed out
-    as threads come free, so a thread the OS keeps waiting does not hold up
-    the rest.
+    go to every slice unchanged.
     """
     N = batch_arrays[0].shape[0]
-    pool = threads.thread_pool()
-    slices = min(N, 2 * threads.numba_threads())
-    if slices <= 1 or sum(a.nbytes for a in batch_arrays) < PARALLEL_MIN_BYTES:
-        loop(*batch_arrays, *args)
-        return
-    bounds = [N * s // slices for s in range(slices + 1)]
-    jobs = [pool.submit(loop, *(a[lo:hi] for a in batch_arrays), *args)
-            for lo, hi in zip(bounds, bounds[1:])]
-    for job in jobs:
-        job.result()            # waits, and re-raises an error from the loop
+    slices = threads.batch_slices(N, sum(a.nbytes for a in batch_arrays))
+    threads.run_all([functools.partial(loop, *(a[lo:hi] for a in batch_arrays), *args)
+                     for lo, hi in slices])
 
 
 # ---------------------------------------------------------------- the interface

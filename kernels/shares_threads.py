@@ -26,8 +26,8 @@ the next chunk when done.
 
 Stacks or batches too short to share, one thread, work already inside a
 share, and anything but NumPy float32/float64 arrays go to the reference
-(the measurements are in benchmarks/results.md, "Figures behind design
-choices in kernels/").
+(the measurements are in benchmarks/results.md: "Figures behind design
+choices in kernels/" and "Whole pieces of work per thread").
 """
 import numpy as np
 

@@ -199,6 +199,39 @@ def in_share():
     return getattr(_share, "active", False)
 
 
+# Below this many bytes of a batch's inputs and outputs, a loop split by
+# batch_slices runs on the calling thread: handing slices to the pool and
+# waiting for them costs as long as the whole loop takes on small planes such
+# as DenseNet's 6x6 (benchmarks/results.md, "Figures behind design choices in
+# kernels/").
+PARALLEL_MIN_BYTES = 2 * 2**20
+
+
+def batch_slices(batch, nbytes):
+    """[(lo, hi), ...]: a batch of ``batch`` samples cut for the thread pool
+    (``run_all``), for loops that split the batch by hand (pooling, the direct
+    convolution): twice as many slices as threads, handed out as threads come
+    free, so one the OS keeps waiting does not hold up the rest.  One slice on
+    one thread, inside a share (its thread is one of the pool's), or when the
+    batch's ``nbytes`` of inputs and outputs are below PARALLEL_MIN_BYTES."""
+    workers = numba_threads()
+    one = workers <= 1 or in_share() or nbytes < PARALLEL_MIN_BYTES
+    slices = 1 if one else max(1, min(batch, 2 * workers))
+    bounds = [batch * s // slices for s in range(slices + 1)]
+    return list(zip(bounds, bounds[1:]))
+
+
+def run_all(jobs):
+    """Run the argument-less callables ``jobs`` on ``thread_pool()`` (one job:
+    on the calling thread); waits for all, and re-raises a job's error."""
+    if len(jobs) == 1:
+        jobs[0]()
+        return
+    pool = thread_pool()
+    for future in [pool.submit(job) for job in jobs]:
+        future.result()
+
+
 def shares_for(array):
     """How many chunks of work on ``array`` run side by side
     (``kernels.map_chunks``): get_num_threads() for a NumPy array, 1 for a

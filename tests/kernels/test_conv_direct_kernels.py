@@ -102,7 +102,7 @@ def assert_close(actual, expected):
 @pytest.fixture(params=[1, 2], ids=["1-thread", "2-threads"])
 def threads(request, monkeypatch):
     """1 or 2 threads; with 2, even these small arrays are cut into slices."""
-    monkeypatch.setattr(kernels.pool_numba, "PARALLEL_MIN_BYTES", 0)
+    monkeypatch.setattr(kernels.threads, "PARALLEL_MIN_BYTES", 0)
     previous = kernels.threads.get_num_threads()
     kernels.threads.set_num_threads(request.param)
     yield request.param
@@ -154,9 +154,10 @@ def test_numba_kernels_hand_other_dtypes_to_the_reference(dtypes):
 
 def test_two_threads_cut_the_batch_but_small_arrays_run_as_one_slice(threads, monkeypatch):
     x = np.zeros((5, 1, 8, 8), np.float32)
-    assert len(conv_direct_numba._split_batch(5, x)) == (1 if threads == 1 else 4)
-    monkeypatch.setattr(kernels.pool_numba, "PARALLEL_MIN_BYTES", x.nbytes + 1)
-    assert conv_direct_numba._split_batch(5, x) == [(0, 5)]
+    monkeypatch.setattr(kernels.threads, "PARALLEL_MIN_BYTES", 0)
+    assert len(conv_direct_numba._batch_slices(x)) == (1 if threads == 1 else 4)
+    monkeypatch.setattr(kernels.threads, "PARALLEL_MIN_BYTES", x.nbytes + 1)
+    assert conv_direct_numba._batch_slices(x) == [(0, 5)]
 
 
 def test_weight_gradient_is_the_same_every_run(threads):

@@ -67,7 +67,7 @@ def threads_even_for_small_arrays(monkeypatch):
     """The test arrays are small, and arrays this small run on the calling
     thread (``PARALLEL_MIN_BYTES``); the threaded path, where races would
     show, is the one to check."""
-    monkeypatch.setattr(pool_numba, "PARALLEL_MIN_BYTES", 0)
+    monkeypatch.setattr(kernel_threads, "PARALLEL_MIN_BYTES", 0)
 
 
 def assert_close(actual, expected):
@@ -189,8 +189,8 @@ def test_a_forked_child_gets_its_own_threads():
     # threads; reusing it would wait forever.  Run in a subprocess with a timeout.
     code = """if True:
         import os, numpy as np
-        from kernels import pool_numba
-        pool_numba.PARALLEL_MIN_BYTES = 0        # threads even for this small array
+        from kernels import pool_numba, threads
+        threads.PARALLEL_MIN_BYTES = 0           # threads even for this small array
         x = np.random.default_rng(0).standard_normal((8, 2, 6, 6))
         expected = pool_numba.maxpool2d_forward(x, (2, 2), (2, 2), (0, 0))[0]
         pid = os.fork()
@@ -207,7 +207,7 @@ def test_a_forked_child_gets_its_own_threads():
 @pytest.mark.parametrize("threads", [False, True], ids=["calling-thread", "threads"])
 def test_small_arrays_stay_on_the_calling_thread(monkeypatch, threads):
     x = make_input("normal", (4, 3, 6, 6), np.float32)
-    monkeypatch.setattr(pool_numba, "PARALLEL_MIN_BYTES", 0 if threads else x.nbytes * 4)
+    monkeypatch.setattr(kernel_threads, "PARALLEL_MIN_BYTES", 0 if threads else x.nbytes * 4)
     submitted = []
     pool = kernel_threads.thread_pool()
     real_submit = pool.submit

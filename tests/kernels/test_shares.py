@@ -232,3 +232,13 @@ def test_inside_a_share_the_compiled_loops_are_the_one_thread_nogil_ones(two_thr
     assert real.targetoptions.get("nogil") and not real.targetoptions.get("parallel")
     for result in inside:
         np.testing.assert_array_equal(result, outside)
+
+
+def test_loops_that_split_the_batch_by_hand_stay_whole_inside_a_share(two_threads, monkeypatch):
+    # pooling and the direct convolution hand slices to the same pool: from one of its
+    # threads they would wait on themselves
+    monkeypatch.setattr(threads, "PARALLEL_MIN_BYTES", 0)
+    assert len(threads.batch_slices(8, 10**9)) == 4
+    slices = shares_threads.map_chunks(np.zeros(4, np.float32),
+                                       lambda chunk: threads.batch_slices(8, 10**9), [0, 1])
+    assert slices == [[(0, 8)], [(0, 8)]]
