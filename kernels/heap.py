@@ -24,7 +24,6 @@ changes (set ``MALLOC_TRIM_THRESHOLD_=134217728``, glibc's 128 MiB default,
 to opt out).
 """
 import ctypes
-import ctypes.util
 import os
 
 # mallopt's parameter numbers (glibc's malloc.h)
@@ -40,10 +39,12 @@ USER_VARIABLES = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TO
 
 def _glibc():
     """The C library, if it is glibc (it has ``gnu_get_libc_version`` and
-    ``mallopt``); else None."""
+    ``mallopt``); else None.  Looked up among the symbols the process has
+    loaded already (``CDLL(None)``): ``find_library`` may start ``ldconfig``,
+    and this runs at import."""
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-    except OSError:
+        libc = ctypes.CDLL(None)
+    except (OSError, TypeError):    # TypeError: Windows has no "the process itself"
         return None
     if not (hasattr(libc, "gnu_get_libc_version") and hasattr(libc, "mallopt")):
         return None
