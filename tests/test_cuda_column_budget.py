@@ -12,10 +12,10 @@ pytestmark = pytest.mark.kernel_free      # arithmetic on memory figures: no ker
 GiB = 2**30
 
 
-def test_a_quarter_of_free_memory_with_the_cpu_budget_as_floor():
+def test_a_quarter_of_free_memory_with_a_16_mb_floor():
     assert cuda.column_budget(free_bytes=100 * GiB) == 25 * GiB
     assert cuda.column_budget(free_bytes=10 * 2**20) == 16 * 2**20     # nearly full GPU
-    assert cuda.column_budget(free_bytes=0, cpu_budget=1024) == 1024
+    assert cuda.column_budget(free_bytes=0, floor=1024) == 1024
     with pytest.raises(ValueError, match="free_bytes must be >= 0"):
         cuda.column_budget(free_bytes=-1)
 

@@ -65,23 +65,24 @@ def memory_reserved():
 
 # A GPU convolution should build its columns for the whole batch at once and
 # run one matrix product: every chunk costs kernel launches and host time, and
-# the CPU's bound (a cache-sized 16 MB) splits a GPU convolution into many.  A
-# chunk's columns are live together with about as much again (the product's
-# output; in backward the column gradient), so a quarter of what is free is
-# the bound, and never less than the CPU's.
+# the CPU's bound (a cache-sized 4 MB per chunk) would split a GPU convolution
+# into many.  A chunk's columns are live together with about as much again (the
+# product's output; in backward the column gradient), so a quarter of what is
+# free is the bound, and never less than 16 MB (``floor``, the CPU's bound
+# before it was measured per thread).
 GPU_COLUMN_FRACTION = 0.25
 
 
-def column_budget(free_bytes=None, cpu_budget=16 * 2**20):
+def column_budget(free_bytes=None, floor=16 * 2**20):
     """Bytes of im2col columns (or Winograd tiles) one GPU convolution chunk may
     build: ``GPU_COLUMN_FRACTION`` of the GPU memory free now (the driver's
     free memory plus the blocks CuPy's pool holds unused), at least
-    ``cpu_budget``.  ``free_bytes`` overrides the measurement (for tests)."""
+    ``floor``.  ``free_bytes`` overrides the measurement (for tests)."""
     if free_bytes is None:
         free_bytes = free_memory()
     if free_bytes < 0:
         raise ValueError(f"column_budget: free_bytes must be >= 0, got {free_bytes}")
-    return max(int(free_bytes * GPU_COLUMN_FRACTION), cpu_budget)
+    return max(int(free_bytes * GPU_COLUMN_FRACTION), floor)
 
 
 def free_memory(device="cuda"):

@@ -77,7 +77,7 @@ def assert_close(ours, expected):
 def test_gpu_conv_is_one_im2col_one_product_per_pass_whatever_the_cpu_budget(
         fake, monkeypatch, restore_settings):
     # a CPU budget of one byte would cut the batch into single images
-    monkeypatch.setattr(conv_module, "column_budget_for", lambda threads: 1)
+    monkeypatch.setattr(conv_module, "DEFAULT_COLUMN_BUDGET", 1)
     x, w, b = inputs((6, 4, 9, 9), (8, 4, 3, 3))
     expected = on_cpu(x, w, b, stride=2, padding=1)
     with kernels.counting() as calls:
@@ -119,7 +119,7 @@ def test_out_of_memory_measures_again_and_retries_in_smaller_chunks(fake, monkey
         return im2col(images, *args, **kwargs)
     monkeypatch.setattr(kernels, "im2col", full_gpu)
     monkeypatch.setattr(cuda, "column_budget",       # without the CPU budget's floor
-                        lambda free, cpu_budget=None: int(free * cuda.GPU_COLUMN_FRACTION))
+                        lambda free, floor=None: int(free * cuda.GPU_COLUMN_FRACTION))
     ours, fn = run("cuda", x, w, b, padding=1)
     # measured at the start and after the error; backward starts from the new budget
     assert fake.mem_get_info_calls == 2 and len(fn.chunks) == 2
@@ -142,7 +142,7 @@ def test_out_of_memory_stands_where_smaller_chunks_cannot_help(fake, monkeypatch
 
 def test_pointwise_conv_on_the_gpu_is_one_product_per_pass(fake, monkeypatch,
                                                           restore_settings):
-    monkeypatch.setattr(conv_module, "column_budget_for", lambda threads: 1)
+    monkeypatch.setattr(conv_module, "DEFAULT_COLUMN_BUDGET", 1)
     x, w, b = inputs((5, 6, 4, 4), (8, 3, 1, 1))           # groups=2
     expected = on_cpu(x, w, b, groups=2)
     ours, fn = run("cuda", x, w, b, groups=2)

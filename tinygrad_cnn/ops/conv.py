@@ -27,13 +27,13 @@ OH = (H + pad_top + pad_bottom - DH·(KH - 1) - 1) // SH + 1.
 Memory: im2col's column matrix is KH·KW/(SH·SW) times larger than the
 input (9x for a 3x3 conv), so ``conv2d`` builds it for one chunk of the
 batch at a time, each chunk's columns at most ``column_budget`` bytes
-(``set_column_budget(nbytes)`` changes it).  The default, 16 MB (up to 4
-threads; more with more threads, ``column_budget_for``), is also
-the fast choice on a CPU: a buffer that size is reused from the heap and
-stays in the L3 cache between im2col and the matrix product, while one
-above glibc's 32 MB mmap threshold comes fresh from the OS, page faults
-and all, on every call; much larger chunks made whole networks slower
-(benchmarks/results.md, "Figures behind design choices").
+(``set_column_budget(nbytes)`` changes it).  The default, 4 MB
+(``DEFAULT_COLUMN_BUDGET``), is also the fast choice on a CPU: each thread
+runs whole chunks of its own (``kernels.map_chunks``), and a chunk that
+small stays in the cache between im2col and the matrix product, where a
+16 MB one per thread spills out of it; far larger chunks come fresh from
+the OS, page faults and all (benchmarks/results.md, "Figures behind
+design choices").
 
 On a GPU the opposite holds: every chunk costs kernel launches and host time
 while the GPU waits, so a GPU convolution's bound is a share of the GPU's
@@ -58,7 +58,7 @@ from .conv_direct import Conv2dDirect, direct_suits
 from .conv_winograd import Conv2dWinograd, winograd_can_run, winograd_suits
 from .shape import pad, squeeze, stack, unsqueeze
 
-column_budget = None    # bytes of im2col columns built at once; None: by thread count
+column_budget = None    # bytes of im2col columns per chunk; None: DEFAULT_COLUMN_BUDGET
 
 algorithm = "auto"       # "auto", "im2col" or "winograd" (see set_algorithm)
 
@@ -92,41 +92,36 @@ def set_column_budget(nbytes):
     (``kernels.geometry.batch_chunks``).  Smaller bounds save memory but make
     smaller, less efficient matrix products.  A chunk holds at least one
     image, even one whose columns alone exceed the bound.  ``None`` (the
-    default) sizes the bound by the thread count:
-    ``column_budget_for(tinygrad_cnn.get_num_threads())``.
+    default): ``DEFAULT_COLUMN_BUDGET`` on the CPU, a share of the free
+    memory on a GPU.
     """
     global column_budget
     if nbytes is not None and (isinstance(nbytes, bool) or not isinstance(nbytes, int)
                                or nbytes < 1):
         raise ValueError(f"set_column_budget: expected a positive int number of bytes, "
-                         f"got {nbytes!r} (or None: sized by the thread count)")
+                         f"got {nbytes!r} (or None: the default)")
     previous, column_budget = column_budget, nbytes
     return previous
 
 
-# Up to this many threads the default budget is the 16 MB the module docstring
-# explains; beyond, it grows with the threads so that each one's share of a
-# chunk's matrix product stays as wide as with 4 threads (4 MB of columns),
-# instead of a 16-thread product being cut into slivers.  A rule from
-# reasoning: it never ran on more than 2 cores (benchmarks/results.md).
-COLUMN_BUDGET_THREADS = 4
-
-
-def column_budget_for(threads):
-    """The default column budget with ``threads`` threads: 16 MB up to
-    COLUMN_BUDGET_THREADS threads, 4 MB per thread beyond."""
-    return 4 * 2**20 * max(COLUMN_BUDGET_THREADS, threads)
+# The bound of one chunk's columns on the CPU.  It does not grow with the
+# threads: each thread runs whole chunks of its own (kernels.map_chunks), and a
+# batch needing several chunks gets a multiple of the thread count of them
+# (kernels.geometry.batch_chunks), so every thread has its own 4 MB at a time.
+# Measured on 2 threads (benchmarks/results.md): 4 MB against 16 MB made
+# DenseNet's step 14% faster, GoogLeNet's 9%, LeNet's 12%, ResNet-18's the same.
+DEFAULT_COLUMN_BUDGET = 4 * 2**20
 
 
 def current_column_budget(x=None):
     """The budget conv2d uses now for input array ``x``: set_column_budget's;
     else, for a GPU array, a share of that GPU's free memory
-    (``tinygrad_cnn.cuda.conv_column_budget``); else by thread count."""
+    (``tinygrad_cnn.cuda.conv_column_budget``); else ``DEFAULT_COLUMN_BUDGET``."""
     if column_budget is not None:
         return column_budget
     if x is not None and get_array_module(x) is not np:
         return cuda.conv_column_budget(x.device.id)
-    return column_budget_for(kernels.threads.get_num_threads())
+    return DEFAULT_COLUMN_BUDGET
 
 
 def run_in_chunks(run, x, bytes_per_image, budget):
