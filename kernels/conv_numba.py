@@ -47,16 +47,30 @@ def _im2col_loops(x, col, rows_inside, cols_inside, KH, KW, SH, SW, DH, DW, top,
             = x[n, c, oh·SH + i·DH - top, ow·SW + j·DW - left],  0 on the padding.
     """
     N = x.shape[0]
+    OH = col.shape[2] // OW
     for row in prange(col.shape[0]):           # one kernel tap (c, i, j) per row
         c, i, j = row // (KH * KW), row // KW % KH, row % KW
         h0, w0 = i * DH - top, j * DW - left     # where the tap reads for output (0, 0)
+        oh0, oh1 = rows_inside[i, 0], rows_inside[i, 1]
+        ow0, ow1 = cols_inside[j, 0], cols_inside[j, 1]
+        # zeros only where some of the tap's reads fall on the padding
+        touches_padding = oh0 > 0 or oh1 < OH or ow0 > 0 or ow1 < OW
         for n in range(N):
             out = col[row, n]                    # (OH·OW,): this tap over image n
-            out[:] = 0
-            for oh in range(rows_inside[i, 0], rows_inside[i, 1]):
-                h = np.uint64(oh * SH + h0)
-                for ow in range(cols_inside[j, 0], cols_inside[j, 1]):
-                    out[np.uint64(oh * OW + ow)] = x[n, c, h, np.uint64(ow * SW + w0)]
+            if touches_padding:
+                out[:] = 0
+            image = x[n, c]
+            for oh in range(oh0, oh1):
+                source = image[np.uint64(oh * SH + h0)]      # the input row this output row reads
+                start = oh * OW
+                # Stride 1 gets a loop of its own: with the stride known to be 1
+                # the compiler turns the copy into vector moves.
+                if SW == 1:
+                    for ow in range(ow0, ow1):
+                        out[np.uint64(start + ow)] = source[np.uint64(ow + w0)]
+                else:
+                    for ow in range(ow0, ow1):
+                        out[np.uint64(start + ow)] = source[np.uint64(ow * SW + w0)]
 
 
 def _col2im_loops(col, x, rows_inside, cols_inside, KH, KW, SH, SW, DH, DW, top, left, OW):
@@ -73,13 +87,20 @@ def _col2im_loops(col, x, rows_inside, cols_inside, KH, KW, SH, SW, DH, DW, top,
         image[:] = 0
         for i in range(KH):
             h0 = i * DH - top
+            oh0, oh1 = rows_inside[i, 0], rows_inside[i, 1]
             for j in range(KW):
                 w0 = j * DW - left
+                ow0, ow1 = cols_inside[j, 0], cols_inside[j, 1]
                 tap = col[(c * KH + i) * KW + j, n]       # (OH·OW,)
-                for oh in range(rows_inside[i, 0], rows_inside[i, 1]):
-                    h = np.uint64(oh * SH + h0)
-                    for ow in range(cols_inside[j, 0], cols_inside[j, 1]):
-                        image[h, np.uint64(ow * SW + w0)] += tap[np.uint64(oh * OW + ow)]
+                for oh in range(oh0, oh1):
+                    target = image[np.uint64(oh * SH + h0)]
+                    start = oh * OW
+                    if SW == 1:                            # vector adds, as in im2col
+                        for ow in range(ow0, ow1):
+                            target[np.uint64(ow + w0)] += tap[np.uint64(start + ow)]
+                    else:
+                        for ow in range(ow0, ow1):
+                            target[np.uint64(ow * SW + w0)] += tap[np.uint64(start + ow)]
 
 
 _compiled = on_first_use(_im2col_loops, _col2im_loops, parallel=True)

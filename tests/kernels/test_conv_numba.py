@@ -163,6 +163,21 @@ def test_the_loops_run_as_plain_python():
     assert_sums_equal(back, conv_numpy.col2im(expected, x_shape, *args, merge_batch=True))
 
 
+@pytest.mark.parametrize("geometry", ["1x1-output", "stride-over-kernel", "3x3-pad1",
+                                      "pad-over-kernel", "7x7-stride2-pad3"])
+def test_im2col_writes_every_entry_of_a_garbage_buffer(geometry):
+    # im2col zeroes a row only where its tap touches the padding; a row whose
+    # reads all fall inside must still be written whole (the buffer is np.empty).
+    x_shape, *args = GEOMETRIES[geometry]
+    x = random_input(x_shape, np.float32)
+    (OH, OW), loop_geometry = conv_numba._loop_arguments(x_shape, *args)
+    rows = x_shape[1] * args[0][0] * args[0][1]
+    col = np.full((rows, x_shape[0], OH * OW), np.nan, dtype=np.float32)
+    conv_numba._loops().im2col(x, col, *loop_geometry)
+    np.testing.assert_array_equal(col.reshape(rows, -1),
+                                  conv_numpy.im2col(x, *args, merge_batch=True))
+
+
 def test_import_does_not_import_numba():
     # Numba's import costs ~0.5 s: it waits for the first kernel call.
     code = ("import sys, kernels.conv_numba; "
