@@ -332,10 +332,15 @@ class Conv2dPointwise(Function):
         dW = dy @ xᵀ                      dy as (G, O/G, N·H·W), x as (G, C/G, N·H·W)
         db = Σ_{n, h, w} dy
 
-    dW is one product over the batch's pixels side by side (one chunk of the
-    batch at a time, at most ``column_budget`` bytes of the two transposed
-    copies: on a GPU usually the whole batch), not N per-image products:
-    on a GPU each would be a launch, on a CPU a thin product.
+    dW is one product over the batch's pixels side by side (not N per-image
+    products: on a GPU each would be a launch, on a CPU a thin product).
+
+    Every pass runs one chunk of the batch at a time (``batch_chunks``, at
+    most ``column_budget`` bytes of a chunk's input and output; on a GPU
+    usually the whole batch), the chunks side by side on the CPU's threads
+    (``kernels.map_chunks``): each thread adds the bias to, or sums db and dW
+    over, the images it has just multiplied, while they are in its cache,
+    instead of one thread making a second pass over the whole batch.
     """
     name = "Conv2d[pointwise]"
 
@@ -347,44 +352,67 @@ class Conv2dPointwise(Function):
         self.save_for_backward(x if need_W else None, W if need_x else None)
         self.x_shape, self.W_shape = x.shape, W.shape
         N, C, H, Wd = x.shape
-        O, G = W.shape[0], self.groups
+        O = W.shape[0]
+        self.bytes_per_image = (C + O) * H * Wd * x.dtype.itemsize
         with TF32(x, cudnn.allow_tf32):
-            y = kernels.matmul(W.reshape(G, O // G, C // G),
-                               x.reshape(N, G, C // G, H * Wd))      # (N, G, O/G, L)
-        y = y.reshape(N, O, H, Wd)
-        if b is not None:
-            y += b.reshape(1, O, 1, 1)
+            y, self.chunks, self.column_budget = run_in_chunks(
+                lambda chunks: self._forward(x, W, b, chunks), x, self.bytes_per_image,
+                self.column_budget)
+        return y.reshape(N, O, H, Wd)
+
+    def _forward(self, x, W, b, chunks):
+        xp = get_array_module(x, W)
+        N, C, H, Wd = x.shape
+        O, G = W.shape[0], self.groups
+        Wg = W.reshape(G, O // G, C // G)
+        y = xp.empty((N, G, O // G, H * Wd), dtype=xp.result_type(x, W))
+
+        def run(chunk):     # the chunks write disjoint parts of y: they may run side by side
+            y_chunk = y[chunk]
+            n = len(y_chunk)
+            kernels.matmul(Wg, x[chunk].reshape(n, G, C // G, H * Wd), out=y_chunk)
+            if b is not None:
+                y_chunk += b.reshape(G, O // G, 1)
+        kernels.map_chunks(x, run, chunks)
         return y
 
     def backward(self, gy):
+        with TF32(gy, cudnn.allow_tf32):
+            grads, self.chunks, self.column_budget = run_in_chunks(
+                lambda chunks: self._backward(gy, chunks), gy, self.bytes_per_image,
+                self.column_budget)
+        return grads
+
+    def _backward(self, gy, chunks):
         x, W = self.saved
         need_x, need_W = self.needs_input_grad[:2]
         need_b = self.has_bias and self.needs_input_grad[2]
+        xp = get_array_module(gy)
         N, C, H, Wd = self.x_shape
         O, G = gy.shape[1], self.groups
-        gb = gy.sum(axis=(0, 2, 3)) if need_b else None
-        gx = gW = None
-        with TF32(gy, cudnn.allow_tf32):
+        WgT = W.reshape(G, O // G, C // G).swapaxes(1, 2) if need_x else None
+        gx = xp.empty(self.x_shape, dtype=gy.dtype) if need_x else None
+
+        def run(chunk):     # -> this chunk's (dW, db); its dx goes into its own part of gx
+            gy_chunk = gy[chunk]
+            n = len(gy_chunk)
             if need_x:
-                gx = kernels.matmul(W.reshape(G, O // G, C // G).swapaxes(1, 2),
-                                    gy.reshape(N, G, O // G, H * Wd)).reshape(self.x_shape)
+                gx_chunk = gx[chunk].reshape(n, G, C // G, H * Wd)
+                kernels.matmul(WgT, gy_chunk.reshape(n, G, O // G, H * Wd), out=gx_chunk)
+            gb_chunk = gy_chunk.sum(axis=(0, 2, 3)) if need_b else None
+            gW_chunk = None
             if need_W:
-                bytes_per_image = (C + O) * H * Wd * gy.dtype.itemsize
-                gW, _, _ = run_in_chunks(lambda chunks: self._weight_grad(gy, x, chunks), gy,
-                                         bytes_per_image, self.column_budget)
+                gy_rows, x_rows = (_side_by_side(xp, a, G) for a in (gy_chunk, x[chunk]))
+                gW_chunk = kernels.matmul(gy_rows, x_rows.swapaxes(1, 2))  # (G, O/G, C/G)
+            return gW_chunk, gb_chunk
+        gW = gb = None
+        for gW_chunk, gb_chunk in kernels.map_chunks(gy, run, chunks):   # in the chunks' order
+            if need_W:
+                gW = accumulate(gW, gW_chunk)
+            if need_b:
+                gb = accumulate(gb, gb_chunk)
+        gW = gW.reshape(self.W_shape) if need_W else None
         return (gx, gW, gb) if self.has_bias else (gx, gW)
-
-    def _weight_grad(self, gy, x, chunks):
-        """dW = Σ_chunks dy_chunk @ x_chunkᵀ, each chunk's images side by side."""
-        xp = get_array_module(gy)
-
-        def run(chunk):
-            gy_chunk, x_chunk = (_side_by_side(xp, a[chunk], self.groups) for a in (gy, x))
-            return kernels.matmul(gy_chunk, x_chunk.swapaxes(1, 2))     # (G, O/G, C/G)
-        gW = None
-        for term in kernels.map_chunks(gy, run, chunks):      # summed in the chunks' order
-            gW = accumulate(gW, term)
-        return gW.reshape(self.W_shape)
 
 
 def _side_by_side(xp, a, groups):
