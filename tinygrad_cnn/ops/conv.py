@@ -55,7 +55,7 @@ from ..backends import cudnn
 from ..backends.tf32 import TF32
 from .arguments import as_int, as_pair
 from .conv_direct import Conv2dDirect, direct_suits
-from .conv_winograd import Conv2dWinograd, winograd_can_run, winograd_suits
+from .conv_winograd import Conv2dWinograd, accumulate, winograd_can_run, winograd_suits
 from .shape import pad, squeeze, stack, unsqueeze
 
 column_budget = None    # bytes of im2col columns per chunk; None: DEFAULT_COLUMN_BUDGET
@@ -309,15 +309,6 @@ class Conv2dIm2col(Function):
                              merge_batch=True)
         rows, columns = col.shape
         return col.reshape(self.groups, rows // self.groups, columns)
-
-
-def accumulate(total, term):
-    """``total + term``, in place after the first term (None): a sum over
-    chunks that, for one chunk, is that chunk's array with no extra pass."""
-    if total is None:
-        return term
-    total += term
-    return total
 
 
 # ---------------------------------------------------------------- 1×1, stride 1, no padding

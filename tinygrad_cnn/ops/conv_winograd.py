@@ -60,7 +60,7 @@ class Conv2dWinograd(Function):
         U = G W Gᵀ           (16, O, C)      kernels.winograd_weight
         V = Bᵀ d B           (16, C, T)      kernels.winograd_input
         M = U @ V            (16, O, T)      the 16 products
-        y = Aᵀ M A + b       (N, O, OH, OW)  kernels.winograd_output
+        y = Aᵀ M A + b       (N, O, OH, OW)  kernels.winograd_output, then b
 
     Backward: every step is linear, so each gradient is the step's adjoint::
 
@@ -106,10 +106,11 @@ class Conv2dWinograd(Function):
             V = kernels.winograd_input(x[chunk], self.padding, tiles)      # (4, 4, C, n, TH, TW)
             n = V.shape[3]
             M = kernels.matmul(U, V.reshape(16, C, -1))   # the 16 products: (16, O, n·TH·TW)
-            kernels.winograd_output(M.reshape((4, 4, O, n) + tiles), out_hw, out=y[chunk])
+            y_chunk = y[chunk]
+            kernels.winograd_output(M.reshape((4, 4, O, n) + tiles), out_hw, out=y_chunk)
+            if b is not None:       # while the chunk's y is in this thread's cache
+                y_chunk += b.reshape(1, O, 1, 1)
         kernels.map_chunks(x, run, self.chunks)
-        if b is not None:
-            y += b.reshape(1, O, 1, 1)
         return y
 
     def _backward(self, gy):
@@ -122,8 +123,9 @@ class Conv2dWinograd(Function):
         tiles = tuple(winograd_tiles(size) for size in gy.shape[2:])
         gx = xp.empty(self.x_shape, dtype=gy.dtype) if need_x else None
 
-        def run(chunk):     # -> this chunk's dU; its dx goes into its own part of gx
-            gM = kernels.winograd_output_backward(gy[chunk])     # (4, 4, O, n, TH, TW)
+        def run(chunk):     # -> this chunk's (dU, db); its dx goes into its own part of gx
+            gy_chunk = gy[chunk]
+            gM = kernels.winograd_output_backward(gy_chunk)     # (4, 4, O, n, TH, TW)
             n = gM.shape[3]
             gM = gM.reshape(16, O, -1)
             gU = None
@@ -135,14 +137,23 @@ class Conv2dWinograd(Function):
                 kernels.winograd_input_backward(gV.reshape((4, 4, C, n) + tiles),
                                                 (n,) + self.x_shape[1:], self.padding,
                                                 out=gx[chunk])
-            return gU
-        per_chunk = kernels.map_chunks(gy, run, self.chunks)
-        gW = None
-        if need_W:      # dU = Σ_chunks, summed in the chunks' order wherever they ran
-            gU = per_chunk[0]
-            for term in per_chunk[1:]:
-                gU += term
-            gW = kernels.winograd_weight_backward(gU.reshape(4, 4, O, C))
-        if not self.has_bias:
-            return gx, gW
-        return gx, gW, gy.sum(axis=(0, 2, 3)) if need_b else None
+            gb = gy_chunk.sum(axis=(0, 2, 3)) if need_b else None
+            return gU, gb
+        gU = gb = None
+        for gU_chunk, gb_chunk in kernels.map_chunks(gy, run, self.chunks):
+            if need_W:      # summed in the chunks' order wherever they ran
+                gU = accumulate(gU, gU_chunk)
+            if need_b:
+                gb = accumulate(gb, gb_chunk)
+        gW = kernels.winograd_weight_backward(gU.reshape(4, 4, O, C)) if need_W else None
+        return (gx, gW, gb) if self.has_bias else (gx, gW)
+
+
+def accumulate(total, term):
+    """``total + term``, in place after the first term (None): a sum over
+    chunks that, for one chunk, is that chunk's array with no extra pass.
+    (conv.py's convolutions use it too: it lives in the module conv.py imports.)"""
+    if total is None:
+        return term
+    total += term
+    return total
