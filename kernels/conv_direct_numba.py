@@ -212,13 +212,23 @@ def conv_direct_backward_weight(gy, x, kernel_size, stride, padding, dilation):
     x_flat, Wp = _padded_flat(x, padding)
     (N, O, OH, OW), C = gy.shape, x.shape[1]
     L = (OH - 1) * Wp + OW
-    g_flat = np.zeros((N, O, OH * Wp), dtype=gy.dtype)    # gy at row width Wp
-    g_flat.reshape(N, O, OH, Wp)[..., :OW] = gy
+    g_flat = np.empty((N, O, OH * Wp), dtype=gy.dtype)    # gy at row width Wp
     slices = _batch_slices(g_flat, x_flat)
     # per slice, one row of partial sums per (o, c, i, j): no two threads share one
     rows = np.zeros((len(slices), O, C) + tuple(kernel_size) + (L,), dtype=x.dtype)
     loop = _loops(*kernel_size).backward_weight
-    threads.run_all([functools.partial(loop, g_flat[lo:hi], x_flat[lo:hi], rows[s], Wp,
-                                       *dilation)
+
+    def slice_job(s, lo, hi):
+        # each thread lays out its own images' gy at width Wp, then sums them
+        _widen(gy[lo:hi], g_flat[lo:hi].reshape(hi - lo, O, OH, Wp))
+        loop(g_flat[lo:hi], x_flat[lo:hi], rows[s], Wp, *dilation)
+    threads.run_all([functools.partial(slice_job, s, lo, hi)
                      for s, (lo, hi) in enumerate(slices)])
     return rows.sum(axis=(0, 5))
+
+
+def _widen(gy, wide):
+    """wide (n, O, OH, Wp) = gy (n, O, OH, OW) in its first OW columns, 0 in the rest."""
+    OW = gy.shape[3]
+    wide[..., :OW] = gy
+    wide[..., OW:] = 0
