@@ -407,10 +407,11 @@ def matmul(a, b, out=None):
     return _implementation("matmul", a)(a, b, out)
 
 
-def map_chunks(x, work, chunks):
+def map_chunks(x, work, chunks, combine=None):
     """``[work(chunk) for chunk in chunks]`` over the chunks of batch ``x``
-    (index slices), in the chunks' order (``shares_numpy.map_chunks``)."""
-    return _implementation("map_chunks", x)(x, work, chunks)
+    (index slices), in the chunks' order; with ``combine``, the results folded
+    into one in that order instead (``shares_numpy.map_chunks``)."""
+    return _implementation("map_chunks", x)(x, work, chunks, combine)
 
 
 # ---------------------------------------------------------------- counting

@@ -16,11 +16,19 @@ on one chunk after another; ``x`` is the batch, which says where the work
 runs (NumPy or CuPy).  Here each chunk's kernels spread over the threads
 themselves.
 
+With ``combine``, map_chunks folds the results into one as they come, in
+the chunks' order: ``total = combine(total, work(chunk))``, from
+``total = None``.  A convolution's backward sums its chunks' weight
+gradients so: each is as large as the weights (Winograd's 16 times), and a
+list of all of them would hold as many copies as there are chunks.
+
 Signatures
 ----------
 matmul(a, b, out=None) -> y        a (..., M, K), b (..., K, N) -> y (..., M, N);
                                    written into ``out`` when given
-map_chunks(x, work, chunks) -> [work(chunk) for chunk in chunks]
+map_chunks(x, work, chunks, combine=None)
+    -> [work(chunk) for chunk in chunks], or with ``combine`` the fold
+       total = combine(total, work(chunk)) over the chunks in order, from None
 """
 from .arrays import get_array_module
 
@@ -30,6 +38,18 @@ def matmul(a, b, out=None):
     return get_array_module(a, b).matmul(a, b, out=out)
 
 
-def map_chunks(x, work, chunks):
-    """``work(chunk)`` for each chunk of the batch ``x``, one after another, in order."""
-    return [work(chunk) for chunk in chunks]
+def map_chunks(x, work, chunks, combine=None):
+    """``work(chunk)`` for each chunk of the batch ``x``, one after another, in
+    order: the list of results, or with ``combine`` their fold."""
+    return fold(map(work, chunks), combine)
+
+
+def fold(results, combine):
+    """``list(results)``, or with ``combine`` the running total over them in
+    order (each result dropped once folded in)."""
+    if combine is None:
+        return list(results)
+    total = None
+    for result in results:
+        total = combine(total, result)
+    return total

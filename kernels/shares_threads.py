@@ -97,10 +97,12 @@ def _rows(operand, lo, hi, batch_ndim):
     return operand[lo:hi]
 
 
-def map_chunks(x, work, chunks):
+def map_chunks(x, work, chunks, combine=None):
     """``shares_numpy.map_chunks``: ``work(chunk)`` for each chunk, the chunks
-    run side by side as shares (results in the chunks' order)."""
+    run side by side as shares (results in the chunks' order, or folded in
+    that order by ``combine`` as they come)."""
     if (len(chunks) < 2 or threads.numba_threads() < 2 or threads.in_share()
             or not compilable(x)):
-        return shares_numpy.map_chunks(x, work, chunks)
-    return threads.map_in_shares(work, chunks)
+        return shares_numpy.map_chunks(x, work, chunks, combine)
+    return threads.map_in_shares(work, chunks, lambda results: shares_numpy.fold(results,
+                                                                                combine))

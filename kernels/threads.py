@@ -239,12 +239,14 @@ def shares_for(array):
     return get_num_threads() if isinstance(array, np.ndarray) else 1
 
 
-def map_in_shares(work, items):
-    """``[work(item) for item in items]``, the items run side by side on
-    ``thread_pool()``'s threads, each taking the next item as it comes free,
-    each item's kernels on its thread alone (``in_share``) with BLAS on one
-    thread.  The results come back in the items' order whichever thread ran
-    them, so what the caller sums from them is summed in one fixed order."""
+def map_in_shares(work, items, collect=list):
+    """``collect`` of the results ``work(item)`` for the items, run side by side
+    on ``thread_pool()``'s threads, each taking the next item as it comes
+    free, each item's kernels on its thread alone (``in_share``) with BLAS on
+    one thread.  ``collect`` gets the results in the items' order whichever
+    thread ran them, each as soon as it and those before it are done, so what
+    the caller sums from them is summed in one fixed order, and may be summed
+    while later items still run."""
     def run(item):
         _share.active = True
         try:
@@ -252,7 +254,7 @@ def map_in_shares(work, items):
         finally:
             _share.active = False
     with single_threaded_blas():
-        return list(thread_pool().map(run, items))
+        return collect(thread_pool().map(run, items))
 
 
 @contextlib.contextmanager

@@ -5,6 +5,7 @@ on the stacks the convolutions make -- Winograd's (16, M, K) @ (16, K, N), a
 -- in float32 and float64; which calls are split and which go to the
 reference; errors and BLAS's thread count after the call."""
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -181,6 +182,38 @@ def test_map_chunks_runs_the_chunks_as_shares_and_keeps_their_order(two_threads)
     assert all(name.startswith("tinygrad_cnn") for _, _, name, _ in seen)   # the pool's
     assert not threads.in_share()
     assert all(lib.num_threads == 2 for lib in threads.blas_libraries())
+
+
+@pytest.mark.parametrize("module", [shares_numpy, shares_threads], ids=["reference", "shares"])
+def test_map_chunks_folds_the_results_in_the_chunks_order(two_threads, module):
+    def work(chunk):
+        time.sleep(0.02 if chunk.start == 0 else 0)     # the first chunk finishes last
+        return chunk.start
+    folded = []
+    chunks = [slice(i, i + 2) for i in range(0, 12, 2)]
+    total = module.map_chunks(np.zeros((12, 3), np.float32), work, chunks,
+                              combine=lambda total, r: folded.append((total, r)) or (total or 0) + r)
+    assert total == sum(c.start for c in chunks)
+    assert [r for _, r in folded] == [c.start for c in chunks]
+    assert folded[0][0] is None
+
+
+def test_map_chunks_folds_a_result_while_later_chunks_still_run(two_threads):
+    # the last chunk waits until the first one's result was folded: a fold
+    # made only after every chunk had finished would time out here
+    first_folded = threading.Event()
+
+    def work(chunk):
+        if chunk.start == 6:
+            assert first_folded.wait(timeout=10), "nothing was folded before the last chunk ended"
+        return chunk.start
+
+    def combine(total, result):
+        first_folded.set()
+        return (total or 0) + result
+    chunks = [slice(i, i + 2) for i in range(0, 8, 2)]
+    assert shares_threads.map_chunks(np.zeros((8, 3), np.float32), work, chunks,
+                                     combine=combine) == 12
 
 
 @pytest.mark.parametrize("case", ["one-chunk", "one-thread", "inside-a-share", "float16"])

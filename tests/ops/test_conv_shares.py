@@ -57,7 +57,8 @@ def test_chunks_run_as_shares_give_one_threads_results(small_chunks, monkeypatch
     shared = []
     real = threads.map_in_shares
     monkeypatch.setattr(threads, "map_in_shares",
-                        lambda work, items: shared.append(len(items)) or real(work, items))
+                        lambda work, items, *rest: shared.append(len(items))
+                        or real(work, items, *rest))
     y, one = run(name, 1)
     assert shared == []
     y, two = run(name, 2)

@@ -55,7 +55,7 @@ from ..backends import cudnn
 from ..backends.tf32 import TF32
 from .arguments import as_int, as_pair
 from .conv_direct import Conv2dDirect, direct_suits
-from .conv_winograd import Conv2dWinograd, accumulate, winograd_can_run, winograd_suits
+from .conv_winograd import Conv2dWinograd, add_terms, winograd_can_run, winograd_suits
 from .shape import pad, squeeze, stack, unsqueeze
 
 column_budget = None    # bytes of im2col columns per chunk; None: DEFAULT_COLUMN_BUDGET
@@ -289,15 +289,10 @@ class Conv2dIm2col(Function):
                 if not whole_batch:
                     gx[chunk], gx_chunk = gx_chunk, None     # (not kept past its copy)
             return gW_chunk, gb_chunk, gx_chunk
-        per_chunk = kernels.map_chunks(gy, run, chunks)
+        # summed in the chunks' order wherever they ran, each as it comes
+        gW, gb, gx_whole = kernels.map_chunks(gy, run, chunks, combine=add_terms)
         if need_x and whole_batch:      # col2im's output is dx: no copy into a second buffer
-            gx = per_chunk[0][2]
-        gW = gb = None
-        for gW_chunk, gb_chunk, _ in per_chunk:    # summed in the chunks' order
-            if need_W:
-                gW = accumulate(gW, gW_chunk)
-            if need_b:
-                gb = accumulate(gb, gb_chunk)
+            gx = gx_whole
         gW = gW.reshape(self.W_shape) if need_W else None
         if not self.has_bias:
             return gx, gW
@@ -396,12 +391,8 @@ class Conv2dPointwise(Function):
                 gy_rows, x_rows = (_side_by_side(xp, a, G) for a in (gy_chunk, x[chunk]))
                 gW_chunk = kernels.matmul(gy_rows, x_rows.swapaxes(1, 2))  # (G, O/G, C/G)
             return gW_chunk, gb_chunk
-        gW = gb = None
-        for gW_chunk, gb_chunk in kernels.map_chunks(gy, run, chunks):   # in the chunks' order
-            if need_W:
-                gW = accumulate(gW, gW_chunk)
-            if need_b:
-                gb = accumulate(gb, gb_chunk)
+        # summed in the chunks' order wherever they ran, each as it comes
+        gW, gb = kernels.map_chunks(gy, run, chunks, combine=add_terms)
         gW = gW.reshape(self.W_shape) if need_W else None
         return (gx, gW, gb) if self.has_bias else (gx, gW)
 

@@ -139,21 +139,21 @@ class Conv2dWinograd(Function):
                                                 out=gx[chunk])
             gb = gy_chunk.sum(axis=(0, 2, 3)) if need_b else None
             return gU, gb
-        gU = gb = None
-        for gU_chunk, gb_chunk in kernels.map_chunks(gy, run, self.chunks):
-            if need_W:      # summed in the chunks' order wherever they ran
-                gU = accumulate(gU, gU_chunk)
-            if need_b:
-                gb = accumulate(gb, gb_chunk)
+        # summed in the chunks' order wherever they ran, each as it comes
+        gU, gb = kernels.map_chunks(gy, run, self.chunks, combine=add_terms)
         gW = kernels.winograd_weight_backward(gU.reshape(4, 4, O, C)) if need_W else None
         return (gx, gW, gb) if self.has_bias else (gx, gW)
 
 
-def accumulate(total, term):
-    """``total + term``, in place after the first term (None): a sum over
-    chunks that, for one chunk, is that chunk's array with no extra pass.
-    (conv.py's convolutions use it too: it lives in the module conv.py imports.)"""
+def add_terms(total, terms):
+    """The running sum of chunks' gradient terms, tuples with None for a
+    gradient not wanted (``kernels.map_chunks``'s ``combine``): the first
+    chunk's arrays become the totals and later ones are added in place, so
+    one chunk costs no extra pass and only the totals stay alive.  (conv.py's
+    convolutions use it too: it lives in the module conv.py imports.)"""
     if total is None:
-        return term
-    total += term
+        return terms
+    for sum_so_far, term in zip(total, terms):
+        if term is not None:
+            sum_so_far += term
     return total
