@@ -341,6 +341,23 @@ def test_gradcheck_chunked(cfg, column_budget, algorithm):
     gradcheck(lambda *t: conv2d(*t, **cfg["kwargs"]), args)
 
 
+# the other chunked algorithms: each pass's bias, db and dW summed chunk by chunk
+CHUNKED_OTHERS = {
+    "pointwise-groups2": (config((4, 4, 2, 3), (6, 2, 1, 1), groups=2), "auto", "pointwise"),
+    "winograd": (config((3, 2, 4, 3), (2, 2, 3, 3), padding=1), "winograd", "winograd"),
+}
+
+
+@pytest.mark.parametrize("cfg, chosen, name", CHUNKED_OTHERS.values(), ids=CHUNKED_OTHERS.keys())
+def test_gradcheck_chunked_pointwise_and_winograd(cfg, chosen, name, column_budget, algorithm):
+    algorithm(chosen)
+    column_budget(1)                    # one image per chunk
+    x, w, b = make_inputs(cfg)
+    fn = conv2d(x, w, b, **cfg["kwargs"]).grad_fn
+    assert fn.name == f"Conv2d[{name}]" and len(fn.chunks) == cfg["x_shape"][0]
+    gradcheck(lambda *t: conv2d(*t, **cfg["kwargs"]), (x, w, b))
+
+
 def test_column_buffers_stay_within_the_budget(column_budget, monkeypatch):
     cfg = CHUNKED["stride2-groups2"]
     budget = 3 * column_bytes_per_image(cfg)
