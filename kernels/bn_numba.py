@@ -3,16 +3,28 @@
 Same signatures and results as ``bn_numpy.py`` (the math is derived in
 ``tinygrad_cnn/ops/batchnorm.py``).  The reference makes a separate pass
 over the whole batch for every step -- mean, x - μ, its square, their mean,
-x̂, γ x̂, + β -- each one a full-size temporary.  Here each channel is one
-thread's job (``prange`` over C), and its values are read twice:
+x̂, γ x̂, + β -- each one a full-size temporary.  Here every value is read
+twice:
 
-- forward: one pass sums x and x² (shifted, see below) for μ and σ², one
-  pass writes x̂ and y;
-- backward: one pass sums dy and dy·x̂, one pass writes dx.
+- forward: one pass sums x and x² per channel (shifted, see below) for μ and
+  σ², one pass writes x̂ and y;
+- backward: one pass sums dy and dy·x̂ per channel, one pass writes dx.
 
-x is viewed as (N, C, L) -- L = 1 for (N, C) input, H·W for images -- so
-one channel is N contiguous runs of L values.  Channels never share an
-output element, so the threads never race.
+x is viewed as (N, C, L) -- L = 1 for (N, C) input, H·W for images -- and
+walked in its own order, image after image, so each pass streams through
+memory.
+
+**Threads: slices of the batch.**  Each pass is cut along the batch
+(``threads.batch_slices``) and the slices run side by side on
+``threads.thread_pool()``, each a one-thread loop with the GIL released.
+Splitting over channels instead, with Numba's ``prange``, cost more per
+launch than a whole (256, 120) batch norm takes, and left each thread
+reading short runs scattered over the whole array when L is small
+(benchmarks/results.md, "Batch norm over slices of the batch").
+The sums of a pass are kept per *block* of images, and the blocks' sums added
+in block order afterwards; the blocks depend on the shape only (at most
+``BLOCKS`` of them), not on how many threads run them, so the statistics and
+gradients come out the same bit for bit on any number of threads.
 
 Accuracy: the sums run in float64 whatever x's dtype (as PyTorch's CPU
 kernel does).  The one-pass variance uses the *shifted* sums
@@ -26,77 +38,91 @@ float32/float64 arrays reach the loops, others go to the reference; Numba
 is imported and the loops compiled, or loaded from the disk cache, at the
 first call).
 """
-import math
+import functools
 
 import numpy as np
 
-from . import bn_numpy
+from . import bn_numpy, threads
 from .jit import compilable, on_first_use
 
-prange = range          # numba.prange once the loops compile (kernels/jit.py)
+# The most blocks a batch's sums are kept in: enough for 16 threads to share
+# out evenly, few enough that adding them up costs nothing.
+BLOCKS = 32
+
+# Below this many bytes read and written, a pass runs on the calling thread:
+# these loops move memory, and on the 2-core machine two threads streaming
+# arrays of a few MB ran no faster than one (slower, counting the hand-over to
+# the pool); only passes over tens of MB gained (benchmarks/results.md, "Batch
+# norm over slices of the batch").
+PARALLEL_MIN_BYTES = 16 * 2**20
 
 
 # ---------------------------------------------------------------- the loops
-def _forward_loops(x, gamma, beta, eps, y, x_hat, mean, var, inv_std):
-    """x, y, x_hat: (N, C, L); gamma, beta, mean, var, inv_std: (C,).  Writes all but x."""
+def _shifted_sums_loop(bounds, first, last, sums, x, shift):
+    """For blocks b = first..last-1 (images bounds[b]..bounds[b+1]-1):
+    sums[b, 0, c] = Σ (x - shift[c]),  sums[b, 1, c] = Σ (x - shift[c])², in float64.
+    x: (N, C, L); shift: float64 (C,); sums: float64 (blocks, 2, C)."""
+    C, L = x.shape[1:]
+    for b in range(first, last):
+        sums[b] = 0.0
+        for n in range(bounds[b], bounds[b + 1]):
+            for c in range(C):
+                k = shift[c]
+                total = 0.0                 # float64 accumulators
+                total_sq = 0.0
+                for l in range(L):
+                    d = x[n, c, l] - k      # in float64
+                    total += d
+                    total_sq += d * d
+                sums[b, 0, c] += total
+                sums[b, 1, c] += total_sq
+
+
+def _normalize_loop(x, y, x_hat, mean, inv_std, gamma, beta):
+    """x_hat = (x - mean)·inv_std, y = γ x_hat + β (mean, inv_std float64 (C,))."""
     N, C, L = x.shape
-    m = N * L
-    for c in prange(C):
-        shift = np.float64(x[0, c, 0])
-        total = 0.0                     # float64 accumulators
-        total_sq = 0.0
-        for n in range(N):
-            for l in range(L):
-                d = x[n, c, l] - shift   # in float64
-                total += d
-                total_sq += d * d
-        mu_shifted = total / m
-        v = max(total_sq / m - mu_shifted * mu_shifted, 0.0)   # rounding may dip below 0
-        mu = shift + mu_shifted
-        s = 1.0 / math.sqrt(v + eps)
-        g, b = gamma[c], beta[c]
-        for n in range(N):
+    for n in range(N):
+        for c in range(C):
+            mu, s, g, b = mean[c], inv_std[c], gamma[c], beta[c]
             for l in range(L):
                 xh = (x[n, c, l] - mu) * s
                 x_hat[n, c, l] = xh
                 y[n, c, l] = g * xh + b
-        mean[c], var[c], inv_std[c] = mu, v, s
 
 
-def _channel_sums_loops(gy, x_hat, sums):
-    """sums[0, c] = Σ gy·x_hat (dγ),  sums[1, c] = Σ gy (dβ) over channel c of
-    (N, C, L) arrays; sums is float64 (2, C)."""
+def _gradient_sums_loop(bounds, first, last, sums, gy, x_hat):
+    """For blocks b = first..last-1: sums[b, 0, c] = Σ gy·x_hat (dγ),
+    sums[b, 1, c] = Σ gy (dβ), in float64."""
+    C, L = gy.shape[1:]
+    for b in range(first, last):
+        sums[b] = 0.0
+        for n in range(bounds[b], bounds[b + 1]):
+            for c in range(C):
+                sum_gy = 0.0                # float64 accumulators
+                sum_gy_xhat = 0.0
+                for l in range(L):
+                    g = np.float64(gy[n, c, l])
+                    sum_gy += g
+                    sum_gy_xhat += g * x_hat[n, c, l]
+                sums[b, 0, c] += sum_gy_xhat
+                sums[b, 1, c] += sum_gy
+
+
+def _input_grad_loop(gy, x_hat, gx, scale, mean_gy, mean_gy_xhat):
+    """gx = scale·(gy - mean(gy) - x_hat·mean(gy·x_hat)), the means float64 (C,)."""
     N, C, L = gy.shape
-    for c in prange(C):
-        sum_gy = 0.0                    # float64 accumulators
-        sum_gy_xhat = 0.0
-        for n in range(N):
+    for n in range(N):
+        for c in range(C):
+            k, a, b = scale[c], mean_gy[c], mean_gy_xhat[c]
             for l in range(L):
-                g = np.float64(gy[n, c, l])
-                sum_gy += g
-                sum_gy_xhat += g * x_hat[n, c, l]
-        sums[0, c], sums[1, c] = sum_gy_xhat, sum_gy
-
-
-def _input_grad_loops(gy, x_hat, scale, sums, gx):
-    """gx = scale·(gy - mean(gy) - x_hat·mean(gy·x_hat)), the means per channel
-    from the float64 ``sums`` of _channel_sums_loops."""
-    N, C, L = gy.shape
-    m = N * L
-    for c in prange(C):
-        k = scale[c]
-        mean_gy_xhat = sums[0, c] / m
-        mean_gy = sums[1, c] / m
-        for n in range(N):
-            for l in range(L):
-                gx[n, c, l] = k * (gy[n, c, l] - mean_gy - x_hat[n, c, l] * mean_gy_xhat)
+                gx[n, c, l] = k * (gy[n, c, l] - a - x_hat[n, c, l] * b)
 
 
 # reassoc lets the compiler split each running sum into several (vectorised)
 # partial sums, which is faster and no less accurate (benchmarks/results.md);
 # NaN and inf still propagate.
-_compiled = on_first_use(_forward_loops, _channel_sums_loops, _input_grad_loops,
-                         parallel=True, fastmath={"reassoc", "contract"})
+_compiled = on_first_use(_shifted_sums_loop, _normalize_loop, _gradient_sums_loop,
+                         _input_grad_loop, nogil=True, fastmath={"reassoc", "contract"})
 
 
 def _as_ncl(a):
@@ -104,18 +130,54 @@ def _as_ncl(a):
     return np.ascontiguousarray(a).reshape(a.shape[0], a.shape[1], -1)
 
 
+def _slices(batch, nbytes):
+    """``threads.batch_slices``, or the whole batch on this thread below PARALLEL_MIN_BYTES."""
+    return threads.batch_slices(batch, nbytes) if nbytes >= PARALLEL_MIN_BYTES else [(0, batch)]
+
+
+def _over_batch(loop, batch_arrays, *args):
+    """``loop(*batch_arrays, *args)`` on slices of the batch side by side (``_slices``)."""
+    slices = _slices(batch_arrays[0].shape[0], sum(a.nbytes for a in batch_arrays))
+    threads.run_all([functools.partial(loop, *(a[lo:hi] for a in batch_arrays), *args)
+                     for lo, hi in slices])
+
+
+def _block_sums(loop, batch_arrays, *args):
+    """(2, C) float64: ``loop``'s two per-channel sums over ``batch_arrays``
+    (N, C, L), kept per block of images and added in block order (module
+    docstring); ``args`` go to every block unchanged."""
+    N, C = batch_arrays[0].shape[:2]
+    nbytes = sum(a.nbytes for a in batch_arrays)
+    blocks = 1 if nbytes < PARALLEL_MIN_BYTES else min(N, BLOCKS)
+    bounds = np.array([N * i // blocks for i in range(blocks + 1)], dtype=np.int64)
+    sums = np.empty((blocks, 2, C), dtype=np.float64)
+    threads.run_all([functools.partial(loop, bounds, first, last, sums, *batch_arrays, *args)
+                     for first, last in _slices(blocks, nbytes)])
+    total = sums[0].copy()
+    for block in sums[1:]:          # in block order, whichever thread summed it
+        total += block
+    return total
+
+
 # ---------------------------------------------------------------- the interface
 def batchnorm_forward_train(x, gamma, beta, eps):
     """``bn_numpy.batchnorm_forward_train``, compiled -> (y, x_hat, mean, var, inv_std)."""
     if not compilable(x, gamma, beta):
         return bn_numpy.batchnorm_forward_train(x, gamma, beta, eps)
-    forward = _compiled().forward
+    loops = _compiled()
+    x3 = _as_ncl(x)
+    m = x3.shape[0] * x3.shape[2]
+    shift = x3[0, :, 0].astype(np.float64)
+    total, total_sq = _block_sums(loops.shifted_sums, (x3,), shift)
+    mean_shifted = total / m
+    var = np.maximum(total_sq / m - mean_shifted * mean_shifted, 0.0)  # rounding may dip below 0
+    mean = shift + mean_shifted
+    inv_std = 1.0 / np.sqrt(var + eps)
     y, x_hat = np.empty(x.shape, dtype=x.dtype), np.empty(x.shape, dtype=x.dtype)
-    mean, var, inv_std = (np.empty(x.shape[1], dtype=x.dtype) for _ in range(3))
-    forward(_as_ncl(x), np.ascontiguousarray(gamma, dtype=x.dtype),
-            np.ascontiguousarray(beta, dtype=x.dtype), float(eps), _as_ncl(y), _as_ncl(x_hat),
-            mean, var, inv_std)
-    return y, x_hat, mean, var, inv_std
+    _over_batch(loops.normalize, (x3, _as_ncl(y), _as_ncl(x_hat)), mean, inv_std,
+                np.ascontiguousarray(gamma, dtype=x.dtype),
+                np.ascontiguousarray(beta, dtype=x.dtype))
+    return y, x_hat, mean.astype(x.dtype), var.astype(x.dtype), inv_std.astype(x.dtype)
 
 
 def batchnorm_backward(gy, x_hat, scale):
@@ -123,13 +185,13 @@ def batchnorm_backward(gy, x_hat, scale):
     if not compilable(gy, x_hat) or not (scale is None or compilable(scale)):
         return bn_numpy.batchnorm_backward(gy, x_hat, scale)
     loops = _compiled()
-    channel_sums, input_grad = loops.channel_sums, loops.input_grad
     gy3, x_hat3 = _as_ncl(gy), _as_ncl(x_hat.astype(gy.dtype, copy=False))
-    sums = np.empty((2, gy.shape[1]), dtype=np.float64)
-    channel_sums(gy3, x_hat3, sums)
+    sums = _block_sums(loops.gradient_sums, (gy3, x_hat3))
     dgamma, dbeta = sums.astype(gy.dtype)
     if scale is None:
         return None, dgamma, dbeta
+    m = gy3.shape[0] * gy3.shape[2]
     gx = np.empty(gy.shape, dtype=gy.dtype)
-    input_grad(gy3, x_hat3, np.ascontiguousarray(scale, dtype=gy.dtype), sums, _as_ncl(gx))
+    _over_batch(loops.input_grad, (gy3, x_hat3, _as_ncl(gx)),
+                np.ascontiguousarray(scale, dtype=gy.dtype), sums[1] / m, sums[0] / m)
     return gx, dgamma, dbeta

@@ -2,7 +2,7 @@
 
 Two pools of threads do a training step's work on the CPU, taking turns:
 OpenBLAS's run NumPy's matrix products, Numba's run the parallel loops
-(im2col, the Winograd transforms, batch norm, ReLU).  A thread that
+(im2col and the Winograd transforms).  A thread that
 busy-waits after its part keeps a core from the other pool's next part, so
 both pools are made to sleep as soon as their part is done -- at run time,
 whatever was imported first, and without writing the user's environment

@@ -158,3 +158,57 @@ def test_device_arrays_stay_on_their_device(device):
                                bn_numpy.batchnorm_forward_train(
                                    *(to_device(a, "cpu") for a in (x, gamma, beta)), 1e-5)[0],
                                rtol=1e-12)
+
+
+@pytest.fixture
+def split_small(monkeypatch):
+    """Every pass cut into slices and every sum into blocks, even on these small
+    arrays (40 images: more than bn_numba.BLOCKS, so blocks hold one or two)."""
+    monkeypatch.setattr(bn_numba, "PARALLEL_MIN_BYTES", 0)
+    monkeypatch.setattr(kernels.threads, "PARALLEL_MIN_BYTES", 0)
+    previous = kernels.threads.get_num_threads()
+    yield kernels.threads.set_num_threads
+    kernels.threads.set_num_threads(previous)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(40, 3), (40, 3, 5, 4)], ids=["NC", "NCHW"])
+def test_blocks_and_slices_give_the_reference_on_any_number_of_threads(shape, dtype,
+                                                                       split_small):
+    x, gamma, beta, gy = random_inputs(shape, dtype, seed=4, offset=5.0)
+    expected_forward = bn_numpy.batchnorm_forward_train(x, gamma, beta, 1e-5)
+    expected_backward = bn_numpy.batchnorm_backward(gy, expected_forward[1],
+                                                    gamma * expected_forward[4])
+    results = {}
+    for threads in (1, 2, 3):
+        split_small(threads)
+        forward = bn_numba.batchnorm_forward_train(x, gamma, beta, 1e-5)
+        backward = bn_numba.batchnorm_backward(gy, forward[1], gamma * forward[4])
+        for actual, expected in zip(forward + backward, expected_forward + expected_backward):
+            np.testing.assert_allclose(actual, expected, **tolerance(dtype))
+        results[threads] = forward + backward
+    # the blocks depend on the shape only: the same bits whoever summed them
+    for threads in (2, 3):
+        for actual, expected in zip(results[threads], results[1]):
+            np.testing.assert_array_equal(actual, expected)
+
+
+def test_small_batches_run_on_the_calling_thread(monkeypatch):
+    # below PARALLEL_MIN_BYTES a pass is one job, run here: no hand-over to the pool
+    jobs = []
+    monkeypatch.setattr(kernels.threads, "run_all", lambda js: jobs.append(len(js)) or
+                        [job() for job in js])
+    previous = kernels.threads.get_num_threads()
+    kernels.threads.set_num_threads(2)
+    try:
+        x, gamma, beta, gy = random_inputs((256, 120), np.float32)
+        forward = bn_numba.batchnorm_forward_train(x, gamma, beta, 1e-5)
+        bn_numba.batchnorm_backward(gy, forward[1], gamma * forward[4])
+        assert jobs == [1, 1, 1, 1]
+        jobs.clear()
+        monkeypatch.setattr(bn_numba, "PARALLEL_MIN_BYTES", 0)
+        monkeypatch.setattr(kernels.threads, "PARALLEL_MIN_BYTES", 0)
+        bn_numba.batchnorm_forward_train(x, gamma, beta, 1e-5)
+        assert jobs == [4, 4]           # threads.batch_slices: two slices per thread
+    finally:
+        kernels.threads.set_num_threads(previous)

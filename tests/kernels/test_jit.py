@@ -61,7 +61,7 @@ def test_direct_convolution_loops_with_the_kernel_size_built_in_are_a_namespace_
     assert Path(loops.forward.stats.cache_path).resolve() == KERNELS_DIR / "__pycache__"
 
 
-@pytest.mark.parametrize("module", [conv_numba, bn_numba, winograd_numba],
+@pytest.mark.parametrize("module", [conv_numba, winograd_numba],
                          ids=lambda m: m.__name__)
 def test_compiling_a_parallel_module_switches_its_prange(module):
     import numba
@@ -74,8 +74,8 @@ def test_compiling_a_parallel_module_switches_its_prange(module):
 def test_serial_modules_are_not_compiled_parallel():
     # the elementwise and pooling loops are memory-bound or threaded by hand
     # (benchmarks/results.md, "Figures behind design choices in kernels/"), and so
-    # are the direct convolution's
-    for loops in (elementwise_numba._compiled(), pool_numba._adaptive_loops(),
+    # are the direct convolution's and batch norm's
+    for loops in (elementwise_numba._compiled(), pool_numba._adaptive_loops(), bn_numba._compiled(),
                   pool_numba._loops(3, 3), conv_direct_numba._loops(5, 5)):
         assert not any(d.targetoptions.get("parallel") for d in vars(loops).values())
 
