@@ -14,8 +14,8 @@ x is viewed as (N, C, L) -- L = 1 for (N, C) input, H·W for images -- and
 walked in its own order, image after image, so each pass streams through
 memory.
 
-**Threads: slices of the batch.**  Each pass is cut along the batch
-(``threads.batch_slices``) and the slices run side by side on
+**Threads: slices of the batch.**  Each pass over many MB is cut along the
+batch (``threads.stream_slices``) and the slices run side by side on
 ``threads.thread_pool()``, each a one-thread loop with the GIL released.
 Splitting over channels instead, with Numba's ``prange``, cost more per
 launch than a whole (256, 120) batch norm takes, and left each thread
@@ -48,13 +48,6 @@ from .jit import compilable, on_first_use
 # The most blocks a batch's sums are kept in: enough for 16 threads to share
 # out evenly, few enough that adding them up costs nothing.
 BLOCKS = 32
-
-# Below this many bytes read and written, a pass runs on the calling thread:
-# these loops move memory, and on the 2-core machine two threads streaming
-# arrays of a few MB ran no faster than one (slower, counting the hand-over to
-# the pool); only passes over tens of MB gained (benchmarks/results.md, "Batch
-# norm over slices of the batch").
-PARALLEL_MIN_BYTES = 16 * 2**20
 
 
 # ---------------------------------------------------------------- the loops
@@ -130,14 +123,10 @@ def _as_ncl(a):
     return np.ascontiguousarray(a).reshape(a.shape[0], a.shape[1], -1)
 
 
-def _slices(batch, nbytes):
-    """``threads.batch_slices``, or the whole batch on this thread below PARALLEL_MIN_BYTES."""
-    return threads.batch_slices(batch, nbytes) if nbytes >= PARALLEL_MIN_BYTES else [(0, batch)]
-
-
 def _over_batch(loop, batch_arrays, *args):
-    """``loop(*batch_arrays, *args)`` on slices of the batch side by side (``_slices``)."""
-    slices = _slices(batch_arrays[0].shape[0], sum(a.nbytes for a in batch_arrays))
+    """``loop(*batch_arrays, *args)`` on slices of the batch side by side
+    (``threads.stream_slices``: the whole batch on this thread when small)."""
+    slices = threads.stream_slices(batch_arrays[0].shape[0], sum(a.nbytes for a in batch_arrays))
     threads.run_all([functools.partial(loop, *(a[lo:hi] for a in batch_arrays), *args)
                      for lo, hi in slices])
 
@@ -148,11 +137,11 @@ def _block_sums(loop, batch_arrays, *args):
     docstring); ``args`` go to every block unchanged."""
     N, C = batch_arrays[0].shape[:2]
     nbytes = sum(a.nbytes for a in batch_arrays)
-    blocks = 1 if nbytes < PARALLEL_MIN_BYTES else min(N, BLOCKS)
+    blocks = 1 if nbytes < threads.STREAM_MIN_BYTES else min(N, BLOCKS)
     bounds = np.array([N * i // blocks for i in range(blocks + 1)], dtype=np.int64)
     sums = np.empty((blocks, 2, C), dtype=np.float64)
     threads.run_all([functools.partial(loop, bounds, first, last, sums, *batch_arrays, *args)
-                     for first, last in _slices(blocks, nbytes)])
+                     for first, last in threads.stream_slices(blocks, nbytes)])
     total = sums[0].copy()
     for block in sums[1:]:          # in block order, whichever thread summed it
         total += block

@@ -10,12 +10,15 @@ five passes over the parameter-sized arrays and two temporaries.  Here each
 is one loop over flat arrays that reads every input element once and
 writes every output element once.
 
-Single-threaded, by measurement: these loops do a couple of float operations
-per 8-12 bytes moved, so memory, not arithmetic, bounds them.  With
-``parallel=True``/``prange`` they ran no faster on the largest activations,
-and slower on small arrays, where waking the threads costs more than the
-loop itself -- and most SGD parameters are small (the figures are in
-benchmarks/results.md, "Figures behind design choices in kernels/").
+Threads: these loops do a couple of float operations per 8-12 bytes moved,
+so memory, not arithmetic, bounds them.  With ``parallel=True``/``prange``
+they ran no faster on the largest activations, and slower on small arrays,
+where waking the threads costs more than the loop itself -- and most SGD
+parameters are small (the figures are in benchmarks/results.md, "Figures
+behind design choices in kernels/").  Only ReLU and the sigmoid's backward
+on arrays of tens of MB are cut into slices for the thread pool
+(``threads.stream_slices``), each slice a one-thread loop with the GIL
+released; everything else runs on the calling thread.
 
 Exactness: scalar factors are cast to the arrays' dtype before the loop
 (NumPy does the same with Python floats), and constants are written as
@@ -32,9 +35,11 @@ parameter and its momentum buffer) must be contiguous, else the reference
 updates them.  Start-up: see ``kernels/jit.py`` (Numba is imported and the
 loops compiled, or loaded from the disk cache, at the first call).
 """
+import functools
+
 import numpy as np
 
-from . import elementwise_numpy
+from . import elementwise_numpy, threads
 from .jit import compilable, on_first_use
 
 
@@ -80,7 +85,7 @@ def _sgd_loop(param, grad, buf, lr, has_momentum, momentum, dampening_factor,
 
 
 _compiled = on_first_use(_relu_forward_loop, _relu_backward_loop, _sigmoid_backward_loop,
-                         _sgd_loop)
+                         _sgd_loop, nogil=True)
 
 
 def _compilable_alike(*arrays):
@@ -96,13 +101,21 @@ def _flat(a):
     return np.ascontiguousarray(a).reshape(-1)
 
 
+def _in_slices(loop, *flat_arrays):
+    """``loop(*flat_arrays)``, cut into slices run side by side on the thread
+    pool when the arrays are large (``threads.stream_slices``)."""
+    slices = threads.stream_slices(flat_arrays[0].size, sum(a.nbytes for a in flat_arrays))
+    threads.run_all([functools.partial(loop, *(a[lo:hi] for a in flat_arrays))
+                     for lo, hi in slices])
+
+
 # ---------------------------------------------------------------- the interface
 def relu_forward(x):
     """``elementwise_numpy.relu_forward``, compiled -> y = max(x, 0)."""
     if not _compilable_alike(x):
         return elementwise_numpy.relu_forward(x)
     y = np.empty(x.shape, dtype=x.dtype)
-    _compiled().relu_forward(_flat(x), y.reshape(-1))
+    _in_slices(_compiled().relu_forward, _flat(x), y.reshape(-1))
     return y
 
 
@@ -111,7 +124,7 @@ def relu_backward(gy, y):
     if not _compilable_alike(gy, y):
         return elementwise_numpy.relu_backward(gy, y)
     gx = np.empty(y.shape, dtype=y.dtype)
-    _compiled().relu_backward(_flat(gy), _flat(y), gx.reshape(-1))
+    _in_slices(_compiled().relu_backward, _flat(gy), _flat(y), gx.reshape(-1))
     return gx
 
 
@@ -120,7 +133,7 @@ def sigmoid_backward(gy, y):
     if not _compilable_alike(gy, y):
         return elementwise_numpy.sigmoid_backward(gy, y)
     gx = np.empty(y.shape, dtype=y.dtype)
-    _compiled().sigmoid_backward(_flat(gy), _flat(y), gx.reshape(-1))
+    _in_slices(_compiled().sigmoid_backward, _flat(gy), _flat(y), gx.reshape(-1))
     return gx
 
 

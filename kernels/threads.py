@@ -221,6 +221,20 @@ def batch_slices(batch, nbytes):
     return list(zip(bounds, bounds[1:]))
 
 
+# Below this many bytes read and written, a loop that only streams memory
+# (batch norm, ReLU, the sigmoid's backward) runs on the calling thread: on the
+# 2-core machine two threads streaming arrays of a few MB ran no faster than
+# one (slower, counting the hand-over to the pool); only passes over tens of MB
+# gained (benchmarks/results.md, "Batch norm over slices of the batch").
+STREAM_MIN_BYTES = 16 * 2**20
+
+
+def stream_slices(length, nbytes):
+    """``batch_slices`` for loops that only move memory: one slice, on the
+    calling thread, below STREAM_MIN_BYTES of inputs and outputs."""
+    return batch_slices(length, nbytes) if nbytes >= STREAM_MIN_BYTES else [(0, length)]
+
+
 def run_all(jobs):
     """Run the argument-less callables ``jobs`` on ``thread_pool()`` (one job:
     on the calling thread); waits for all, and re-raises a job's error."""

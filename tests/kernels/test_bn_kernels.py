@@ -164,7 +164,7 @@ def test_device_arrays_stay_on_their_device(device):
 def split_small(monkeypatch):
     """Every pass cut into slices and every sum into blocks, even on these small
     arrays (40 images: more than bn_numba.BLOCKS, so blocks hold one or two)."""
-    monkeypatch.setattr(bn_numba, "PARALLEL_MIN_BYTES", 0)
+    monkeypatch.setattr(kernels.threads, "STREAM_MIN_BYTES", 0)
     monkeypatch.setattr(kernels.threads, "PARALLEL_MIN_BYTES", 0)
     previous = kernels.threads.get_num_threads()
     yield kernels.threads.set_num_threads
@@ -194,7 +194,7 @@ def test_blocks_and_slices_give_the_reference_on_any_number_of_threads(shape, dt
 
 
 def test_small_batches_run_on_the_calling_thread(monkeypatch):
-    # below PARALLEL_MIN_BYTES a pass is one job, run here: no hand-over to the pool
+    # below threads.STREAM_MIN_BYTES a pass is one job, run here: no hand-over to the pool
     jobs = []
     monkeypatch.setattr(kernels.threads, "run_all", lambda js: jobs.append(len(js)) or
                         [job() for job in js])
@@ -206,7 +206,7 @@ def test_small_batches_run_on_the_calling_thread(monkeypatch):
         bn_numba.batchnorm_backward(gy, forward[1], gamma * forward[4])
         assert jobs == [1, 1, 1, 1]
         jobs.clear()
-        monkeypatch.setattr(bn_numba, "PARALLEL_MIN_BYTES", 0)
+        monkeypatch.setattr(kernels.threads, "STREAM_MIN_BYTES", 0)
         monkeypatch.setattr(kernels.threads, "PARALLEL_MIN_BYTES", 0)
         bn_numba.batchnorm_forward_train(x, gamma, beta, 1e-5)
         assert jobs == [4, 4]           # threads.batch_slices: two slices per thread

@@ -69,6 +69,34 @@ def test_activation_backward_equals_reference(name, shape, dtype, layout):
     assert_identical(getattr(elementwise_numba, name)(gy, y), expected)
 
 
+@pytest.mark.parametrize("threads", [2, 3])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_activations_cut_into_slices_equal_reference(dtype, threads, monkeypatch):
+    # large arrays are cut into slices for the thread pool: here even small ones,
+    # an odd number of elements over two slices per thread
+    monkeypatch.setattr(kernels.threads, "STREAM_MIN_BYTES", 0)
+    monkeypatch.setattr(kernels.threads, "PARALLEL_MIN_BYTES", 0)
+    jobs = []
+    run_all = kernels.threads.run_all
+    monkeypatch.setattr(kernels.threads, "run_all", lambda js: jobs.append(len(js)) or run_all(js))
+    previous = kernels.threads.get_num_threads()
+    kernels.threads.set_num_threads(threads)
+    try:
+        x, gy = (random_array((3, 5, 7), dtype, seed=s, special=True) for s in (3, 4))
+        y = elementwise_numpy.relu_forward(x)
+        s = np.asarray(1 / (1 + np.exp(-random_array((3, 5, 7), dtype, seed=5))), dtype=dtype)
+        assert_identical(elementwise_numba.relu_forward(x), y)
+        assert_identical(elementwise_numba.relu_backward(gy, y),
+                         elementwise_numpy.relu_backward(gy, y))
+        with np.errstate(invalid="ignore"):
+            expected = elementwise_numpy.sigmoid_backward(gy, s)
+        assert_identical(elementwise_numba.sigmoid_backward(gy, s), expected)
+        slices = 2 * kernels.threads.numba_threads()    # at most the cores Numba has
+    finally:
+        kernels.threads.set_num_threads(previous)
+    assert jobs == [slices] * 3 and slices >= 4
+
+
 @pytest.mark.parametrize("name", ["relu_backward", "sigmoid_backward"])
 def test_activation_backward_reads_a_broadcast_gradient(name):
     # y.sum().backward() hands over a read-only, zero-stride view of ones.
