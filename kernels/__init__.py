@@ -103,9 +103,9 @@ OVERLAYS = {
         "kernels.conv_direct_numba": CONV_DIRECT,
         "kernels.pool_numba": POOL + ADAPTIVE_POOL,
         "kernels.bn_numba": BATCHNORM,
-        # no loop for sigmoid_forward: a compiled tanh would not round as NumPy's does
-        "kernels.elementwise_numba": ("relu_forward", "relu_backward", "sigmoid_backward",
-                                      "sgd_update", "sgd_update_multi"),
+        # sigmoid_forward: NumPy's expressions, on slices of a large array side by side
+        "kernels.elementwise_numba": ("relu_forward", "relu_backward", "sigmoid_forward",
+                                      "sigmoid_backward", "sgd_update", "sgd_update_multi"),
         # not compiled loops: stacks of products, and chunks, split over threads
         "kernels.shares_threads": SHARES,
     },

@@ -18,7 +18,8 @@ parameters are small (the figures are in benchmarks/results.md, "Figures
 behind design choices in kernels/").  Only ReLU and the sigmoid's backward
 on arrays of tens of MB are cut into slices for the thread pool
 (``threads.stream_slices``), each slice a one-thread loop with the GIL
-released; everything else runs on the calling thread.
+released; everything else runs on the calling thread.  The sigmoid's
+forward has no loop (see ``sigmoid_forward``).
 
 Exactness: scalar factors are cast to the arrays' dtype before the loop
 (NumPy does the same with Python floats), and constants are written as
@@ -126,6 +127,26 @@ def relu_backward(gy, y):
     gx = np.empty(y.shape, dtype=y.dtype)
     _in_slices(_compiled().relu_backward, _flat(gy), _flat(y), gx.reshape(-1))
     return gx
+
+
+def sigmoid_forward(x):
+    """``elementwise_numpy.sigmoid_forward``, with a large x cut into slices
+    that threads of the pool compute side by side (``threads.batch_slices``).
+    No compiled loop: Numba's tanh would neither round as NumPy's does nor run
+    as fast; each slice runs NumPy's own expressions (which release the GIL),
+    so the values are the reference's bit for bit.  Unlike the loops above,
+    tanh does enough arithmetic per byte for two threads to gain from
+    arrays of a few MB."""
+    if not _compilable_alike(x) or x.ndim == 0:
+        return elementwise_numpy.sigmoid_forward(x)
+    slices = threads.batch_slices(x.size, x.nbytes)     # from 2 MB of x: tanh is the work
+    if len(slices) == 1:
+        return elementwise_numpy.sigmoid_forward(x)
+    y = np.empty(x.shape, dtype=x.dtype)
+    flat_x, flat_y = _flat(x), y.reshape(-1)
+    threads.run_all([functools.partial(elementwise_numpy.sigmoid_forward_into, flat_x[lo:hi],
+                                       flat_y[lo:hi]) for lo, hi in slices])
+    return y
 
 
 def sigmoid_backward(gy, y):

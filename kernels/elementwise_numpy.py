@@ -62,10 +62,24 @@ def sigmoid_forward(x):
     written into.)"""
     xp = get_array_module(x)
     y = xp.asarray(x * 0.5)
+    return _half_tanh_plus_half(y).astype(x.dtype, copy=False)
+
+
+def sigmoid_forward_into(x, y):
+    """``sigmoid_forward`` written into ``y`` (x's shape and dtype): the same
+    operations, for a caller that computes an array in parts."""
+    xp = get_array_module(x)
+    xp.multiply(x, 0.5, out=y)
+    _half_tanh_plus_half(y)
+
+
+def _half_tanh_plus_half(y):
+    """y = ½ tanh(y) + ½, in place."""
+    xp = get_array_module(y)
     xp.tanh(y, out=y)
     y *= 0.5
     y += 0.5
-    return y.astype(x.dtype, copy=False)
+    return y
 
 
 def sigmoid_backward(gy, y):

@@ -39,6 +39,7 @@ whatever was imported first, and without writing the user's environment
 """
 import contextlib
 import functools
+import itertools
 import os
 import sys
 import threading
@@ -236,14 +237,39 @@ def stream_slices(length, nbytes):
 
 
 def run_all(jobs):
-    """Run the argument-less callables ``jobs`` on ``thread_pool()`` (one job:
-    on the calling thread); waits for all, and re-raises a job's error."""
+    """Run the argument-less callables ``jobs`` side by side and wait for all:
+    the calling thread and up to numba_threads() - 1 threads of
+    ``thread_pool()``, each taking the next job as it comes free (one job: on
+    the calling thread alone).  Re-raises the first job's error, once every
+    thread has stopped (no job is started after an error).
+
+    The calling thread works rather than waits: a pool thread asleep takes
+    longer to wake than a small job takes to run (benchmarks/results.md,
+    "Batch norm over slices of the batch"), and with the caller taking jobs
+    the work starts at once, the pool's threads joining as they wake."""
     if len(jobs) == 1:
         jobs[0]()
         return
+    taken = itertools.count()       # next() on it is atomic: each job is taken once
+    errors = []
+
+    def take_jobs():
+        while not errors:
+            index = next(taken)
+            if index >= len(jobs):
+                return
+            try:
+                jobs[index]()
+            except BaseException as error:      # re-raised on the calling thread
+                errors.append(error)
+
     pool = thread_pool()
-    for future in [pool.submit(job) for job in jobs]:
-        future.result()
+    helpers = [pool.submit(take_jobs) for _ in range(min(len(jobs), numba_threads()) - 1)]
+    take_jobs()
+    for helper in helpers:
+        helper.result()
+    if errors:
+        raise errors[0]
 
 
 def shares_for(array):

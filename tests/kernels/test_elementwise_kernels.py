@@ -48,9 +48,10 @@ def assert_identical(actual, expected):
 @pytest.mark.parametrize("layout", LAYOUTS.values(), ids=LAYOUTS.keys())
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", SHAPES.values(), ids=SHAPES.keys())
-def test_relu_forward_equals_reference(shape, dtype, layout):
+@pytest.mark.parametrize("name", ["relu_forward", "sigmoid_forward"])
+def test_activation_forward_equals_reference(name, shape, dtype, layout):
     x = layout(random_array(shape, dtype, seed=0, special=True))
-    assert_identical(elementwise_numba.relu_forward(x), elementwise_numpy.relu_forward(x))
+    assert_identical(getattr(elementwise_numba, name)(x), getattr(elementwise_numpy, name)(x))
 
 
 @pytest.mark.parametrize("layout", LAYOUTS.values(), ids=LAYOUTS.keys())
@@ -73,7 +74,8 @@ def test_activation_backward_equals_reference(name, shape, dtype, layout):
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_activations_cut_into_slices_equal_reference(dtype, threads, monkeypatch):
     # large arrays are cut into slices for the thread pool: here even small ones,
-    # an odd number of elements over two slices per thread
+    # an odd number of elements over two slices per thread (the sigmoid's forward
+    # runs NumPy's expressions on each slice, the others their compiled loops)
     monkeypatch.setattr(kernels.threads, "STREAM_MIN_BYTES", 0)
     monkeypatch.setattr(kernels.threads, "PARALLEL_MIN_BYTES", 0)
     jobs = []
@@ -91,10 +93,11 @@ def test_activations_cut_into_slices_equal_reference(dtype, threads, monkeypatch
         with np.errstate(invalid="ignore"):
             expected = elementwise_numpy.sigmoid_backward(gy, s)
         assert_identical(elementwise_numba.sigmoid_backward(gy, s), expected)
+        assert_identical(elementwise_numba.sigmoid_forward(x), elementwise_numpy.sigmoid_forward(x))
         slices = 2 * kernels.threads.numba_threads()    # at most the cores Numba has
     finally:
         kernels.threads.set_num_threads(previous)
-    assert jobs == [slices] * 3 and slices >= 4
+    assert jobs == [slices] * 4 and slices >= 4
 
 
 @pytest.mark.parametrize("name", ["relu_backward", "sigmoid_backward"])

@@ -275,3 +275,29 @@ def test_loops_that_split_the_batch_by_hand_stay_whole_inside_a_share(two_thread
     slices = shares_threads.map_chunks(np.zeros(4, np.float32),
                                        lambda chunk: threads.batch_slices(8, 10**9), [0, 1])
     assert slices == [[(0, 8)], [(0, 8)]]
+
+
+# ---------------------------------------------------------------- run_all
+def test_run_all_runs_every_job_once_the_calling_thread_among_them(two_threads):
+    # each job long enough that the one pool thread cannot take them all
+    ran = []
+    jobs = [lambda i=i: ran.append((i, threading.get_ident())) or time.sleep(0.01)
+            for i in range(4)]
+    threads.run_all(jobs)
+    assert sorted(i for i, _ in ran) == [0, 1, 2, 3]
+    assert threading.get_ident() in {thread for _, thread in ran}
+    assert len({thread for _, thread in ran}) == 2
+
+
+def test_run_all_reraises_a_jobs_error_once_every_thread_stopped(two_threads):
+    finished = []
+
+    def slow():
+        time.sleep(0.05)
+        finished.append(True)
+
+    def fail():
+        raise ValueError("job 1 failed")
+    with pytest.raises(ValueError, match="job 1 failed"):
+        threads.run_all([slow, fail, slow])
+    assert finished                      # the slow job another thread had taken has ended
