@@ -40,128 +40,139 @@ prange = range          # numba.prange once the loops compile (kernels/jit.py)
 # vectorises, and only the column step goes tile by tile.  (Tile by tile with
 # a 4x4 scratch tile, the input transform was slower than im2col itself,
 # which would leave Winograd nothing to gain.)  The scratch rows are
-# allocated once per plane: array expressions inside the loops would
-# allocate on every row.  The input transform, which runs twice per step
+# allocated once per block of planes (``_blocks``: one block on one thread),
+# not per plane, and array expressions inside the loops, which would
+# allocate on every row, are avoided.  The input transform, which runs twice per step
 # (forward, and backward for dW), indexes 1-D row views with unsigned
 # integers (see conv_numba.py: Numba then skips the test for a negative
 # index), which made it faster; the same change made the other three loops
 # no faster, so they stay plain (benchmarks/results.md, "Figures behind
 # design choices in kernels/").
-def _input_loops(x, V, top, left):
+def _input_loops(x, V, top, left, blocks):
     """V[:, :, c, n, t, s] = Bᵀ d B,  d = x[n, c, 2t - top : +4, 2s - left : +4] (0 outside)."""
     N, C, H, W = x.shape
     TH, TW = V.shape[4:]
     width = 2 * TW + 2
-    for plane in prange(C * N):
-        c, n = plane // N, plane % N
-        image, tiles = x[n, c], V[:, :, c, n]        # (H, W) in, (4, 4, TH, TW) out
+    planes = C * N
+    for block in prange(blocks):
         d = np.zeros((4, width), dtype=x.dtype)     # the 4 rows of a row of tiles, padded
-        e = np.empty((4, width), dtype=x.dtype)     # Bᵀ d
-        for t in range(TH):
-            for i in range(4):
-                h, row = 2 * t - top + i, d[i]
-                if 0 <= h < H:
-                    source = image[np.uint64(h)]
-                    for w in range(W):
-                        row[np.uint64(left + w)] = source[np.uint64(w)]
-                else:
-                    row[:] = 0
-            d0, d1, d2, d3 = d[0], d[1], d[2], d[3]
-            for w in range(width):                  # Bᵀ d: the rows combined
-                e[0, w] = d0[w] - d2[w]
-                e[1, w] = d1[w] + d2[w]
-                e[2, w] = d2[w] - d1[w]
-                e[3, w] = d1[w] - d3[w]
-            for a in range(4):                      # (Bᵀ d) B: the columns, tile by tile
-                ea = e[a]
-                v0, v1, v2, v3 = tiles[a, 0, t], tiles[a, 1, t], tiles[a, 2, t], tiles[a, 3, t]
-                for s in range(TW):
-                    w = np.uint64(2 * s)
-                    v0[s] = ea[w] - ea[w + 2]
-                    v1[s] = ea[w + 1] + ea[w + 2]
-                    v2[s] = ea[w + 2] - ea[w + 1]
-                    v3[s] = ea[w + 1] - ea[w + 3]
+        e = np.empty((4, width), dtype=x.dtype)     # Bᵀ d         (its pad columns stay 0)
+        for plane in range(block * planes // blocks, (block + 1) * planes // blocks):
+            c, n = plane // N, plane % N
+            image, tiles = x[n, c], V[:, :, c, n]        # (H, W) in, (4, 4, TH, TW) out
+            for t in range(TH):
+                for i in range(4):
+                    h, row = 2 * t - top + i, d[i]
+                    if 0 <= h < H:
+                        source = image[np.uint64(h)]
+                        for w in range(W):
+                            row[np.uint64(left + w)] = source[np.uint64(w)]
+                    else:
+                        row[:] = 0
+                d0, d1, d2, d3 = d[0], d[1], d[2], d[3]
+                for w in range(width):                  # Bᵀ d: the rows combined
+                    e[0, w] = d0[w] - d2[w]
+                    e[1, w] = d1[w] + d2[w]
+                    e[2, w] = d2[w] - d1[w]
+                    e[3, w] = d1[w] - d3[w]
+                for a in range(4):                      # (Bᵀ d) B: the columns, tile by tile
+                    ea = e[a]
+                    v0, v1, v2, v3 = tiles[a, 0, t], tiles[a, 1, t], tiles[a, 2, t], tiles[a, 3, t]
+                    for s in range(TW):
+                        w = np.uint64(2 * s)
+                        v0[s] = ea[w] - ea[w + 2]
+                        v1[s] = ea[w + 1] + ea[w + 2]
+                        v2[s] = ea[w + 2] - ea[w + 1]
+                        v3[s] = ea[w + 1] - ea[w + 3]
 
 
-def _input_backward_loops(gV, gx, top, left):
+def _input_backward_loops(gV, gx, top, left, blocks):
     """gx[n, c] = Σ over tiles of B gV Bᵀ, added where the tile lies (cells outside dropped)."""
     N, C, H, W = gx.shape
     TH, TW = gV.shape[4:]
     width = 2 * TW + 2
-    for plane in prange(N * C):
-        c, n = plane // N, plane % N
-        padded = np.zeros((2 * TH + 2, width), dtype=gx.dtype)
+    planes = N * C
+    for block in prange(blocks):
+        padded = np.empty((2 * TH + 2, width), dtype=gx.dtype)
         g = np.empty((4, width), dtype=gx.dtype)    # gV B: each tile row a, spread out
-        for t in range(TH):
-            for a in range(4):          # gV B: column j mixes the columns b with B[j, b] ≠ 0
-                g[a, :] = 0
-                for s in range(TW):
-                    w = 2 * s
-                    v0, v1 = gV[a, 0, c, n, t, s], gV[a, 1, c, n, t, s]
-                    v2, v3 = gV[a, 2, c, n, t, s], gV[a, 3, c, n, t, s]
-                    g[a, w] += v0
-                    g[a, w + 1] += v1 - v2 + v3
-                    g[a, w + 2] += v2 + v1 - v0
-                    g[a, w + 3] -= v3
-            h = 2 * t
-            for w in range(width):      # B (gV B): the rows, added into the tiles' 4 rows
-                padded[h, w] += g[0, w]
-                padded[h + 1, w] += g[1, w] - g[2, w] + g[3, w]
-                padded[h + 2, w] += g[2, w] + g[1, w] - g[0, w]
-                padded[h + 3, w] -= g[3, w]
-        for h in range(H):
-            for w in range(W):
-                gx[n, c, h, w] = padded[top + h, left + w]
+        for plane in range(block * planes // blocks, (block + 1) * planes // blocks):
+            c, n = plane // N, plane % N
+            padded[:] = 0
+            for t in range(TH):
+                for a in range(4):          # gV B: column j mixes the columns b with B[j, b] ≠ 0
+                    g[a, :] = 0
+                    for s in range(TW):
+                        w = 2 * s
+                        v0, v1 = gV[a, 0, c, n, t, s], gV[a, 1, c, n, t, s]
+                        v2, v3 = gV[a, 2, c, n, t, s], gV[a, 3, c, n, t, s]
+                        g[a, w] += v0
+                        g[a, w + 1] += v1 - v2 + v3
+                        g[a, w + 2] += v2 + v1 - v0
+                        g[a, w + 3] -= v3
+                h = 2 * t
+                for w in range(width):      # B (gV B): the rows, added into the tiles' 4 rows
+                    padded[h, w] += g[0, w]
+                    padded[h + 1, w] += g[1, w] - g[2, w] + g[3, w]
+                    padded[h + 2, w] += g[2, w] + g[1, w] - g[0, w]
+                    padded[h + 3, w] -= g[3, w]
+            for h in range(H):
+                for w in range(W):
+                    gx[n, c, h, w] = padded[top + h, left + w]
 
 
-def _output_loops(M, y):
+def _output_loops(M, y, blocks):
     """y[n, o, 2t:2t+2, 2s:2s+2] = Aᵀ M[:, :, o, n, t, s] A, cropped to y's size."""
     N, O, OH, OW = y.shape
     TH, TW = M.shape[4:]
-    for plane in prange(O * N):
-        o, n = plane // N, plane % N
-        r = np.empty((2, 4, TW), dtype=y.dtype)     # Aᵀ M for a row of tiles
-        for t in range(TH):
-            for b in range(4):                      # Aᵀ M: the rows combined
-                for s in range(TW):
-                    m0, m1 = M[0, b, o, n, t, s], M[1, b, o, n, t, s]
-                    m2, m3 = M[2, b, o, n, t, s], M[3, b, o, n, t, s]
-                    r[0, b, s] = m0 + m1 + m2
-                    r[1, b, s] = m1 - m2 - m3
-            for i in range(min(2, OH - 2 * t)):     # (Aᵀ M) A: the columns
-                for s in range(TW):
-                    y[n, o, 2 * t + i, 2 * s] = r[i, 0, s] + r[i, 1, s] + r[i, 2, s]
-                    if 2 * s + 1 < OW:
-                        y[n, o, 2 * t + i, 2 * s + 1] = r[i, 1, s] - r[i, 2, s] - r[i, 3, s]
+    planes = O * N
+    for block in prange(blocks):
+        for plane in range(block * planes // blocks, (block + 1) * planes // blocks):
+            o, n = plane // N, plane % N
+            # per plane: allocated once per block, it made this loop slower
+            r = np.empty((2, 4, TW), dtype=y.dtype)     # Aᵀ M for a row of tiles
+            for t in range(TH):
+                for b in range(4):                      # Aᵀ M: the rows combined
+                    for s in range(TW):
+                        m0, m1 = M[0, b, o, n, t, s], M[1, b, o, n, t, s]
+                        m2, m3 = M[2, b, o, n, t, s], M[3, b, o, n, t, s]
+                        r[0, b, s] = m0 + m1 + m2
+                        r[1, b, s] = m1 - m2 - m3
+                for i in range(min(2, OH - 2 * t)):     # (Aᵀ M) A: the columns
+                    for s in range(TW):
+                        y[n, o, 2 * t + i, 2 * s] = r[i, 0, s] + r[i, 1, s] + r[i, 2, s]
+                        if 2 * s + 1 < OW:
+                            y[n, o, 2 * t + i, 2 * s + 1] = r[i, 1, s] - r[i, 2, s] - r[i, 3, s]
 
 
-def _output_backward_loops(gy, gM):
+def _output_backward_loops(gy, gM, blocks):
     """gM[:, :, o, n, t, s] = A gy[n, o, 2t:2t+2, 2s:2s+2] Aᵀ (cells past gy's edge are 0)."""
     N, O, OH, OW = gy.shape
     TH, TW = gM.shape[4:]
-    for plane in prange(O * N):
-        o, n = plane // N, plane % N
+    planes = O * N
+    for block in prange(blocks):
         rows = np.zeros((2, 2 * TW), dtype=gy.dtype)   # a row of 2x2 blocks, padded
-        q = np.empty((4, 2 * TW), dtype=gy.dtype)      # A gy
-        for t in range(TH):
-            for i in range(2):
-                if 2 * t + i < OH:
-                    for w in range(OW):
-                        rows[i, w] = gy[n, o, 2 * t + i, w]
-                else:
-                    rows[i, :] = 0
-            for w in range(2 * TW):                    # A gy: the rows
-                q[0, w] = rows[0, w]
-                q[1, w] = rows[0, w] + rows[1, w]
-                q[2, w] = rows[0, w] - rows[1, w]
-                q[3, w] = -rows[1, w]
-            for a in range(4):                         # (A gy) Aᵀ: the columns
-                for s in range(TW):
-                    left_, right_ = q[a, 2 * s], q[a, 2 * s + 1]
-                    gM[a, 0, o, n, t, s] = left_
-                    gM[a, 1, o, n, t, s] = left_ + right_
-                    gM[a, 2, o, n, t, s] = left_ - right_
-                    gM[a, 3, o, n, t, s] = -right_
+        q = np.empty((4, 2 * TW), dtype=gy.dtype)      # A gy      (its pad columns stay 0)
+        for plane in range(block * planes // blocks, (block + 1) * planes // blocks):
+            o, n = plane // N, plane % N
+            for t in range(TH):
+                for i in range(2):
+                    if 2 * t + i < OH:
+                        for w in range(OW):
+                            rows[i, w] = gy[n, o, 2 * t + i, w]
+                    else:
+                        rows[i, :] = 0
+                for w in range(2 * TW):                    # A gy: the rows
+                    q[0, w] = rows[0, w]
+                    q[1, w] = rows[0, w] + rows[1, w]
+                    q[2, w] = rows[0, w] - rows[1, w]
+                    q[3, w] = -rows[1, w]
+                for a in range(4):                         # (A gy) Aᵀ: the columns
+                    for s in range(TW):
+                        left_, right_ = q[a, 2 * s], q[a, 2 * s + 1]
+                        gM[a, 0, o, n, t, s] = left_
+                        gM[a, 1, o, n, t, s] = left_ + right_
+                        gM[a, 2, o, n, t, s] = left_ - right_
+                        gM[a, 3, o, n, t, s] = -right_
 
 
 def _weight_loops(W, U):
@@ -208,9 +219,23 @@ _compiled_in_share = for_shares(_input_loops, _input_backward_loops, _output_loo
                                 _output_backward_loops)
 
 
+def _one_thread():
+    """Whether the plane loops run on the calling thread alone: inside a share,
+    or with one thread."""
+    return threads.in_share() or threads.numba_threads() == 1
+
+
 def _chunk_loops():
-    """The per-chunk loops for the calling thread: all threads, or its own inside a share."""
-    return _compiled_in_share() if threads.in_share() else _compiled()
+    """The per-chunk loops for the calling thread: all threads, or its own
+    inside a share or with one thread (no parallel launch to pay for)."""
+    return _compiled_in_share() if _one_thread() else _compiled()
+
+
+def _blocks(planes):
+    """How many blocks of planes a plane loop's ``prange`` runs, each block
+    with its scratch rows allocated once: one on one thread, else a few per
+    thread, so the threads still share the planes out evenly."""
+    return 1 if _one_thread() else max(1, min(planes, 4 * threads.numba_threads()))
 
 
 # ---------------------------------------------------------------- the interface
@@ -240,7 +265,7 @@ def winograd_input(x, padding, tiles):
     x = np.ascontiguousarray(x)
     n, C = x.shape[:2]
     V = np.empty((4, 4, C, n) + tuple(tiles), dtype=x.dtype)
-    loops.input(x, V, padding[0], padding[2])
+    loops.input(x, V, padding[0], padding[2], _blocks(C * n))
     return V
 
 
@@ -249,7 +274,8 @@ def winograd_input_backward(gV, x_shape, padding, out=None):
     if not compilable(gV):
         return winograd_numpy.winograd_input_backward(gV, x_shape, padding, out)
     gx = _output_array(out, tuple(x_shape), gV.dtype)
-    _chunk_loops().input_backward(np.ascontiguousarray(gV), gx, padding[0], padding[2])
+    _chunk_loops().input_backward(np.ascontiguousarray(gV), gx, padding[0], padding[2],
+                                  _blocks(gx.shape[0] * gx.shape[1]))
     return _deliver(gx, out)
 
 
@@ -259,7 +285,7 @@ def winograd_output(M, out_hw, out=None):
         return winograd_numpy.winograd_output(M, out_hw, out)
     _, _, O, n = M.shape[:4]
     y = _output_array(out, (n, O) + tuple(out_hw), M.dtype)
-    _chunk_loops().output(np.ascontiguousarray(M), y)
+    _chunk_loops().output(np.ascontiguousarray(M), y, _blocks(O * n))
     return _deliver(y, out)
 
 
@@ -288,5 +314,5 @@ def winograd_output_backward(gy):
     loops = _chunk_loops()
     n, O, OH, OW = gy.shape
     gM = np.empty((4, 4, O, n, winograd_tiles(OH), winograd_tiles(OW)), dtype=gy.dtype)
-    loops.output_backward(np.ascontiguousarray(gy), gM)
+    loops.output_backward(np.ascontiguousarray(gy), gM, _blocks(O * n))
     return gM

@@ -123,6 +123,26 @@ def test_other_dtypes_use_the_reference_without_compiling(monkeypatch):
     np.testing.assert_array_equal(back, conv_numpy.col2im(col, x_shape, *args))
 
 
+def test_one_thread_runs_the_one_thread_loops(monkeypatch):
+    # no parallel launch to pay for when there is one thread to launch
+    from kernels import threads
+
+    def refuse():
+        raise AssertionError("the parallel loops were asked for")
+    x_shape, *args = GEOMETRIES["3x3-pad1"]
+    x = random_input(x_shape, np.float32)
+    previous = threads.get_num_threads()
+    threads.set_num_threads(1)
+    try:
+        monkeypatch.setattr(conv_numba, "_compiled", refuse)
+        col = conv_numba.im2col(x, *args, merge_batch=True)
+        gx = conv_numba.col2im(col, x_shape, *args, merge_batch=True)
+    finally:
+        threads.set_num_threads(previous)
+    np.testing.assert_array_equal(col, conv_numpy.im2col(x, *args, merge_batch=True))
+    assert_sums_equal(gx, conv_numpy.col2im(col, x_shape, *args, merge_batch=True))
+
+
 def test_device_arrays_stay_on_their_device(device):
     x_shape, *args = GEOMETRIES["dilation"]
     x = random_input(x_shape, np.float64)

@@ -113,9 +113,20 @@ def assert_close(actual, expected):
     np.testing.assert_allclose(actual, expected, rtol=tolerance, atol=tolerance)
 
 
+@pytest.fixture(params=[1, 2], ids=["1-thread", "2-threads"])
+def thread_count(request):
+    """One thread (the one-thread loops, one block of planes) or two (the
+    parallel loops over blocks of planes)."""
+    from kernels import threads
+    previous = threads.get_num_threads()
+    threads.set_num_threads(request.param)
+    yield request.param
+    threads.set_num_threads(previous)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("geometry", GEOMETRIES.values(), ids=GEOMETRIES.keys())
-def test_numba_kernels_equal_the_reference(geometry, dtype):
+def test_numba_kernels_equal_the_reference(geometry, dtype, thread_count):
     x_shape, O, padding = geometry
     n, C = x_shape[:2]
     out_hw = output_hw(x_shape, padding)
@@ -136,6 +147,28 @@ def test_numba_kernels_equal_the_reference(geometry, dtype):
     for name, args in calls.items():
         assert_close(getattr(winograd_numba, name)(*args),
                      getattr(winograd_numpy, name)(*args))
+
+
+def test_one_thread_runs_the_one_thread_loops(monkeypatch):
+    # no parallel launch to pay for when there is one thread to launch
+    from kernels import threads
+
+    def refuse():
+        raise AssertionError("the parallel loops were asked for")
+    previous = threads.get_num_threads()
+    threads.set_num_threads(1)
+    try:
+        monkeypatch.setattr(winograd_numba, "_compiled", refuse)
+        x_shape, O, padding = GEOMETRIES["one-sided"]
+        x = random_like(x_shape).astype(np.float32)
+        tiles = tiles_of(output_hw(x_shape, padding))
+        V = winograd_numba.winograd_input(x, padding, tiles)
+        winograd_numba.winograd_input_backward(V, x_shape, padding)
+        gM = winograd_numba.winograd_output_backward(winograd_numba.winograd_output(
+            V[:, :, :O], output_hw(x_shape, padding)))
+        assert gM.shape == V[:, :, :O].shape
+    finally:
+        threads.set_num_threads(previous)
 
 
 def test_numba_kernels_read_non_contiguous_arrays():
