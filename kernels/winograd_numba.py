@@ -175,40 +175,47 @@ def _output_backward_loops(gy, gM, blocks):
                         gM[a, 3, o, n, t, s] = -right_
 
 
+# The weight transforms go one output channel o at a time, through a
+# scratch row of all its input channels: U's 16 matrices (and gU's) lie
+# O·C elements apart, and a loop touching all 16 at once for each (o, c)
+# kept 16 streams whose addresses collide in the same cache sets; staged
+# this way, each loop touches at most four of them.
 def _weight_loops(W, U):
     """U[:, :, o, c] = G W[o, c] Gᵀ   (G's rows: g0, (g0+g1+g2)/2, (g0-g1+g2)/2, g2)."""
     O, C = W.shape[:2]
-    for pair in prange(O * C):
-        o, c = pair // C, pair % C
-        k = W[o, c]
-        r = np.empty((4, 3), dtype=U.dtype)     # G W: the rows combined
-        for j in range(3):
-            r[0, j] = k[0, j]
-            r[1, j] = (k[0, j] + k[1, j] + k[2, j]) * 0.5
-            r[2, j] = (k[0, j] - k[1, j] + k[2, j]) * 0.5
-            r[3, j] = k[2, j]
-        for a in range(4):                      # (G W) Gᵀ: the columns
-            U[a, 0, o, c] = r[a, 0]
-            U[a, 1, o, c] = (r[a, 0] + r[a, 1] + r[a, 2]) * 0.5
-            U[a, 2, o, c] = (r[a, 0] - r[a, 1] + r[a, 2]) * 0.5
-            U[a, 3, o, c] = r[a, 2]
+    for o in prange(O):
+        r = np.empty((4, 3, C), dtype=U.dtype)      # G W: the rows combined, for every c
+        for c in range(C):
+            k = W[o, c]
+            for j in range(3):
+                r[0, j, c] = k[0, j]
+                r[1, j, c] = (k[0, j] + k[1, j] + k[2, j]) * 0.5
+                r[2, j, c] = (k[0, j] - k[1, j] + k[2, j]) * 0.5
+                r[3, j, c] = k[2, j]
+        for a in range(4):                          # (G W) Gᵀ: the columns
+            for c in range(C):
+                U[a, 0, o, c] = r[a, 0, c]
+                U[a, 1, o, c] = (r[a, 0, c] + r[a, 1, c] + r[a, 2, c]) * 0.5
+                U[a, 2, o, c] = (r[a, 0, c] - r[a, 1, c] + r[a, 2, c]) * 0.5
+                U[a, 3, o, c] = r[a, 2, c]
 
 
 def _weight_backward_loops(gU, gW):
     """gW[o, c] = Gᵀ gU[:, :, o, c] G   (Gᵀ's rows: u0 + (u1+u2)/2, (u1-u2)/2, (u1+u2)/2 + u3)."""
     O, C = gW.shape[:2]
-    for pair in prange(O * C):
-        o, c = pair // C, pair % C
-        r = np.empty((3, 4), dtype=gW.dtype)    # Gᵀ gU: the rows combined
+    for o in prange(O):
+        r = np.empty((3, 4, C), dtype=gW.dtype)     # Gᵀ gU: the rows combined, for every c
         for b in range(4):
-            u0, u1, u2, u3 = gU[0, b, o, c], gU[1, b, o, c], gU[2, b, o, c], gU[3, b, o, c]
-            r[0, b] = u0 + (u1 + u2) * 0.5
-            r[1, b] = (u1 - u2) * 0.5
-            r[2, b] = (u1 + u2) * 0.5 + u3
-        for i in range(3):                      # (Gᵀ gU) G: the columns
-            gW[o, c, i, 0] = r[i, 0] + (r[i, 1] + r[i, 2]) * 0.5
-            gW[o, c, i, 1] = (r[i, 1] - r[i, 2]) * 0.5
-            gW[o, c, i, 2] = (r[i, 1] + r[i, 2]) * 0.5 + r[i, 3]
+            for c in range(C):
+                u0, u1, u2, u3 = gU[0, b, o, c], gU[1, b, o, c], gU[2, b, o, c], gU[3, b, o, c]
+                r[0, b, c] = u0 + (u1 + u2) * 0.5
+                r[1, b, c] = (u1 - u2) * 0.5
+                r[2, b, c] = (u1 + u2) * 0.5 + u3
+        for c in range(C):                          # (Gᵀ gU) G: the columns
+            for i in range(3):
+                gW[o, c, i, 0] = r[i, 0, c] + (r[i, 1, c] + r[i, 2, c]) * 0.5
+                gW[o, c, i, 1] = (r[i, 1, c] - r[i, 2, c]) * 0.5
+                gW[o, c, i, 2] = (r[i, 1, c] + r[i, 2, c]) * 0.5 + r[i, 3, c]
 
 
 _compiled = on_first_use(_input_loops, _input_backward_loops, _output_loops,
