@@ -271,7 +271,7 @@ def winograd_input(x, padding, tiles):
     loops = _chunk_loops()
     x = np.ascontiguousarray(x)
     n, C = x.shape[:2]
-    V = np.empty((4, 4, C, n) + tuple(tiles), dtype=x.dtype)
+    V = _stack_of_16((C, n) + tuple(tiles), x.dtype)
     loops.input(x, V, padding[0], padding[2], _blocks(C * n))
     return V
 
@@ -320,6 +320,25 @@ def winograd_output_backward(gy):
         return winograd_numpy.winograd_output_backward(gy)
     loops = _chunk_loops()
     n, O, OH, OW = gy.shape
-    gM = np.empty((4, 4, O, n, winograd_tiles(OH), winograd_tiles(OW)), dtype=gy.dtype)
+    gM = _stack_of_16((O, n, winograd_tiles(OH), winograd_tiles(OW)), gy.dtype)
     loops.output_backward(np.ascontiguousarray(gy), gM, _blocks(O * n))
     return gM
+
+
+# Elements left between the 16 matrices of a transform's output: a cache
+# line.  Laid end to end, matrices of a size that is a multiple of 4 KB (all
+# of ResNet-18's chunks: 27 x 4 KB) start at the same offset within a page,
+# so the loops' rows of the 16 land in the same cache sets and evict one
+# another; shifted a line apart, the transforms into them ran several times
+# faster on ResNet-18's deeper layers (benchmarks/results.md, "Batch norm over
+# slices of the batch").
+STACK_GAP = 16
+
+
+def _stack_of_16(inner_shape, dtype):
+    """An empty (4, 4) + inner_shape array whose 16 matrices are each
+    C-contiguous, STACK_GAP elements apart: its reshape to (16, rows, columns)
+    is a view, as the matrix products take it."""
+    size = int(np.prod(inner_shape))
+    buffer = np.empty(16 * (size + STACK_GAP), dtype=dtype)
+    return buffer.reshape(16, size + STACK_GAP)[:, :size].reshape((4, 4) + tuple(inner_shape))

@@ -221,3 +221,18 @@ def test_outputs_go_into_a_given_array(module):
             assert result is out
             assert_close(out, expected)
         assert not whole[:shape[0]].any()          # nothing written outside the slice
+
+
+def test_transform_outputs_are_views_of_16_matrices_a_gap_apart():
+    # the 16 matrices of V and gM lie a cache line apart (not end to end), and the
+    # (16, rows, columns) view the matrix products take is no copy
+    x = random_like((3, 4, 6, 6)).astype(np.float32)
+    V = winograd_numba.winograd_input(x, (1, 1, 1, 1), (3, 3))
+    gM = winograd_numba.winograd_output_backward(random_like((3, 5, 6, 6)).astype(np.float32))
+    for stack, rows in ((V, 4), (gM, 5)):
+        matrices = stack.reshape(16, rows, -1)
+        assert np.shares_memory(matrices, stack)
+        size = matrices[0].size
+        assert matrices.strides[0] == (size + winograd_numba.STACK_GAP) * stack.itemsize
+        assert all(m.flags.c_contiguous for m in matrices)
+    assert_close(V, winograd_numpy.winograd_input(x, (1, 1, 1, 1), (3, 3)))
