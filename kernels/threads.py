@@ -267,7 +267,8 @@ def run_all(jobs):
     helpers = [pool.submit(take_jobs) for _ in range(min(len(jobs), numba_threads()) - 1)]
     take_jobs()
     for helper in helpers:
-        helper.result()
+        if not helper.cancel():     # one that never started has nothing left to do
+            helper.result()
     if errors:
         raise errors[0]
 
