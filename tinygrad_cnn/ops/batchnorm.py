@@ -67,7 +67,7 @@ class BatchNorm(Function):
 
     The array work is in ``kernels.batchnorm_forward_train`` and
     ``kernels.batchnorm_backward`` (``kernels/bn_numpy.py`` is the readable
-    reference; ``bn_numba.py`` fuses each direction into two passes per channel).
+    reference; ``bn_numba.py`` fuses each direction into two passes over the batch).
     """
     def __init__(self, eps, running_mean=None, running_var=None, momentum=0.1):
         self.eps, self.momentum = eps, momentum
