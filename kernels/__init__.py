@@ -268,10 +268,10 @@ def winograd_output_backward(gy):
     return _implementation("winograd_output_backward", gy)(gy)
 
 
-def conv_direct_forward(x, W, stride, padding, dilation):
-    """x (N, C, H, W), W (O, C, KH, KW) -> y (N, O, OH, OW), each output summed
-    directly, no bias (``conv_direct_numpy.conv_direct_forward``)."""
-    return _implementation("conv_direct_forward", x)(x, W, stride, padding, dilation)
+def conv_direct_forward(x, W, stride, padding, dilation, b=None):
+    """x (N, C, H, W), W (O, C, KH, KW), b (O,) or None -> y (N, O, OH, OW), each
+    output summed directly, then + b (``conv_direct_numpy.conv_direct_forward``)."""
+    return _implementation("conv_direct_forward", x)(x, W, stride, padding, dilation, b)
 
 
 def conv_direct_backward_input(gy, W, x_shape, stride, padding, dilation):

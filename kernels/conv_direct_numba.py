@@ -60,9 +60,10 @@ def _loops(KH, KW):
     """The three direct-convolution loops with the kernel size KH x KW built in
     (compiled at the first call for a kernel size, ``kernels/jit.py``)."""
 
-    def forward(x_flat, W, y, Wp, DH, DW):
+    def forward(x_flat, W, y, Wp, DH, DW, b, has_bias):
         """y[n, o] = Σ_{c, i, j} W[o, c, i, j] · x_flat[n, c, base(i, j) + k], cropped to
-        (OH, OW).  x_flat: (N, C, Hp·Wp), padded; y: (N, O, OH, OW), written."""
+        (OH, OW), + b[o] if has_bias (as each output is written, after its sum, as the
+        reference adds it).  x_flat: (N, C, Hp·Wp), padded; y: (N, O, OH, OW), written."""
         N, C = x_flat.shape[:2]
         O, OH, OW = y.shape[1:]
         L = (OH - 1) * Wp + OW
@@ -78,9 +79,15 @@ def _loops(KH, KW):
                             for j in range(KW):
                                 total += taps[i, j] * plane[np.uint64(i * DH * Wp + j * DW + k)]
                         acc[np.uint64(k)] = total
-                for oh in range(OH):
-                    for ow in range(OW):
-                        y[n, o, oh, ow] = acc[np.uint64(oh * Wp + ow)]
+                if has_bias:
+                    bias = b[o]
+                    for oh in range(OH):
+                        for ow in range(OW):
+                            y[n, o, oh, ow] = acc[np.uint64(oh * Wp + ow)] + bias
+                else:
+                    for oh in range(OH):
+                        for ow in range(OW):
+                            y[n, o, oh, ow] = acc[np.uint64(oh * Wp + ow)]
 
     def backward_input(gy, W, gx, Hp, Wp, DH, DW, top, left):
         """gx[n, c] = the forward's adjoint, gathered: padded-plane pixel p gets
@@ -160,29 +167,49 @@ def _finite(a):
     return bool(np.isfinite(a.sum()))
 
 
-def _padded_flat(x, padding):
-    """x (N, C, H, W) -> its zero-padded planes flattened, (N, C, Hp·Wp), and Wp."""
+def _padded_buffer(x, padding):
+    """(a buffer for x (N, C, H, W) zero-padded -- x itself if there is no
+    padding -- filled slice by slice by ``_padded_flat``, and its row width Wp)."""
+    top, bottom, left, right = padding
+    N, C, H, W = x.shape
+    if not any(padding):
+        return x, W
+    return np.empty((N, C, H + top + bottom, W + left + right), dtype=x.dtype), W + left + right
+
+
+def _padded_flat(x, x_pad, padding):
+    """Images x (n, C, H, W) written into their part x_pad of ``_padded_buffer``
+    with zeros around, then flattened: (n, C, Hp·Wp).  (NumPy's copies release
+    the GIL, so each thread pads its own slice side by side.)"""
     top, bottom, left, right = padding
     if any(padding):
-        x = np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)))
-    x = np.ascontiguousarray(x)
-    return x.reshape(x.shape[:2] + (-1,)), x.shape[3]
+        H, W = x.shape[2:]
+        x_pad[:, :, :top] = 0
+        x_pad[:, :, top + H:] = 0
+        x_pad[:, :, top:top + H, :left] = 0
+        x_pad[:, :, top:top + H, left + W:] = 0
+        x_pad[:, :, top:top + H, left:left + W] = x
+    return x_pad.reshape(x_pad.shape[:2] + (-1,))
 
 
 # ---------------------------------------------------------------- the interface
-def conv_direct_forward(x, W, stride, padding, dilation):
+def conv_direct_forward(x, W, stride, padding, dilation, b=None):
     """``conv_direct_numpy.conv_direct_forward``, compiled: x (N, C, H, W),
-    W (O, C, KH, KW) -> y (N, O, OH, OW)."""
-    if not _compiles(stride, x, W):
-        return conv_direct_numpy.conv_direct_forward(x, W, stride, padding, dilation)
+    W (O, C, KH, KW), b (O,) or None -> y (N, O, OH, OW)."""
+    if not (_compiles(stride, x, W) and (b is None or _compiles(stride, x, b))):
+        return conv_direct_numpy.conv_direct_forward(x, W, stride, padding, dilation, b)
     KH, KW = W.shape[2:]
     out_hw = conv_output_hw(x.shape, (KH, KW), stride, padding, dilation)
-    x_flat, Wp = _padded_flat(x, padding)
-    W = np.ascontiguousarray(W)
+    x, W = np.ascontiguousarray(x), np.ascontiguousarray(W)
     y = np.empty((x.shape[0], W.shape[0]) + out_hw, dtype=x.dtype)
+    bias = np.empty(0, dtype=x.dtype) if b is None else np.ascontiguousarray(b)
+    x_pad, Wp = _padded_buffer(x, padding)
     loop = _loops(KH, KW).forward
-    threads.run_all([functools.partial(loop, x_flat[lo:hi], W, y[lo:hi], Wp, *dilation)
-                     for lo, hi in _batch_slices(x_flat, y)])
+
+    def slice_job(lo, hi):      # each thread pads its own images, then sums them
+        x_flat = _padded_flat(x[lo:hi], x_pad[lo:hi], padding)
+        loop(x_flat, W, y[lo:hi], Wp, *dilation, bias, b is not None)
+    threads.run_all([functools.partial(slice_job, lo, hi) for lo, hi in _batch_slices(x, y)])
     return y
 
 
@@ -209,19 +236,21 @@ def conv_direct_backward_weight(gy, x, kernel_size, stride, padding, dilation):
     if not (_compiles(stride, gy, x) and _finite(x)):
         return conv_direct_numpy.conv_direct_backward_weight(gy, x, kernel_size, stride,
                                                              padding, dilation)
-    x_flat, Wp = _padded_flat(x, padding)
+    x = np.ascontiguousarray(x)
+    x_pad, Wp = _padded_buffer(x, padding)
     (N, O, OH, OW), C = gy.shape, x.shape[1]
     L = (OH - 1) * Wp + OW
     g_flat = np.empty((N, O, OH * Wp), dtype=gy.dtype)    # gy at row width Wp
-    slices = _batch_slices(g_flat, x_flat)
+    slices = _batch_slices(g_flat, x_pad)
     # per slice, one row of partial sums per (o, c, i, j): no two threads share one
     rows = np.zeros((len(slices), O, C) + tuple(kernel_size) + (L,), dtype=x.dtype)
     loop = _loops(*kernel_size).backward_weight
 
     def slice_job(s, lo, hi):
-        # each thread lays out its own images' gy at width Wp, then sums them
+        # each thread pads its own images and lays out their gy at width Wp, then sums
+        x_flat = _padded_flat(x[lo:hi], x_pad[lo:hi], padding)
         _widen(gy[lo:hi], g_flat[lo:hi].reshape(hi - lo, O, OH, Wp))
-        loop(g_flat[lo:hi], x_flat[lo:hi], rows[s], Wp, *dilation)
+        loop(g_flat[lo:hi], x_flat, rows[s], Wp, *dilation)
     threads.run_all([functools.partial(slice_job, s, lo, hi)
                      for s, (lo, hi) in enumerate(slices)])
     return rows.sum(axis=(0, 5))

@@ -42,8 +42,9 @@ def _pad(xp, x, padding):
     return xp.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right))) if any(padding) else x
 
 
-def conv_direct_forward(x, W, stride, padding, dilation):
-    """x (N, C, H, W), W (O, C, KH, KW) -> y (N, O, OH, OW), no bias."""
+def conv_direct_forward(x, W, stride, padding, dilation, b=None):
+    """x (N, C, H, W), W (O, C, KH, KW), b (O,) or None -> y (N, O, OH, OW):
+    the sums, then + b per output channel."""
     xp = get_array_module(x, W)
     KH, KW = W.shape[2:]
     out_hw = conv_output_hw(x.shape, (KH, KW), stride, padding, dilation)
@@ -53,6 +54,8 @@ def conv_direct_forward(x, W, stride, padding, dilation):
         for j in range(KW):
             window = _window(x_pad, i, j, out_hw, stride, dilation)     # (N, C, OH, OW)
             y += xp.einsum("oc,nchw->nohw", W[:, :, i, j], window)
+    if b is not None:
+        y += b.reshape(1, -1, 1, 1)
     return y
 
 

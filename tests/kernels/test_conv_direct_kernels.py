@@ -69,6 +69,16 @@ def test_reference_forward_equals_explicit_loops(geometry):
 
 
 @pytest.mark.parametrize("geometry", GEOMETRIES.values(), ids=GEOMETRIES.keys())
+def test_reference_forward_adds_the_bias_per_output_channel(geometry):
+    x, W, _ = operands(geometry)
+    b = np.random.default_rng(7).standard_normal(W.shape[0])
+    expected = conv_loops(x, W, *geometry_of(geometry)) + b.reshape(1, -1, 1, 1)
+    np.testing.assert_allclose(conv_direct_numpy.conv_direct_forward(x, W, *geometry_of(geometry),
+                                                                     b),
+                               expected, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("geometry", GEOMETRIES.values(), ids=GEOMETRIES.keys())
 def test_reference_backward_kernels_are_the_forwards_adjoints(geometry):
     # y = conv(x, W) is linear in x and in W: <conv(x, W), gy> = <x, gx> = <W, gW>
     # for every gy is what the two backward kernels must compute.
@@ -116,6 +126,29 @@ def test_numba_kernels_equal_the_reference(geometry, dtype, threads):
     for actual, expected in zip(all_three(conv_direct_numba, x, W, gy, *geometry_of(geometry)),
                                 all_three(conv_direct_numpy, x, W, gy, *geometry_of(geometry))):
         assert_close(actual, expected)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("geometry", GEOMETRIES.values(), ids=GEOMETRIES.keys())
+def test_numba_forward_with_bias_equals_the_reference(geometry, dtype, threads):
+    # the bias is added in the loop as each output is written; each thread pads its own images
+    x, W, _ = operands(geometry, dtype)
+    b = np.random.default_rng(8).standard_normal(W.shape[0]).astype(dtype)
+    stride, padding, dilation = geometry_of(geometry)
+    assert_close(conv_direct_numba.conv_direct_forward(x, W, stride, padding, dilation, b),
+                 conv_direct_numpy.conv_direct_forward(x, W, stride, padding, dilation, b))
+
+
+def test_a_bias_of_another_dtype_goes_to_the_reference(monkeypatch):
+    geometry = GEOMETRIES["3x3-pad-one-side"]
+    x, W, _ = operands(geometry, np.float32)
+    b = np.arange(W.shape[0], dtype=np.float64)
+    called = []
+    reference = conv_direct_numpy.conv_direct_forward
+    monkeypatch.setattr(conv_direct_numpy, "conv_direct_forward",
+                        lambda *args: called.append(1) or reference(*args))
+    y = conv_direct_numba.conv_direct_forward(x, W, *geometry_of(geometry), b)
+    assert called == [1] and y.dtype == np.float32
 
 
 def test_stride_1_runs_the_loops_other_strides_the_reference(monkeypatch):
