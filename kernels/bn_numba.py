@@ -12,7 +12,9 @@ twice:
 
 x is viewed as (N, C, L) -- L = 1 for (N, C) input, H·W for images -- and
 walked in its own order, image after image, so each pass streams through
-memory.
+memory.  With L = 1 each loop runs over the channels innermost instead (a
+row of x), which the compiler vectorises; a loop over one value per channel
+would not be.
 
 **Threads: slices of the batch.**  Each pass over many MB is cut along the
 batch (``threads.stream_slices``) and the slices run side by side on
@@ -59,6 +61,12 @@ def _shifted_sums_loop(bounds, first, last, sums, x, shift):
     for b in range(first, last):
         sums[b] = 0.0
         for n in range(bounds[b], bounds[b + 1]):
+            if L == 1:                      # (N, C) input: the channels are the row
+                for c in range(C):
+                    d = x[n, c, 0] - shift[c]
+                    sums[b, 0, c] += d
+                    sums[b, 1, c] += d * d
+                continue
             for c in range(C):
                 k = shift[c]
                 total = 0.0                 # float64 accumulators
@@ -75,6 +83,12 @@ def _normalize_loop(x, y, x_hat, mean, inv_std, gamma, beta):
     """x_hat = (x - mean)·inv_std, y = γ x_hat + β (mean, inv_std float64 (C,))."""
     N, C, L = x.shape
     for n in range(N):
+        if L == 1:                          # (N, C) input: the channels are the row
+            for c in range(C):
+                xh = (x[n, c, 0] - mean[c]) * inv_std[c]
+                x_hat[n, c, 0] = xh
+                y[n, c, 0] = gamma[c] * xh + beta[c]
+            continue
         for c in range(C):
             mu, s, g, b = mean[c], inv_std[c], gamma[c], beta[c]
             for l in range(L):
@@ -90,6 +104,12 @@ def _gradient_sums_loop(bounds, first, last, sums, gy, x_hat):
     for b in range(first, last):
         sums[b] = 0.0
         for n in range(bounds[b], bounds[b + 1]):
+            if L == 1:                      # (N, C) input: the channels are the row
+                for c in range(C):
+                    g = np.float64(gy[n, c, 0])
+                    sums[b, 0, c] += g * x_hat[n, c, 0]
+                    sums[b, 1, c] += g
+                continue
             for c in range(C):
                 sum_gy = 0.0                # float64 accumulators
                 sum_gy_xhat = 0.0
@@ -105,6 +125,11 @@ def _input_grad_loop(gy, x_hat, gx, scale, mean_gy, mean_gy_xhat):
     """gx = scale·(gy - mean(gy) - x_hat·mean(gy·x_hat)), the means float64 (C,)."""
     N, C, L = gy.shape
     for n in range(N):
+        if L == 1:                          # (N, C) input: the channels are the row
+            for c in range(C):
+                gx[n, c, 0] = scale[c] * (gy[n, c, 0] - mean_gy[c]
+                                          - x_hat[n, c, 0] * mean_gy_xhat[c])
+            continue
         for c in range(C):
             k, a, b = scale[c], mean_gy[c], mean_gy_xhat[c]
             for l in range(L):
