@@ -148,14 +148,6 @@ def _as_ncl(a):
     return np.ascontiguousarray(a).reshape(a.shape[0], a.shape[1], -1)
 
 
-def _over_batch(loop, batch_arrays, *args):
-    """``loop(*batch_arrays, *args)`` on slices of the batch side by side
-    (``threads.stream_slices``: the whole batch on this thread when small)."""
-    slices = threads.stream_slices(batch_arrays[0].shape[0], sum(a.nbytes for a in batch_arrays))
-    threads.run_all([functools.partial(loop, *(a[lo:hi] for a in batch_arrays), *args)
-                     for lo, hi in slices])
-
-
 def _block_sums(loop, batch_arrays, *args):
     """(2, C) float64: ``loop``'s two per-channel sums over ``batch_arrays``
     (N, C, L), kept per block of images and added in block order (module
@@ -188,9 +180,9 @@ def batchnorm_forward_train(x, gamma, beta, eps):
     mean = shift + mean_shifted
     inv_std = 1.0 / np.sqrt(var + eps)
     y, x_hat = np.empty(x.shape, dtype=x.dtype), np.empty(x.shape, dtype=x.dtype)
-    _over_batch(loops.normalize, (x3, _as_ncl(y), _as_ncl(x_hat)), mean, inv_std,
-                np.ascontiguousarray(gamma, dtype=x.dtype),
-                np.ascontiguousarray(beta, dtype=x.dtype))
+    threads.over_batch(loops.normalize, (x3, _as_ncl(y), _as_ncl(x_hat)), mean, inv_std,
+                       np.ascontiguousarray(gamma, dtype=x.dtype),
+                       np.ascontiguousarray(beta, dtype=x.dtype), slices=threads.stream_slices)
     return y, x_hat, mean.astype(x.dtype), var.astype(x.dtype), inv_std.astype(x.dtype)
 
 
@@ -206,6 +198,7 @@ def batchnorm_backward(gy, x_hat, scale):
         return None, dgamma, dbeta
     m = gy3.shape[0] * gy3.shape[2]
     gx = np.empty(gy.shape, dtype=gy.dtype)
-    _over_batch(loops.input_grad, (gy3, x_hat3, _as_ncl(gx)),
-                np.ascontiguousarray(scale, dtype=gy.dtype), sums[1] / m, sums[0] / m)
+    threads.over_batch(loops.input_grad, (gy3, x_hat3, _as_ncl(gx)),
+                       np.ascontiguousarray(scale, dtype=gy.dtype), sums[1] / m, sums[0] / m,
+                       slices=threads.stream_slices)
     return gx, dgamma, dbeta

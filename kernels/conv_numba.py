@@ -111,8 +111,7 @@ _compiled_in_share = for_shares(_im2col_loops, _col2im_loops)
 def _loops():
     """The loops for the calling thread: all threads, or its own inside a share
     or with one thread (no parallel launch to pay for)."""
-    one_thread = threads.in_share() or threads.numba_threads() == 1
-    return _compiled_in_share() if one_thread else _compiled()
+    return _compiled_in_share() if threads.on_one_thread() else _compiled()
 
 
 # ---------------------------------------------------------------- geometry

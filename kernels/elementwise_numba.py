@@ -102,21 +102,14 @@ def _flat(a):
     return np.ascontiguousarray(a).reshape(-1)
 
 
-def _in_slices(loop, *flat_arrays):
-    """``loop(*flat_arrays)``, cut into slices run side by side on the thread
-    pool when the arrays are large (``threads.stream_slices``)."""
-    slices = threads.stream_slices(flat_arrays[0].size, sum(a.nbytes for a in flat_arrays))
-    threads.run_all([functools.partial(loop, *(a[lo:hi] for a in flat_arrays))
-                     for lo, hi in slices])
-
-
 # ---------------------------------------------------------------- the interface
 def relu_forward(x):
     """``elementwise_numpy.relu_forward``, compiled -> y = max(x, 0)."""
     if not _compilable_alike(x):
         return elementwise_numpy.relu_forward(x)
     y = np.empty(x.shape, dtype=x.dtype)
-    _in_slices(_compiled().relu_forward, _flat(x), y.reshape(-1))
+    threads.over_batch(_compiled().relu_forward, (_flat(x), y.reshape(-1)),
+                       slices=threads.stream_slices)
     return y
 
 
@@ -125,7 +118,8 @@ def relu_backward(gy, y):
     if not _compilable_alike(gy, y):
         return elementwise_numpy.relu_backward(gy, y)
     gx = np.empty(y.shape, dtype=y.dtype)
-    _in_slices(_compiled().relu_backward, _flat(gy), _flat(y), gx.reshape(-1))
+    threads.over_batch(_compiled().relu_backward, (_flat(gy), _flat(y), gx.reshape(-1)),
+                       slices=threads.stream_slices)
     return gx
 
 
@@ -154,7 +148,8 @@ def sigmoid_backward(gy, y):
     if not _compilable_alike(gy, y):
         return elementwise_numpy.sigmoid_backward(gy, y)
     gx = np.empty(y.shape, dtype=y.dtype)
-    _in_slices(_compiled().sigmoid_backward, _flat(gy), _flat(y), gx.reshape(-1))
+    threads.over_batch(_compiled().sigmoid_backward, (_flat(gy), _flat(y), gx.reshape(-1)),
+                       slices=threads.stream_slices)
     return gx
 
 

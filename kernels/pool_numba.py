@@ -18,7 +18,7 @@ benchmarks/results.md, "Figures behind design choices in kernels/"):
   the loops once per kernel size (2x2 and 3x3 are all the chapter networks
   use), so the compiler unrolls the window loops; with KH and KW as run-time
   values the loops ran several times slower.
-- The batch is split over threads (``_over_batch``), each running the
+- The batch is split over threads (``threads.over_batch``), each running the
   compiled loop on its own slice of samples with the GIL released
   (``nogil``).  Samples never share an output cell, so nothing races -- in
   backward too, where overlapping windows add into shared cells of one
@@ -194,7 +194,7 @@ def _loops(KH, KW):
 # Bins vary in size, so there is no constant to build in; each loop reads
 # bin i's rows [top[i], bottom[i]) and bin j's columns [left[j], right[j])
 # from int64 arrays (``_bin_edges``).  Each plane is one thread's (see
-# ``_over_batch``), so overlapping bins adding into it never race.  The
+# ``threads.over_batch``), so overlapping bins adding into it never race.  The
 # global pool, which ends most chapter networks, has its own two loops on
 # (P, H·W) flat planes; the max's backward also takes gx flat.
 def _adaptive_avg_forward_loop(x, y, top, bottom, left, right):
@@ -281,20 +281,6 @@ _adaptive_loops = on_first_use(_adaptive_avg_forward_loop, _adaptive_max_forward
                                _adaptive_global_avg_backward_loop, nogil=True)
 
 
-# ---------------------------------------------------------------- threads
-def _over_batch(loop, batch_arrays, *args):
-    """``loop(*batch_arrays, *args)``, run on slices of the batch axis in parallel
-    (``threads.batch_slices``: twice as many as threads; one for small arrays).
-
-    ``batch_arrays`` are the (N, ...) inputs and outputs, sliced alike; ``args``
-    go to every slice unchanged.
-    """
-    N = batch_arrays[0].shape[0]
-    slices = threads.batch_slices(N, sum(a.nbytes for a in batch_arrays))
-    threads.run_all([functools.partial(loop, *(a[lo:hi] for a in batch_arrays), *args)
-                     for lo, hi in slices])
-
-
 # ---------------------------------------------------------------- the interface
 def maxpool2d_forward(x, kernel_size, stride, padding, ceil_mode=False, dilation=(1, 1)):
     """``pool_numpy.maxpool2d_forward``, compiled: x (N, C, H, W) ->
@@ -305,8 +291,8 @@ def maxpool2d_forward(x, kernel_size, stride, padding, ceil_mode=False, dilation
     out_shape = pool_output_hw(x.shape, kernel_size, stride, padding, dilation, ceil_mode)
     y = np.empty(x.shape[:2] + out_shape, dtype=x.dtype)
     argmax = np.empty(y.shape, dtype=np.int64)
-    _over_batch(_loops(*kernel_size).maxpool_forward, (np.ascontiguousarray(x), y, argmax),
-                *stride, *padding, *dilation)
+    threads.over_batch(_loops(*kernel_size).maxpool_forward, (np.ascontiguousarray(x), y, argmax),
+                       *stride, *padding, *dilation)
     return y, argmax
 
 
@@ -316,9 +302,9 @@ def maxpool2d_backward(gy, argmax, x_shape, kernel_size, stride, padding, dilati
         return pool_numpy.maxpool2d_backward(gy, argmax, x_shape, kernel_size, stride,
                                              padding, dilation)
     gx = np.empty(tuple(x_shape), dtype=gy.dtype)
-    _over_batch(_loops(*kernel_size).maxpool_backward,
-                (np.ascontiguousarray(gy), np.ascontiguousarray(argmax, dtype=np.int64), gx),
-                *stride, *padding, *dilation)
+    threads.over_batch(_loops(*kernel_size).maxpool_backward,
+                       (np.ascontiguousarray(gy), np.ascontiguousarray(argmax, dtype=np.int64), gx),
+                       *stride, *padding, *dilation)
     return gx
 
 
@@ -332,8 +318,8 @@ def avgpool2d_forward(x, kernel_size, stride, padding, ceil_mode=False,
     divisor = pool_numpy.avgpool_divisors(x.shape, out_shape, kernel_size, stride, padding,
                                           count_include_pad, divisor_override, x.dtype, np)
     y = np.empty(x.shape[:2] + out_shape, dtype=x.dtype)
-    _over_batch(_loops(*kernel_size).avgpool_forward, (np.ascontiguousarray(x), y), divisor,
-                *stride, *padding)
+    threads.over_batch(_loops(*kernel_size).avgpool_forward, (np.ascontiguousarray(x), y), divisor,
+                       *stride, *padding)
     return y
 
 
@@ -349,10 +335,10 @@ def avgpool2d_backward(gy, x_shape, kernel_size, stride, padding, count_include_
     loops = _loops(*kernel_size)
     if tuple(stride) == tuple(kernel_size) and tuple(padding) == (0, 0):
         # LeNet's and DenseNet's 2x2 pools: windows tile the input
-        _over_batch(loops.avgpool_backward_tiled, (_planes(gy), _planes(gx)), divisor)
+        threads.over_batch(loops.avgpool_backward_tiled, (_planes(gy), _planes(gx)), divisor)
     else:
-        _over_batch(loops.avgpool_backward, (np.ascontiguousarray(gy), gx), divisor,
-                    *stride, *padding)
+        threads.over_batch(loops.avgpool_backward, (np.ascontiguousarray(gy), gx), divisor,
+                           *stride, *padding)
     return gx
 
 
@@ -377,11 +363,11 @@ def adaptive_avgpool2d_forward(x, output_size):
         return pool_numpy.adaptive_avgpool2d_forward(x, output_size)
     y = np.empty(x.shape[:2] + tuple(output_size), dtype=x.dtype)
     if tuple(output_size) == (1, 1):
-        _over_batch(_adaptive_loops().adaptive_global_avg_forward,
-                    (_planes(x, flat=True), y.ravel()))
+        threads.over_batch(_adaptive_loops().adaptive_global_avg_forward,
+                           (_planes(x, flat=True), y.ravel()))
     else:
-        _over_batch(_adaptive_loops().adaptive_avg_forward, (_planes(x), _planes(y)),
-                    *_bin_edges(x.shape, output_size))
+        threads.over_batch(_adaptive_loops().adaptive_avg_forward, (_planes(x), _planes(y)),
+                           *_bin_edges(x.shape, output_size))
     return y
 
 
@@ -393,8 +379,8 @@ def adaptive_avgpool2d_backward(gy, x_shape):
     if not compilable(gy) or gy.shape[2:] != (1, 1):
         return pool_numpy.adaptive_avgpool2d_backward(gy, x_shape)
     gx = np.empty(tuple(x_shape), dtype=gy.dtype)
-    _over_batch(_adaptive_loops().adaptive_global_avg_backward,
-                (np.ascontiguousarray(gy).ravel(), _planes(gx, flat=True)))
+    threads.over_batch(_adaptive_loops().adaptive_global_avg_backward,
+                       (np.ascontiguousarray(gy).ravel(), _planes(gx, flat=True)))
     return gx
 
 
@@ -405,8 +391,9 @@ def adaptive_maxpool2d_forward(x, output_size):
         return pool_numpy.adaptive_maxpool2d_forward(x, output_size)
     y = np.empty(x.shape[:2] + tuple(output_size), dtype=x.dtype)
     indices = np.empty(y.shape, dtype=np.int64)
-    _over_batch(_adaptive_loops().adaptive_max_forward,
-                (_planes(x), _planes(y), _planes(indices)), *_bin_edges(x.shape, output_size))
+    threads.over_batch(_adaptive_loops().adaptive_max_forward,
+                       (_planes(x), _planes(y), _planes(indices)),
+                       *_bin_edges(x.shape, output_size))
     return y, indices
 
 
@@ -416,6 +403,7 @@ def adaptive_maxpool2d_backward(gy, indices, x_shape):
     if not compilable(gy) or not isinstance(indices, np.ndarray):
         return pool_numpy.adaptive_maxpool2d_backward(gy, indices, x_shape)
     gx = np.empty(tuple(x_shape), dtype=gy.dtype)
-    _over_batch(_adaptive_loops().adaptive_max_backward,
-                (_planes(gy), _planes(np.asarray(indices, dtype=np.int64)), _planes(gx, True)))
+    threads.over_batch(_adaptive_loops().adaptive_max_backward,
+                       (_planes(gy), _planes(np.asarray(indices, dtype=np.int64)),
+                        _planes(gx, True)))
     return gx

@@ -192,6 +192,13 @@ def _numpy_blas():
 _share = threading.local()        # .active: this thread runs one share of split work
 
 
+def on_one_thread():
+    """Whether the calling thread's compiled loops run on it alone: inside a
+    share, or with one thread (then a parallel-compiled loop would only add
+    Numba's launch)."""
+    return in_share() or numba_threads() == 1
+
+
 def in_share():
     """Whether the calling thread is running one share of work split over
     threads (``map_in_shares``): its kernels then run on this thread alone
@@ -234,6 +241,17 @@ def stream_slices(length, nbytes):
     """``batch_slices`` for loops that only move memory: one slice, on the
     calling thread, below STREAM_MIN_BYTES of inputs and outputs."""
     return batch_slices(length, nbytes) if nbytes >= STREAM_MIN_BYTES else [(0, length)]
+
+
+def over_batch(loop, batch_arrays, *args, slices=batch_slices):
+    """``loop(*batch_arrays, *args)`` on slices of the arrays' first axis, run
+    side by side (``run_all``).  ``batch_arrays`` are the (N, ...) inputs and
+    outputs, sliced alike; ``args`` go to every slice unchanged; ``slices``
+    cuts the batch from its length and the arrays' bytes: ``batch_slices``, or
+    ``stream_slices`` for loops that only move memory."""
+    cut = slices(batch_arrays[0].shape[0], sum(a.nbytes for a in batch_arrays))
+    run_all([functools.partial(loop, *(a[lo:hi] for a in batch_arrays), *args)
+             for lo, hi in cut])
 
 
 def run_all(jobs):

@@ -226,23 +226,17 @@ _compiled_in_share = for_shares(_input_loops, _input_backward_loops, _output_loo
                                 _output_backward_loops)
 
 
-def _one_thread():
-    """Whether the plane loops run on the calling thread alone: inside a share,
-    or with one thread."""
-    return threads.in_share() or threads.numba_threads() == 1
-
-
 def _chunk_loops():
     """The per-chunk loops for the calling thread: all threads, or its own
     inside a share or with one thread (no parallel launch to pay for)."""
-    return _compiled_in_share() if _one_thread() else _compiled()
+    return _compiled_in_share() if threads.on_one_thread() else _compiled()
 
 
 def _blocks(planes):
     """How many blocks of planes a plane loop's ``prange`` runs, each block
     with its scratch rows allocated once: one on one thread, else a few per
     thread, so the threads still share the planes out evenly."""
-    return 1 if _one_thread() else max(1, min(planes, 4 * threads.numba_threads()))
+    return 1 if threads.on_one_thread() else max(1, min(planes, 4 * threads.numba_threads()))
 
 
 # ---------------------------------------------------------------- the interface
