@@ -38,13 +38,18 @@ from .jit import compilable
 # microseconds) costs about what the products do.
 MIN_MULTIPLY_ADDS_PER_THREAD = 2**20
 
+# Below this many rows, a @ b with b a transposed view runs faster as (bᵀ @ aᵀ)ᵀ
+# (``product``); from about 200 rows the two orders ran alike, and the copy
+# into C order then costs more than the reorder gains.
+FEW_ROWS = 128
+
 
 def matmul(a, b, out=None):
     """``shares_numpy.matmul``: ``a @ b`` over stacks, the stack's leading axis
     split over threads."""
     plan = _plan(a, b, out)
     if plan is None:
-        return shares_numpy.matmul(a, b, out=out)
+        return product(a, b, out)
     shape, parts = plan
     if out is None:
         out = np.empty(shape, dtype=a.dtype)
@@ -53,7 +58,7 @@ def matmul(a, b, out=None):
     batch_ndim = len(shape) - 2
 
     def run(lo, hi):
-        np.matmul(_rows(a, lo, hi, batch_ndim), _rows(b, lo, hi, batch_ndim), out=out[lo:hi])
+        product(_rows(a, lo, hi, batch_ndim), _rows(b, lo, hi, batch_ndim), out=out[lo:hi])
 
     with threads.single_threaded_blas():
         pool = threads.thread_pool()
@@ -63,6 +68,27 @@ def matmul(a, b, out=None):
         finally:
             for job in jobs:
                 job.result()                    # waits, and re-raises a share's error
+    return out
+
+
+def product(a, b, out=None):
+    """``shares_numpy.matmul(a, b, out)`` (NumPy's) for one thread's share, in
+    the order OpenBLAS runs fastest.  A product with few rows and more columns
+    (M < FEW_ROWS, M < N) whose b is a transposed view (its columns contiguous,
+    as in the weight gradient dW = dy @ colᵀ of a layer with few output
+    channels) is computed as (bᵀ @ aᵀ)ᵀ and copied into a C-ordered result:
+    the same sums, in a layout OpenBLAS ran much faster on such shapes
+    (benchmarks/results.md, "Weight gradients of thin layers")."""
+    thin = (compilable(a, b) and a.ndim >= 2 and b.ndim >= 2
+            and a.shape[-2] < min(FEW_ROWS, b.shape[-1]))
+    if not (thin and b.shape[-2] > 1 and b.swapaxes(-1, -2).flags.c_contiguous):
+        return shares_numpy.matmul(a, b, out=out)
+    transposed = np.matmul(b.swapaxes(-1, -2), a.swapaxes(-1, -2)).swapaxes(-1, -2)
+    if out is None:
+        return np.ascontiguousarray(transposed)
+    if out.shape != transposed.shape:
+        return shares_numpy.matmul(a, b, out=out)      # NumPy's error for a wrong out
+    np.copyto(out, transposed)
     return out
 
 

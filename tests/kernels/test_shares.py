@@ -104,6 +104,51 @@ def test_what_goes_to_the_reference(monkeypatch, case):
     assert (submitted, reference) == ([], [1])
 
 
+# a (M, K) @ b (K, N), b a transposed view or not -> whether ``product`` reorders it
+THIN = {
+    "dW-of-a-thin-layer": ((16, 600), (150, 600), True, True),       # dy @ colᵀ, LeNet-like
+    "stacked-thin": ((4, 8, 90), (4, 40, 90), True, True),           # Winograd's gM @ Vᵀ, few rows
+    "b-not-transposed": ((16, 600), (600, 150), False, False),
+    "as-many-rows-as-columns": ((40, 90), (40, 90), True, False),
+    "FEW_ROWS-rows": ((shares_threads.FEW_ROWS, 60), (200, 60), True, False),
+}
+
+
+def thin_operands(name, dtype):
+    a_shape, b_shape, transpose, _ = THIN[name]
+    rng = np.random.default_rng(1)
+    a = rng.standard_normal(a_shape).astype(dtype)
+    b = rng.standard_normal(b_shape).astype(dtype)
+    return a, (b.swapaxes(-1, -2) if transpose else b)
+
+
+@pytest.mark.parametrize("with_out", [False, True])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("name", THIN)
+def test_thin_products_with_a_transposed_b_run_reordered(monkeypatch, name, dtype, with_out):
+    a, b = thin_operands(name, dtype)
+    expected = np.matmul(a, b)
+    seen, real = [], np.matmul
+    monkeypatch.setattr(shares_threads.np, "matmul",
+                        lambda x, y, **kw: seen.append((x.shape, y.shape)) or real(x, y, **kw))
+    out = np.full(expected.shape, np.nan, dtype) if with_out else None
+    y = shares_threads.product(a, b, out=out)
+    reordered = THIN[name][3]
+    assert seen == [((b.shape[:-2] + b.shape[:-3:-1]), a.shape[:-2] + a.shape[:-3:-1])
+                    if reordered else (a.shape, b.shape)]
+    assert y is out if with_out else y.flags.c_contiguous
+    assert y.shape == expected.shape and y.dtype == expected.dtype
+    # BLAS sums the other way round: equal up to rounding, relative to the sums' size
+    tol = (1e-5 if dtype == np.float32 else 1e-12) * np.abs(expected).max()
+    np.testing.assert_allclose(y, expected, rtol=0, atol=tol)
+
+
+def test_a_thin_product_with_a_wrong_out_gets_numpys_error():
+    a, b = thin_operands("dW-of-a-thin-layer", np.float32)
+    with pytest.raises(ValueError):
+        shares_threads.product(a, b, out=np.empty((150, 16), np.float32))
+
+
 def test_one_thread_and_small_stacks_are_not_split(monkeypatch):
     a, b = operands("winograd", np.float32)         # 16·24·20·300 = 2.3M multiply-adds
     submitted = split_calls(monkeypatch)
