@@ -16,6 +16,7 @@ from .ops.shape import cat, flatten, permute, reshape, squeeze, stack, transpose
 from .gradcheck import gradcheck, gradcheck_module
 from .summary import summary
 from .tracing import trace
+from .profiling import profile
 from . import backends, cuda, nn, optim
 
 __version__ = "0.1.0"

@@ -26,6 +26,7 @@ unless ``retain_graph=True``; a second pass through a freed Function raises.
 """
 import contextlib
 import threading
+import time
 
 from . import backend
 from .backend import get_array_module
@@ -131,6 +132,13 @@ class BackwardError(RuntimeError, ValueError):
 # as each op runs, ("backward", fn, [gy], input gradients) as each backward does.
 trace_hook = None
 
+# ``tinygrad_cnn.profile`` (profiling.py) may set this to a callable
+# ``(event, fn, start, outputs)``, called as each op's forward or backward
+# returns: ``start`` is time.perf_counter() just before the call, ``outputs``
+# the arrays it returned (so a GPU profile can wait for them before reading
+# the clock).
+time_hook = None
+
 
 # ---------------------------------------------------------------- Function
 class Function:
@@ -176,7 +184,10 @@ class Function:
         record = True in needs and is_grad_enabled()
         # Known before forward, so forward can save only what backward will use.
         self.needs_input_grad = tuple(needs) if record else (False,) * len(needs)
+        start = time.perf_counter() if time_hook is not None else None
         y = self.forward(*arrays)
+        if time_hook is not None:
+            time_hook("forward", self, start, (y,))
         # An integer/bool output (x.long(), argmax-like ops) carries no gradient.
         record = record and y.dtype.kind in "fc"
         if is_anomaly_enabled():
@@ -309,9 +320,12 @@ def backward(root, gradient, retain_graph=False):
             gy = grads.pop(fn)[0]
             if fn.hooks:
                 gy = _apply_hooks(fn.hooks, gy)
+            start = time.perf_counter() if time_hook is not None else None
             gxs = fn.backward(gy)
             if not isinstance(gxs, tuple):
                 gxs = (gxs,)
+            if time_hook is not None:
+                time_hook("backward", fn, start, gxs)
             if anomaly:
                 _check_finite(fn.name, "backward", gxs)
             if trace_hook is not None:
