@@ -70,6 +70,16 @@ BATCH_96 = 64        # GoogLeNet, ResNet, DenseNet at 96x96
 STEPS_SMALL, STEPS_BIG = 20, 3     # timed steps for 28x28 networks / the rest
 
 
+def default_batch(name):
+    """The batch network ``name`` is benchmarked at."""
+    return DEFAULT_BATCH.get(name, BATCH_96)
+
+
+def default_steps(spec):
+    """Timed steps for a network of registry entry ``spec``: many for small inputs."""
+    return STEPS_SMALL if spec.input_shape[1] <= 32 else STEPS_BIG
+
+
 # ================================================================ the network
 def training_step(net, functional, optimizer, X, y):
     """One training step on the batch (X, y) -- forward, cross-entropy,
@@ -565,8 +575,8 @@ def main(argv=None):
     thread_counts = [int(t) for t in args.threads.split(",") if t]
     for name in names:
         spec = models.spec(name)
-        batch = args.batch or DEFAULT_BATCH.get(name, BATCH_96)
-        steps = args.steps or (STEPS_SMALL if spec.input_shape[1] <= 32 else STEPS_BIG)
+        batch = args.batch or default_batch(name)
+        steps = args.steps or default_steps(spec)
         entries = {t: {"name": name, "batch": batch, "threads": t,
                        "input_shape": spec.input_shape, "steps": steps,
                        "runs": {e: [] for e in engines}} for t in thread_counts}

@@ -1,0 +1,179 @@
+"""How each kind of op speeds up with threads: ours against PyTorch's.
+
+    python -m benchmarks.op_scaling [--network densenet] [--batch 64]
+                                    [--threads 1,2] [--steps 4] [--no-torch]
+
+A network's speed-up from 1 to 2 threads is the average of its ops'
+speed-ups, weighted by their time.  ``benchmarks.cpu`` measures the whole
+step; this script splits it: for one chapter network it runs training steps
+with each engine at each thread count, each in its own process (NumPy
+imported first, the count set by ``tinygrad_cnn.set_num_threads`` or
+``torch.set_num_threads``), and sums the time per kind of op --
+convolution, batch norm, pooling, activation, ... -- ours with
+``tinygrad_cnn.profile``, PyTorch's with ``torch.profiler`` (the self CPU
+time of its ``aten::`` ops).  "other" is the rest of the step: Python
+between the ops, bookkeeping, the optimizer's update.  Both profilers add a
+little time per op, alike for both engines.
+
+Prints a Markdown table: milliseconds per step for each kind, engine and
+thread count, and each engine's speed-up from the first thread count to
+the last.
+"""
+import argparse
+import json
+import re
+import subprocess
+import sys
+import time
+
+import numpy  # noqa: F401  (first, as users' scripts import it: before either engine)
+
+# (kind, pattern on our Function names and PyTorch's aten op names), first match wins
+KINDS = (
+    ("convolution", r"^Conv2d|convolution"),
+    ("batch norm", r"^BatchNorm|batch_norm"),
+    ("pooling", r"Pool|pool2d"),
+    ("activation", r"^(ReLU|Sigmoid)$|relu|clamp_min|threshold_backward|sigmoid"),
+    ("linear", r"^(Linear|MatMul)$|^aten::(addmm|mm|matmul)$"),
+    ("concatenation", r"^Cat$|^aten::cat$"),
+    ("loss", r"^CrossEntropy$|log_softmax|nll_loss"),
+)
+OTHER = "other"
+WARMUP_STEPS = 2
+
+
+def kind_of(op_name):
+    """The kind of op (a ``KINDS`` name) a Function or aten op name belongs to,
+    or None for ops left to "other" (PyTorch's fills and copies, reshapes)."""
+    for kind, pattern in KINDS:
+        if re.search(pattern, op_name):
+            return kind
+    return None
+
+
+def by_kind(op_seconds, step_seconds):
+    """{kind: seconds} from {op name: seconds}, "other" being the step's rest."""
+    kinds = dict.fromkeys([kind for kind, _ in KINDS], 0.0)
+    for name, seconds in op_seconds.items():
+        kind = kind_of(name)
+        if kind is not None:
+            kinds[kind] += seconds
+    kinds[OTHER] = step_seconds - sum(kinds.values())
+    return kinds
+
+
+def _training_step(engine, network, batch):
+    from benchmarks.cpu import batch_for, training_setup
+    import models
+    spec = models.spec(network)
+    X, y = batch_for(spec.input_shape, batch)
+    return training_setup("numba" if engine == "ours" else "torch", network, spec.lr,
+                          check_input=X)(X, y)
+
+
+def measure(engine, network, batch, threads, steps):
+    """{"step": seconds per step, "kinds": {kind: seconds per step}} for one
+    engine ("ours" or "torch") on ``threads`` threads, in this process."""
+    if engine == "ours":
+        import tinygrad_cnn as tc
+        tc.set_num_threads(threads)
+        step = _training_step(engine, network, batch)
+        for _ in range(WARMUP_STEPS):
+            step()
+        with tc.profile() as prof:
+            for _ in range(steps):
+                step()
+        ops = {}
+        for name, _, _, seconds in prof.rows():
+            ops[name] = ops.get(name, 0.0) + seconds
+        wall = prof.seconds
+    else:
+        import torch
+        from torch.profiler import ProfilerActivity, profile
+        torch.set_num_threads(threads)
+        step = _training_step(engine, network, batch)
+        for _ in range(WARMUP_STEPS):
+            step()
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            start = time.perf_counter()
+            for _ in range(steps):
+                step()
+            wall = time.perf_counter() - start
+        ops = {event.key: event.self_cpu_time_total * 1e-6 for event in prof.key_averages()
+               if event.key.startswith("aten::")}
+    kinds = by_kind(ops, wall)
+    return {"step": wall / steps, "kinds": {k: v / steps for k, v in kinds.items()}}
+
+
+def run_worker(engine, network, batch, threads, steps):
+    """``measure`` in a fresh process (its own thread pools), as JSON."""
+    command = [sys.executable, "-m", "benchmarks.op_scaling", "--worker", engine,
+               "--network", network, "--batch", str(batch), "--threads", str(threads),
+               "--steps", str(steps)]
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"op_scaling worker {engine} on {threads} threads failed:\n"
+                           f"{done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def table(results, thread_counts):
+    """Markdown: ms per step per kind; results[engine][threads] as ``measure`` gives."""
+    engines = list(results)
+    names = {"ours": "ours", "torch": "PyTorch"}
+    first, last = thread_counts[0], thread_counts[-1]
+    header = ["kind"]
+    for engine in engines:
+        header += [f"{names[engine]} {t}t ms" for t in thread_counts]
+        header.append(f"{names[engine]} speed-up {first}→{last}")
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    kinds = [kind for kind, _ in KINDS] + [OTHER, "whole step"]
+    for kind in kinds:
+        row = [kind]
+        for engine in engines:
+            ms = [1e3 * (results[engine][t]["step"] if kind == "whole step"
+                         else results[engine][t]["kinds"][kind]) for t in thread_counts]
+            row += [f"{v:.2f}" for v in ms]
+            row.append(f"{ms[0] / ms[-1]:.2f}" if ms[-1] > 0 and ms[0] > 0 else "")
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--network", default="densenet")
+    parser.add_argument("--batch", type=int, default=None,
+                        help="default: the network's benchmark batch (benchmarks.cpu)")
+    parser.add_argument("--threads", default="1,2")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="profiled steps (default 20 for 28x28 inputs, else 3)")
+    parser.add_argument("--no-torch", action="store_true", help="skip PyTorch")
+    parser.add_argument("--worker", choices=["ours", "torch"], help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    import models
+    from benchmarks.cpu import default_batch, default_steps
+    spec = models.spec(args.network)
+    batch = args.batch or default_batch(args.network)
+    steps = args.steps or default_steps(spec)
+    if args.worker:
+        result = measure(args.worker, args.network, batch, int(args.threads), steps)
+        print(json.dumps(result))
+        return
+    thread_counts = [int(t) for t in args.threads.split(",")]
+    engines = ["ours"]
+    if not args.no_torch:
+        try:
+            import torch  # noqa: F401
+            engines.append("torch")
+        except ImportError:
+            print("PyTorch is not installed: ours only", file=sys.stderr)
+    results = {engine: {} for engine in engines}
+    for threads in thread_counts:           # the engines alternate
+        for engine in engines:
+            results[engine][threads] = run_worker(engine, args.network, batch, threads, steps)
+    print(f"{args.network}, batch {batch}, {steps} profiled steps per measurement")
+    print(table(results, thread_counts))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,60 @@
+"""benchmarks/op_scaling.py: which kind each op belongs to, the table, and a
+small run of the whole script (its figures are never checked: not a timing test)."""
+import pytest
+
+from benchmarks import op_scaling
+
+pytestmark = pytest.mark.kernel_free
+
+
+@pytest.mark.parametrize("name, kind", [
+    ("Conv2d[winograd]", "convolution"), ("Conv2d[im2col]", "convolution"),
+    ("aten::mkldnn_convolution", "convolution"), ("aten::convolution_backward", "convolution"),
+    ("BatchNorm", "batch norm"), ("aten::native_batch_norm_backward", "batch norm"),
+    ("MaxPool2d", "pooling"), ("AdaptiveAvgPool2d", "pooling"),
+    ("aten::max_pool2d_with_indices_backward", "pooling"), ("aten::avg_pool2d", "pooling"),
+    ("ReLU", "activation"), ("Sigmoid", "activation"), ("aten::clamp_min", "activation"),
+    ("aten::threshold_backward", "activation"), ("aten::sigmoid_backward", "activation"),
+    ("Linear", "linear"), ("aten::addmm", "linear"), ("aten::mm", "linear"),
+    ("Cat", "concatenation"), ("aten::cat", "concatenation"),
+    ("CrossEntropy", "loss"), ("aten::_log_softmax_backward_data", "loss"),
+    ("Reshape", None), ("aten::fill_", None), ("aten::copy_", None), ("aten::add_", None),
+])
+def test_each_op_name_has_its_kind(name, kind):
+    assert op_scaling.kind_of(name) == kind
+
+
+def test_other_is_the_step_time_no_kind_took():
+    kinds = op_scaling.by_kind({"Conv2d[im2col]": 3.0, "aten::convolution_backward": 1.0,
+                                "ReLU": 0.5, "Reshape": 0.25}, step_seconds=6.0)
+    assert kinds["convolution"] == 4.0 and kinds["activation"] == 0.5
+    assert kinds["other"] == pytest.approx(1.5)           # the reshape is in "other"
+    assert sum(kinds.values()) == pytest.approx(6.0)
+
+
+def test_the_table_gives_each_engines_speed_up_from_first_to_last_thread_count():
+    def result(step, conv):
+        kinds = dict.fromkeys([k for k, _ in op_scaling.KINDS] + ["other"], 0.0)
+        kinds["convolution"], kinds["other"] = conv, step - conv
+        return {"step": step, "kinds": kinds}
+    results = {"ours": {1: result(0.010, 0.008), 2: result(0.006, 0.004)},
+               "torch": {1: result(0.012, 0.010), 2: result(0.008, 0.005)}}
+    lines = op_scaling.table(results, [1, 2]).splitlines()
+    assert lines[0].split(" | ")[1:4] == ["ours 1t ms", "ours 2t ms", "ours speed-up 1→2"]
+    convolution = [cell.strip() for cell in lines[2].strip("|").split("|")]
+    assert convolution == ["convolution", "8.00", "4.00", "2.00", "10.00", "5.00", "2.00"]
+    whole = [cell.strip() for cell in lines[-1].strip("|").split("|")]
+    assert whole == ["whole step", "10.00", "6.00", "1.67", "12.00", "8.00", "1.50"]
+    batch_norm = [cell.strip() for cell in lines[3].strip("|").split("|")]
+    assert batch_norm[3] == "" and batch_norm[6] == ""     # no time: no speed-up
+
+
+def test_a_small_run_measures_our_engine_in_a_worker_process(capsys):
+    op_scaling.main(["--network", "lenet", "--batch", "8", "--steps", "1", "--threads", "1",
+                     "--no-torch"])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "lenet, batch 8, 1 profiled steps per measurement"
+    rows = {line.split(" | ")[0].strip("| "): line for line in lines[3:]}
+    assert set(rows) == {kind for kind, _ in op_scaling.KINDS} | {"other", "whole step"}
+    convolution_ms = float(rows["convolution"].split(" | ")[1])
+    assert convolution_ms > 0
