@@ -38,6 +38,12 @@ from .jit import compilable
 # microseconds) costs about what the products do.
 MIN_MULTIPLY_ADDS_PER_THREAD = 2**20
 
+# Below this many multiply-adds a product runs with BLAS on the calling thread
+# alone: in a training step OpenBLAS's threads, asleep between products, took
+# longer to join in than they saved on such products (LeNet's fully connected
+# layers; benchmarks/results.md, "Small products on one thread").
+BLAS_MIN_MULTIPLY_ADDS = 2**25
+
 # Below this many rows, a @ b with b a transposed view runs faster as (bᵀ @ aᵀ)ᵀ
 # (``product``); from about 200 rows the two orders ran alike, and the copy
 # into C order then costs more than the reorder gains.
@@ -46,8 +52,11 @@ FEW_ROWS = 128
 
 def matmul(a, b, out=None):
     """``shares_numpy.matmul``: ``a @ b`` over stacks, the stack's leading axis
-    split over threads."""
+    split over threads; a small product on the calling thread alone."""
     plan = _plan(a, b, out)
+    if plan is None and _small(a, b):
+        with threads.single_threaded_blas():
+            return product(a, b, out)
     if plan is None:
         return product(a, b, out)
     shape, parts = plan
@@ -90,6 +99,21 @@ def product(a, b, out=None):
         return shares_numpy.matmul(a, b, out=out)      # NumPy's error for a wrong out
     np.copyto(out, transposed)
     return out
+
+
+def _small(a, b):
+    """Whether ``a @ b`` is below BLAS_MIN_MULTIPLY_ADDS, with BLAS on more than
+    one thread (outside a share; NumPy float arrays)."""
+    if threads.in_share() or threads.get_num_threads() < 2 or not compilable(a, b):
+        return False
+    try:
+        stack = np.broadcast_shapes(a.shape[:-2], b.shape[:-2])
+    except ValueError:
+        return False                            # NumPy's error comes from the product
+    rows = a.shape[-2] if a.ndim > 1 else 1
+    columns = b.shape[-1] if b.ndim > 1 else 1
+    multiply_adds = np.prod(stack, dtype=np.int64) * rows * a.shape[-1] * columns
+    return multiply_adds < BLAS_MIN_MULTIPLY_ADDS
 
 
 def _plan(a, b, out):

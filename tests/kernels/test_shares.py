@@ -149,6 +149,33 @@ def test_a_thin_product_with_a_wrong_out_gets_numpys_error():
         shares_threads.product(a, b, out=np.empty((150, 16), np.float32))
 
 
+def blas_threads_seen(monkeypatch):
+    """Record BLAS's thread count at every np.matmul call."""
+    seen, real = [], np.matmul
+
+    def recording(*args, **kwargs):
+        seen.append(max(lib.num_threads for lib in threads.blas_libraries()))
+        return real(*args, **kwargs)
+    monkeypatch.setattr(shares_threads.np, "matmul", recording)
+    return seen
+
+
+def test_a_small_product_runs_with_blas_on_the_calling_thread(monkeypatch):
+    before = threads.get_num_threads()
+    threads.set_num_threads(2)
+    try:
+        seen = blas_threads_seen(monkeypatch)
+        rng = np.random.default_rng(2)
+        a, b = rng.standard_normal((64, 50)), rng.standard_normal((50, 40))  # 128,000
+        np.testing.assert_allclose(shares_threads.matmul(a, b), a @ b, rtol=1e-13)
+        monkeypatch.setattr(shares_threads, "BLAS_MIN_MULTIPLY_ADDS", 64 * 50 * 40)
+        shares_threads.matmul(a, b)                 # at the bound: BLAS's own threads
+        assert seen == [1, 2]
+        assert all(lib.num_threads == 2 for lib in threads.blas_libraries())   # restored
+    finally:
+        threads.set_num_threads(before)
+
+
 def test_one_thread_and_small_stacks_are_not_split(monkeypatch):
     a, b = operands("winograd", np.float32)         # 16·24·20·300 = 2.3M multiply-adds
     submitted = split_calls(monkeypatch)

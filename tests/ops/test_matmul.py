@@ -190,3 +190,16 @@ def test_linear_bad_shapes(x_shape, w_shape, b_shape, message):
 def test_linear_integer_input():
     with pytest.raises(TypeError, match="linear: expected a floating-point input, got dtype int64"):
         linear(Tensor(np.ones((2, 3), np.int64)), Tensor(distinct(2, 3)))
+
+
+@pytest.mark.parametrize("op", ["linear", "matmul"])
+def test_products_go_through_the_kernel_interface(op):
+    # so the CPU set's rules apply to them (a small product on one thread, kernels/shares_threads.py)
+    import kernels
+    rng = np.random.default_rng(0)
+    x = Tensor(rng.standard_normal((5, 4)), requires_grad=True)
+    W = Tensor(rng.standard_normal((3, 4)), requires_grad=True)
+    with kernels.counting() as calls:
+        y = linear(x, W) if op == "linear" else matmul(x, W.T)
+        y.sum().backward()
+    assert calls["matmul"] == 3            # y, dx and dW

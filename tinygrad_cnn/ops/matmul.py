@@ -1,6 +1,8 @@
 """Matrix products: ``matmul`` (NumPy's @ semantics) and the fused ``linear``."""
 import numpy as np
 
+import kernels
+
 from ..autograd import Function
 from ..backends import cuda
 from ..backends.tf32 import TF32
@@ -18,14 +20,16 @@ class MatMul(Function):
         self.save_for_backward(a if need_b else None, b if need_a else None)
         self.shapes = a.shape, b.shape
         with TF32(a, cuda.matmul.allow_tf32):
-            return a @ b
+            return kernels.matmul(a, b)
 
     def backward(self, gy):
         a, b = self.saved
         need_a, need_b = self.needs_input_grad
         with TF32(gy, cuda.matmul.allow_tf32):
-            ga = unbroadcast(gy @ b.swapaxes(-1, -2), self.shapes[0]) if need_a else None
-            gb = unbroadcast(a.swapaxes(-1, -2) @ gy, self.shapes[1]) if need_b else None
+            ga = kernels.matmul(gy, b.swapaxes(-1, -2)) if need_a else None
+            gb = kernels.matmul(a.swapaxes(-1, -2), gy) if need_b else None
+        ga = unbroadcast(ga, self.shapes[0]) if need_a else None
+        gb = unbroadcast(gb, self.shapes[1]) if need_b else None
         return ga, gb
 
 
@@ -38,7 +42,7 @@ class Linear(Function):
         need_x, need_W = self.needs_input_grad[:2]
         self.save_for_backward(x if need_W else None, W if need_x else None)
         with TF32(x, cuda.matmul.allow_tf32):
-            y = x @ W.T
+            y = kernels.matmul(x, W.T)
         if b is not None:
             y += b
         return y
@@ -47,8 +51,8 @@ class Linear(Function):
         x, W = self.saved
         need = self.needs_input_grad
         with TF32(gy, cuda.matmul.allow_tf32):
-            gx = gy @ W if need[0] else None
-            gW = gy.T @ x if need[1] else None
+            gx = kernels.matmul(gy, W) if need[0] else None
+            gW = kernels.matmul(gy.T, x) if need[1] else None
         if len(need) == 2:
             return gx, gW
         return gx, gW, (gy.sum(axis=0) if need[2] else None)
