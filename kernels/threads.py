@@ -300,20 +300,75 @@ def shares_for(array):
 
 def map_in_shares(work, items, collect=list):
     """``collect`` of the results ``work(item)`` for the items, run side by side
-    on ``thread_pool()``'s threads, each taking the next item as it comes
-    free, each item's kernels on its thread alone (``in_share``) with BLAS on
-    one thread.  ``collect`` gets the results in the items' order whichever
-    thread ran them, each as soon as it and those before it are done, so what
-    the caller sums from them is summed in one fixed order, and may be summed
-    while later items still run."""
-    def run(item):
+    by the calling thread and up to numba_threads() - 1 threads of
+    ``thread_pool()``, each taking the next item as it comes free, each item's
+    kernels on its thread alone (``in_share``) with BLAS on one thread.
+
+    ``collect`` gets the results in the items' order whichever thread ran
+    them, so what the caller sums from them is summed in one fixed order.  The
+    calling thread hands each result on as soon as it and those before it are
+    done, and runs another item only while the next result is not ready, and
+    at most numba_threads() items past it (the results waiting to be summed
+    stay few).  An item's error is re-raised once every thread has stopped,
+    no item started after it.
+
+    The calling thread works rather than waits: with it waiting, the pool's
+    two threads of a 2-core machine were both woken onto one core and took
+    turns there (benchmarks/results.md, "The calling thread takes chunks")."""
+    items = list(items)
+    results = [None] * len(items)
+    done = [threading.Event() for _ in items]
+    taken = itertools.count()       # next() on it is atomic: each item is taken once
+    errors, stop = [], []
+
+    def run_next():
+        """Run the next item nobody took yet on this thread: its index, or
+        None where none is left (or an error or the caller stopped the work)."""
+        if errors or stop:
+            return None
+        index = next(taken)
+        if index >= len(items):
+            return None
         _share.active = True
         try:
-            return work(item)
+            results[index] = work(items[index])
+        except BaseException as error:      # re-raised on the calling thread
+            errors.append(error)
         finally:
             _share.active = False
+            done[index].set()
+        return index
+
+    def helper():
+        while run_next() is not None:
+            pass
+
+    def in_order():
+        last = -1                           # the last item the calling thread ran
+        for index in range(len(items)):
+            while not done[index].is_set():
+                ran = run_next() if last - index < numba_threads() else None
+                if ran is not None:
+                    last = ran
+                elif errors:
+                    break                   # the item may never start: do not wait for it
+                else:
+                    done[index].wait()      # taken (all are, or it is behind `last`)
+            if errors:
+                raise errors[0]
+            result, results[index] = results[index], None
+            yield result
+
     with single_threaded_blas():
-        return collect(thread_pool().map(run, items))
+        pool = thread_pool()
+        helpers = [pool.submit(helper) for _ in range(min(len(items), numba_threads()) - 1)]
+        try:
+            return collect(in_order())
+        finally:
+            stop.append(True)               # (collect may stop early, or raise)
+            for pending in helpers:
+                if not pending.cancel():    # one that never started has nothing left to do
+                    pending.result()
 
 
 @contextlib.contextmanager

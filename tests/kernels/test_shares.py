@@ -251,9 +251,60 @@ def test_map_chunks_runs_the_chunks_as_shares_and_keeps_their_order(two_threads)
     assert shares_threads.map_chunks(x, work, chunks) == [c.start for c in chunks]
     assert sorted(s[0].start for s in seen) == [c.start for c in chunks]
     assert all(in_share and blas == (1,) * len(blas) for _, in_share, _, blas in seen)
-    assert all(name.startswith("tinygrad_cnn") for _, _, name, _ in seen)   # the pool's
+    caller = threading.current_thread().name
+    assert all(name.startswith("tinygrad_cnn") or name == caller for _, _, name, _ in seen)
     assert not threads.in_share()
     assert all(lib.num_threads == 2 for lib in threads.blas_libraries())
+
+
+def test_map_in_shares_has_the_calling_thread_run_items_too(two_threads):
+    names = []
+
+    def work(item):
+        time.sleep(0.02)
+        names.append(threading.current_thread().name)
+        return item
+    assert threads.map_in_shares(work, range(6)) == list(range(6))
+    caller = threading.current_thread().name
+    assert caller in names and any(name.startswith("tinygrad_cnn") for name in names)
+
+
+def test_the_calling_thread_runs_at_most_numba_threads_items_past_a_result_not_ready(two_threads):
+    # the pool's first item is held back: meanwhile the caller may run only a few
+    # items past it (their results wait to be summed), not all the others
+    caller = threading.current_thread().name
+    held, started_by_caller = [], []
+
+    def work(item):
+        if threading.current_thread().name != caller and not held:
+            held.append(item)
+            time.sleep(0.3)
+            held.append(time.perf_counter())        # when it ended
+        else:       # (slow enough that the pool's thread is awake before the caller is done)
+            started_by_caller.append((item, time.perf_counter()))
+            time.sleep(0.005)
+        return item
+    assert threads.map_in_shares(work, range(12)) == list(range(12))
+    assert held, "the pool's thread took no item"
+    item, ended = held
+    past = [i for i, started in started_by_caller if i > item and started < ended]
+    assert len(past) <= threads.numba_threads()
+
+
+def test_an_error_stops_new_items_and_is_raised_once_every_thread_stopped(two_threads):
+    started, finished = [], []
+
+    def work(item):
+        started.append(item)
+        if item == 1:
+            raise ValueError("item 1 failed")
+        time.sleep(0.01)
+        finished.append(item)
+        return item
+    with pytest.raises(ValueError, match="item 1 failed"):
+        threads.map_in_shares(work, range(20))
+    running_at_raise = set(started) - set(finished) - {1}
+    assert len(started) < 20 and not running_at_raise
 
 
 @pytest.mark.parametrize("module", [shares_numpy, shares_threads], ids=["reference", "shares"])
