@@ -41,7 +41,7 @@ MIN_MULTIPLY_ADDS_PER_THREAD = 2**20
 # Below this many multiply-adds a product runs with BLAS on the calling thread
 # alone: in a training step OpenBLAS's threads, asleep between products, took
 # longer to join in than they saved on such products (LeNet's fully connected
-# layers; benchmarks/results.md, "Small products on one thread").
+# layers; benchmarks/results.md, "Small products with BLAS on the calling thread").
 BLAS_MIN_MULTIPLY_ADDS = 2**25
 
 # Below this many rows, a @ b with b a transposed view runs faster as (bᵀ @ aᵀ)ᵀ
@@ -54,11 +54,11 @@ def matmul(a, b, out=None):
     """``shares_numpy.matmul``: ``a @ b`` over stacks, the stack's leading axis
     split over threads; a small product on the calling thread alone."""
     plan = _plan(a, b, out)
-    if plan is None and _small(a, b):
+    if plan is None:
+        if not _small(a, b):
+            return product(a, b, out)
         with threads.single_threaded_blas():
             return product(a, b, out)
-    if plan is None:
-        return product(a, b, out)
     shape, parts = plan
     if out is None:
         out = np.empty(shape, dtype=a.dtype)
@@ -106,14 +106,24 @@ def _small(a, b):
     one thread (outside a share; NumPy float arrays)."""
     if threads.in_share() or threads.get_num_threads() < 2 or not compilable(a, b):
         return False
+    stack = _stack(a, b)
+    return stack is not None and _multiply_adds(stack, a, b) < BLAS_MIN_MULTIPLY_ADDS
+
+
+def _stack(a, b):
+    """The stack shape ``a @ b`` broadcasts to, or None where it does not (the
+    product itself then raises NumPy's message)."""
     try:
-        stack = np.broadcast_shapes(a.shape[:-2], b.shape[:-2])
+        return np.broadcast_shapes(a.shape[:-2], b.shape[:-2])
     except ValueError:
-        return False                            # NumPy's error comes from the product
+        return None
+
+
+def _multiply_adds(stack, a, b):
+    """How many multiply-adds ``a @ b`` over ``stack`` takes (1-D operands as NumPy promotes them)."""
     rows = a.shape[-2] if a.ndim > 1 else 1
     columns = b.shape[-1] if b.ndim > 1 else 1
-    multiply_adds = np.prod(stack, dtype=np.int64) * rows * a.shape[-1] * columns
-    return multiply_adds < BLAS_MIN_MULTIPLY_ADDS
+    return np.prod(stack, dtype=np.int64) * rows * a.shape[-1] * columns
 
 
 def _plan(a, b, out):
@@ -121,10 +131,9 @@ def _plan(a, b, out):
     if threads.in_share() or not (compilable(a, b) and a.dtype == b.dtype and a.ndim >= 2
                                   and b.ndim >= 2 and a.shape[-1] == b.shape[-2]):
         return None
-    try:
-        stack_shape = np.broadcast_shapes(a.shape[:-2], b.shape[:-2])
-    except ValueError:
-        return None                             # the reference raises NumPy's message
+    stack_shape = _stack(a, b)
+    if stack_shape is None:
+        return None
     shape = stack_shape + (a.shape[-2], b.shape[-1])
     if out is not None and not (isinstance(out, np.ndarray) and out.shape == shape
                                 and out.dtype == a.dtype and out.flags.c_contiguous):
@@ -132,8 +141,7 @@ def _plan(a, b, out):
     if not stack_shape or stack_shape[0] < 2:
         return None
     parts = min(stack_shape[0], threads.numba_threads())
-    multiply_adds = np.prod(shape, dtype=np.int64) * a.shape[-1]
-    if parts < 2 or multiply_adds < MIN_MULTIPLY_ADDS_PER_THREAD * parts:
+    if parts < 2 or _multiply_adds(stack_shape, a, b) < MIN_MULTIPLY_ADDS_PER_THREAD * parts:
         return None
     return shape, parts
 

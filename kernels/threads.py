@@ -284,9 +284,7 @@ def run_all(jobs):
     pool = thread_pool()
     helpers = [pool.submit(take_jobs) for _ in range(min(len(jobs), numba_threads()) - 1)]
     take_jobs()
-    for helper in helpers:
-        if not helper.cancel():     # one that never started has nothing left to do
-            helper.result()
+    _join(helpers)
     if errors:
         raise errors[0]
 
@@ -366,9 +364,15 @@ def map_in_shares(work, items, collect=list):
             return collect(in_order())
         finally:
             stop.append(True)               # (collect may stop early, or raise)
-            for pending in helpers:
-                if not pending.cancel():    # one that never started has nothing left to do
-                    pending.result()
+            _join(helpers)
+
+
+def _join(helpers):
+    """Wait for the pool's futures ``helpers`` to finish; one that never
+    started is cancelled instead (it would find nothing left to do)."""
+    for helper in helpers:
+        if not helper.cancel():
+            helper.result()
 
 
 @contextlib.contextmanager
