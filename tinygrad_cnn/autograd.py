@@ -184,10 +184,11 @@ class Function:
         record = True in needs and is_grad_enabled()
         # Known before forward, so forward can save only what backward will use.
         self.needs_input_grad = tuple(needs) if record else (False,) * len(needs)
-        start = time.perf_counter() if time_hook is not None else None
+        timed = time_hook           # the hook that sees the start sees the end
+        start = time.perf_counter() if timed is not None else None
         y = self.forward(*arrays)
-        if time_hook is not None:
-            time_hook("forward", self, start, (y,))
+        if timed is not None:
+            timed("forward", self, start, (y,))
         # An integer/bool output (x.long(), argmax-like ops) carries no gradient.
         record = record and y.dtype.kind in "fc"
         if is_anomaly_enabled():
@@ -320,12 +321,13 @@ def backward(root, gradient, retain_graph=False):
             gy = grads.pop(fn)[0]
             if fn.hooks:
                 gy = _apply_hooks(fn.hooks, gy)
-            start = time.perf_counter() if time_hook is not None else None
+            timed = time_hook
+            start = time.perf_counter() if timed is not None else None
             gxs = fn.backward(gy)
             if not isinstance(gxs, tuple):
                 gxs = (gxs,)
-            if time_hook is not None:
-                time_hook("backward", fn, start, gxs)
+            if timed is not None:
+                timed("backward", fn, start, gxs)
             if anomaly:
                 _check_finite(fn.name, "backward", gxs)
             if trace_hook is not None:

@@ -31,7 +31,7 @@ up with threads, ours against PyTorch's.
 import contextlib
 import time
 
-from . import autograd, backend
+from . import autograd, backend, cuda
 
 
 class profile(contextlib.ContextDecorator):
@@ -101,8 +101,8 @@ class profile(contextlib.ContextDecorator):
 
 def _wait_for(arrays):
     """Return once the device has computed ``arrays``: at once for CPU arrays,
-    after the current CUDA stream's queued work for GPU ones."""
+    after the GPU's queued work for GPU ones (``tinygrad_cnn.cuda.synchronize``)."""
     for a in arrays:
         if a is not None and backend.device_of(a) != "cpu":
-            backend.cupy.cuda.get_current_stream().synchronize()
+            cuda.synchronize(backend.device_of(a))
             return
