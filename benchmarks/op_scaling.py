@@ -77,32 +77,40 @@ def measure(engine, network, batch, threads, steps):
     if engine == "ours":
         import tinygrad_cnn as tc
         tc.set_num_threads(threads)
-        step = _training_step(engine, network, batch)
-        for _ in range(WARMUP_STEPS):
-            step()
-        with tc.profile() as prof:
-            for _ in range(steps):
-                step()
-        ops = {}
-        for name, _, _, seconds in prof.rows():
-            ops[name] = ops.get(name, 0.0) + seconds
-        wall = prof.seconds
     else:
         import torch
-        from torch.profiler import ProfilerActivity, profile
         torch.set_num_threads(threads)
-        step = _training_step(engine, network, batch)
-        for _ in range(WARMUP_STEPS):
-            step()
-        with profile(activities=[ProfilerActivity.CPU]) as prof:
-            start = time.perf_counter()
-            for _ in range(steps):
-                step()
-            wall = time.perf_counter() - start
-        ops = {event.key: event.self_cpu_time_total * 1e-6 for event in prof.key_averages()
-               if event.key.startswith("aten::")}
+    step = _training_step(engine, network, batch)
+    for _ in range(WARMUP_STEPS):
+        step()
+    ops, wall = (_profile_ours if engine == "ours" else _profile_torch)(step, steps)
     kinds = by_kind(ops, wall)
     return {"step": wall / steps, "kinds": {k: v / steps for k, v in kinds.items()}}
+
+
+def _profile_ours(step, steps):
+    """({Function name: seconds}, wall seconds) over ``steps`` steps (tinygrad_cnn.profile)."""
+    import tinygrad_cnn as tc
+    with tc.profile() as prof:
+        for _ in range(steps):
+            step()
+    ops = {}
+    for name, _, _, seconds in prof.rows():         # forward and backward together
+        ops[name] = ops.get(name, 0.0) + seconds
+    return ops, prof.seconds
+
+
+def _profile_torch(step, steps):
+    """({aten op: self CPU seconds}, wall seconds) over ``steps`` steps (torch.profiler)."""
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        start = time.perf_counter()
+        for _ in range(steps):
+            step()
+        wall = time.perf_counter() - start
+    ops = {event.key: event.self_cpu_time_total * 1e-6 for event in prof.key_averages()
+           if event.key.startswith("aten::")}
+    return ops, wall
 
 
 def run_worker(engine, network, batch, threads, steps):
