@@ -29,6 +29,9 @@ share, and anything but NumPy float32/float64 arrays go to the reference
 (the measurements are in benchmarks/results.md: "Figures behind design
 choices in kernels/" and "Whole pieces of work per thread").
 """
+import functools
+import math
+
 import numpy as np
 
 from . import shares_numpy, threads
@@ -53,30 +56,70 @@ FEW_ROWS = 128
 def matmul(a, b, out=None):
     """``shares_numpy.matmul``: ``a @ b`` over stacks, the stack's leading axis
     split over threads; a small product on the calling thread alone."""
-    plan = _plan(a, b, out)
-    if plan is None:
-        if not _small(a, b):
-            return product(a, b, out)
+    shape = _result_shape(a, b)
+    if shape is None:
+        return product(a, b, out)
+    multiply_adds = math.prod(shape[:-2]) * shape[-2] * a.shape[-1] * shape[-1]
+    parts = _parts(shape, multiply_adds, out, a.dtype)
+    if parts > 1:
+        return _in_shares(a, b, out, shape, parts)
+    if multiply_adds < BLAS_MIN_MULTIPLY_ADDS and threads.get_num_threads() > 1:
         with threads.single_threaded_blas():
             return product(a, b, out)
-    shape, parts = plan
+    return product(a, b, out)
+
+
+def _result_shape(a, b):
+    """The shape of ``a @ b`` where this module may run it its own way:
+    outside a share, NumPy float arrays of one dtype, both at least 2-D with
+    matching inner lengths and stacks that broadcast; else None (NumPy's
+    matmul then runs it, or raises its own error).  Kept cheap: it runs
+    before every product, and a fully connected layer's take microseconds."""
+    if threads.in_share() or not (compilable(a, b) and a.dtype == b.dtype and a.ndim >= 2
+                                  and b.ndim >= 2 and a.shape[-1] == b.shape[-2]):
+        return None
+    if a.ndim == 2 and b.ndim == 2:         # no stack: no broadcasting to work out
+        return (a.shape[0], b.shape[1])
+    try:
+        stack = np.broadcast_shapes(a.shape[:-2], b.shape[:-2])
+    except ValueError:
+        return None
+    return stack + (a.shape[-2], b.shape[-1])
+
+
+def _parts(shape, multiply_adds, out, dtype):
+    """How many shares to cut the stack of ``a @ b`` (result ``shape``) into
+    along its leading axis: 1 (not cut) for a single product, a leading axis
+    shorter than 2, fewer than MIN_MULTIPLY_ADDS_PER_THREAD per share, or an
+    ``out`` that is not a C-ordered array of the result's shape and dtype.
+
+    A single product is not cut into rows or columns: on the 2-core machine
+    two threads each running half of a fully connected layer's product took
+    as long as one running it whole, or longer (benchmarks/results.md,
+    "Small products with BLAS on the calling thread")."""
+    if len(shape) < 3 or shape[0] < 2:
+        return 1
+    if out is not None and not (isinstance(out, np.ndarray) and out.shape == shape
+                                and out.dtype == dtype and out.flags.c_contiguous):
+        return 1
+    parts = min(shape[0], threads.numba_threads())
+    return parts if multiply_adds >= MIN_MULTIPLY_ADDS_PER_THREAD * parts else 1
+
+
+def _in_shares(a, b, out, shape, parts):
+    """``a @ b`` into ``out`` (a new array if None), its stack's leading axis
+    cut into ``parts`` shares that run side by side (``threads.run_all``),
+    BLAS on one thread in each."""
     if out is None:
         out = np.empty(shape, dtype=a.dtype)
-    stack = shape[0]
-    bounds = [stack * p // parts for p in range(parts + 1)]
+    bounds = [shape[0] * p // parts for p in range(parts + 1)]
     batch_ndim = len(shape) - 2
 
-    def run(lo, hi):
+    def share(lo, hi):
         product(_rows(a, lo, hi, batch_ndim), _rows(b, lo, hi, batch_ndim), out=out[lo:hi])
 
     with threads.single_threaded_blas():
-        pool = threads.thread_pool()
-        jobs = [pool.submit(run, lo, hi) for lo, hi in zip(bounds[1:-1], bounds[2:])]
-        try:
-            run(bounds[0], bounds[1])           # the calling thread's share
-        finally:
-            for job in jobs:
-                job.result()                    # waits, and re-raises a share's error
+        threads.run_all([functools.partial(share, lo, hi) for lo, hi in zip(bounds, bounds[1:])])
     return out
 
 
@@ -99,51 +142,6 @@ def product(a, b, out=None):
         return shares_numpy.matmul(a, b, out=out)      # NumPy's error for a wrong out
     np.copyto(out, transposed)
     return out
-
-
-def _small(a, b):
-    """Whether ``a @ b`` is below BLAS_MIN_MULTIPLY_ADDS, with BLAS on more than
-    one thread (outside a share; NumPy float arrays)."""
-    if threads.in_share() or threads.get_num_threads() < 2 or not compilable(a, b):
-        return False
-    stack = _stack(a, b)
-    return stack is not None and _multiply_adds(stack, a, b) < BLAS_MIN_MULTIPLY_ADDS
-
-
-def _stack(a, b):
-    """The stack shape ``a @ b`` broadcasts to, or None where it does not (the
-    product itself then raises NumPy's message)."""
-    try:
-        return np.broadcast_shapes(a.shape[:-2], b.shape[:-2])
-    except ValueError:
-        return None
-
-
-def _multiply_adds(stack, a, b):
-    """How many multiply-adds ``a @ b`` over ``stack`` takes (1-D operands as NumPy promotes them)."""
-    rows = a.shape[-2] if a.ndim > 1 else 1
-    columns = b.shape[-1] if b.ndim > 1 else 1
-    return np.prod(stack, dtype=np.int64) * rows * a.shape[-1] * columns
-
-
-def _plan(a, b, out):
-    """(result shape, number of shares) when the stack is worth splitting, else None."""
-    if threads.in_share() or not (compilable(a, b) and a.dtype == b.dtype and a.ndim >= 2
-                                  and b.ndim >= 2 and a.shape[-1] == b.shape[-2]):
-        return None
-    stack_shape = _stack(a, b)
-    if stack_shape is None:
-        return None
-    shape = stack_shape + (a.shape[-2], b.shape[-1])
-    if out is not None and not (isinstance(out, np.ndarray) and out.shape == shape
-                                and out.dtype == a.dtype and out.flags.c_contiguous):
-        return None
-    if not stack_shape or stack_shape[0] < 2:
-        return None
-    parts = min(stack_shape[0], threads.numba_threads())
-    if parts < 2 or _multiply_adds(stack_shape, a, b) < MIN_MULTIPLY_ADDS_PER_THREAD * parts:
-        return None
-    return shape, parts
 
 
 def _rows(operand, lo, hi, batch_ndim):

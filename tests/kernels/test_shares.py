@@ -176,6 +176,22 @@ def test_a_small_product_runs_with_blas_on_the_calling_thread(monkeypatch):
         threads.set_num_threads(before)
 
 
+def test_a_single_product_is_not_cut_over_threads(monkeypatch):
+    # LeNet's first fully connected layer: 12M multiply-adds, enough for two
+    # shares of a stack, but one product runs whole (BLAS on the calling thread)
+    before = threads.get_num_threads()
+    threads.set_num_threads(2)
+    try:
+        submitted, seen = split_calls(monkeypatch), blas_threads_seen(monkeypatch)
+        rng = np.random.default_rng(3)
+        x, W = rng.standard_normal((256, 400), np.float32), rng.standard_normal((120, 400), np.float32)
+        for a, b in [(x, W.T), (x[None], W.T[None])]:       # 2-D, and a stack of one
+            np.testing.assert_allclose(shares_threads.matmul(a, b), a @ b, rtol=1e-5)
+        assert submitted == [] and seen == [1, 1]
+    finally:
+        threads.set_num_threads(before)
+
+
 def test_one_thread_and_small_stacks_are_not_split(monkeypatch):
     a, b = operands("winograd", np.float32)         # 16·24·20·300 = 2.3M multiply-adds
     submitted = split_calls(monkeypatch)
