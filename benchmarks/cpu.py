@@ -286,11 +286,16 @@ def measure(engine, name, batch, steps, warmup, threads, protocol="user"):
     for _ in range(warmup):
         step()
     times = []
+    cpu_start, wall_start = time.process_time(), time.perf_counter()
     for _ in range(steps):
         start = time.perf_counter()
         loss = step()
         times.append(time.perf_counter() - start)
+    # CPU time of all the process's threads over the timed steps' wall time: how
+    # many cores the engine kept busy (threads that spin while waiting count)
+    cores_busy = (time.process_time() - cpu_start) / (time.perf_counter() - wall_start)
     result = dict(step_s=statistics.median(times), step_mean_s=statistics.fmean(times),
+                  cores_busy=cores_busy,
                   first_step_s=first, peak_rss_mb=_peak_rss_mb(), baseline_rss_mb=baseline,
                   peak_includes_compiler=not reset, loss=float(loss.item()))
     result["examples_per_s"] = batch / result["step_s"]
@@ -432,24 +437,29 @@ def scaling_table(report):
     if len(counts) < 2:
         return []
     lines = ["", "Scaling with threads: best examples/s per thread count; efficiency = "
-             f"speed-up over {counts[0]} thread(s) ÷ the growth in threads (1.00 is perfect).",
+             f"speed-up over {counts[0]} thread(s) ÷ the growth in threads (1.00 is perfect); "
+             "cores busy = the process's CPU time ÷ wall time over the timed steps of that "
+             "best run (threads that spin while they wait for work count as busy).",
              "", "| network | engine | " + " | ".join(f"{t} threads" for t in counts)
-             + " | " + " | ".join(f"efficiency {counts[0]}→{t}" for t in counts[1:]) + " |",
-             "|---|---|" + "---|" * (2 * len(counts) - 1)]
+             + " | " + " | ".join(f"efficiency {counts[0]}→{t}" for t in counts[1:])
+             + " | " + " | ".join(f"cores busy, {t} threads" for t in counts) + " |",
+             "|---|---|" + "---|" * (3 * len(counts) - 1)]
     names = list(dict.fromkeys(net["name"] for net in report["networks"]))
     for name in names:
         entries = {net["threads"]: net for net in report["networks"] if net["name"] == name}
         engines = list(dict.fromkeys(e for net in entries.values() for e in net["runs"]))
         for engine in engines:
-            rates = {}
+            rates, busy = {}, {}
             for t, net in entries.items():
                 r = best(net["runs"].get(engine, []))
                 if r is not None and "error" not in r:
                     rates[t] = r["examples_per_s"]
+                    busy[t] = r.get("cores_busy")      # (absent from older reports)
             cells = [f"{rates[t]:.1f}" if t in rates else "" for t in counts]
             base = rates.get(counts[0])
             cells += [f"{scaling_efficiency(rates[t], t, base, counts[0]):.2f}"
                       if base and t in rates else "" for t in counts[1:]]
+            cells += [f"{busy[t]:.2f}" if busy.get(t) is not None else "" for t in counts]
             lines.append(f"| {name} | {engine_label(engine)} | " + " | ".join(cells) + " |")
     return lines
 

@@ -20,16 +20,19 @@ def test_environment_protocol_sets_every_thread_count_variable(monkeypatch):
         cpu.THREAD_VARIABLES, "3")
 
 
-def run(rate):
-    return {"examples_per_s": rate, "peak_rss_mb": 100.0, "baseline_rss_mb": 50.0}
+def run(rate, cores_busy=None):
+    r = {"examples_per_s": rate, "peak_rss_mb": 100.0, "baseline_rss_mb": 50.0}
+    if cores_busy is not None:
+        r["cores_busy"] = cores_busy
+    return r
 
 
 def test_scaling_table_gives_each_engines_efficiency_against_the_fewest_threads():
     report = {"networks": [
-        {"name": "lenet", "threads": 1, "runs": {"numba": [run(90.0), run(100.0)],
+        {"name": "lenet", "threads": 1, "runs": {"numba": [run(90.0, 0.9), run(100.0, 1.0)],
                                                  "torch": [run(50.0)]}},
-        {"name": "lenet", "threads": 2, "runs": {"numba": [run(150.0)],
-                                                 "torch": [run(100.0)]}},
+        {"name": "lenet", "threads": 2, "runs": {"numba": [run(150.0, 1.47)],
+                                                 "torch": [run(100.0, 1.99)]}},
         {"name": "lenet", "threads": 4, "runs": {"numba": [run(200.0)],
                                                  "torch": [{"error": "boom"}]}}]}
     lines = cpu.scaling_table(report)
@@ -37,8 +40,10 @@ def test_scaling_table_gives_each_engines_efficiency_against_the_fewest_threads(
              if line.startswith("| lenet")]
     rows = {row[1]: row for row in cells}
     # best round at 1 thread (100), then 150 at 2: 1.5x faster on 2x the threads
-    assert rows["ours, numba kernels"][2:] == ["100.0", "150.0", "200.0", "0.75", "0.50"]
-    assert rows["PyTorch"][2:] == ["50.0", "100.0", "", "1.00", ""]
+    # then the cores each best run kept busy (none recorded: blank)
+    assert rows["ours, numba kernels"][2:] == ["100.0", "150.0", "200.0", "0.75", "0.50",
+                                               "1.00", "1.47", ""]
+    assert rows["PyTorch"][2:] == ["50.0", "100.0", "", "1.00", "", "", "1.99", ""]
 
 
 def test_one_thread_count_makes_no_scaling_table():
