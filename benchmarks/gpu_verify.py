@@ -250,14 +250,17 @@ def cpu_scaling_stage(out_dir, cores=None):
 
 
 def parse_cpu_scaling(report):
-    """{network: {threads: {ours, torch, ratio}}}, examples/s, from a
-    benchmarks.cpu report (its ``--out`` file)."""
+    """{network: {threads: {ours, torch, ratio, ours_cores_busy, torch_cores_busy}}}
+    from a benchmarks.cpu report (its ``--out`` file): examples/s of each
+    engine's best run, their ratio, and the cores each of those runs kept busy."""
     from benchmarks.cpu import best
     table = {}
     for net in report["networks"]:
         runs = {engine: best(rounds) or {} for engine, rounds in net["runs"].items()}
         ours, torch = runs.get("numba", {}), runs.get("torch", {})
-        row = {"ours": ours.get("examples_per_s"), "torch": torch.get("examples_per_s")}
+        row = {"ours": ours.get("examples_per_s"), "torch": torch.get("examples_per_s"),
+               "ours_cores_busy": ours.get("cores_busy"),
+               "torch_cores_busy": torch.get("cores_busy")}
         if row["ours"] and row["torch"]:
             row["ratio"] = round(row["ours"] / row["torch"], 3)
         table.setdefault(net["name"], {})[str(net["threads"])] = row
@@ -362,6 +365,8 @@ def summary_lines(report):
             what = {f"{network} {t} threads":
                     f"ours {r['ours']} / PyTorch {r['torch']} examples/s"
                     + (f" = {r['ratio']:.2f}x" if "ratio" in r else "")
+                    + (f" (cores busy {r['ours_cores_busy']:.1f} / {r['torch_cores_busy']:.1f})"
+                       if r.get("ours_cores_busy") and r.get("torch_cores_busy") else "")
                     for network, rows in what.items() for t, r in rows.items()}
         shown = (what.get("summary") if name == "pytest" else
                  ", ".join(f"{k} {v}" for k, v in what.items()) if what else "")

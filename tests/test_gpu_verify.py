@@ -130,11 +130,14 @@ def test_cpu_scaling_is_skipped_on_two_cores(tmp_path):
 
 
 def cpu_report(rates):
-    """A benchmarks.cpu --out report: {threads: (ours, torch)} examples/s."""
-    def run(rate):
-        return {"examples_per_s": rate, "peak_rss_mb": 500.0, "baseline_rss_mb": 300.0}
+    """A benchmarks.cpu --out report: {threads: (ours, torch)} examples/s, each
+    run keeping as many cores busy as it has threads, ours 0.5 fewer (the
+    worker's records from before cores_busy lack it: see the 1-thread runs)."""
+    def run(rate, threads, less):
+        r = {"examples_per_s": rate, "peak_rss_mb": 500.0, "baseline_rss_mb": 300.0}
+        return r if threads == 1 else dict(r, cores_busy=threads - less)
     return {"networks": [{"name": "resnet18", "batch": 64, "threads": t,
-                          "runs": {"numba": [run(ours)], "torch": [run(torch)]}}
+                          "runs": {"numba": [run(ours, t, 0.5)], "torch": [run(torch, t, 0)]}}
                          for t, (ours, torch) in rates.items()]}
 
 
@@ -146,10 +149,14 @@ def test_cpu_scaling_reads_the_sweep_and_summarises_it(tmp_path):
                             f"{json.dumps(report)!r})"]
     result = verify(None, tmp_path, budget_s=200, stage_list=[stage] + fake_stages()[:2])
     assert result["stages"]["cpu_scaling"]["result"] == {"resnet18": {
-        "1": {"ours": 45.0, "torch": 48.0, "ratio": 0.938},
-        "16": {"ours": 210.0, "torch": 300.0, "ratio": 0.7}}}
+        "1": {"ours": 45.0, "torch": 48.0, "ratio": 0.938,
+              "ours_cores_busy": None, "torch_cores_busy": None},
+        "16": {"ours": 210.0, "torch": 300.0, "ratio": 0.7,
+               "ours_cores_busy": 15.5, "torch_cores_busy": 16}}}
     summary = "\n".join(gpu_verify.summary_lines(result))
-    assert "resnet18 16 threads ours 210.0 / PyTorch 300.0 examples/s = 0.70x" in summary
+    assert ("resnet18 16 threads ours 210.0 / PyTorch 300.0 examples/s = 0.70x "
+            "(cores busy 15.5 / 16.0)") in summary
+    assert "resnet18 1 threads ours 45.0 / PyTorch 48.0 examples/s = 0.94x," in summary
 
 
 # ---------------------------------------------------------------- --d2l NAME…
