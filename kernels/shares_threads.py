@@ -74,7 +74,8 @@ def _result_shape(a, b):
     outside a share, NumPy float arrays of one dtype, both at least 2-D with
     matching inner lengths and stacks that broadcast; else None (NumPy's
     matmul then runs it, or raises its own error).  Kept cheap: it runs
-    before every product, and a fully connected layer's take microseconds."""
+    before every product, and a fully connected layer's products take
+    microseconds."""
     if threads.in_share() or not (compilable(a, b) and a.dtype == b.dtype and a.ndim >= 2
                                   and b.ndim >= 2 and a.shape[-1] == b.shape[-2]):
         return None
@@ -96,7 +97,7 @@ def _parts(shape, multiply_adds, out, dtype):
     A single product is not cut into rows or columns: on the 2-core machine
     two threads each running half of a fully connected layer's product took
     as long as one running it whole, or longer (benchmarks/results.md,
-    "Small products with BLAS on the calling thread")."""
+    "Cores busy, and products too small for threads")."""
     if len(shape) < 3 or shape[0] < 2:
         return 1
     if out is not None and not (isinstance(out, np.ndarray) and out.shape == shape

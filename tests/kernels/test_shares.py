@@ -184,7 +184,8 @@ def test_a_single_product_is_not_cut_over_threads(monkeypatch):
     try:
         submitted, seen = split_calls(monkeypatch), blas_threads_seen(monkeypatch)
         rng = np.random.default_rng(3)
-        x, W = rng.standard_normal((256, 400), np.float32), rng.standard_normal((120, 400), np.float32)
+        x = rng.standard_normal((256, 400), np.float32)
+        W = rng.standard_normal((120, 400), np.float32)
         for a, b in [(x, W.T), (x[None], W.T[None])]:       # 2-D, and a stack of one
             expected = a @ b        # (on BLAS's threads: rounded a little otherwise)
             np.testing.assert_allclose(shares_threads.matmul(a, b), expected, rtol=0,
