@@ -35,9 +35,13 @@ whatever was imported first, and without writing the user's environment
   (every BLAS library loaded, through threadpoolctl) and the compiled loops
   (Numba).  Until it is called, the number is what OpenBLAS chose from the
   environment (``OMP_NUM_THREADS``, ``OPENBLAS_NUM_THREADS``, else all
-  cores), and Numba uses the same.
+  cores), and Numba uses the same.  It works from any Python thread: an
+  OpenBLAS with its own thread pool is set through its own function
+  (``blas_thread_setters``), not threadpoolctl's, which obeys only the first
+  Python thread that set it.
 """
 import contextlib
+import ctypes
 import functools
 import itertools
 import os
@@ -118,6 +122,38 @@ def choose_numba_layer():
     return numba.config.THREADING_LAYER
 
 
+# OpenBLAS's thread-count setter, as builds name it (scipy-openblas, as
+# NumPy's wheels ship it, adds a prefix and a suffix for 64-bit integers).
+_OPENBLAS_SETTERS = tuple(f"{prefix}openblas_set_num_threads{suffix}"
+                          for prefix in ("", "scipy_") for suffix in ("", "64_", "_64"))
+
+
+def _thread_setter(library):
+    """``set(n)`` for one BLAS library (a threadpoolctl controller), callable
+    from any Python thread.
+
+    threadpoolctl (from 3.8) lets only the first Python thread that set an
+    OpenBLAS with its own thread pool set it again, and silently ignores the
+    others.  A training step run in a thread other than that one (a GUI's,
+    a server's, a notebook's background job) then kept BLAS on all its
+    threads inside ``single_threaded_blas``, and the shares' products ran side
+    by side on every thread: steps several times slower (benchmarks/results.md,
+    "Training in another thread").  OpenBLAS's own setter has no such rule,
+    so it is called directly; other libraries (MKL, BLIS, an OpenMP OpenBLAS,
+    whose limits are per thread anyway) go through threadpoolctl."""
+    if library.internal_api == "openblas" and library.threading_layer == "pthreads":
+        for name in _OPENBLAS_SETTERS:
+            setter = getattr(library.dynlib, name, None)
+            if setter is not None:
+                return lambda n: setter(ctypes.c_int(n))
+    return library.set_num_threads
+
+
+def blas_thread_setters(libraries=None):
+    """``_thread_setter`` of every BLAS library loaded (or of ``libraries``)."""
+    return [_thread_setter(library) for library in (libraries or blas_libraries())]
+
+
 @functools.cache
 def _initial_blas_threads():
     threads = [lib.num_threads for lib in blas_libraries()]
@@ -147,8 +183,8 @@ def set_num_threads(n):
     if n < 1:
         raise ValueError(f"set_num_threads: expected a positive int, got {n!r}")
     _requested = n
-    for library in blas_libraries():
-        library.set_num_threads(n)
+    for set_blas_threads in blas_thread_setters():
+        set_blas_threads(n)
     if "numba" in sys.modules:
         apply_to_numba()
 
@@ -184,9 +220,9 @@ def thread_pool():
 
 
 @functools.cache
-def _numpy_blas():
+def _numpy_blas_setters():
     # the BLAS libraries loaded now; NumPy's was loaded with NumPy, before us
-    return tuple(blas_libraries())
+    return tuple(blas_thread_setters())
 
 
 _share = threading.local()        # .active: this thread runs one share of split work
@@ -382,11 +418,11 @@ def single_threaded_blas():
     OpenBLAS's thread count is one number for the whole process, not per
     thread: another thread of the program calling BLAS meanwhile runs on
     one thread too.  Restored to ``get_num_threads()`` on the way out."""
-    libraries = _numpy_blas()
-    for library in libraries:
-        library.set_num_threads(1)
+    setters = _numpy_blas_setters()
+    for set_blas_threads in setters:
+        set_blas_threads(1)
     try:
         yield
     finally:
-        for library in libraries:
-            library.set_num_threads(get_num_threads())
+        for set_blas_threads in setters:
+            set_blas_threads(get_num_threads())

@@ -214,6 +214,25 @@ def test_one_thread_and_small_stacks_are_not_split(monkeypatch):
         threads.set_num_threads(before)
 
 
+def test_shares_run_blas_on_one_thread_when_the_step_runs_in_another_thread(two_threads):
+    # threadpoolctl (3.8+) obeys only the first Python thread that set OpenBLAS's
+    # thread count: make this one that thread (as a user's threadpoolctl call
+    # would), then run shares from another, as a GUI's or server's training does
+    for library in threads.blas_libraries():
+        library.set_num_threads(2)
+    seen = []
+
+    def step_elsewhere():
+        threads.map_in_shares(
+            lambda item: seen.append(max(lib.num_threads for lib in threads.blas_libraries())),
+            range(4))
+        seen.append(max(lib.num_threads for lib in threads.blas_libraries()))   # restored
+    worker = threading.Thread(target=step_elsewhere)
+    worker.start()
+    worker.join()
+    assert seen == [1, 1, 1, 1, 2]
+
+
 def test_blas_threads_come_back_after_a_split_and_after_an_error(two_threads, monkeypatch):
     a, b = operands("winograd", np.float32)
     shares_threads.matmul(a, b)

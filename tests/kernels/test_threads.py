@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -126,6 +127,23 @@ def test_set_num_threads_round_trip_reaches_blas_and_numba(restore_threads):
         assert blas_threads() == {n}
         assert numba.get_num_threads() == min(n, numba.config.NUMBA_NUM_THREADS)
         assert threads.numba_threads() == min(n, numba.config.NUMBA_NUM_THREADS)
+
+
+def test_set_num_threads_reaches_blas_from_any_python_thread(restore_threads):
+    # threadpoolctl (3.8+) obeys only the first Python thread that set OpenBLAS's
+    # thread count and ignores the others without a word; ours must not
+    for library in threadpoolctl.ThreadpoolController().select(user_api="blas").lib_controllers:
+        library.set_num_threads(2)          # this thread now controls them (threadpoolctl)
+    seen = []
+
+    def elsewhere():
+        for n in (1, 2):
+            tc.set_num_threads(n)
+            seen.append(blas_threads())
+    worker = threading.Thread(target=elsewhere)
+    worker.start()
+    worker.join()
+    assert seen == [{1}, {2}]
 
 
 def test_more_threads_than_numbas_pool_caps_numba_only(restore_threads):
