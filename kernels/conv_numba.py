@@ -111,7 +111,7 @@ _compiled_in_share = for_shares(_im2col_loops, _col2im_loops)
 def _loops():
     """The loops for the calling thread: all threads, or its own inside a share
     or with one thread (no parallel launch to pay for)."""
-    return _compiled_in_share() if threads.on_one_thread() else _compiled()
+    return threads.loops_for_this_thread(_compiled_in_share, _compiled)
 
 
 # ---------------------------------------------------------------- geometry

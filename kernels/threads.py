@@ -173,8 +173,9 @@ def set_num_threads(n):
     and Numba's compiled loops, from now on (``torch.set_num_threads``).
 
     Numba's pool has ``NUMBA_NUM_THREADS`` threads (all cores by default) and
-    never uses more; its setting, like Numba's own ``set_num_threads``, holds
-    for the calling thread (and for the loops it launches)."""
+    never uses more.  The number holds for every Python thread: Numba's own
+    count is per thread, so each thread that launches a parallel loop is
+    given it first (``loops_for_this_thread``)."""
     global _requested
     # the ops' rule (tinygrad_cnn/ops/arguments.py): a wrong type is a TypeError,
     # a wrong value a ValueError, as torch.set_num_threads does
@@ -233,6 +234,22 @@ def on_one_thread():
     share, or with one thread (then a parallel-compiled loop would only add
     Numba's launch)."""
     return in_share() or numba_threads() == 1
+
+
+def loops_for_this_thread(one_thread, parallel):
+    """The compiled loops the calling thread runs: ``one_thread()``'s where
+    ``on_one_thread()``, else ``parallel()``'s, launched on numba_threads()
+    threads.  Numba keeps its thread count per Python thread, and a thread
+    that never set it launches its loops on all of Numba's pool: a step
+    trained in a thread of the user's would run them on every core whatever
+    set_num_threads chose, so the count is set here for the calling thread."""
+    if on_one_thread():
+        return one_thread()
+    loops = parallel()          # compiled first: that chooses Numba's layer
+    import numba
+    if numba.get_num_threads() != numba_threads():
+        numba.set_num_threads(numba_threads())
+    return loops
 
 
 def in_share():

@@ -229,7 +229,7 @@ _compiled_in_share = for_shares(_input_loops, _input_backward_loops, _output_loo
 def _chunk_loops():
     """The per-chunk loops for the calling thread: all threads, or its own
     inside a share or with one thread (no parallel launch to pay for)."""
-    return _compiled_in_share() if threads.on_one_thread() else _compiled()
+    return threads.loops_for_this_thread(_compiled_in_share, _compiled)
 
 
 def _blocks(planes):

@@ -51,12 +51,13 @@ THREAD_VARIABLES = ("OPENBLAS_THREAD_TIMEOUT", "GOTO_THREAD_TIMEOUT", "OMP_WAIT_
                     "GOTO_NUM_THREADS", "NUMBA_NUM_THREADS", "TINYGRAD_CNN_KERNELS")
 
 
-def probe(order, **env):
-    """Run PROBE importing the modules ``order`` first, with ``env`` added to
-    an environment without any thread variable."""
+def probe(order, script=PROBE, **env):
+    """Run ``script`` (PROBE: importing the modules ``order`` first) with
+    ``env`` added to an environment without any thread variable; -> the JSON
+    it printed last."""
     clean = {k: v for k, v in os.environ.items() if k not in THREAD_VARIABLES}
     clean["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), clean.get("PYTHONPATH")]))
-    out = subprocess.run([sys.executable, "-c", PROBE % {"order": order}],
+    out = subprocess.run([sys.executable, "-c", script % {"order": order}],
                          env={**clean, **env}, cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -144,6 +145,34 @@ def test_set_num_threads_reaches_blas_from_any_python_thread(restore_threads):
     worker.start()
     worker.join()
     assert seen == [{1}, {2}]
+
+
+# A step trained in a thread of the user's: Numba keeps its thread count per
+# Python thread, and a new thread launches its loops on all of Numba's pool.
+IN_ANOTHER_THREAD = r"""
+import json, threading
+import numpy as np
+import numba
+import kernels
+import tinygrad_cnn as tc
+tc.set_num_threads(2)
+def im2col():
+    kernels.im2col(np.ones((2, 3, 8, 8), np.float32), (3, 3), (1, 1), (0, 0, 0, 0), (1, 1))
+im2col()        # compiled here, in the main thread
+seen = {}
+def step():
+    im2col()
+    seen["numba_threads"] = numba.get_num_threads()
+thread = threading.Thread(target=step)
+thread.start()
+thread.join()
+print(json.dumps(seen))
+"""
+
+
+def test_parallel_loops_in_another_thread_use_set_num_threads():
+    seen = probe([], IN_ANOTHER_THREAD, NUMBA_NUM_THREADS="3", TINYGRAD_CNN_KERNELS="numba")
+    assert seen == {"numba_threads": 2}
 
 
 def test_more_threads_than_numbas_pool_caps_numba_only(restore_threads):
