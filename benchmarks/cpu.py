@@ -23,7 +23,9 @@ engine's API, ``tinygrad_cnn.set_num_threads`` or ``torch.set_num_threads``.
 instead.  ``--threads 1,2`` sweeps thread counts and adds a table of each
 engine's scaling.  An engine ``numba+torch`` is our Numba set in a process
 that imported PyTorch first and ran one PyTorch product (a d2l reader
-comparing the two in one notebook).
+comparing the two in one notebook); ``numba+thread`` runs its steps in a
+second Python thread, after the first made a threadpoolctl call (a GUI's or a
+server's training, next to a library that sets BLAS's threads).
 
 Same work for every engine: the weights are this engine's initialisation
 (``manual_seed``) loaded into a PyTorch twin of the network, and every step
@@ -45,6 +47,7 @@ import resource
 import statistics
 import subprocess
 import sys
+import threading
 import time
 import types
 from collections import OrderedDict
@@ -253,26 +256,9 @@ def _reset_peak_rss():
         return False
 
 
-def measure(engine, name, batch, steps, warmup, threads, protocol="user"):
-    """Run in a fresh process (NumPy imported already, at the top of this
-    file): time ``steps`` training steps, report memory."""
-    kernel_set, _, alongside = engine.partition("+")
-    if kernel_set == "torch" or alongside == "torch":
-        import torch            # before our engine, as a notebook comparing the two would
-        if protocol == "user":
-            torch.set_num_threads(threads)
-        if alongside == "torch":
-            (torch.ones(256, 256) @ torch.ones(256, 256)).sum().item()   # a PyTorch call
-    import models
-    spec = models.spec(name)
-    X, y = batch_for(spec.input_shape, batch)
-    if kernel_set != "torch":
-        import kernels
-        import tinygrad_cnn as tc
-        kernels.set_kernels(kernel_set)
-        if protocol == "user":
-            tc.set_num_threads(threads)
-    on_batch = training_setup(kernel_set, name, spec.lr, check_input=X)
+def _time_steps(on_batch, spec, X, y, steps, warmup):
+    """Time ``steps`` training steps on (X, y) after ``warmup`` ones; their
+    median and mean, cores busy, memory, the loss."""
     # First a step on a batch of 2: Numba compiles (or loads its cache), the
     # gradients come to exist.  The resident size after it is the baseline:
     # weights, gradients, libraries, compiled kernels.  The peak is measured
@@ -298,6 +284,58 @@ def measure(engine, name, batch, steps, warmup, threads, protocol="user"):
                   cores_busy=cores_busy,
                   first_step_s=first, peak_rss_mb=_peak_rss_mb(), baseline_rss_mb=baseline,
                   peak_includes_compiler=not reset, loss=float(loss.item()))
+    result["step_thread"] = threading.current_thread().name
+    return result
+
+
+def _in_another_thread(function, *args):
+    """``function(*args)`` run in a new Python thread; its result, or its error raised here."""
+    outcome = {}
+
+    def run():
+        try:
+            outcome["result"] = function(*args)
+        except BaseException as error:      # re-raised in the calling thread
+            outcome["error"] = error
+    thread = threading.Thread(target=run, name="training")
+    thread.start()
+    thread.join()
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["result"]
+
+
+def measure(engine, name, batch, steps, warmup, threads, protocol="user"):
+    """Run in a fresh process (NumPy imported already, at the top of this
+    file): time ``steps`` training steps, report memory."""
+    kernel_set, _, alongside = engine.partition("+")
+    if kernel_set == "torch" or alongside == "torch":
+        import torch            # before our engine, as a notebook comparing the two would
+        if protocol == "user":
+            torch.set_num_threads(threads)
+        if alongside == "torch":
+            (torch.ones(256, 256) @ torch.ones(256, 256)).sum().item()   # a PyTorch call
+    import models
+    spec = models.spec(name)
+    X, y = batch_for(spec.input_shape, batch)
+    if kernel_set != "torch":
+        import kernels
+        import tinygrad_cnn as tc
+        kernels.set_kernels(kernel_set)
+        if protocol == "user":
+            tc.set_num_threads(threads)
+    on_batch = training_setup(kernel_set, name, spec.lr, check_input=X)
+    if alongside == "thread":
+        # A GUI's or a server's training: the steps run in a second Python
+        # thread, after this one made a threadpoolctl call (as scikit-learn or
+        # a user's script would, which makes it threadpoolctl's only thread
+        # allowed to set OpenBLAS's threads; kernels/threads.py).
+        import threadpoolctl
+        for library in threadpoolctl.ThreadpoolController().select(user_api="blas").lib_controllers:
+            library.set_num_threads(library.num_threads)
+        result = _in_another_thread(_time_steps, on_batch, spec, X, y, steps, warmup)
+    else:
+        result = _time_steps(on_batch, spec, X, y, steps, warmup)
     result["examples_per_s"] = batch / result["step_s"]
     if kernel_set != "torch":
         import kernels
@@ -415,12 +453,16 @@ PROTOCOLS = {
 }
 
 
+# What a "+..." engine adds to our kernel set's run (see measure)
+ALONGSIDE = {"": "", "torch": ", PyTorch imported and called first",
+             "thread": ", steps in a second Python thread"}
+
+
 def engine_label(engine):
     kernel_set, _, alongside = engine.partition("+")
     if kernel_set == "torch":
         return "PyTorch"
-    return f"ours, {kernel_set} kernels" + (", PyTorch imported and called first"
-                                             if alongside == "torch" else "")
+    return f"ours, {kernel_set} kernels" + ALONGSIDE[alongside]
 
 
 def scaling_efficiency(rate, threads, base_rate, base_threads):
@@ -553,7 +595,8 @@ def parse_args(argv):
                              "counts go in OMP_NUM_THREADS and the like")
     parser.add_argument("--kernels", default="numba,numpy",
                         help="our kernel sets to run (default: numba,numpy); "
-                             "numba+torch: the Numba set with PyTorch imported first")
+                             "numba+torch: the Numba set with PyTorch imported first; "
+                             "numba+thread: the Numba set's steps in a second Python thread")
     parser.add_argument("--no-torch", action="store_true", help="skip PyTorch")
     parser.add_argument("--out", default=str(HERE / "results" / "cpu.json"))
     parser.add_argument("--markdown", default=str(HERE / "results.md"))

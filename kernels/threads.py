@@ -32,13 +32,14 @@ whatever was imported first, and without writing the user's environment
   not allow that).
 - **How many threads**: ``set_num_threads(n)``/``get_num_threads()``, the
   way ``torch.set_num_threads`` works: one number for the matrix products
-  (every BLAS library loaded, through threadpoolctl) and the compiled loops
-  (Numba).  Until it is called, the number is what OpenBLAS chose from the
-  environment (``OMP_NUM_THREADS``, ``OPENBLAS_NUM_THREADS``, else all
-  cores), and Numba uses the same.  It works from any Python thread: an
-  OpenBLAS with its own thread pool is set through its own function
-  (``blas_thread_setters``), not threadpoolctl's, which obeys only the first
-  Python thread that set it.
+  (every BLAS library loaded) and the compiled loops (Numba), whichever
+  Python thread trains.  Until it is called, the number is what OpenBLAS
+  chose from the environment (``OMP_NUM_THREADS``, ``OPENBLAS_NUM_THREADS``,
+  else all cores), and Numba uses the same.  An OpenBLAS with its own thread
+  pool is set through its own function (``blas_thread_setters``), not through
+  threadpoolctl, which obeys only the first Python thread that set it; Numba,
+  whose count is per Python thread, is given it by each thread that launches
+  a parallel loop (``loops_for_this_thread``).
 """
 import contextlib
 import ctypes

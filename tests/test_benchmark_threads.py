@@ -49,3 +49,25 @@ def test_scaling_table_gives_each_engines_efficiency_against_the_fewest_threads(
 def test_one_thread_count_makes_no_scaling_table():
     report = {"networks": [{"name": "lenet", "threads": 2, "runs": {"numba": [run(1.0)]}}]}
     assert cpu.scaling_table(report) == []
+
+
+def test_a_function_run_in_another_thread_gives_its_result_or_its_error():
+    import threading
+
+    def where(x):
+        return x, threading.current_thread() is threading.main_thread()
+    assert cpu._in_another_thread(where, 3) == (3, False)
+
+    def failing():
+        raise ZeroDivisionError("in the training thread")
+    with pytest.raises(ZeroDivisionError, match="in the training thread"):
+        cpu._in_another_thread(failing)
+
+
+@pytest.mark.parametrize("engine, label", [
+    ("numba", "ours, numba kernels"),
+    ("numba+torch", "ours, numba kernels, PyTorch imported and called first"),
+    ("numba+thread", "ours, numba kernels, steps in a second Python thread"),
+    ("torch", "PyTorch")])
+def test_engine_labels(engine, label):
+    assert cpu.engine_label(engine) == label
