@@ -8,7 +8,9 @@ uses for the network (LeNet 256 at 28x28, ResNet-18 64 at 96x96), so R ranks
 process R times the examples of one per step.  Each configuration runs as
 ``mpiexec -n R python -m benchmarks.distributed --worker ...`` with
 ``--threads`` threads for every library in every rank (NUMBA_NUM_THREADS,
-OPENBLAS_NUM_THREADS, OMP_NUM_THREADS), after one step on a batch of 2 (Numba
+OPENBLAS_NUM_THREADS, OMP_NUM_THREADS; with ``--threads 0`` none of them set,
+as users run it, so ``distributed.init()`` shares each machine's cores among
+its ranks), after one step on a batch of 2 (Numba
 compiles or loads its cache) and ``--warmup`` full steps.  One rank is the plain
 network (no DistributedDataParallel: the baseline a user would compare with);
 more ranks wrap it in DistributedDataParallel.  Configurations alternate
@@ -100,7 +102,8 @@ def run_configuration(name, ranks, batch, steps, warmup, threads):
                                                         USER_ENVIRONMENT.get("PYTHONPATH")])))
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
                 "NUMBA_NUM_THREADS"):
-        env[var] = str(threads)
+        if threads:             # 0: none set, as users run it (init() shares the cores)
+            env[var] = str(threads)
     command = [shutil.which("mpiexec") or "mpiexec", "-n", str(ranks), sys.executable, "-m",
                "benchmarks.distributed", "--worker", name, str(batch), str(steps), str(warmup)]
     proc = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
@@ -123,7 +126,8 @@ def table(results, ranks):
                 lines.append(f"| {name} | | {r} | error: {run['error']} | | | |")
                 continue
             speedup = run["examples_per_s"] / base if base else float("nan")
-            lines.append(f"| {name} | {run['batch_per_rank']} | {r} × {run['threads']} | "
+            lines.append(f"| {name} | {run['batch_per_rank']} | {r} × "
+                         f"{run['threads'] or 'default'} | "
                          f"{run['examples_per_s']:,.1f} | {speedup:.2f}× | "
                          f"{speedup / (r / ranks[0]):.0%} | {run['comm_share']:.1%} |")
     return "\n".join(lines)
@@ -133,7 +137,9 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--networks", default="lenet,resnet18")
     parser.add_argument("--ranks", default="1,2")
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="threads of every rank, through the thread variables; 0: none "
+                             "set, as users run it (distributed.init() shares the cores)")
     parser.add_argument("--steps", type=int)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--rounds", type=int, default=2)

@@ -155,6 +155,27 @@ def blas_thread_setters(libraries=None):
     return [_thread_setter(library) for library in (libraries or blas_libraries())]
 
 
+# The variables that choose a thread count before start-up (OpenBLAS's, OpenMP's,
+# MKL's, Numba's): one set means the user chose.
+THREAD_COUNT_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "GOTO_NUM_THREADS",
+                          "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
+
+
+def chosen_by_user():
+    """Whether the thread count is the user's choice: ``set_num_threads`` was
+    called, or a thread-count variable is in the environment."""
+    return _requested is not None or any(v in os.environ for v in THREAD_COUNT_VARIABLES)
+
+
+def usable_cores():
+    """The cores this process may run on (its affinity mask, as ``taskset``
+    or a batch system set it), else all of the machine's."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:              # not Linux
+        return os.cpu_count() or 1
+
+
 @functools.cache
 def _initial_blas_threads():
     threads = [lib.num_threads for lib in blas_libraries()]

@@ -16,6 +16,25 @@ def test_rank_and_world_size(dist):
     dist.barrier()
 
 
+def test_ranks_on_one_machine_share_its_cores(dist, monkeypatch):
+    from kernels import threads
+    from tinygrad_cnn.distributed import process_group
+    assert process_group.ranks_here() == 2
+    before = threads.get_num_threads()
+    monkeypatch.setattr(threads, "_requested", None)     # no thread count of the user's,
+    for variable in threads.THREAD_COUNT_VARIABLES:      # in either form
+        monkeypatch.delenv(variable, raising=False)
+    try:
+        process_group.share_cores()
+        assert threads.get_num_threads() == max(1, threads.usable_cores() // 2)
+        threads.set_num_threads(3)                       # now the user chose
+        process_group.share_cores()
+        assert threads.get_num_threads() == 3
+    finally:
+        threads.set_num_threads(before)
+    dist.barrier()
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int64])
 def test_all_reduce_sums_in_place(dist, dtype):
     r = dist.rank()

@@ -23,3 +23,10 @@ def test_collectives_before_init_name_the_missing_call():
         pytest.skip("the process group is initialised in this process (under mpiexec)")
     with pytest.raises(RuntimeError, match=r"all_reduce: .* call tinygrad_cnn.distributed.init"):
         dist.all_reduce([1.0])
+
+
+@pytest.mark.parametrize("cores, ranks, share", [(16, 2, 8), (16, 3, 5), (2, 2, 1), (2, 4, 1),
+                                                 (8, 1, 8)])
+def test_each_rank_gets_its_share_of_the_machines_cores(cores, ranks, share):
+    from tinygrad_cnn.distributed.process_group import threads_per_rank
+    assert threads_per_rank(cores, ranks) == share

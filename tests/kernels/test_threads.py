@@ -175,6 +175,18 @@ def test_parallel_loops_in_another_thread_use_set_num_threads():
     assert seen == {"numba_threads": 2}
 
 
+def test_a_thread_count_is_the_users_choice_once_set_or_in_the_environment(monkeypatch):
+    monkeypatch.setattr(threads, "_requested", None)
+    for variable in threads.THREAD_COUNT_VARIABLES:
+        monkeypatch.delenv(variable, raising=False)
+    assert not threads.chosen_by_user()
+    monkeypatch.setenv("OMP_NUM_THREADS", "4")
+    assert threads.chosen_by_user()
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    monkeypatch.setattr(threads, "_requested", 2)
+    assert threads.chosen_by_user()
+
+
 def test_more_threads_than_numbas_pool_caps_numba_only(restore_threads):
     import numba
     n = numba.config.NUMBA_NUM_THREADS + 1

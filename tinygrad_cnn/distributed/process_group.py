@@ -17,6 +17,13 @@ A rank that raises must not leave the others waiting forever in a collective:
 ``init()`` installs an excepthook that prints the rank and the error and calls
 ``MPI_Abort``, which ends every rank of the job (``abort_on_error`` does the same
 for code that catches its exceptions, such as the CLI).
+
+Ranks on one machine share its cores: each would otherwise start as many
+threads as the machine has cores (OpenBLAS's default), N ranks N times as
+many.  Unless you chose a thread count (``set_num_threads`` before ``init()``,
+or ``OMP_NUM_THREADS``/``OPENBLAS_NUM_THREADS``), ``init()`` gives each rank
+its share, the cores divided by the ranks on its machine (at least 1), as
+``torchrun`` sets one thread per process (benchmarks/results_distributed.md).
 """
 import contextlib
 import sys
@@ -25,6 +32,7 @@ import traceback
 
 import numpy as np
 
+from kernels import threads
 from ..backend import get_array_module
 
 _comm = None          # the mpi4py communicator once init() ran
@@ -51,6 +59,24 @@ def init(comm=None, abort_on_exception=True):
     _MPI, _comm = MPI, comm if comm is not None else MPI.COMM_WORLD
     if abort_on_exception:
         sys.excepthook = _abort_excepthook
+    share_cores()
+
+
+def share_cores():
+    """Give this rank its share of its machine's cores (the module docstring),
+    unless the user chose a thread count."""
+    if not threads.chosen_by_user():
+        threads.set_num_threads(threads_per_rank(threads.usable_cores(), ranks_here()))
+
+
+def threads_per_rank(cores, ranks):
+    """Each rank's share of a machine's ``cores`` when ``ranks`` run on it."""
+    return max(1, cores // ranks)
+
+
+def ranks_here():
+    """How many ranks of the group run on this machine."""
+    return _require("ranks_here").Split_type(_MPI.COMM_TYPE_SHARED).Get_size()
 
 
 def is_initialized():
