@@ -107,16 +107,21 @@ class BatchNormEval(Function):
 
     def forward(self, x, gamma, beta):
         xp = get_array_module(x)
-        mean = _per_channel(self.running_mean.astype(x.dtype, copy=False), x.ndim)
-        var = _per_channel(self.running_var.astype(x.dtype, copy=False), x.ndim)
-        gamma = _per_channel(gamma.astype(x.dtype, copy=False), x.ndim)
-        beta = _per_channel(beta.astype(x.dtype, copy=False), x.ndim)
-        inv_std = 1 / xp.sqrt(var + x.dtype.type(self.eps))
-        x_hat = (x - mean) * inv_std
+        dtype = x.dtype
+        mean = self.running_mean.astype(dtype, copy=False)
+        inv_std = 1 / xp.sqrt(self.running_var.astype(dtype, copy=False) + dtype.type(self.eps))
+        scale = gamma.astype(dtype, copy=False) * inv_std           # γ s, per channel
+        shift = beta.astype(dtype, copy=False) - mean * scale       # β - γ s μ_run
         need_x, need_gamma, _ = self.needs_input_grad
-        self.save_for_backward(x_hat if need_gamma else None,
-                               gamma * inv_std if need_x else None)
-        return gamma * x_hat + beta
+        x_hat = ((x - _per_channel(mean, x.ndim)) * _per_channel(inv_std, x.ndim)
+                 if need_gamma else None)
+        self.save_for_backward(x_hat, _per_channel(scale, x.ndim) if need_x else None)
+        # The affine map in two passes over x and one new array, as PyTorch's CPU
+        # inference does: y = x·(γ s), then y += β - γ s μ_run (through x̂ it took
+        # four passes and four new arrays; benchmarks/results.md, "Inference").
+        y = x * _per_channel(scale, x.ndim)
+        y += _per_channel(shift, x.ndim)
+        return y
 
     def backward(self, gy):
         x_hat, scale = self.saved
