@@ -97,6 +97,18 @@ def training_step(net, functional, optimizer, X, y):
     return step
 
 
+def inference_step(net, no_grad, X):
+    """One evaluation pass on X -- the network in eval mode, forward under
+    ``no_grad``, as d2l's ``evaluate_accuracy`` runs every epoch -- as a
+    function of no arguments (``no_grad`` is ours or PyTorch's)."""
+    net.eval()
+
+    def step():
+        with no_grad():
+            return net(X)
+    return step
+
+
 def build_ours(name):
     """Our network ``name``, initialised from seed 0 (so every engine gets these weights)."""
     import tinygrad_cnn as tc
@@ -189,11 +201,12 @@ def check_twin(ours, twin, X, torch):
 
 
 # ================================================================ one measurement
-def training_setup(engine, name, lr, check_input, device="cpu"):
+def training_setup(engine, name, lr, check_input, device="cpu", mode="train"):
     """Build network ``name`` and an SGD optimizer for ``engine`` on ``device``.
 
     Returns ``on_batch(X, y)``, which gives a function running one training
-    step on that batch (NumPy arrays, wrapped without a copy on the CPU).
+    step on that batch (NumPy arrays, wrapped without a copy on the CPU), or
+    with ``mode="eval"`` one evaluation pass on X (``inference_step``).
     """
     ours = build_ours(name)
     if engine == "torch":
@@ -203,18 +216,20 @@ def training_setup(engine, name, lr, check_input, device="cpu"):
         twin.load_state_dict(state, strict=True)
         check_twin(ours, twin, check_input, torch)
         del ours
-        net, F = twin.to(device), torch.nn.functional
+        net, F, no_grad = twin.to(device), torch.nn.functional, torch.no_grad
         wrap = lambda a: torch.from_numpy(a).to(device)  # noqa: E731
         opt = torch.optim.SGD(net.parameters(), lr=lr)
     else:
         import tinygrad_cnn as tc
         import tinygrad_cnn.nn.functional as F
         from tinygrad_cnn import optim
-        net = ours.to(device)
+        net, no_grad = ours.to(device), tc.no_grad
         wrap = lambda a: tc.Tensor(a).to(device)  # noqa: E731
         opt = optim.SGD(net.parameters(), lr=lr)
 
     def on_batch(X, y):
+        if mode == "eval":
+            return inference_step(net, no_grad, wrap(X))
         return training_step(net, F, opt, wrap(X), wrap(y))
     return on_batch
 
@@ -257,8 +272,8 @@ def _reset_peak_rss():
 
 
 def _time_steps(on_batch, spec, X, y, steps, warmup):
-    """Time ``steps`` training steps on (X, y) after ``warmup`` ones; their
-    median and mean, cores busy, memory, the loss."""
+    """Time ``steps`` steps on (X, y) after ``warmup`` ones; their median and
+    mean, cores busy, memory, the loss (of a training step)."""
     # First a step on a batch of 2: Numba compiles (or loads its cache), the
     # gradients come to exist.  The resident size after it is the baseline:
     # weights, gradients, libraries, compiled kernels.  The peak is measured
@@ -275,7 +290,7 @@ def _time_steps(on_batch, spec, X, y, steps, warmup):
     cpu_start, wall_start = time.process_time(), time.perf_counter()
     for _ in range(steps):
         start = time.perf_counter()
-        loss = step()
+        last = step()
         times.append(time.perf_counter() - start)
     # CPU time of all the process's threads over the timed steps' wall time: how
     # many cores the engine kept busy (threads that spin while waiting count)
@@ -283,7 +298,8 @@ def _time_steps(on_batch, spec, X, y, steps, warmup):
     result = dict(step_s=statistics.median(times), step_mean_s=statistics.fmean(times),
                   cores_busy=cores_busy,
                   first_step_s=first, peak_rss_mb=_peak_rss_mb(), baseline_rss_mb=baseline,
-                  peak_includes_compiler=not reset, loss=float(loss.item()))
+                  peak_includes_compiler=not reset,
+                  loss=float(last.item()) if last.ndim == 0 else None)
     result["step_thread"] = threading.current_thread().name
     return result
 
@@ -305,9 +321,10 @@ def _in_another_thread(function, *args):
     return outcome["result"]
 
 
-def measure(engine, name, batch, steps, warmup, threads, protocol="user"):
+def measure(engine, name, batch, steps, warmup, threads, protocol="user", mode="train"):
     """Run in a fresh process (NumPy imported already, at the top of this
-    file): time ``steps`` training steps, report memory."""
+    file): time ``steps`` training steps (``mode="eval"``: evaluation
+    passes), report memory."""
     kernel_set, _, alongside = engine.partition("+")
     if kernel_set == "torch" or alongside == "torch":
         import torch            # before our engine, as a notebook comparing the two would
@@ -324,7 +341,7 @@ def measure(engine, name, batch, steps, warmup, threads, protocol="user"):
         kernels.set_kernels(kernel_set)
         if protocol == "user":
             tc.set_num_threads(threads)
-    on_batch = training_setup(kernel_set, name, spec.lr, check_input=X)
+    on_batch = training_setup(kernel_set, name, spec.lr, check_input=X, mode=mode)
     if alongside == "thread":
         # A GUI's or a server's training: the steps run in a second Python
         # thread, after this one made a threadpoolctl call (as scikit-learn or
@@ -348,10 +365,10 @@ def measure(engine, name, batch, steps, warmup, threads, protocol="user"):
     return result
 
 
-def run_worker(engine, name, batch, steps, warmup, threads, protocol="user"):
+def run_worker(engine, name, batch, steps, warmup, threads, protocol="user", mode="train"):
     """``measure`` in a fresh subprocess with ``threads`` threads."""
     return run_module("benchmarks.cpu", ["--worker", engine, name, str(batch), str(steps),
-                                         str(warmup), str(threads), protocol],
+                                         str(warmup), str(threads), protocol, mode],
                       worker_environment(engine, threads, protocol))
 
 
@@ -508,8 +525,13 @@ def scaling_table(report):
 
 def markdown(report):
     m, a = report["machine"], report["args"]
+    evaluating = a.get("mode") == "eval"
+    step = ("evaluation pass (eval mode, forward under no_grad)" if evaluating else
+            "step (forward, cross-entropy, zero_grad, backward, SGD step)")
+    memory = "evaluation memory" if evaluating else "training memory"
     lines = [
-        "# CPU benchmark: training-step throughput and memory",
+        "# CPU benchmark: " + ("evaluation" if evaluating else "training-step")
+        + " throughput and memory",
         "",
         f"`{' '.join(['python -m benchmarks.cpu'] + report['argv'])}`, {report['date']}",
         "",
@@ -519,17 +541,17 @@ def markdown(report):
         f"Numba {m['numba']}, PyTorch {m['torch']}. "
         f"Load average at start: {', '.join(f'{x:.1f}' for x in m['load_average'])}.",
         "",
-        "examples/s: batch / median step time (forward, cross-entropy, zero_grad, "
-        "backward, SGD step), best of the rounds. Peak RSS: the worker process's peak "
-        "resident size while training on the full batch (VmHWM, libraries included). "
-        "Training memory: that peak minus the resident size after one step on a batch "
-        "of 2 (activations, temporaries, allocator caches). First step: that batch-2 "
-        "step, untimed, including Numba's compilation or cache loading. Ratios are "
-        "ours / PyTorch's, measured in the same run; memory figures are the smallest "
-        "of the rounds. Per round: the median over rounds of the ratio within each round.",
+        f"examples/s: batch / median time of one {step}, best of the rounds. Peak RSS: the "
+        "worker process's peak resident size while running on the full batch (VmHWM, "
+        f"libraries included). {memory.capitalize()}: that peak minus the resident size "
+        "after one step on a batch of 2 (activations, temporaries, allocator caches). First "
+        "step: that batch-2 step, untimed, including Numba's compilation or cache loading. "
+        "Ratios are ours / PyTorch's, measured in the same run; memory figures are the "
+        "smallest of the rounds. Per round: the median over rounds of the ratio within each "
+        "round.",
         "",
         "| network | batch | threads | engine | examples/s | × PyTorch | × PyTorch per round | "
-        "peak RSS MB | × PyTorch | training memory MB | × PyTorch | first step s |",
+        f"peak RSS MB | × PyTorch | {memory} MB | × PyTorch | first step s |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for net in report["networks"]:
@@ -597,18 +619,32 @@ def parse_args(argv):
                         help="our kernel sets to run (default: numba,numpy); "
                              "numba+torch: the Numba set with PyTorch imported first; "
                              "numba+thread: the Numba set's steps in a second Python thread")
+    parser.add_argument("--mode", choices=("train", "eval"), default="train",
+                        help="train (default): training steps; eval: evaluation passes "
+                             "(eval mode, forward under no_grad)")
     parser.add_argument("--no-torch", action="store_true", help="skip PyTorch")
-    parser.add_argument("--out", default=str(HERE / "results" / "cpu.json"))
-    parser.add_argument("--markdown", default=str(HERE / "results.md"))
-    return parser.parse_args(argv)
+    parser.add_argument("--out", default=None,
+                        help="the JSON of all figures (default: benchmarks/results/cpu.json, "
+                             "with --mode eval cpu_eval.json)")
+    parser.add_argument("--markdown", default=None,
+                        help="the table (default: benchmarks/results.md, whose run log is "
+                             "kept; with --mode eval benchmarks/results/cpu_eval.md)")
+    args = parser.parse_args(argv)
+    evaluating = args.mode == "eval"
+    if args.out is None:
+        args.out = str(HERE / "results" / ("cpu_eval.json" if evaluating else "cpu.json"))
+    if args.markdown is None:
+        args.markdown = str(HERE / "results" / "cpu_eval.md" if evaluating
+                            else HERE / "results.md")
+    return args
 
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "--worker":
-        engine, name, batch, steps, warmup, threads, protocol = argv[1:]
+        engine, name, batch, steps, warmup, threads, protocol, mode = argv[1:]
         print(json.dumps(measure(engine, name, int(batch), int(steps), int(warmup),
-                                 int(threads), protocol)))
+                                 int(threads), protocol, mode)))
         return
     args = parse_args(argv)
     sys.path.insert(0, str(ROOT))
@@ -638,7 +674,7 @@ def main(argv=None):
             for threads in thread_counts:
                 for engine in engines:
                     r = run_worker(engine, name, batch, steps, args.warmup, threads,
-                                   args.protocol)
+                                   args.protocol, args.mode)
                     entries[threads]["runs"][engine].append(r)
                     shown = r.get("error") or (f"{r['examples_per_s']:9.1f} examples/s  "
                                                f"peak {r['peak_rss_mb']:6.0f} MB")

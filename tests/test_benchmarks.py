@@ -15,3 +15,4 @@ def test_a_new_run_replaces_the_table_and_keeps_the_run_log(tmp_path):
     path.write_text(path.read_text() + "\n" + log)
     write_markdown(path, "# table of run 2\n")
     assert path.read_text() == "# table of run 2\n\n" + log
+
