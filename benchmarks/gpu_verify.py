@@ -26,6 +26,9 @@ time is recorded and the rest still run:
    than its timeout is left of the budget;
 6. ``fashion_mnist``: ``tinygrad-cnn train lenet_bn --epochs 3 --device cuda``
    on ``--data-dir`` (skipped, with a note, when the files are not there);
+   ``cpu_op_scaling`` (issue 13), on 4 or more cores, budget permitting:
+   ResNet-18's step split by kind of op at 1 thread and all cores, ours
+   against PyTorch's (``benchmarks.op_scaling``), its table in the report;
 7. ``d2l:<network>``, only with ``--d2l NAME…``: ``tinygrad-cnn train NAME
    --device cuda`` at d2l's own settings (the registry's input size, lr,
    epochs, batch), for the README's d2l-settings table.  A run whose time,
@@ -212,6 +215,7 @@ def stages(data_dir, out_dir, steps=10):
                         str(data_dir), "--epochs", "3", "--device", "cuda", "--no-progress",
                         "--out", str(Path(out_dir) / "gpu-verify-lenet_bn")],
                        150, parse=parse_training, skip=fashion_skip(data_dir)))
+    found.append(cpu_op_scaling_stage())
     return found
 
 
@@ -247,6 +251,36 @@ def cpu_scaling_stage(out_dir, cores=None):
     return Stage("cpu_scaling", argv, CPU_SCALING_TIMEOUT,
                  parse=lambda stdout: parse_cpu_scaling(json.loads(out.read_text())),
                  skip=skip, plan=plan)
+
+
+CPU_OP_SCALING_TIMEOUT = 120
+
+
+def cpu_op_scaling_stage(cores=None):
+    """``benchmarks.op_scaling`` for ResNet-18 at 1 thread and all cores: its
+    step split by kind of op, ours against PyTorch's, so that a first many-core
+    run says where the speed-up is lost, not only how much (skipped below 4
+    cores, and when less than its timeout is left of the budget)."""
+    cores = cores or os.cpu_count() or 1
+    argv = [sys.executable, "-m", "benchmarks.op_scaling", "--network", CPU_SCALING_NETWORK,
+            "--threads", f"1,{cores}", "--steps", "2"]
+    skip = (f"{cores} cores: the per-op split needs 4 or more" if cores < 4 else None)
+
+    def plan(records, seconds_left):
+        if seconds_left < CPU_OP_SCALING_TIMEOUT:
+            return (f"{seconds_left:.0f} s left of the budget, {CPU_OP_SCALING_TIMEOUT} s "
+                    "needed: raise --budget")
+        return None
+    return Stage("cpu_op_scaling", argv, CPU_OP_SCALING_TIMEOUT, parse=parse_op_scaling,
+                 skip=skip, plan=plan)
+
+
+def parse_op_scaling(stdout):
+    """{"table": [its Markdown lines]} from ``benchmarks.op_scaling``'s output."""
+    table = [line for line in stdout.splitlines() if line.startswith("|")]
+    if not table:
+        raise ValueError("no table in benchmarks.op_scaling's output")
+    return {"table": table}
 
 
 def parse_cpu_scaling(report):
@@ -368,6 +402,8 @@ def summary_lines(report):
                     + (f" (cores busy {r['ours_cores_busy']:.1f} / {r['torch_cores_busy']:.1f})"
                        if r.get("ours_cores_busy") and r.get("torch_cores_busy") else "")
                     for network, rows in what.items() for t, r in rows.items()}
+        if name == "cpu_op_scaling" and what:
+            what = {"table": f"of {len(what['table']) - 2} kinds of op in the report"}
         shown = (what.get("summary") if name == "pytest" else
                  ", ".join(f"{k} {v}" for k, v in what.items()) if what else "")
         lines.append(f"  {name}: {record['status']} {shown or record.get('note') or record.get('error') or ''}".rstrip())

@@ -90,9 +90,10 @@ def test_the_real_stage_list_covers_the_issue(tmp_path):
     assert names[:4] == ["environment", "probe", "pytest", "launch_cost"]
     assert {n.split(":")[1] for n in names if n.startswith("bench:")} == {
         "lenet", "resnet18", "densenet", "googlenet", "alexnet"}
-    fashion = gpu_verify.stages(None, tmp_path)[-1]
+    fashion = gpu_verify.stages(None, tmp_path)[-2]
     assert fashion.name == "fashion_mnist" and "no --data-dir" in fashion.skip
-    assert names[-2] == "cpu_scaling"         # issue 13's many-core sweep, after the GPU's
+    assert names[-3] == "cpu_scaling"         # issue 13's many-core sweep, after the GPU's
+    assert names[-1] == "cpu_op_scaling"      # and its split by op, if time is left
     assert sum(s.timeout for s in gpu_verify.stages(None, tmp_path)) > 450  # the budget binds
 
 
@@ -127,6 +128,28 @@ def test_cpu_scaling_sweeps_the_threads_up_to_the_cores(tmp_path, cores, threads
 
 def test_cpu_scaling_is_skipped_on_two_cores(tmp_path):
     assert "2 cores" in gpu_verify.cpu_scaling_stage(tmp_path, cores=2).skip
+
+
+def test_cpu_op_scaling_splits_one_thread_against_all_cores():
+    stage = gpu_verify.cpu_op_scaling_stage(cores=16)
+    argv = stage.argv[stage.argv.index("benchmarks.op_scaling") + 1:]
+    assert argv[argv.index("--threads") + 1] == "1,16" and stage.skip is None
+    assert argv[argv.index("--network") + 1] == "resnet18"
+    assert stage.plan([], seconds_left=stage.timeout - 1) is not None
+    assert "2 cores" in gpu_verify.cpu_op_scaling_stage(cores=2).skip
+
+
+def test_cpu_op_scaling_keeps_the_table_and_summarises_it(tmp_path):
+    stage = gpu_verify.cpu_op_scaling_stage(cores=16)
+    table = ["| kind | ours 1 | ours 16 |", "|---|---|---|", "| convolution | 900 | 90 |",
+             "| batch norm | 40 | 20 |"]
+    stage.argv = [PY, "-c", "print('resnet18, batch 64'); print(" + repr("\n".join(table)) + ")"]
+    result = verify(None, tmp_path, budget_s=300, stage_list=[stage] + fake_stages()[:2])
+    assert result["stages"]["cpu_op_scaling"]["result"] == {"table": table}
+    summary = "\n".join(gpu_verify.summary_lines(result))
+    assert "cpu_op_scaling: ok table of 2 kinds of op in the report" in summary
+    with pytest.raises(ValueError):
+        gpu_verify.parse_op_scaling("Traceback ...\n")
 
 
 def cpu_report(rates):
