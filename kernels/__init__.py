@@ -75,6 +75,8 @@ POOL = ("maxpool2d_forward", "maxpool2d_backward", "avgpool2d_forward", "avgpool
 ADAPTIVE_POOL = ("adaptive_avgpool2d_forward", "adaptive_avgpool2d_backward",
                  "adaptive_maxpool2d_forward", "adaptive_maxpool2d_backward")
 BATCHNORM = ("batchnorm_forward_train", "batchnorm_backward")
+# inference: the reference's two CuPy expressions serve GPU arrays
+BATCHNORM_EVAL = ("batchnorm_forward_eval",)
 ELEMENTWISE = ("relu_forward", "relu_backward", "sigmoid_forward", "sigmoid_backward",
                "sgd_update")
 # the optimizers' steps over all parameters of a group at once (one launch on the GPU)
@@ -88,7 +90,7 @@ REFERENCE = {
     "kernels.winograd_numpy": WINOGRAD,
     "kernels.conv_direct_numpy": CONV_DIRECT,
     "kernels.pool_numpy": POOL + ADAPTIVE_POOL,
-    "kernels.bn_numpy": BATCHNORM,
+    "kernels.bn_numpy": BATCHNORM + BATCHNORM_EVAL,
     "kernels.elementwise_numpy": ELEMENTWISE + MULTI_TENSOR,
     "kernels.shares_numpy": SHARES,
 }
@@ -102,7 +104,7 @@ OVERLAYS = {
         "kernels.winograd_numba": WINOGRAD,
         "kernels.conv_direct_numba": CONV_DIRECT,
         "kernels.pool_numba": POOL + ADAPTIVE_POOL,
-        "kernels.bn_numba": BATCHNORM,
+        "kernels.bn_numba": BATCHNORM + BATCHNORM_EVAL,
         # sigmoid_forward: NumPy's expressions, on slices of a large array side by side
         "kernels.elementwise_numba": ("relu_forward", "relu_backward", "sigmoid_forward",
                                       "sigmoid_backward", "sgd_update", "sgd_update_multi"),
@@ -346,6 +348,12 @@ def batchnorm_forward_train(x, gamma, beta, eps):
 def batchnorm_backward(gy, x_hat, scale):
     """gy, x_hat (N, C, ...) -> (gx or None, dgamma, dbeta) (``bn_numpy.batchnorm_backward``)."""
     return _implementation("batchnorm_backward", gy)(gy, x_hat, scale)
+
+
+def batchnorm_forward_eval(x, scale, shift):
+    """x (N, C, ...), scale, shift (C,) -> y = x·scale + shift per channel
+    (``bn_numpy.batchnorm_forward_eval``)."""
+    return _implementation("batchnorm_forward_eval", x)(x, scale, shift)
 
 
 def relu_forward(x):

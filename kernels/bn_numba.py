@@ -8,7 +8,8 @@ twice:
 
 - forward: one pass sums x and x² per channel (shifted, see below) for μ and
   σ², one pass writes x̂ and y;
-- backward: one pass sums dy and dy·x̂ per channel, one pass writes dx.
+- backward: one pass sums dy and dy·x̂ per channel, one pass writes dx;
+- inference: one pass writes y = x·scale + shift.
 
 x is viewed as (N, C, L) -- L = 1 for (N, C) input, H·W for images -- and
 walked in its own order, image after image, so each pass streams through
@@ -97,6 +98,20 @@ def _normalize_loop(x, y, x_hat, mean, inv_std, gamma, beta):
                 y[n, c, l] = g * xh + b
 
 
+def _affine_loop(x, y, scale, shift):
+    """y = x·scale + shift per channel: inference, one pass."""
+    N, C, L = x.shape
+    for n in range(N):
+        if L == 1:                          # (N, C) input: the channels are the row
+            for c in range(C):
+                y[n, c, 0] = x[n, c, 0] * scale[c] + shift[c]
+            continue
+        for c in range(C):
+            a, b = scale[c], shift[c]
+            for l in range(L):
+                y[n, c, l] = x[n, c, l] * a + b
+
+
 def _gradient_sums_loop(bounds, first, last, sums, gy, x_hat):
     """For blocks b = first..last-1: sums[b, 0, c] = Σ gy·x_hat (dγ),
     sums[b, 1, c] = Σ gy (dβ), in float64."""
@@ -139,8 +154,9 @@ def _input_grad_loop(gy, x_hat, gx, scale, mean_gy, mean_gy_xhat):
 # reassoc lets the compiler split each running sum into several (vectorised)
 # partial sums, which is faster and no less accurate (benchmarks/results.md);
 # NaN and inf still propagate.
-_compiled = on_first_use(_shifted_sums_loop, _normalize_loop, _gradient_sums_loop,
-                         _input_grad_loop, nogil=True, fastmath={"reassoc", "contract"})
+_compiled = on_first_use(_shifted_sums_loop, _normalize_loop, _affine_loop,
+                         _gradient_sums_loop, _input_grad_loop, nogil=True,
+                         fastmath={"reassoc", "contract"})
 
 
 def _as_ncl(a):
@@ -202,3 +218,14 @@ def batchnorm_backward(gy, x_hat, scale):
                        np.ascontiguousarray(scale, dtype=gy.dtype), sums[1] / m, sums[0] / m,
                        slices=threads.stream_slices)
     return gx, dgamma, dbeta
+
+
+def batchnorm_forward_eval(x, scale, shift):
+    """``bn_numpy.batchnorm_forward_eval``, compiled: one pass over x."""
+    if not compilable(x, scale, shift):
+        return bn_numpy.batchnorm_forward_eval(x, scale, shift)
+    y = np.empty(x.shape, dtype=x.dtype)
+    threads.over_batch(_compiled().affine, (_as_ncl(x), _as_ncl(y)),
+                       np.ascontiguousarray(scale, dtype=x.dtype),
+                       np.ascontiguousarray(shift, dtype=x.dtype), slices=threads.stream_slices)
+    return y

@@ -1,4 +1,4 @@
-"""Reference batch-norm kernels (training mode): vectorised NumPy (CuPy works too).
+"""Reference batch-norm kernels: vectorised NumPy (CuPy works too).
 
 The math and its derivation live with the op, ``tinygrad_cnn/ops/batchnorm.py``
 (``BatchNorm``); here is only the array work.  x is (N, C), (N, C, L) or
@@ -21,6 +21,10 @@ batchnorm_backward(gy, x_hat, scale)
     -> (gx, dgamma, dbeta)
        gy, x_hat: like x;  scale = γ·inv_std (C,), or None when dx is not
        wanted (gx is then None);  dgamma = Σ gy·x̂, dbeta = Σ gy: (C,)
+batchnorm_forward_eval(x, scale, shift)
+    -> y = x·scale + shift per channel, like x
+       inference: the running statistics folded into scale = γ/√(σ²_run + ε)
+       and shift = β - scale·μ_run, (C,) in x's dtype
 """
 import math
 
@@ -79,3 +83,12 @@ def batchnorm_backward(gy, x_hat, scale):
     gx = _per_channel(scale, ndim) * (gy - _per_channel(dbeta / m, ndim)
                                       - x_hat * _per_channel(dgamma / m, ndim))
     return gx, dgamma, dbeta
+
+
+def batchnorm_forward_eval(x, scale, shift):
+    """Inference: y = x·scale + shift per channel, in two passes over x and one
+    new array (the op, ``BatchNormEval``, folds the running statistics, γ and β
+    into ``scale`` and ``shift``)."""
+    y = x * _per_channel(scale, x.ndim)
+    y += _per_channel(shift, x.ndim)
+    return y

@@ -290,6 +290,7 @@ def test_gpu_kernels_fall_back_to_the_reference_without_numba_cuda(monkeypatch):
         "maxpool2d_forward": "kernels.pool_numpy", "maxpool2d_backward": "kernels.pool_numpy",
         "avgpool2d_forward": "kernels.pool_numpy", "avgpool2d_backward": "kernels.pool_numpy",
         "batchnorm_forward_train": "kernels.bn_numpy", "batchnorm_backward": "kernels.bn_numpy",
+        "batchnorm_forward_eval": "kernels.bn_numpy",
         **{name: "kernels.pool_numpy" for name in ADAPTIVE},
         **{name: "kernels.elementwise_numpy" for name in ELEMENTWISE},
         **{name: "kernels.winograd_numpy" for name in WINOGRAD},
@@ -304,7 +305,7 @@ def test_gpu_kernels_are_the_cuda_ones_when_numba_reaches_the_gpu(monkeypatch):
     assert sorted(chosen) == sorted(kernels.KERNELS)
     assert {f.__module__ for name, f in chosen.items()
             if name not in ADAPTIVE + ELEMENTWISE + WINOGRAD + CONV_DIRECT
-            + ("matmul", "map_chunks")} == {
+            + ("matmul", "map_chunks", "batchnorm_forward_eval")} == {
         "kernels.conv_cuda", "kernels.pool_cuda", "kernels.bn_cuda"}
     # Adaptive pooling has no CUDA loops: its reference is matrix products
     # (cuBLAS on CuPy arrays) and, for the global pool, a mean.  Nor have the

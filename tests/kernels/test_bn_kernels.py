@@ -212,3 +212,38 @@ def test_small_batches_run_on_the_calling_thread(monkeypatch):
         assert jobs == [4, 4]           # threads.batch_slices: two slices per thread
     finally:
         kernels.threads.set_num_threads(previous)
+
+
+# ---------------------------------------------------------------- inference
+def eval_inputs(shape, dtype, seed=5):
+    """x and a per-channel scale and shift, as BatchNormEval folds them."""
+    rng = np.random.default_rng(seed)
+    x = 3 + 2 * rng.standard_normal(shape)
+    scale, shift = rng.uniform(0.2, 2.0, shape[1]), rng.uniform(-3, 3, shape[1])
+    return tuple(a.astype(dtype) for a in (x, scale, shift))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("name", KERNELS)
+@pytest.mark.parametrize("shape", SHAPES.values(), ids=SHAPES.keys())
+def test_eval_forward_matches_loops(shape, name, dtype):
+    x, scale, shift = eval_inputs(shape, dtype)
+    y = KERNELS[name].batchnorm_forward_eval(x, scale, shift)
+    assert y.dtype == dtype and y.shape == shape
+    want = np.empty(shape, np.float64)
+    for n in range(shape[0]):
+        for c in range(shape[1]):
+            want[n, c] = x[n, c].astype(np.float64) * float(scale[c]) + float(shift[c])
+    np.testing.assert_allclose(y, want, **tolerance(dtype))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_eval_forward_reads_a_strided_input_and_splits_over_threads(dtype, split_small):
+    x, scale, shift = eval_inputs((40, 6, 5, 4), dtype)
+    x = x[:, ::2]                                    # every other channel: not contiguous
+    scale, shift = scale[::2], shift[::2]
+    expected = bn_numpy.batchnorm_forward_eval(x, scale, shift)
+    for threads in (1, 2, 3):
+        split_small(threads)
+        np.testing.assert_allclose(bn_numba.batchnorm_forward_eval(x, scale, shift), expected,
+                                   **tolerance(dtype))

@@ -116,12 +116,10 @@ class BatchNormEval(Function):
         x_hat = ((x - _per_channel(mean, x.ndim)) * _per_channel(inv_std, x.ndim)
                  if need_gamma else None)
         self.save_for_backward(x_hat, _per_channel(scale, x.ndim) if need_x else None)
-        # The affine map in two passes over x and one new array, as PyTorch's CPU
-        # inference does: y = x·(γ s), then y += β - γ s μ_run (through x̂ it took
-        # four passes and four new arrays; benchmarks/results.md, "Inference").
-        y = x * _per_channel(scale, x.ndim)
-        y += _per_channel(shift, x.ndim)
-        return y
+        # One affine map, y = x·(γ s) + (β - γ s μ_run), as PyTorch's CPU inference
+        # computes it (through x̂ it took four passes over x and four new arrays;
+        # benchmarks/results.md, "Inference").
+        return kernels.batchnorm_forward_eval(x, scale, shift)
 
     def backward(self, gy):
         x_hat, scale = self.saved
