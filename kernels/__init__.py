@@ -61,6 +61,8 @@ from .jit import COMPILED_DTYPES
 # product and take the cores from the compiled loops that come next: restart
 # them so they sleep at once (kernels/threads.py says how, and how to opt out).
 threads.quiet_openblas()
+# No more BLAS threads than a container's CPU quota allows (unless you chose a count).
+threads.fit_cpu_quota()
 # Keep a step's freed arrays in the heap for the next step instead of taking
 # them from the OS again, page fault by page fault (kernels/heap.py; opt-out there).
 heap.keep_freed_memory()

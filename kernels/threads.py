@@ -45,10 +45,12 @@ import contextlib
 import ctypes
 import functools
 import itertools
+import math
 import os
 import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import threadpoolctl
@@ -168,18 +170,87 @@ def chosen_by_user():
 
 
 def usable_cores():
-    """The cores this process may run on (its affinity mask, as ``taskset``
-    or a batch system set it), else all of the machine's."""
+    """The cores this process may run on: its affinity mask (as ``taskset`` or
+    a batch system set it), else all of the machine's, and at most what its
+    CPU quota allows (``cpu_quota``)."""
     try:
-        return len(os.sched_getaffinity(0))
+        cores = len(os.sched_getaffinity(0))
     except AttributeError:              # not Linux
-        return os.cpu_count() or 1
+        cores = os.cpu_count() or 1
+    quota = cpu_quota()
+    return min(cores, quota) if quota else cores
+
+
+def cpu_quota(root="/sys/fs/cgroup", membership="/proc/self/cgroup"):
+    """How many CPUs the process's cgroups allow it, rounded up, or None
+    without a quota (or without cgroups).
+
+    A container started with ``docker --cpus=2``, or a Kubernetes pod with a
+    CPU limit, sees every core of its host (``os.cpu_count``, the affinity
+    mask) but runs only 2 CPUs' worth of time; OpenBLAS and Numba start a
+    thread per core anyway, and threads beyond the quota only wait for each
+    other (benchmarks/results.md, "CPU quotas").  Read from cgroup v2's
+    ``cpu.max`` or v1's ``cpu.cfs_quota_us``/``cpu.cfs_period_us``, the
+    smallest along the process's cgroup and its parents."""
+    try:
+        lines = Path(membership).read_text().splitlines()
+    except OSError:
+        return None
+    limits = []
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        if controllers == "":                                   # cgroup v2
+            folders, read = [Path(root)], _v2_quota
+        elif "cpu" in controllers.split(","):                   # cgroup v1
+            folders, read = [Path(root) / controllers, Path(root) / "cpu"], _v1_quota
+        else:
+            continue
+        for folder in folders:
+            for depth in range(len(Path(path).parts), 0, -1):   # the cgroup, then its parents
+                limit = read(folder.joinpath(*Path(path).parts[1:depth]))
+                if limit:
+                    limits.append(limit)
+    return math.ceil(min(limits)) if limits else None
+
+
+def _v2_quota(folder):
+    try:
+        quota, period = (folder / "cpu.max").read_text().split()
+    except (OSError, ValueError):
+        return None
+    return None if quota == "max" else int(quota) / int(period)
+
+
+def _v1_quota(folder):
+    try:
+        quota = int((folder / "cpu.cfs_quota_us").read_text())
+        period = int((folder / "cpu.cfs_period_us").read_text())
+    except (OSError, ValueError):
+        return None
+    return quota / period if quota > 0 and period > 0 else None
 
 
 @functools.cache
 def _initial_blas_threads():
+    """What BLAS chose when it started, at most the CPU quota's CPUs."""
     threads = [lib.num_threads for lib in blas_libraries()]
-    return threads[0] if threads else (os.cpu_count() or 1)
+    chosen = threads[0] if threads else (os.cpu_count() or 1)
+    quota = cpu_quota()
+    return min(chosen, quota) if quota else chosen
+
+
+def fit_cpu_quota():
+    """Unless the user chose a thread count: BLAS on no more threads than the
+    CPU quota allows (run when ``kernels`` is imported; Numba follows
+    get_num_threads() when its loops compile).  Returns the count set, or None."""
+    if chosen_by_user():
+        return None
+    quota = cpu_quota()
+    if not quota or all(lib.num_threads <= quota for lib in blas_libraries()):
+        return None
+    for set_blas_threads in blas_thread_setters():
+        set_blas_threads(quota)
+    return quota
 
 
 def get_num_threads():

@@ -200,3 +200,53 @@ def test_more_threads_than_numbas_pool_caps_numba_only(restore_threads):
 def test_set_num_threads_rejects_what_is_not_a_positive_int(bad, error):
     with pytest.raises(error, match="set_num_threads"):
         tc.set_num_threads(bad)
+
+
+# ---------------------------------------------------------------- CPU quotas
+def cgroup_tree(tmp_path, membership, files):
+    """A fake /proc/self/cgroup (``membership``) and cgroup file system (``files``:
+    {relative path: text}); -> (root, membership file) for threads.cpu_quota."""
+    root = tmp_path / "cgroup"
+    for relative, text in files.items():
+        (root / relative).parent.mkdir(parents=True, exist_ok=True)
+        (root / relative).write_text(text)
+    proc = tmp_path / "proc-self-cgroup"
+    proc.write_text(membership)
+    return str(root), str(proc)
+
+
+@pytest.mark.parametrize("membership, files, quota", [
+    # cgroup v2: docker --cpus=2.5 -> 3 CPUs
+    ("0::/docker/abc\n", {"docker/abc/cpu.max": "250000 100000\n"}, 3),
+    # no limit here, a smaller one on a parent
+    ("0::/kube/pod/c1\n", {"kube/pod/c1/cpu.max": "max 100000\n",
+                           "kube/pod/cpu.max": "100000 100000\n"}, 1),
+    ("0::/\n", {"cpu.max": "max 100000\n"}, None),
+    # cgroup v1, the cpu controller mounted with cpuacct
+    ("4:memory:/x\n2:cpu,cpuacct:/job\n", {"cpu,cpuacct/job/cpu.cfs_quota_us": "200000\n",
+                                           "cpu,cpuacct/job/cpu.cfs_period_us": "100000\n"}, 2),
+    ("1:cpu:/\n", {"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}, None),
+], ids=["v2", "v2-parent", "v2-max", "v1", "v1-none"])
+def test_cpu_quota_reads_cgroups_v1_and_v2(tmp_path, membership, files, quota):
+    root, proc = cgroup_tree(tmp_path, membership, files)
+    assert threads.cpu_quota(root, proc) == quota
+
+
+def test_no_cgroups_means_no_quota(tmp_path):
+    assert threads.cpu_quota(str(tmp_path), str(tmp_path / "missing")) is None
+
+
+def test_blas_follows_a_cpu_quota_below_its_threads_unless_the_user_chose(monkeypatch,
+                                                                          restore_threads):
+    openblas_here()
+    monkeypatch.setattr(threads, "_requested", None)     # no count chosen...
+    for set_blas_threads in threads.blas_thread_setters():
+        set_blas_threads(2)                              # ...and BLAS on 2 threads
+    for variable in threads.THREAD_COUNT_VARIABLES:
+        monkeypatch.delenv(variable, raising=False)
+    monkeypatch.setattr(threads, "cpu_quota", lambda: 1)
+    assert threads.fit_cpu_quota() == 1 and blas_threads() == {1}
+    assert threads.usable_cores() == 1
+    assert threads.fit_cpu_quota() is None              # BLAS is within the quota now
+    tc.set_num_threads(2)                               # the user's choice stands
+    assert threads.fit_cpu_quota() is None and blas_threads() == {2}
