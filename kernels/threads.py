@@ -35,11 +35,13 @@ whatever was imported first, and without writing the user's environment
   (every BLAS library loaded) and the compiled loops (Numba), whichever
   Python thread trains.  Until it is called, the number is what OpenBLAS
   chose from the environment (``OMP_NUM_THREADS``, ``OPENBLAS_NUM_THREADS``,
-  else all cores), and Numba uses the same.  An OpenBLAS with its own thread
-  pool is set through its own function (``blas_thread_setters``), not through
-  threadpoolctl, which obeys only the first Python thread that set it; Numba,
-  whose count is per Python thread, is given it by each thread that launches
-  a parallel loop (``loops_for_this_thread``).
+  else all cores), at most the CPUs a container's CPU quota allows
+  (``fit_cpu_quota``, at import), and Numba uses the same.  An OpenBLAS with
+  its own thread pool is set through its own function
+  (``blas_thread_setters``), not through threadpoolctl, which obeys only the
+  first Python thread that set it; Numba, whose count is per Python thread,
+  is given it by each thread that launches a parallel loop
+  (``loops_for_this_thread``).
 """
 import contextlib
 import ctypes
