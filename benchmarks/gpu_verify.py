@@ -242,15 +242,19 @@ def cpu_scaling_stage(out_dir, cores=None):
             "--kernels", "numba", "--out", str(out),
             "--markdown", str(out.with_suffix(".md"))]
     skip = (f"{cores} cores: the CPU scaling stage needs 4 or more" if cores < 4 else None)
-
-    def plan(records, seconds_left):
-        if seconds_left < CPU_SCALING_TIMEOUT:
-            return (f"{seconds_left:.0f} s left of the budget, {CPU_SCALING_TIMEOUT} s "
-                    "needed: raise --budget")
-        return None
     return Stage("cpu_scaling", argv, CPU_SCALING_TIMEOUT,
                  parse=lambda stdout: parse_cpu_scaling(json.loads(out.read_text())),
-                 skip=skip, plan=plan)
+                 skip=skip, plan=whole_or_skipped(CPU_SCALING_TIMEOUT))
+
+
+def whole_or_skipped(timeout):
+    """A stage's ``plan``: skip it (saying why) when less than its ``timeout``
+    is left of the budget, rather than cut it off."""
+    def plan(records, seconds_left):
+        if seconds_left < timeout:
+            return f"{seconds_left:.0f} s left of the budget, {timeout} s needed: raise --budget"
+        return None
+    return plan
 
 
 CPU_OP_SCALING_TIMEOUT = 120
@@ -265,14 +269,8 @@ def cpu_op_scaling_stage(cores=None):
     argv = [sys.executable, "-m", "benchmarks.op_scaling", "--network", CPU_SCALING_NETWORK,
             "--threads", f"1,{cores}", "--steps", "2"]
     skip = (f"{cores} cores: the per-op split needs 4 or more" if cores < 4 else None)
-
-    def plan(records, seconds_left):
-        if seconds_left < CPU_OP_SCALING_TIMEOUT:
-            return (f"{seconds_left:.0f} s left of the budget, {CPU_OP_SCALING_TIMEOUT} s "
-                    "needed: raise --budget")
-        return None
     return Stage("cpu_op_scaling", argv, CPU_OP_SCALING_TIMEOUT, parse=parse_op_scaling,
-                 skip=skip, plan=plan)
+                 skip=skip, plan=whole_or_skipped(CPU_OP_SCALING_TIMEOUT))
 
 
 def parse_op_scaling(stdout):
