@@ -200,7 +200,10 @@ def cpu_quota(root="/sys/fs/cgroup", membership="/proc/self/cgroup"):
         return None
     limits = []
     for line in lines:
-        _, controllers, path = line.split(":", 2)
+        fields = line.split(":", 2)
+        if len(fields) != 3:            # not a cgroup line: nothing to read (this runs at import)
+            continue
+        _, controllers, path = fields
         if controllers == "":                                   # cgroup v2
             folders, read = [Path(root)], _v2_quota
         elif "cpu" in controllers.split(","):                   # cgroup v1

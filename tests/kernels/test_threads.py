@@ -234,6 +234,8 @@ def test_cpu_quota_reads_cgroups_v1_and_v2(tmp_path, membership, files, quota):
 
 def test_no_cgroups_means_no_quota(tmp_path):
     assert threads.cpu_quota(str(tmp_path), str(tmp_path / "missing")) is None
+    root, proc = cgroup_tree(tmp_path, "garbage\n0::/a\n", {"a/cpu.max": "oops\n"})
+    assert threads.cpu_quota(root, proc) is None        # unreadable lines and files: no quota
 
 
 def test_blas_follows_a_cpu_quota_below_its_threads_unless_the_user_chose(monkeypatch,
