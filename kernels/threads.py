@@ -179,8 +179,13 @@ def usable_cores():
         cores = len(os.sched_getaffinity(0))
     except AttributeError:              # not Linux
         cores = os.cpu_count() or 1
+    return _within_cpu_quota(cores)
+
+
+def _within_cpu_quota(threads):
+    """``threads``, at most the CPU quota's CPUs where there is a quota."""
     quota = cpu_quota()
-    return min(cores, quota) if quota else cores
+    return min(threads, quota) if quota else threads
 
 
 def cpu_quota(root="/sys/fs/cgroup", membership="/proc/self/cgroup"):
@@ -239,9 +244,7 @@ def _v1_quota(folder):
 def _initial_blas_threads():
     """What BLAS chose when it started, at most the CPU quota's CPUs."""
     threads = [lib.num_threads for lib in blas_libraries()]
-    chosen = threads[0] if threads else (os.cpu_count() or 1)
-    quota = cpu_quota()
-    return min(chosen, quota) if quota else chosen
+    return _within_cpu_quota(threads[0] if threads else (os.cpu_count() or 1))
 
 
 def fit_cpu_quota():
@@ -251,9 +254,12 @@ def fit_cpu_quota():
     if chosen_by_user():
         return None
     quota = cpu_quota()
-    if not quota or all(lib.num_threads <= quota for lib in blas_libraries()):
+    if not quota:
         return None
-    for set_blas_threads in blas_thread_setters():
+    libraries = blas_libraries()            # one scan of the loaded libraries, at import
+    if all(lib.num_threads <= quota for lib in libraries):
+        return None
+    for set_blas_threads in blas_thread_setters(libraries):
         set_blas_threads(quota)
     return quota
 
