@@ -1,6 +1,7 @@
 """conv2d's default column budget (ops/conv.py, DEFAULT_COLUMN_BUDGET): 4 MB of
-columns per chunk whatever the thread count; the thread count decides how many
-chunks a batch that needs several is cut into (a multiple of it)."""
+columns per chunk whatever the thread count, or twice the weights where they are
+larger (WEIGHT_MULTIPLE); the thread count decides how many chunks a batch that
+needs several is cut into (a multiple of it)."""
 import pytest
 
 import tinygrad_cnn as tc
@@ -49,6 +50,53 @@ def test_a_budget_the_user_set_wins(restore):
     x = tc.zeros(64, 16, 24, 24)          # 39 MB of columns: 3 chunks of 16 MB, made 4 for 2 threads
     w = tc.zeros(8, 16, 5, 5, requires_grad=True)
     assert len(chunks_of_a_conv(x, w)) == 4
+
+
+def winograd_chunks(x, w):
+    y = conv.conv2d(x, w, padding=1)
+    assert y.grad_fn.name == "Conv2d[winograd]"
+    return y.grad_fn.chunks
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_a_layer_with_large_weights_gets_chunks_twice_their_size(restore, threads):
+    # im2col, 3x3 maps: (64, 576) weights of 0.14 MB, 4 MB chunks; (512, 4608)
+    # weights of 9.4 MB, chunks of at most 2 x 9.4 MB, so 64 images go whole
+    conv.set_column_budget(None)
+    tc.set_num_threads(threads)
+    small = chunks_of_a_conv(tc.zeros(64, 64, 5, 5), tc.zeros(64, 64, 3, 3, requires_grad=True))
+    column_bytes = 64 * 9 * 3 * 3 * 4                   # per image: 20.7 KB, 64 images 1.3 MB
+    assert len(small) == 1 and 64 * column_bytes < 4 * MB
+    x = tc.zeros(64, 512, 5, 5)
+    w = tc.zeros(512, 512, 3, 3, requires_grad=True)
+    weight_bytes = 512 * 512 * 9 * 4
+    assert conv.product_weight_bytes("im2col", w.shape, 4) == weight_bytes
+    assert current_column_budget(x.data, weight_bytes) == conv.WEIGHT_MULTIPLE * weight_bytes
+    chunks = chunks_of_a_conv(x, w)                     # 64 x 166 KB = 10.6 MB of columns
+    assert len(chunks) == 1
+    column_bytes = 512 * 9 * 3 * 3 * 4
+    with_4_mb = conv.batch_chunks(64, column_bytes, DEFAULT_COLUMN_BUDGET, threads)
+    assert len(with_4_mb) >= 3                          # what the 4 MB default gave
+
+
+def test_winograd_counts_its_16_transformed_weight_matrices(restore):
+    conv.set_column_budget(None)
+    tc.set_num_threads(2)
+    w = tc.zeros(256, 256, 3, 3, requires_grad=True)
+    assert conv.product_weight_bytes("winograd", w.shape, 4) == 16 * 256 * 256 * 4
+    # 64 images of 6x6: 16 x (256 + 256) x 9 tiles x 4 bytes = 295 KB each, 18.9 MB in all:
+    # 4 MB gave 6 chunks; twice 4.2 MB of transformed weights gives 4 (2 per thread)
+    chunks = winograd_chunks(tc.zeros(64, 256, 6, 6), w)
+    assert len(chunks) == 4
+    assert all((c.stop - c.start) * 16 * 512 * 9 * 4 <= 2 * 16 * 256 * 256 * 4 for c in chunks)
+
+
+def test_a_budget_the_user_set_wins_over_large_weights(restore):
+    tc.set_num_threads(1)
+    conv.set_column_budget(4 * MB)
+    chunks = chunks_of_a_conv(tc.zeros(64, 512, 5, 5), tc.zeros(512, 512, 3, 3,
+                                                                 requires_grad=True))
+    assert len(chunks) == 3                              # 10.6 MB of columns in 4 MB chunks
 
 
 def test_set_column_budget_rejects_what_is_not_a_positive_int_or_none(restore):

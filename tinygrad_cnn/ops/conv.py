@@ -28,7 +28,8 @@ Memory: im2col's column matrix is KH·KW/(SH·SW) times larger than the
 input (9x for a 3x3 conv), so ``conv2d`` builds it for one chunk of the
 batch at a time, each chunk's columns at most ``column_budget`` bytes
 (``set_column_budget(nbytes)`` changes it).  The default, 4 MB
-(``DEFAULT_COLUMN_BUDGET``), is also the fast choice on a CPU: each thread
+(``DEFAULT_COLUMN_BUDGET``, or twice the weights where they are larger:
+``WEIGHT_MULTIPLE``), is also the fast choice on a CPU: each thread
 runs whole chunks of its own (``kernels.map_chunks``), and a chunk that
 small stays in the cache between im2col and the matrix product, where a
 16 MB one per thread spills out of it; far larger chunks come fresh from
@@ -41,6 +42,7 @@ free memory (``tinygrad_cnn.cuda.conv_column_budget``): the whole batch's
 columns and one matrix product per convolution (per group), wherever they
 fit.  Its products may use TF32 (``tinygrad_cnn.backends.cudnn.allow_tf32``).
 """
+import math
 import warnings
 
 import numpy as np
@@ -112,16 +114,28 @@ def set_column_budget(nbytes):
 # DenseNet's step 14% faster, GoogLeNet's 9%, LeNet's 12%, ResNet-18's the same.
 DEFAULT_COLUMN_BUDGET = 4 * 2**20
 
+# ... but never less than this many times the weights' bytes as the products
+# use them.  Every chunk reads all of the weights, and its backward writes a
+# weight gradient of its own that is then summed into the total: a deep layer
+# on small maps (ResNet-18's 512 channels on 3x3, 9.4 MB of weights) cut into
+# 4 MB chunks spent more time on weight-sized arrays than on the columns.
+# Measured on the 2-core Intel machine (benchmarks/results.md, "Chunks as
+# large as the weights"): that layer 36.7 -> 32.7 ms on 2 threads, ResNet-18's
+# step 4-7% faster; networks with small weights keep 4 MB chunks.
+WEIGHT_MULTIPLE = 2
 
-def current_column_budget(x=None):
+
+def current_column_budget(x=None, weight_bytes=0):
     """The budget conv2d uses now for input array ``x``: set_column_budget's;
     else, for a GPU array, a share of that GPU's free memory
-    (``tinygrad_cnn.cuda.conv_column_budget``); else ``DEFAULT_COLUMN_BUDGET``."""
+    (``tinygrad_cnn.cuda.conv_column_budget``); else ``DEFAULT_COLUMN_BUDGET``,
+    or ``WEIGHT_MULTIPLE`` times ``weight_bytes`` (the weights as the chosen
+    algorithm's products use them) where that is more."""
     if column_budget is not None:
         return column_budget
     if x is not None and get_array_module(x) is not np:
         return cuda.conv_column_budget(x.device.id)
-    return DEFAULT_COLUMN_BUDGET
+    return max(DEFAULT_COLUMN_BUDGET, WEIGHT_MULTIPLE * weight_bytes)
 
 
 def run_in_chunks(run, x, bytes_per_image, budget):
@@ -514,7 +528,8 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     xp = get_array_module(input.data)
     chosen = choose_algorithm(input.shape, weight.shape, stride, padding, dilation, groups,
                               out_hw, xp)
-    budget = current_column_budget(input.data)
+    budget = current_column_budget(input.data, product_weight_bytes(chosen, weight.shape,
+                                                                    weight.dtype.itemsize))
     if chosen == "pointwise":
         fn = Conv2dPointwise(groups, has_bias, budget)
     elif chosen == "direct":
@@ -530,6 +545,16 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
         fn = Conv2dIm2col(stride, padding, dilation, groups, has_bias, budget)
     y = fn(input, weight, bias) if has_bias else fn(input, weight)
     return squeeze(y, 0) if unbatched else y
+
+
+def product_weight_bytes(algorithm, weight_shape, itemsize):
+    """The bytes of a convolution's weights as ``algorithm``'s products use
+    them: Winograd's 16 transformed (O, C) matrices, else the weights as
+    they are (im2col's and the 1×1 convolution's (O, C·KH·KW) matrix)."""
+    O, C = weight_shape[:2]
+    if algorithm == "winograd":
+        return 16 * O * C * itemsize
+    return math.prod(weight_shape) * itemsize
 
 
 def conv2d_simple(input, weight, bias=None, stride=1, padding=0):
