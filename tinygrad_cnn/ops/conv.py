@@ -119,9 +119,9 @@ DEFAULT_COLUMN_BUDGET = 4 * 2**20
 # weight gradient of its own that is then summed into the total: a deep layer
 # on small maps (ResNet-18's 512 channels on 3x3, 9.4 MB of weights) cut into
 # 4 MB chunks spent more time on weight-sized arrays than on the columns.
-# Measured on the 2-core Intel machine (benchmarks/results.md, "Chunks as
-# large as the weights"): that layer 36.7 -> 32.7 ms on 2 threads, ResNet-18's
-# step 4-7% faster; networks with small weights keep 4 MB chunks.
+# With this rule ResNet-18, AlexNet, NiN and VGG-11 trained 3-8% faster on 2
+# threads (benchmarks/results.md, "Chunks as large as the weights"); layers
+# with small weights, all of DenseNet's and the LeNets', keep 4 MB chunks.
 WEIGHT_MULTIPLE = 2
 
 
