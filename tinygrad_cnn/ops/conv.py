@@ -94,8 +94,9 @@ def set_column_budget(nbytes):
     (``kernels.geometry.batch_chunks``).  Smaller bounds save memory but make
     smaller, less efficient matrix products.  A chunk holds at least one
     image, even one whose columns alone exceed the bound.  ``None`` (the
-    default): ``DEFAULT_COLUMN_BUDGET`` on the CPU, a share of the free
-    memory on a GPU.
+    default): ``DEFAULT_COLUMN_BUDGET`` on the CPU, or ``WEIGHT_MULTIPLE``
+    times a layer's weights where that is more; a share of the free memory
+    on a GPU.
     """
     global column_budget
     if nbytes is not None and (isinstance(nbytes, bool) or not isinstance(nbytes, int)
