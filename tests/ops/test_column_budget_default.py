@@ -1,5 +1,5 @@
 """conv2d's default column budget (ops/conv.py, DEFAULT_COLUMN_BUDGET): 4 MB of
-columns per chunk whatever the thread count, or twice the weights where they are
+columns per chunk whatever the thread count, or four times the weights where they are
 larger (WEIGHT_MULTIPLE); the thread count decides how many chunks a batch that
 needs several is cut into (a multiple of it)."""
 import pytest
@@ -59,9 +59,9 @@ def winograd_chunks(x, w):
 
 
 @pytest.mark.parametrize("threads", [1, 2])
-def test_a_layer_with_large_weights_gets_chunks_twice_their_size(restore, threads):
+def test_a_layer_with_large_weights_gets_chunks_four_times_their_size(restore, threads):
     # im2col, 3x3 maps: (64, 576) weights of 0.14 MB, 4 MB chunks; (512, 4608)
-    # weights of 9.4 MB, chunks of at most 2 x 9.4 MB, so 64 images go whole
+    # weights of 9.4 MB, chunks of at most 4 x 9.4 MB, so 64 images go whole
     conv.set_column_budget(None)
     tc.set_num_threads(threads)
     small = chunks_of_a_conv(tc.zeros(64, 64, 5, 5), tc.zeros(64, 64, 3, 3, requires_grad=True))
@@ -71,7 +71,8 @@ def test_a_layer_with_large_weights_gets_chunks_twice_their_size(restore, thread
     w = tc.zeros(512, 512, 3, 3, requires_grad=True)
     weight_bytes = 512 * 512 * 9 * 4
     assert conv.product_weight_bytes("im2col", w.shape, 4) == weight_bytes
-    assert current_column_budget(x.data, weight_bytes) == conv.WEIGHT_MULTIPLE * weight_bytes
+    assert conv.WEIGHT_MULTIPLE == 4
+    assert current_column_budget(x.data, weight_bytes) == 4 * weight_bytes
     chunks = chunks_of_a_conv(x, w)                     # 64 x 166 KB = 10.6 MB of columns
     assert len(chunks) == 1
     column_bytes = 512 * 9 * 3 * 3 * 4
@@ -85,10 +86,15 @@ def test_winograd_counts_its_16_transformed_weight_matrices(restore):
     w = tc.zeros(256, 256, 3, 3, requires_grad=True)
     assert conv.product_weight_bytes("winograd", w.shape, 4) == 16 * 256 * 256 * 4
     # 64 images of 6x6: 16 x (256 + 256) x 9 tiles x 4 bytes = 295 KB each, 18.9 MB in all:
-    # 4 MB gave 6 chunks; twice 4.2 MB of transformed weights gives 4 (2 per thread)
+    # 4 MB gave 6 chunks; four times 4.2 MB of transformed weights gives 2 (1 per thread)
     chunks = winograd_chunks(tc.zeros(64, 256, 6, 6), w)
-    assert len(chunks) == 4
-    assert all((c.stop - c.start) * 16 * 512 * 9 * 4 <= 2 * 16 * 256 * 256 * 4 for c in chunks)
+    assert len(chunks) == 2
+    assert all((c.stop - c.start) * 16 * 512 * 9 * 4 <= 4 * 16 * 256 * 256 * 4 for c in chunks)
+    # (128, 128): 1 MB transformed, four times that is the 4 MB default: unchanged
+    small = winograd_chunks(tc.zeros(64, 128, 12, 12), tc.zeros(128, 128, 3, 3,
+                                                                requires_grad=True))
+    per_image = 16 * 256 * 36 * 4                       # 590 KB: 7 per 4 MB chunk
+    assert len(small) == len(conv.batch_chunks(64, per_image, DEFAULT_COLUMN_BUDGET, 2)) == 10
 
 
 def test_a_budget_the_user_set_wins_over_large_weights(restore):

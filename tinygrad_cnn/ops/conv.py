@@ -28,7 +28,7 @@ Memory: im2col's column matrix is KH·KW/(SH·SW) times larger than the
 input (9x for a 3x3 conv), so ``conv2d`` builds it for one chunk of the
 batch at a time, each chunk's columns at most ``column_budget`` bytes
 (``set_column_budget(nbytes)`` changes it).  The default, 4 MB
-(``DEFAULT_COLUMN_BUDGET``, or twice the weights where they are larger:
+(``DEFAULT_COLUMN_BUDGET``, or four times the weights where they are larger:
 ``WEIGHT_MULTIPLE``), is also the fast choice on a CPU: each thread
 runs whole chunks of its own (``kernels.map_chunks``), and a chunk that
 small stays in the cache between im2col and the matrix product, where a
@@ -120,10 +120,11 @@ DEFAULT_COLUMN_BUDGET = 4 * 2**20
 # weight gradient of its own that is then summed into the total: a deep layer
 # on small maps (ResNet-18's 512 channels on 3x3, 9.4 MB of weights) cut into
 # 4 MB chunks spent more time on weight-sized arrays than on the columns.
-# With this rule ResNet-18, AlexNet, NiN and VGG-11 trained 3-8% faster on 2
-# threads (benchmarks/results.md, "Chunks as large as the weights"); layers
-# with small weights, all of DenseNet's and the LeNets', keep 4 MB chunks.
-WEIGHT_MULTIPLE = 2
+# With twice the weights ResNet-18, AlexNet, NiN and VGG-11 trained 3-8% faster
+# on 2 threads, and four times made ResNet-18 3% faster again, the others the
+# same (benchmarks/results.md, "Chunks as large as the weights"); layers with
+# small weights, all of DenseNet's and the LeNets', keep 4 MB chunks.
+WEIGHT_MULTIPLE = 4
 
 
 def current_column_budget(x=None, weight_bytes=0):
