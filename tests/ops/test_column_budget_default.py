@@ -22,9 +22,9 @@ def restore():
     conv.set_column_budget(budget)
 
 
-def chunks_of_a_conv(x, w):
-    y = conv.conv2d(x, w)
-    assert y.grad_fn.name == "Conv2d[im2col]"
+def chunks_of_a_conv(x, w, algorithm="im2col", padding=0):
+    y = conv.conv2d(x, w, padding=padding)
+    assert y.grad_fn.name == f"Conv2d[{algorithm}]"
     return y.grad_fn.chunks
 
 
@@ -50,12 +50,6 @@ def test_a_budget_the_user_set_wins(restore):
     x = tc.zeros(64, 16, 24, 24)          # 39 MB of columns: 3 chunks of 16 MB, made 4 for 2 threads
     w = tc.zeros(8, 16, 5, 5, requires_grad=True)
     assert len(chunks_of_a_conv(x, w)) == 4
-
-
-def winograd_chunks(x, w):
-    y = conv.conv2d(x, w, padding=1)
-    assert y.grad_fn.name == "Conv2d[winograd]"
-    return y.grad_fn.chunks
 
 
 @pytest.mark.parametrize("threads", [1, 2])
@@ -87,12 +81,12 @@ def test_winograd_counts_its_16_transformed_weight_matrices(restore):
     assert conv.product_weight_bytes("winograd", w.shape, 4) == 16 * 256 * 256 * 4
     # 64 images of 6x6: 16 x (256 + 256) x 9 tiles x 4 bytes = 295 KB each, 18.9 MB in all:
     # 4 MB gave 6 chunks; four times 4.2 MB of transformed weights gives 2 (1 per thread)
-    chunks = winograd_chunks(tc.zeros(64, 256, 6, 6), w)
+    chunks = chunks_of_a_conv(tc.zeros(64, 256, 6, 6), w, "winograd", padding=1)
     assert len(chunks) == 2
     assert all((c.stop - c.start) * 16 * 512 * 9 * 4 <= 4 * 16 * 256 * 256 * 4 for c in chunks)
     # (128, 128): 1 MB transformed, four times that is the 4 MB default: unchanged
-    small = winograd_chunks(tc.zeros(64, 128, 12, 12), tc.zeros(128, 128, 3, 3,
-                                                                requires_grad=True))
+    small = chunks_of_a_conv(tc.zeros(64, 128, 12, 12),
+                             tc.zeros(128, 128, 3, 3, requires_grad=True), "winograd", padding=1)
     per_image = 16 * 256 * 36 * 4                       # 590 KB: 7 per 4 MB chunk
     assert len(small) == len(conv.batch_chunks(64, per_image, DEFAULT_COLUMN_BUDGET, 2)) == 10
 
