@@ -237,39 +237,40 @@ def col2im(col, x_shape, kernel_size, stride, padding, dilation, merge_batch=Fal
                                           dilation, merge_batch)
 
 
-def winograd_weight(W):
-    """W (O, C, 3, 3) -> U = G W Gᵀ (4, 4, O, C) (``winograd_numpy.winograd_weight``)."""
-    return _implementation("winograd_weight", W)(W)
+def winograd_weight(W, m=2):
+    """W (O, C, 3, 3) -> U = G W Gᵀ (α, α, O, C), α = m + 2, for F(m×m, 3×3)
+    (``winograd_numpy.winograd_weight``)."""
+    return _implementation("winograd_weight", W)(W, m)
 
 
 def winograd_weight_backward(gU):
-    """gU (4, 4, O, C) -> gW = Gᵀ gU G (O, C, 3, 3)
+    """gU (α, α, O, C) -> gW = Gᵀ gU G (O, C, 3, 3)
     (``winograd_numpy.winograd_weight_backward``)."""
     return _implementation("winograd_weight_backward", gU)(gU)
 
 
-def winograd_input(x, padding, tiles):
-    """x (n, C, H, W) -> V = Bᵀ d B per 4x4 tile d (4, 4, C, n, TH, TW)
+def winograd_input(x, padding, tiles, m=2):
+    """x (n, C, H, W) -> V = Bᵀ d B per α×α tile d (α, α, C, n, TH, TW)
     (``winograd_numpy.winograd_input``)."""
-    return _implementation("winograd_input", x)(x, padding, tiles)
+    return _implementation("winograd_input", x)(x, padding, tiles, m)
 
 
 def winograd_input_backward(gV, x_shape, padding, out=None):
-    """gV (4, 4, C, n, TH, TW) -> gx (n, C, H, W), overlapping tiles summed
+    """gV (α, α, C, n, TH, TW) -> gx (n, C, H, W), overlapping tiles summed
     (``winograd_numpy.winograd_input_backward``)."""
     return _implementation("winograd_input_backward", gV)(gV, x_shape, padding, out)
 
 
 def winograd_output(M, out_hw, out=None):
-    """M (4, 4, O, n, TH, TW) -> y = Aᵀ M A per tile (n, O, OH, OW)
+    """M (α, α, O, n, TH, TW) -> y = Aᵀ M A per tile (n, O, OH, OW)
     (``winograd_numpy.winograd_output``)."""
     return _implementation("winograd_output", M)(M, out_hw, out)
 
 
-def winograd_output_backward(gy):
-    """gy (n, O, OH, OW) -> gM = A gy Aᵀ per tile
+def winograd_output_backward(gy, m=2):
+    """gy (n, O, OH, OW) -> gM = A gy Aᵀ per m×m block (α, α, O, n, TH, TW)
     (``winograd_numpy.winograd_output_backward``)."""
-    return _implementation("winograd_output_backward", gy)(gy)
+    return _implementation("winograd_output_backward", gy)(gy, m)
 
 
 def conv_direct_forward(x, W, stride, padding, dilation, b=None):

@@ -78,10 +78,10 @@ def adaptive_bins(size, out):
     return [(i * size // out, -(-(i + 1) * size // out)) for i in range(out)]
 
 
-# ---------------------------------------------------------------- Winograd F(2x2, 3x3)
-def winograd_tiles(out_size):
-    """Tiles along an axis of ``out_size`` outputs: each tile gives 2 of them."""
-    return -(-out_size // 2)
+# ---------------------------------------------------------------- Winograd F(m×m, 3×3)
+def winograd_tiles(out_size, m=2):
+    """Tiles along an axis of ``out_size`` outputs: each tile gives m of them."""
+    return -(-out_size // m)
 
 
 # ---------------------------------------------------------------- batches

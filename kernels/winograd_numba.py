@@ -218,12 +218,225 @@ def _weight_backward_loops(gU, gW):
                 gW[o, c, i, 2] = (r[i, 1, c] + r[i, 2, c]) * 0.5 + r[i, 3, c]
 
 
+# ---------------------------------------------------------------- F(4x4, 3x3)
+# The same four plane loops for 6x6 tiles that start every 4 pixels (Bᵀ and
+# Aᵀ of ``winograd_numpy.TRANSFORMS[4]`` written out: entries 1, 2, 4, 5, 8).
+def _input_4x4_loops(x, V, top, left, blocks):
+    """V[:, :, c, n, t, s] = Bᵀ d B,  d = x[n, c, 4t - top : +6, 4s - left : +6] (0 outside)."""
+    # the constants in the arrays' dtype: Numba makes int × float32 a float64
+    two, four, five = (x.dtype.type(2), x.dtype.type(4), x.dtype.type(5))
+    N, C, H, W = x.shape
+    TH, TW = V.shape[4:]
+    width = 4 * TW + 2
+    planes = C * N
+    for block in prange(blocks):
+        d = np.zeros((6, width), dtype=x.dtype)     # the 6 rows of a row of tiles, padded
+        e = np.empty((6, width), dtype=x.dtype)     # Bᵀ d         (its pad columns stay 0)
+        for plane in range(block * planes // blocks, (block + 1) * planes // blocks):
+            c, n = plane // N, plane % N
+            image, tiles = x[n, c], V[:, :, c, n]        # (H, W) in, (6, 6, TH, TW) out
+            for t in range(TH):
+                for i in range(6):
+                    h, row = 4 * t - top + i, d[i]
+                    if 0 <= h < H:
+                        source = image[np.uint64(h)]
+                        for w in range(W):
+                            row[np.uint64(left + w)] = source[np.uint64(w)]
+                    else:
+                        row[:] = 0
+                d0, d1, d2, d3, d4, d5 = d[0], d[1], d[2], d[3], d[4], d[5]
+                for w in range(width):                  # Bᵀ d: the rows combined
+                    e[0, w] = four * d0[w] - five * d2[w] + d4[w]
+                    e[1, w] = d3[w] + d4[w] - four * (d1[w] + d2[w])
+                    e[2, w] = d4[w] - d3[w] + four * (d1[w] - d2[w])
+                    e[3, w] = d4[w] - d2[w] + two * (d3[w] - d1[w])
+                    e[4, w] = d4[w] - d2[w] + two * (d1[w] - d3[w])
+                    e[5, w] = four * d1[w] - five * d3[w] + d5[w]
+                for a in range(6):                      # (Bᵀ d) B: the columns, tile by tile
+                    ea = e[a]
+                    v0, v1, v2 = tiles[a, 0, t], tiles[a, 1, t], tiles[a, 2, t]
+                    v3, v4, v5 = tiles[a, 3, t], tiles[a, 4, t], tiles[a, 5, t]
+                    for s in range(TW):
+                        w = np.uint64(4 * s)
+                        c0, c1, c2 = ea[w], ea[w + 1], ea[w + 2]
+                        c3, c4, c5 = ea[w + 3], ea[w + 4], ea[w + 5]
+                        v0[s] = four * c0 - five * c2 + c4
+                        v1[s] = c3 + c4 - four * (c1 + c2)
+                        v2[s] = c4 - c3 + four * (c1 - c2)
+                        v3[s] = c4 - c2 + two * (c3 - c1)
+                        v4[s] = c4 - c2 + two * (c1 - c3)
+                        v5[s] = four * c1 - five * c3 + c5
+
+
+def _input_backward_4x4_loops(gV, gx, top, left, blocks):
+    """gx[n, c] = Σ over tiles of B gV Bᵀ, added where the tile lies (cells outside dropped)."""
+    # the constants in the arrays' dtype: Numba makes int × float32 a float64
+    two, four, five = (gV.dtype.type(2), gV.dtype.type(4), gV.dtype.type(5))
+    N, C, H, W = gx.shape
+    TH, TW = gV.shape[4:]
+    width = 4 * TW + 2
+    planes = N * C
+    for block in prange(blocks):
+        padded = np.empty((4 * TH + 2, width), dtype=gx.dtype)
+        g = np.empty((6, width), dtype=gx.dtype)    # gV B: each tile row a, spread out
+        for plane in range(block * planes // blocks, (block + 1) * planes // blocks):
+            c, n = plane // N, plane % N
+            padded[:] = 0
+            for t in range(TH):
+                for a in range(6):          # gV B: column j mixes the columns b with B[j, b] ≠ 0
+                    g[a, :] = 0
+                    tile = gV[a, :, c, n, t]                # (6, TW): row a of every tile
+                    for s in range(TW):
+                        w = 4 * s
+                        v0, v1, v2 = tile[0, s], tile[1, s], tile[2, s]
+                        v3, v4, v5 = tile[3, s], tile[4, s], tile[5, s]
+                        g[a, w] += four * v0
+                        g[a, w + 1] += four * (v2 - v1 + v5) + two * (v4 - v3)
+                        g[a, w + 2] -= five * v0 + four * (v1 + v2) + v3 + v4
+                        g[a, w + 3] += v1 - v2 + two * (v3 - v4) - five * v5
+                        g[a, w + 4] += v0 + v1 + v2 + v3 + v4
+                        g[a, w + 5] += v5
+                h = 4 * t
+                for w in range(width):      # B (gV B): the rows, added into the tiles' 6 rows
+                    g0, g1, g2, g3, g4, g5 = g[0, w], g[1, w], g[2, w], g[3, w], g[4, w], g[5, w]
+                    padded[h, w] += four * g0
+                    padded[h + 1, w] += four * (g2 - g1 + g5) + two * (g4 - g3)
+                    padded[h + 2, w] -= five * g0 + four * (g1 + g2) + g3 + g4
+                    padded[h + 3, w] += g1 - g2 + two * (g3 - g4) - five * g5
+                    padded[h + 4, w] += g0 + g1 + g2 + g3 + g4
+                    padded[h + 5, w] += g5
+            for h in range(H):
+                for w in range(W):
+                    gx[n, c, h, w] = padded[top + h, left + w]
+
+
+def _output_4x4_loops(M, y, blocks):
+    """y[n, o, 4t:4t+4, 4s:4s+4] = Aᵀ M[:, :, o, n, t, s] A, cropped to y's size."""
+    # the constants in the arrays' dtype: Numba makes int × float32 a float64
+    two, four, eight = (M.dtype.type(2), M.dtype.type(4), M.dtype.type(8))
+    N, O, OH, OW = y.shape
+    TH, TW = M.shape[4:]
+    planes = O * N
+    for block in prange(blocks):
+        r = np.empty((4, 6, TW), dtype=y.dtype)     # Aᵀ M for a row of tiles
+        for plane in range(block * planes // blocks, (block + 1) * planes // blocks):
+            o, n = plane // N, plane % N
+            for t in range(TH):
+                for b in range(6):                      # Aᵀ M: the rows combined
+                    for s in range(TW):
+                        m0, m1, m2 = M[0, b, o, n, t, s], M[1, b, o, n, t, s], M[2, b, o, n, t, s]
+                        m3, m4, m5 = M[3, b, o, n, t, s], M[4, b, o, n, t, s], M[5, b, o, n, t, s]
+                        r[0, b, s] = m0 + m1 + m2 + m3 + m4
+                        r[1, b, s] = m1 - m2 + two * (m3 - m4)
+                        r[2, b, s] = m1 + m2 + four * (m3 + m4)
+                        r[3, b, s] = m1 - m2 + eight * (m3 - m4) + m5
+                for i in range(min(4, OH - 4 * t)):     # (Aᵀ M) A: the columns
+                    row = y[n, o, 4 * t + i]
+                    for s in range(TW):
+                        q0, q1, q2 = r[i, 0, s], r[i, 1, s], r[i, 2, s]
+                        q3, q4, q5 = r[i, 3, s], r[i, 4, s], r[i, 5, s]
+                        w = 4 * s
+                        if w + 3 < OW:
+                            row[w] = q0 + q1 + q2 + q3 + q4
+                            row[w + 1] = q1 - q2 + two * (q3 - q4)
+                            row[w + 2] = q1 + q2 + four * (q3 + q4)
+                            row[w + 3] = q1 - q2 + eight * (q3 - q4) + q5
+                        else:                           # the last tile, cut by the edge
+                            last = (q0 + q1 + q2 + q3 + q4, q1 - q2 + two * (q3 - q4),
+                                    q1 + q2 + four * (q3 + q4), q1 - q2 + eight * (q3 - q4) + q5)
+                            for j in range(OW - w):
+                                row[w + j] = last[j]
+
+
+def _output_backward_4x4_loops(gy, gM, blocks):
+    """gM[:, :, o, n, t, s] = A gy[n, o, 4t:4t+4, 4s:4s+4] Aᵀ (cells past gy's edge are 0)."""
+    # the constants in the arrays' dtype: Numba makes int × float32 a float64
+    two, four, eight = (gy.dtype.type(2), gy.dtype.type(4), gy.dtype.type(8))
+    N, O, OH, OW = gy.shape
+    TH, TW = gM.shape[4:]
+    planes = O * N
+    for block in prange(blocks):
+        rows = np.zeros((4, 4 * TW), dtype=gy.dtype)   # a row of 4x4 blocks, padded
+        q = np.empty((6, 4 * TW), dtype=gy.dtype)      # A gy      (its pad columns stay 0)
+        for plane in range(block * planes // blocks, (block + 1) * planes // blocks):
+            o, n = plane // N, plane % N
+            for t in range(TH):
+                for i in range(4):
+                    if 4 * t + i < OH:
+                        for w in range(OW):
+                            rows[i, w] = gy[n, o, 4 * t + i, w]
+                    else:
+                        rows[i, :] = 0
+                for w in range(4 * TW):                    # A gy: the rows
+                    g0, g1, g2, g3 = rows[0, w], rows[1, w], rows[2, w], rows[3, w]
+                    q[0, w] = g0
+                    q[1, w] = g0 + g1 + g2 + g3
+                    q[2, w] = g0 - g1 + g2 - g3
+                    q[3, w] = g0 + two * g1 + four * g2 + eight * g3
+                    q[4, w] = g0 - two * g1 + four * g2 - eight * g3
+                    q[5, w] = g3
+                for a in range(6):                         # (A gy) Aᵀ: the columns
+                    for s in range(TW):
+                        w = 4 * s
+                        g0, g1, g2, g3 = q[a, w], q[a, w + 1], q[a, w + 2], q[a, w + 3]
+                        gM[a, 0, o, n, t, s] = g0
+                        gM[a, 1, o, n, t, s] = g0 + g1 + g2 + g3
+                        gM[a, 2, o, n, t, s] = g0 - g1 + g2 - g3
+                        gM[a, 3, o, n, t, s] = g0 + two * g1 + four * g2 + eight * g3
+                        gM[a, 4, o, n, t, s] = g0 - two * g1 + four * g2 - eight * g3
+                        gM[a, 5, o, n, t, s] = g3
+
+
+# The weight transforms of F(4x4, 3x3) run once per layer and step, on
+# small arrays: one loop for any G, its entries read from an array.
+def _weight_any_loops(W, G, U):
+    """U[:, :, o, c] = G W[o, c] Gᵀ."""
+    O, C = W.shape[:2]
+    alpha = G.shape[0]
+    for o in prange(O):
+        r = np.empty((alpha, 3, C), dtype=U.dtype)  # G W: the rows combined, for every c
+        for a in range(alpha):
+            for j in range(3):
+                for c in range(C):
+                    k = W[o, c]
+                    r[a, j, c] = G[a, 0] * k[0, j] + G[a, 1] * k[1, j] + G[a, 2] * k[2, j]
+        for a in range(alpha):                      # (G W) Gᵀ: the columns
+            for b in range(alpha):
+                for c in range(C):
+                    U[a, b, o, c] = (r[a, 0, c] * G[b, 0] + r[a, 1, c] * G[b, 1]
+                                     + r[a, 2, c] * G[b, 2])
+
+
+def _weight_backward_any_loops(gU, G, gW):
+    """gW[o, c] = Gᵀ gU[:, :, o, c] G."""
+    O, C = gW.shape[:2]
+    alpha = G.shape[0]
+    for o in prange(O):
+        r = np.zeros((3, alpha, C), dtype=gW.dtype)  # Gᵀ gU: the rows combined, for every c
+        for i in range(3):
+            for a in range(alpha):
+                for b in range(alpha):
+                    for c in range(C):
+                        r[i, b, c] += G[a, i] * gU[a, b, o, c]
+        for c in range(C):                          # (Gᵀ gU) G: the columns
+            for i in range(3):
+                for j in range(3):
+                    total = r[i, 0, c] * G[0, j]
+                    for b in range(1, alpha):
+                        total += r[i, b, c] * G[b, j]
+                    gW[o, c, i, j] = total
+
+
 _compiled = on_first_use(_input_loops, _input_backward_loops, _output_loops,
                          _output_backward_loops, _weight_loops, _weight_backward_loops,
-                         parallel=True)
+                         _input_4x4_loops, _input_backward_4x4_loops, _output_4x4_loops,
+                         _output_backward_4x4_loops, _weight_any_loops,
+                         _weight_backward_any_loops, parallel=True)
 # inside a share of a convolution's chunks (shares_threads.map_chunks): one thread
 _compiled_in_share = for_shares(_input_loops, _input_backward_loops, _output_loops,
-                                _output_backward_loops)
+                                _output_backward_loops, _input_4x4_loops,
+                                _input_backward_4x4_loops, _output_4x4_loops,
+                                _output_backward_4x4_loops)
 
 
 def _chunk_loops():
@@ -240,33 +453,49 @@ def _blocks(planes):
 
 
 # ---------------------------------------------------------------- the interface
-def winograd_weight(W):
-    """``winograd_numpy.winograd_weight``, compiled: W (O, C, 3, 3) -> U (4, 4, O, C)."""
+def _loops_for(loops, name, m):
+    """The compiled loop ``name`` for tiles of size m (F(2x2, 3x3) or F(4x4, 3x3))."""
+    return getattr(loops, name if m == 2 else name + "_4x4")
+
+
+def winograd_weight(W, m=2):
+    """``winograd_numpy.winograd_weight``, compiled: W (O, C, 3, 3) -> U (α, α, O, C)."""
     if not compilable(W):
-        return winograd_numpy.winograd_weight(W)
-    U = np.empty((4, 4) + W.shape[:2], dtype=W.dtype)
-    _compiled().weight(np.ascontiguousarray(W), U)
+        return winograd_numpy.winograd_weight(W, m)
+    alpha = winograd_numpy.tile_side(m)
+    U = np.empty((alpha, alpha) + W.shape[:2], dtype=W.dtype)
+    W = np.ascontiguousarray(W)
+    if m == 2:
+        _compiled().weight(W, U)
+    else:
+        _compiled().weight_any(W, np.array(winograd_numpy.transform(m, "G"), W.dtype), U)
     return U
 
 
 def winograd_weight_backward(gU):
-    """``winograd_numpy.winograd_weight_backward``, compiled: gU (4, 4, O, C) -> gW (O, C, 3, 3)."""
+    """``winograd_numpy.winograd_weight_backward``, compiled: gU (α, α, O, C) -> gW."""
     if not compilable(gU):
         return winograd_numpy.winograd_weight_backward(gU)
+    m = winograd_numpy.tile_size(gU.shape[0])
     gW = np.empty(gU.shape[2:] + (3, 3), dtype=gU.dtype)
-    _compiled().weight_backward(np.ascontiguousarray(gU), gW)
+    gU = np.ascontiguousarray(gU)
+    if m == 2:
+        _compiled().weight_backward(gU, gW)
+    else:
+        _compiled().weight_backward_any(gU, np.array(winograd_numpy.transform(m, "G"), gU.dtype),
+                                        gW)
     return gW
 
 
-def winograd_input(x, padding, tiles):
-    """``winograd_numpy.winograd_input``, compiled: x (n, C, H, W) -> V (4, 4, C, n, TH, TW)."""
+def winograd_input(x, padding, tiles, m=2):
+    """``winograd_numpy.winograd_input``, compiled: x (n, C, H, W) -> V (α, α, C, n, TH, TW)."""
     if not compilable(x):
-        return winograd_numpy.winograd_input(x, padding, tiles)
-    loops = _chunk_loops()
+        return winograd_numpy.winograd_input(x, padding, tiles, m)
+    alpha = winograd_numpy.tile_side(m)
     x = np.ascontiguousarray(x)
     n, C = x.shape[:2]
-    V = _stack_of_16((C, n) + tuple(tiles), x.dtype)
-    loops.input(x, V, padding[0], padding[2], _blocks(C * n))
+    V = _stack_of_cells(alpha, (C, n) + tuple(tiles), x.dtype)
+    _loops_for(_chunk_loops(), "input", m)(x, V, padding[0], padding[2], _blocks(C * n))
     return V
 
 
@@ -274,19 +503,21 @@ def winograd_input_backward(gV, x_shape, padding, out=None):
     """``winograd_numpy.winograd_input_backward``, compiled: gV -> gx (n, C, H, W)."""
     if not compilable(gV):
         return winograd_numpy.winograd_input_backward(gV, x_shape, padding, out)
+    m = winograd_numpy.tile_size(gV.shape[0])
     gx = _output_array(out, tuple(x_shape), gV.dtype)
-    _chunk_loops().input_backward(np.ascontiguousarray(gV), gx, padding[0], padding[2],
-                                  _blocks(gx.shape[0] * gx.shape[1]))
+    _loops_for(_chunk_loops(), "input_backward", m)(
+        np.ascontiguousarray(gV), gx, padding[0], padding[2], _blocks(gx.shape[0] * gx.shape[1]))
     return _deliver(gx, out)
 
 
 def winograd_output(M, out_hw, out=None):
-    """``winograd_numpy.winograd_output``, compiled: M (4, 4, O, n, TH, TW) -> y (n, O, OH, OW)."""
+    """``winograd_numpy.winograd_output``, compiled: M (α, α, O, n, TH, TW) -> y."""
     if not compilable(M):
         return winograd_numpy.winograd_output(M, out_hw, out)
+    m = winograd_numpy.tile_size(M.shape[0])
     _, _, O, n = M.shape[:4]
     y = _output_array(out, (n, O) + tuple(out_hw), M.dtype)
-    _chunk_loops().output(np.ascontiguousarray(M), y, _blocks(O * n))
+    _loops_for(_chunk_loops(), "output", m)(np.ascontiguousarray(M), y, _blocks(O * n))
     return _deliver(y, out)
 
 
@@ -308,18 +539,19 @@ def _deliver(result, out):
     return out
 
 
-def winograd_output_backward(gy):
+def winograd_output_backward(gy, m=2):
     """``winograd_numpy.winograd_output_backward``, compiled: gy (n, O, OH, OW) -> gM."""
     if not compilable(gy):
-        return winograd_numpy.winograd_output_backward(gy)
-    loops = _chunk_loops()
+        return winograd_numpy.winograd_output_backward(gy, m)
+    alpha = winograd_numpy.tile_side(m)
     n, O, OH, OW = gy.shape
-    gM = _stack_of_16((O, n, winograd_tiles(OH), winograd_tiles(OW)), gy.dtype)
-    loops.output_backward(np.ascontiguousarray(gy), gM, _blocks(O * n))
+    gM = _stack_of_cells(alpha, (O, n, winograd_tiles(OH, m), winograd_tiles(OW, m)), gy.dtype)
+    _loops_for(_chunk_loops(), "output_backward", m)(np.ascontiguousarray(gy), gM,
+                                                      _blocks(O * n))
     return gM
 
 
-# Elements left between the 16 matrices of a transform's output: a cache
+# Elements left between the α² matrices of a transform's output: a cache
 # line.  Laid end to end, matrices of a size that is a multiple of 4 KB (all
 # of ResNet-18's chunks: 27 x 4 KB) start at the same offset within a page,
 # so the loops' rows of the 16 land in the same cache sets and evict one
@@ -329,10 +561,12 @@ def winograd_output_backward(gy):
 STACK_GAP = 16
 
 
-def _stack_of_16(inner_shape, dtype):
-    """An empty (4, 4) + inner_shape array whose 16 matrices are each
-    C-contiguous, STACK_GAP elements apart: its reshape to (16, rows, columns)
+def _stack_of_cells(alpha, inner_shape, dtype):
+    """An empty (α, α) + inner_shape array whose α² matrices are each
+    C-contiguous, STACK_GAP elements apart: its reshape to (α², rows, columns)
     is a view, as the matrix products take it."""
     size = int(np.prod(inner_shape))
-    buffer = np.empty(16 * (size + STACK_GAP), dtype=dtype)
-    return buffer.reshape(16, size + STACK_GAP)[:, :size].reshape((4, 4) + tuple(inner_shape))
+    cells = alpha * alpha
+    buffer = np.empty(cells * (size + STACK_GAP), dtype=dtype)
+    return buffer.reshape(cells, size + STACK_GAP)[:, :size].reshape((alpha, alpha)
+                                                                     + tuple(inner_shape))
