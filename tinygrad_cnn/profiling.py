@@ -17,7 +17,7 @@ the times are summed per op and pass::
 "(outside the ops)" is the rest of the time spent inside the block: Python
 between the ops, the engine's bookkeeping and gradient sums, and anything
 that is not an op of the graph (an optimizer's step).  A convolution is
-named with the algorithm that ran (``Conv2d[im2col]``, ``Conv2d[winograd]``).
+named with the algorithm that ran (``Conv2d[im2col]``, ``Conv2d[winograd4x4]``).
 
 On a GPU each op's outputs are waited for before the clock is read, so a
 time is the op's own work, not the time to queue it; the step then runs

@@ -74,21 +74,30 @@ def test_a_layer_with_large_weights_gets_chunks_four_times_their_size(restore, t
     assert len(with_4_mb) >= 3                          # what the 4 MB default gave
 
 
-def test_winograd_counts_its_16_transformed_weight_matrices(restore):
+def test_winograd_counts_its_transformed_weight_matrices(restore):
     conv.set_column_budget(None)
     tc.set_num_threads(2)
     w = tc.zeros(256, 256, 3, 3, requires_grad=True)
     assert conv.product_weight_bytes("winograd", w.shape, 4) == 16 * 256 * 256 * 4
-    # 64 images of 6x6: 16 x (256 + 256) x 9 tiles x 4 bytes = 295 KB each, 18.9 MB in all:
-    # 4 MB gave 6 chunks; four times 4.2 MB of transformed weights gives 2 (1 per thread)
+    assert conv.product_weight_bytes("winograd4x4", w.shape, 4) == 36 * 256 * 256 * 4
+    # 64 images of 6x6 (2x2 tiles): 16 x (256 + 256) x 9 tiles x 4 bytes = 295 KB each,
+    # 18.9 MB in all: 4 MB gave 6 chunks; four times 4.2 MB of transformed weights gives
+    # 2 (1 per thread)
     chunks = chunks_of_a_conv(tc.zeros(64, 256, 6, 6), w, "winograd", padding=1)
     assert len(chunks) == 2
     assert all((c.stop - c.start) * 16 * 512 * 9 * 4 <= 4 * 16 * 256 * 256 * 4 for c in chunks)
-    # (128, 128): 1 MB transformed, four times that is the 4 MB default: unchanged
-    small = chunks_of_a_conv(tc.zeros(64, 128, 12, 12),
-                             tc.zeros(128, 128, 3, 3, requires_grad=True), "winograd", padding=1)
-    per_image = 16 * 256 * 36 * 4                       # 590 KB: 7 per 4 MB chunk
-    assert len(small) == len(conv.batch_chunks(64, per_image, DEFAULT_COLUMN_BUDGET, 2)) == 10
+    # (128, 128) on 12x12 (4x4 tiles): 2.4 MB transformed, chunks of four times that
+    per_image = 36 * 256 * 9 * 4                         # 332 KB: 28 per 9.4 MB chunk
+    chunks = chunks_of_a_conv(tc.zeros(64, 128, 12, 12),
+                              tc.zeros(128, 128, 3, 3, requires_grad=True), "winograd4x4",
+                              padding=1)
+    assert len(chunks) == len(conv.batch_chunks(64, per_image, 4 * 36 * 128 * 128 * 4, 2)) == 4
+    # (64, 64) on 24x24: 0.6 MB transformed, four times that is less than the 4 MB default
+    small = chunks_of_a_conv(tc.zeros(64, 64, 24, 24),
+                             tc.zeros(64, 64, 3, 3, requires_grad=True), "winograd4x4",
+                             padding=1)
+    per_image = 36 * 128 * 36 * 4                        # 664 KB: 6 per 4 MB chunk
+    assert len(small) == len(conv.batch_chunks(64, per_image, DEFAULT_COLUMN_BUDGET, 2)) == 12
 
 
 def test_a_budget_the_user_set_wins_over_large_weights(restore):

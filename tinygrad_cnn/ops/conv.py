@@ -5,14 +5,14 @@ runs it as one Function, each with its hand-written backward:
 - ``Conv2dPointwise`` (here): a 1×1 kernel, stride 1, no padding, where the
   input already is its column matrix;
 - ``Conv2dWinograd`` (``conv_winograd.py``): 3×3, stride 1, Winograd's
-  F(2×2, 3×3), 16 smaller products;
+  F(4×4, 3×3) or F(2×2, 3×3), 36 or 16 smaller products;
 - ``Conv2dDirect`` (``conv_direct.py``): thin layers on the CPU (few
   multiply-adds per output, such as LeNet's first), summed directly by
   compiled loops, no column matrix.
 
 ``choose_algorithm`` holds the rule.  The Function names its algorithm
 (``Conv2d[im2col]``, ``Conv2d[pointwise]``, ``Conv2d[winograd]``,
-``Conv2d[direct]``), and so do
+``Conv2d[winograd4x4]``, ``Conv2d[direct]``), and so do
 ``trace()``, ``draw_graph`` and error messages.
 
 ``conv2d_simple`` computes the same thing from primitive differentiable ops
@@ -62,23 +62,29 @@ from .shape import pad, squeeze, stack, unsqueeze
 
 column_budget = None    # bytes of im2col columns per chunk; None: DEFAULT_COLUMN_BUDGET
 
-algorithm = "auto"       # "auto", "im2col" or "winograd" (see set_algorithm)
+algorithm = "auto"       # "auto", "im2col", "winograd" or "winograd4x4" (see set_algorithm)
 
-ALGORITHMS = ("auto", "im2col", "winograd")
+ALGORITHMS = ("auto", "im2col", "winograd", "winograd4x4")
+
+# Winograd's algorithms by name, and the output tile size m of their F(m×m, 3×3)
+WINOGRAD_TILES = {"winograd": 2, "winograd4x4": 4}
 
 
 def set_algorithm(name):
     """Choose how conv2d computes 3×3 stride-1 and thin convolutions; return the previous choice.
 
-    ``"auto"`` (the default): on the CPU, Winograd's F(2×2, 3×3)
-    (``conv_winograd.py``), 2.25x fewer multiplications, where the layer suits
-    it, and the direct loops (``conv_direct.py``) for thin layers (see
-    ``choose_algorithm``); im2col elsewhere, and everywhere on a GPU.
-    ``"im2col"``: im2col and one matrix product for every convolution but the
-    1×1 ones, the textbook way.  ``"winograd"``: Winograd for every
-    convolution it can compute (3×3, stride 1, no dilation, one group), also
-    on a GPU, where it warns: its transforms there are the NumPy references
-    run on CuPy, many small kernels, far slower than im2col.
+    ``"auto"`` (the default): on the CPU, Winograd (``conv_winograd.py``)
+    where the layer suits it, F(4×4, 3×3) (4x fewer multiplications than
+    im2col) or else F(2×2, 3×3) (2.25x fewer), and the direct loops
+    (``conv_direct.py``) for thin layers (see ``choose_algorithm``); im2col
+    elsewhere, and everywhere on a GPU.  ``"im2col"``: im2col and one matrix
+    product for every convolution but the 1×1 ones, the textbook way.
+    ``"winograd"``: F(2×2, 3×3) for every convolution it can compute (3×3,
+    stride 1, no dilation, one group), whose float32 rounding stays near
+    im2col's; ``"winograd4x4"``: F(4×4, 3×3) for every one, about ten times
+    im2col's float32 rounding (its transforms multiply by up to 8 and 1/24).
+    Both also run on a GPU, where they warn: their transforms there are the
+    NumPy references run on CuPy, many small kernels, far slower than im2col.
     """
     global algorithm
     if name not in ALGORITHMS:
@@ -165,7 +171,7 @@ def run_in_chunks(run, x, bytes_per_image, budget):
 
 def choose_algorithm(x_shape, weight_shape, stride, padding, dilation, groups, out_hw,
                      xp=np):
-    """'pointwise', 'direct', 'winograd' or 'im2col': the algorithm ``conv2d`` runs on
+    """'pointwise', 'direct', 'winograd4x4', 'winograd' or 'im2col': the algorithm ``conv2d`` runs on
     arrays of module ``xp`` (NumPy, or CuPy for a GPU).
 
     - "pointwise": a 1×1 kernel with stride 1 and no padding needs no im2col
@@ -174,12 +180,14 @@ def choose_algorithm(x_shape, weight_shape, stride, padding, dilation, groups, o
       (``conv_direct.direct_suits``: few multiply-adds per output pixel), on
       the CPU only: the fast loops are CPU loops, and on a GPU the references
       would be KH·KW small CuPy kernels per pass against im2col's one product.
-    - "winograd": with ``set_algorithm("auto")`` (the default), 3×3 stride-1
-      layers where Winograd pays (``conv_winograd.winograd_suits``), on the
-      CPU only: on a GPU its transforms are the NumPy references, one small
-      CuPy kernel per row of a tile (issue 12: 19,776 calls in 3 ResNet-18
-      steps), while im2col is one large matrix product.  With
-      ``set_algorithm("winograd")``, every layer it can compute
+    - "winograd4x4" or "winograd" (F(4×4, 3×3) or F(2×2, 3×3)): with
+      ``set_algorithm("auto")`` (the default), 3×3 stride-1 layers where
+      Winograd pays, with the tile size that suits the output
+      (``conv_winograd.winograd_suits``), on the CPU only: on a GPU the
+      transforms are the NumPy references, one small CuPy kernel per row of a
+      tile (issue 12: 19,776 calls in 3 ResNet-18 steps), while im2col is one
+      large matrix product.  With ``set_algorithm("winograd")`` or
+      ``("winograd4x4")``, every layer it can compute
       (``conv_winograd.winograd_can_run``), on either device.
     - "im2col": everything else.
     """
@@ -188,11 +196,12 @@ def choose_algorithm(x_shape, weight_shape, stride, padding, dilation, groups, o
     if algorithm == "auto" and xp is np and direct_suits(x_shape, weight_shape, stride,
                                                          dilation, groups):
         return "direct"
-    if algorithm == "winograd" and winograd_can_run(weight_shape, stride, dilation, groups):
-        return "winograd"
-    if algorithm == "auto" and xp is np and winograd_suits(x_shape, weight_shape, stride,
-                                                           dilation, groups, out_hw):
-        return "winograd"
+    if algorithm in WINOGRAD_TILES and winograd_can_run(weight_shape, stride, dilation, groups):
+        return algorithm
+    if algorithm == "auto" and xp is np:
+        m = winograd_suits(x_shape, weight_shape, stride, dilation, groups, out_hw)
+        if m is not None:
+            return next(name for name, size in WINOGRAD_TILES.items() if size == m)
     return "im2col"
 
 
@@ -517,7 +526,7 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     stride 1 only; an odd total pads one more pixel at the bottom/right).
     Runs the algorithm ``choose_algorithm`` picks, as the Function of that
     name (``y.grad_fn.name``: ``Conv2d[im2col]``, ``Conv2d[pointwise]``,
-    ``Conv2d[winograd]`` or ``Conv2d[direct]``).
+    ``Conv2d[winograd]``, ``Conv2d[winograd4x4]`` or ``Conv2d[direct]``).
     """
     _check_float("conv2d", input=input, weight=weight, bias=bias)
     unbatched = input.ndim == 3         # one (C, H, W) image, as PyTorch accepts
@@ -536,13 +545,13 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
         fn = Conv2dPointwise(groups, has_bias, budget)
     elif chosen == "direct":
         fn = Conv2dDirect(stride, padding, dilation, has_bias)
-    elif chosen == "winograd":
+    elif chosen in WINOGRAD_TILES:
         if xp is not np:
-            warnings.warn("conv2d: set_algorithm('winograd') on a GPU runs Winograd's NumPy "
+            warnings.warn(f"conv2d: set_algorithm({chosen!r}) on a GPU runs Winograd's NumPy "
                           "reference transforms on CuPy, many small kernels per convolution: "
                           "far slower than im2col, which set_algorithm('auto') uses there",
                           stacklevel=2)
-        fn = Conv2dWinograd(padding, has_bias, budget)
+        fn = Conv2dWinograd(padding, has_bias, budget, WINOGRAD_TILES[chosen])
     else:
         fn = Conv2dIm2col(stride, padding, dilation, groups, has_bias, budget)
     y = fn(input, weight, bias) if has_bias else fn(input, weight)
@@ -551,11 +560,11 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
 
 def product_weight_bytes(algorithm, weight_shape, itemsize):
     """The bytes of a convolution's weights as ``algorithm``'s products use
-    them: Winograd's 16 transformed (O, C) matrices, else the weights as
-    they are (im2col's and the 1×1 convolution's (O, C·KH·KW) matrix)."""
+    them: Winograd's α² = (m + 2)² transformed (O, C) matrices, else the
+    weights as they are (im2col's and the 1×1 convolution's (O, C·KH·KW) matrix)."""
     O, C = weight_shape[:2]
-    if algorithm == "winograd":
-        return 16 * O * C * itemsize
+    if algorithm in WINOGRAD_TILES:
+        return (WINOGRAD_TILES[algorithm] + 2) ** 2 * O * C * itemsize
     return math.prod(weight_shape) * itemsize
 
 
