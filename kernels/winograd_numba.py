@@ -269,7 +269,12 @@ def _input_4x4_loops(x, V, top, left, blocks):
 
 
 def _input_backward_4x4_loops(gV, gx, top, left, blocks):
-    """gx[n, c] = Σ over tiles of B gV Bᵀ, added where the tile lies (cells outside dropped)."""
+    """gx[n, c] = Σ over tiles of B gV Bᵀ, added where the tile lies (cells outside dropped).
+
+    Tile s's last two columns are tile s + 1's first two, and tile row t's
+    last two rows tile row t + 1's first two: each overlap is carried to the
+    next tile (two scalars, two rows) and written once, with its sum, instead
+    of zeroing the plane and adding every tile into it."""
     # the constants in the arrays' dtype: Numba makes int × float32 a float64
     two, four, five = (gV.dtype.type(2), gV.dtype.type(4), gV.dtype.type(5))
     N, C, H, W = gx.shape
@@ -281,30 +286,39 @@ def _input_backward_4x4_loops(gV, gx, top, left, blocks):
         g = np.empty((6, width), dtype=gx.dtype)    # gV B: each tile row a, spread out
         for plane in range(block * planes // blocks, (block + 1) * planes // blocks):
             c, n = plane // N, plane % N
-            padded[:] = 0
             for t in range(TH):
                 for a in range(6):          # gV B: column j mixes the columns b with B[j, b] ≠ 0
-                    g[a, :] = 0
                     tile = gV[a, :, c, n, t]                # (6, TW): row a of every tile
+                    ga = g[a]
+                    carry4 = carry5 = ga.dtype.type(0)      # the previous tile's columns 4, 5
                     for s in range(TW):
                         w = 4 * s
                         v0, v1, v2 = tile[0, s], tile[1, s], tile[2, s]
                         v3, v4, v5 = tile[3, s], tile[4, s], tile[5, s]
-                        g[a, w] += four * v0
-                        g[a, w + 1] += four * (v2 - v1 + v5) + two * (v4 - v3)
-                        g[a, w + 2] -= five * v0 + four * (v1 + v2) + v3 + v4
-                        g[a, w + 3] += v1 - v2 + two * (v3 - v4) - five * v5
-                        g[a, w + 4] += v0 + v1 + v2 + v3 + v4
-                        g[a, w + 5] += v5
+                        ga[w] = carry4 + four * v0
+                        ga[w + 1] = carry5 + four * (v2 - v1 + v5) + two * (v4 - v3)
+                        ga[w + 2] = -(five * v0 + four * (v1 + v2) + v3 + v4)
+                        ga[w + 3] = v1 - v2 + two * (v3 - v4) - five * v5
+                        carry4 = v0 + v1 + v2 + v3 + v4
+                        carry5 = v5
+                    ga[4 * TW] = carry4
+                    ga[4 * TW + 1] = carry5
                 h = 4 * t
-                for w in range(width):      # B (gV B): the rows, added into the tiles' 6 rows
+                first = t == 0              # rows h, h + 1 start here, or add to the last tile row's
+                for w in range(width):      # B (gV B): the rows, written into the tiles' 6 rows
                     g0, g1, g2, g3, g4, g5 = g[0, w], g[1, w], g[2, w], g[3, w], g[4, w], g[5, w]
-                    padded[h, w] += four * g0
-                    padded[h + 1, w] += four * (g2 - g1 + g5) + two * (g4 - g3)
-                    padded[h + 2, w] -= five * g0 + four * (g1 + g2) + g3 + g4
-                    padded[h + 3, w] += g1 - g2 + two * (g3 - g4) - five * g5
-                    padded[h + 4, w] += g0 + g1 + g2 + g3 + g4
-                    padded[h + 5, w] += g5
+                    r0 = four * g0
+                    r1 = four * (g2 - g1 + g5) + two * (g4 - g3)
+                    if first:
+                        padded[h, w] = r0
+                        padded[h + 1, w] = r1
+                    else:
+                        padded[h, w] += r0
+                        padded[h + 1, w] += r1
+                    padded[h + 2, w] = -(five * g0 + four * (g1 + g2) + g3 + g4)
+                    padded[h + 3, w] = g1 - g2 + two * (g3 - g4) - five * g5
+                    padded[h + 4, w] = g0 + g1 + g2 + g3 + g4
+                    padded[h + 5, w] = g5
             for h in range(H):
                 for w in range(W):
                     gx[n, c, h, w] = padded[top + h, left + w]
