@@ -83,8 +83,8 @@ ELEMENTWISE = ("relu_forward", "relu_backward", "sigmoid_forward", "sigmoid_back
                "sgd_update")
 # the optimizers' steps over all parameters of a group at once (one launch on the GPU)
 MULTI_TENSOR = ("sgd_update_multi", "adam_update", "adam_update_multi")
-# work split into shares over threads: stacked matrix products, a batch's chunks
-SHARES = ("matmul", "map_chunks")
+# work split into shares over threads: stacked matrix products, a batch's chunks, joins
+SHARES = ("matmul", "map_chunks", "concatenate")
 
 # Every kernel, in the reference module that defines it.
 REFERENCE = {
@@ -423,6 +423,12 @@ def map_chunks(x, work, chunks, combine=None):
     (index slices), in the chunks' order; with ``combine``, the results folded
     into one in that order instead (``shares_numpy.map_chunks``)."""
     return _implementation("map_chunks", x)(x, work, chunks, combine)
+
+
+def concatenate(arrays, axis=0):
+    """The arrays joined along ``axis``, as ``torch.cat`` (``shares_numpy.concatenate``)."""
+    arrays = tuple(arrays)
+    return _implementation("concatenate", arrays[0])(arrays, axis)
 
 
 # ---------------------------------------------------------------- counting

@@ -1,5 +1,6 @@
 """Reference of the work ``shares_threads.py`` splits over threads: a stack of
-matrix products, and the chunks of a batch a convolution runs one by one.
+matrix products, the chunks of a batch a convolution runs one by one, and
+the concatenation of arrays.
 
 ``matmul(a, b, out=None)`` = ``a @ b``.  The convolutions' products come in
 stacks: Winograd's 16 products (16, O, C) @ (16, C, T), a 1×1 convolution's
@@ -22,6 +23,10 @@ the chunks' order: ``total = combine(total, work(chunk))``, from
 gradients so: each is as large as the weights (Winograd's 16 times), and a
 list of all of them would hold as many copies as there are chunks.
 
+``concatenate(arrays, axis)`` = NumPy's (or CuPy's) ``concatenate``: the
+channels of DenseNet's and GoogLeNet's blocks joined (``torch.cat``), one
+copy of every input.
+
 Signatures
 ----------
 matmul(a, b, out=None) -> y        a (..., M, K), b (..., K, N) -> y (..., M, N);
@@ -29,6 +34,7 @@ matmul(a, b, out=None) -> y        a (..., M, K), b (..., K, N) -> y (..., M, N)
 map_chunks(x, work, chunks, combine=None)
     -> [work(chunk) for chunk in chunks], or with ``combine`` the fold
        total = combine(total, work(chunk)) over the chunks in order, from None
+concatenate(arrays, axis=0) -> y   the arrays joined along ``axis``
 """
 from .arrays import get_array_module
 
@@ -53,3 +59,8 @@ def fold(results, combine):
     for result in results:
         total = combine(total, result)
     return total
+
+
+def concatenate(arrays, axis=0):
+    """The arrays joined along ``axis``, as NumPy's ``concatenate``."""
+    return get_array_module(*arrays).concatenate(arrays, axis=axis)

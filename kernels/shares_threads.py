@@ -1,5 +1,5 @@
-"""Work split into shares over threads: the CPU set's ``matmul`` and
-``map_chunks`` (the interface of ``shares_numpy``).
+"""Work split into shares over threads: the CPU set's ``matmul``,
+``map_chunks`` and ``concatenate`` (the interface of ``shares_numpy``).
 
 Both answer one problem: small pieces of work cut up over threads spend as
 much time handing out parts and waiting for the slowest as computing.
@@ -23,6 +23,12 @@ hand-over.  Here whole chunks are the shares (``threads.map_in_shares``):
 each thread runs every step of its chunk on its own -- the compiled loops'
 one-thread versions (``jit.for_shares``), BLAS on one thread -- and takes
 the next chunk when done.
+
+``concatenate``: NumPy copies on one thread.  Joined along any axis but
+the first (DenseNet's and GoogLeNet's channels), the batch is cut into
+slices that copy side by side, as the other loops that only move memory do
+(``threads.stream_slices``: from ``threads.STREAM_MIN_BYTES`` read and
+written); NumPy's copy releases the GIL.
 
 Stacks or batches too short to share, one thread, work already inside a
 share, and anything but NumPy float32/float64 arrays go to the reference
@@ -163,3 +169,46 @@ def map_chunks(x, work, chunks, combine=None):
         return shares_numpy.map_chunks(x, work, chunks, combine)
     return threads.map_in_shares(work, chunks, lambda results: shares_numpy.fold(results,
                                                                                 combine))
+
+
+def concatenate(arrays, axis=0):
+    """``shares_numpy.concatenate``: joined along an axis past the first, the
+    batch's slices copied side by side."""
+    arrays = tuple(arrays)
+    out = _joined(arrays, axis)
+    if out is None:
+        return shares_numpy.concatenate(arrays, axis)
+    axis %= out.ndim
+    cut = threads.stream_slices(out.shape[0], 2 * out.nbytes)
+    if len(cut) == 1:
+        return shares_numpy.concatenate(arrays, axis)
+    threads.run_all([functools.partial(_concatenate_slice, arrays, axis, out, lo, hi)
+                     for lo, hi in cut])
+    return out
+
+
+def _joined(arrays, axis):
+    """An empty array for ``arrays`` joined along ``axis`` where this module
+    may copy them its own way: outside a share, NumPy float arrays of one
+    dtype and one number of axes, alike but along ``axis``, which is not the
+    first; else None (NumPy then joins them, or raises its own error)."""
+    if not arrays or threads.in_share() or not compilable(*arrays):
+        return None
+    first = arrays[0]
+    if not (isinstance(axis, int) and first.ndim >= 2 and -first.ndim <= axis < first.ndim
+            and axis % first.ndim != 0):
+        return None
+    axis %= first.ndim
+
+    def others(a):                  # the lengths of every axis but the joined one
+        return a.shape[:axis] + a.shape[axis + 1:]
+    for a in arrays:
+        if a.dtype != first.dtype or a.ndim != first.ndim or others(a) != others(first):
+            return None
+    shape = list(first.shape)
+    shape[axis] = sum(a.shape[axis] for a in arrays)
+    return np.empty(shape, dtype=first.dtype)
+
+
+def _concatenate_slice(arrays, axis, out, lo, hi):
+    np.concatenate([a[lo:hi] for a in arrays], axis=axis, out=out[lo:hi])

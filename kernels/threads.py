@@ -387,7 +387,7 @@ def batch_slices(batch, nbytes):
 
 
 # Below this many bytes read and written, a loop that only streams memory
-# (batch norm, ReLU, the sigmoid's backward) runs on the calling thread: on the
+# (batch norm, ReLU, the sigmoid's backward, concatenation) runs on the calling thread: on the
 # 2-core machine two threads streaming arrays of a few MB ran no faster than
 # one (slower, counting the hand-over to the pool); only passes over tens of MB
 # gained (benchmarks/results.md, "Batch norm over slices of the batch").

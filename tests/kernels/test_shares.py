@@ -462,3 +462,81 @@ def test_run_all_reraises_a_jobs_error_once_every_thread_stopped(two_threads):
     with pytest.raises(ValueError, match="job 1 failed"):
         threads.run_all([slow, fail, slow])
     assert finished                      # the slow job another thread had taken has ended
+
+
+# ---------------------------------------------------------------- concatenate
+# name -> (the shapes joined, axis)
+JOINS = {
+    "densenet-channels": ([(6, 16, 5, 5), (6, 4, 5, 5)], 1),
+    "googlenet-four": ([(5, 3, 4, 4), (5, 6, 4, 4), (5, 2, 4, 4), (5, 1, 4, 4)], 1),
+    "last-axis": ([(7, 3, 2), (7, 3, 5)], -1),
+    "one-array": ([(4, 3, 2)], 1),
+}
+
+
+@pytest.fixture
+def every_join_split(monkeypatch):
+    """Two threads, and every join worth splitting (the size bounds are tested in test_threads)."""
+    before = threads.get_num_threads()
+    threads.set_num_threads(2)
+    monkeypatch.setattr(threads, "STREAM_MIN_BYTES", 0)
+    monkeypatch.setattr(threads, "PARALLEL_MIN_BYTES", 0)
+    yield
+    threads.set_num_threads(before)
+
+
+def arrays_for(name, dtype=np.float32):
+    rng = np.random.default_rng(1)
+    return [rng.standard_normal(shape).astype(dtype) for shape in JOINS[name][0]]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("name", JOINS)
+def test_joined_batch_slices_equal_numpys_concatenate(every_join_split, monkeypatch, name, dtype):
+    arrays, axis = arrays_for(name, dtype), JOINS[name][1]
+    submitted = split_calls(monkeypatch)
+    joined = shares_threads.concatenate(arrays, axis)
+    np.testing.assert_array_equal(joined, np.concatenate(arrays, axis=axis))
+    assert joined.dtype == dtype and joined.flags.c_contiguous
+    assert submitted                                    # the slices ran side by side
+
+
+@pytest.mark.parametrize("case", ["first-axis", "mixed-dtypes", "float16", "one-thread",
+                                  "below-stream-bytes", "inside-a-share"])
+def test_joins_that_go_to_numpys_concatenate(every_join_split, monkeypatch, case):
+    arrays, axis = arrays_for("densenet-channels"), 1
+    if case == "first-axis":
+        arrays, axis = [arrays[0], arrays[0][:2]], 0
+    elif case == "mixed-dtypes":
+        arrays[1] = arrays[1].astype(np.float64)
+    elif case == "float16":
+        arrays = [a.astype(np.float16) for a in arrays]
+    elif case == "one-thread":
+        threads.set_num_threads(1)
+    elif case == "below-stream-bytes":
+        monkeypatch.setattr(threads, "STREAM_MIN_BYTES", 2**30)
+    calls = []
+    monkeypatch.setattr(shares_threads.shares_numpy, "concatenate",
+                        lambda a, ax: calls.append(ax) or np.concatenate(a, axis=ax))
+    if case == "inside-a-share":
+        joined = threads.map_in_shares(lambda _: shares_threads.concatenate(arrays, axis),
+                                       [0, 1], list)[0]
+    else:
+        joined = shares_threads.concatenate(arrays, axis)
+    np.testing.assert_array_equal(joined, np.concatenate(arrays, axis=axis))
+    assert calls
+
+
+def test_a_join_of_mismatched_shapes_gets_numpys_error(every_join_split):
+    with pytest.raises(ValueError, match="concatenat"):
+        shares_threads.concatenate([np.zeros((2, 3, 4), np.float32),
+                                    np.zeros((2, 3, 5), np.float32)], 1)
+
+
+def test_cat_runs_the_kernel():
+    import tinygrad_cnn as tc
+    a, b = arrays_for("densenet-channels")
+    with kernels.counting() as counts:
+        y = tc.cat([tc.Tensor(a), tc.Tensor(b)], dim=1)
+    assert counts["concatenate"] == 1
+    np.testing.assert_array_equal(y.numpy(), np.concatenate([a, b], axis=1))

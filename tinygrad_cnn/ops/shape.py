@@ -1,4 +1,6 @@
 """Shape ops: they move elements around, so backward moves gradients back."""
+import kernels
+
 from ..autograd import Function
 from ..backend import get_array_module
 
@@ -66,7 +68,7 @@ class Cat(Function):
 
     def forward(self, *xs):
         self.sizes = [x.shape[self.axis] for x in xs]
-        return get_array_module(*xs).concatenate(xs, axis=self.axis)
+        return kernels.concatenate(xs, self.axis)         # side by side on the CPU's threads
 
     def backward(self, gy):
         grads, start = [], 0
