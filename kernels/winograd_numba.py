@@ -87,7 +87,12 @@ def _input_loops(x, V, top, left, blocks):
 
 
 def _input_backward_loops(gV, gx, top, left, blocks):
-    """gx[n, c] = Σ over tiles of B gV Bᵀ, added where the tile lies (cells outside dropped)."""
+    """gx[n, c] = Σ over tiles of B gV Bᵀ, added where the tile lies (cells outside dropped).
+
+    Tile s's last two columns are tile s + 1's first two, and tile row t's
+    last two rows tile row t + 1's first two: each overlap is carried to the
+    next tile (two scalars, two rows) and written once, with its sum, instead
+    of zeroing the plane and adding every tile into it."""
     N, C, H, W = gx.shape
     TH, TW = gV.shape[4:]
     width = 2 * TW + 2
@@ -97,24 +102,32 @@ def _input_backward_loops(gV, gx, top, left, blocks):
         g = np.empty((4, width), dtype=gx.dtype)    # gV B: each tile row a, spread out
         for plane in range(block * planes // blocks, (block + 1) * planes // blocks):
             c, n = plane // N, plane % N
-            padded[:] = 0
             for t in range(TH):
                 for a in range(4):          # gV B: column j mixes the columns b with B[j, b] ≠ 0
-                    g[a, :] = 0
+                    tile = gV[a, :, c, n, t]                # (4, TW): row a of every tile
+                    ga = g[a]
+                    carry2 = carry3 = ga.dtype.type(0)      # the previous tile's columns 2, 3
                     for s in range(TW):
                         w = 2 * s
-                        v0, v1 = gV[a, 0, c, n, t, s], gV[a, 1, c, n, t, s]
-                        v2, v3 = gV[a, 2, c, n, t, s], gV[a, 3, c, n, t, s]
-                        g[a, w] += v0
-                        g[a, w + 1] += v1 - v2 + v3
-                        g[a, w + 2] += v2 + v1 - v0
-                        g[a, w + 3] -= v3
+                        v0, v1, v2, v3 = tile[0, s], tile[1, s], tile[2, s], tile[3, s]
+                        ga[w] = carry2 + v0
+                        ga[w + 1] = carry3 + v1 - v2 + v3
+                        carry2 = v2 + v1 - v0
+                        carry3 = -v3
+                    ga[2 * TW] = carry2
+                    ga[2 * TW + 1] = carry3
                 h = 2 * t
-                for w in range(width):      # B (gV B): the rows, added into the tiles' 4 rows
-                    padded[h, w] += g[0, w]
-                    padded[h + 1, w] += g[1, w] - g[2, w] + g[3, w]
-                    padded[h + 2, w] += g[2, w] + g[1, w] - g[0, w]
-                    padded[h + 3, w] -= g[3, w]
+                first = t == 0              # rows h, h + 1 start here, or add to the last tile row's
+                for w in range(width):      # B (gV B): the rows, written into the tiles' 4 rows
+                    g0, g1, g2, g3 = g[0, w], g[1, w], g[2, w], g[3, w]
+                    if first:
+                        padded[h, w] = g0
+                        padded[h + 1, w] = g1 - g2 + g3
+                    else:
+                        padded[h, w] += g0
+                        padded[h + 1, w] += g1 - g2 + g3
+                    padded[h + 2, w] = g2 + g1 - g0
+                    padded[h + 3, w] = -g3
             for h in range(H):
                 for w in range(W):
                     gx[n, c, h, w] = padded[top + h, left + w]
