@@ -22,8 +22,8 @@ each (o, c) where im2col's one product needs 9:
   near im2col's.
 - F(4×4, 3×3): 36/16 = 2.25, 4x fewer, and the transformed tiles hold 2.25
   values per output instead of 4.  The matrices hold 4, 5, 8 and 1/24
-  (interpolation at 0, ±1, ±2), so float32 results carry about ten times
-  im2col's rounding error (``tests/ops/test_conv.py``); float64 is exact to
+  (interpolation at 0, ±1, ±2), so float32 results carry several times
+  im2col's rounding error (docs/conv.md measures it); float64 is exact to
   its rounding too.
 
 Shapes (n images, C input and O output channels, TH x TW tiles per image)::

@@ -94,11 +94,12 @@ def listed_function(heading):
                 if path.startswith("tinygrad_cnn/ops/") and name and "." not in name)
 
 
-CONVOLUTIONS = {   # heading -> (in, out channels, kernel size, padding)
-    "im2col": (8, 16, 3, 1),
-    "pointwise": (8, 8, 1, 0),
-    "Winograd": (16, 16, 3, 1),
-    "direct": (1, 6, 5, 2),
+CONVOLUTIONS = {   # heading -> (in, out channels, kernel size, padding, map side)
+    "im2col": (8, 16, 3, 1, 8),
+    "pointwise": (8, 8, 1, 0, 8),
+    "Winograd": (16, 16, 3, 1, 8),
+    "direct": (1, 6, 5, 2, 8),
+    "dense": (16, 8, 3, 1, 3),
 }
 
 
@@ -111,9 +112,9 @@ def test_each_convolution_runs_the_function_and_kernels_the_page_lists(heading, 
         called.add(name)
         return choose(name, array)
     monkeypatch.setattr(kernels, "_implementation", recording)
-    c_in, c_out, k, p = CONVOLUTIONS[heading]
+    c_in, c_out, k, p, side = CONVOLUTIONS[heading]
     conv = nn.Conv2d(c_in, c_out, k, padding=p)
-    x = tc.randn(2, c_in, 8, 8, requires_grad=True)
+    x = tc.randn(2, c_in, side, side, requires_grad=True)
     y = conv(x)
     function = type(y.grad_fn)
     assert (Path(sys.modules[function.__module__].__file__).resolve().relative_to(ROOT).as_posix(),
@@ -139,9 +140,9 @@ def test_on_a_gpu_auto_runs_a_winograd_shaped_layer_as_the_im2col_section_says(m
         called.add(name)
         return choose(name, array)
     monkeypatch.setattr(kernels, "_implementation", recording)
-    c_in, c_out, k, p = CONVOLUTIONS["Winograd"]
+    c_in, c_out, k, p, side = CONVOLUTIONS["Winograd"]
     conv = nn.Conv2d(c_in, c_out, k, padding=p).to("cuda")
-    x = tc.randn(2, c_in, 8, 8).to("cuda").requires_grad_()
+    x = tc.randn(2, c_in, side, side).to("cuda").requires_grad_()
     y = conv(x)
     function = type(y.grad_fn)
     assert (Path(sys.modules[function.__module__].__file__).resolve().relative_to(ROOT).as_posix(),

@@ -8,11 +8,14 @@ runs it as one Function, each with its hand-written backward:
   F(4×4, 3×3) or F(2×2, 3×3), 36 or 16 smaller products;
 - ``Conv2dDirect`` (``conv_direct.py``): thin layers on the CPU (few
   multiply-adds per output, such as LeNet's first), summed directly by
-  compiled loops, no column matrix.
+  compiled loops, no column matrix;
+- ``Conv2dDense`` (``conv_dense.py``): maps no larger than the kernel's
+  window on the CPU (DenseNet's 3×3 maps), one dense product with an
+  unrolled weight, no column matrix.
 
 ``choose_algorithm`` holds the rule.  The Function names its algorithm
 (``Conv2d[im2col]``, ``Conv2d[pointwise]``, ``Conv2d[winograd]``,
-``Conv2d[winograd4x4]``, ``Conv2d[direct]``), and so do
+``Conv2d[winograd4x4]``, ``Conv2d[direct]``, ``Conv2d[dense]``), and so do
 ``trace()``, ``draw_graph`` and error messages.
 
 ``conv2d_simple`` computes the same thing from primitive differentiable ops
@@ -57,6 +60,7 @@ from ..backends import cudnn
 from ..backends.tf32 import TF32
 from .arguments import as_int, as_pair
 from .conv_direct import Conv2dDirect, direct_suits
+from .conv_dense import Conv2dDense, dense_suits
 from .conv_winograd import Conv2dWinograd, add_terms, winograd_can_run, winograd_suits
 from .shape import pad, squeeze, stack, unsqueeze
 
@@ -75,14 +79,16 @@ def set_algorithm(name):
 
     ``"auto"`` (the default): on the CPU, Winograd (``conv_winograd.py``)
     where the layer suits it, F(4×4, 3×3) (4x fewer multiplications than
-    im2col) or else F(2×2, 3×3) (2.25x fewer), and the direct loops
-    (``conv_direct.py``) for thin layers (see ``choose_algorithm``); im2col
+    im2col) or else F(2×2, 3×3) (2.25x fewer), the direct loops
+    (``conv_direct.py``) for thin layers and one dense product
+    (``conv_dense.py``) on tiny maps (see ``choose_algorithm``); im2col
     elsewhere, and everywhere on a GPU.  ``"im2col"``: im2col and one matrix
     product for every convolution but the 1×1 ones, the textbook way.
     ``"winograd"``: F(2×2, 3×3) for every convolution it can compute (3×3,
     stride 1, no dilation, one group), whose float32 rounding stays near
-    im2col's; ``"winograd4x4"``: F(4×4, 3×3) for every one, about ten times
-    im2col's float32 rounding (its transforms multiply by up to 8 and 1/24).
+    im2col's; ``"winograd4x4"``: F(4×4, 3×3) for every one, with 5-28 times
+    im2col's float32 rounding error (its transforms multiply by up to 8 and
+    1/24; docs/conv.md).
     Both also run on a GPU, where they warn: their transforms there are the
     NumPy references run on CuPy, many small kernels, far slower than im2col.
     """
@@ -171,8 +177,8 @@ def run_in_chunks(run, x, bytes_per_image, budget):
 
 def choose_algorithm(x_shape, weight_shape, stride, padding, dilation, groups, out_hw,
                      xp=np):
-    """'pointwise', 'direct', 'winograd4x4', 'winograd' or 'im2col': the algorithm ``conv2d`` runs on
-    arrays of module ``xp`` (NumPy, or CuPy for a GPU).
+    """'pointwise', 'direct', 'dense', 'winograd4x4', 'winograd' or 'im2col': the
+    algorithm ``conv2d`` runs on arrays of module ``xp`` (NumPy, or CuPy for a GPU).
 
     - "pointwise": a 1×1 kernel with stride 1 and no padding needs no im2col
       at all (dilation does not matter for a 1×1 kernel).
@@ -180,6 +186,10 @@ def choose_algorithm(x_shape, weight_shape, stride, padding, dilation, groups, o
       (``conv_direct.direct_suits``: few multiply-adds per output pixel), on
       the CPU only: the fast loops are CPU loops, and on a GPU the references
       would be KH·KW small CuPy kernels per pass against im2col's one product.
+    - "dense": with ``set_algorithm("auto")``, maps no larger than the
+      kernel's window, with one group and a small dense weight
+      (``conv_dense.dense_suits``), on the CPU only (a GPU runs im2col's one
+      product as well).
     - "winograd4x4" or "winograd" (F(4×4, 3×3) or F(2×2, 3×3)): with
       ``set_algorithm("auto")`` (the default), 3×3 stride-1 layers where
       Winograd pays, with the tile size that suits the output
@@ -196,6 +206,8 @@ def choose_algorithm(x_shape, weight_shape, stride, padding, dilation, groups, o
     if algorithm == "auto" and xp is np and direct_suits(x_shape, weight_shape, stride,
                                                          dilation, groups):
         return "direct"
+    if algorithm == "auto" and xp is np and dense_suits(x_shape, weight_shape, groups, out_hw):
+        return "dense"
     if algorithm in WINOGRAD_TILES and winograd_can_run(weight_shape, stride, dilation, groups):
         return algorithm
     if algorithm == "auto" and xp is np:
@@ -526,7 +538,8 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     stride 1 only; an odd total pads one more pixel at the bottom/right).
     Runs the algorithm ``choose_algorithm`` picks, as the Function of that
     name (``y.grad_fn.name``: ``Conv2d[im2col]``, ``Conv2d[pointwise]``,
-    ``Conv2d[winograd]``, ``Conv2d[winograd4x4]`` or ``Conv2d[direct]``).
+    ``Conv2d[winograd]``, ``Conv2d[winograd4x4]``, ``Conv2d[direct]`` or
+    ``Conv2d[dense]``).
     """
     _check_float("conv2d", input=input, weight=weight, bias=bias)
     unbatched = input.ndim == 3         # one (C, H, W) image, as PyTorch accepts
@@ -545,6 +558,8 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
         fn = Conv2dPointwise(groups, has_bias, budget)
     elif chosen == "direct":
         fn = Conv2dDirect(stride, padding, dilation, has_bias)
+    elif chosen == "dense":
+        fn = Conv2dDense(stride, padding, dilation, has_bias)
     elif chosen in WINOGRAD_TILES:
         if xp is not np:
             warnings.warn(f"conv2d: set_algorithm({chosen!r}) on a GPU runs Winograd's NumPy "
