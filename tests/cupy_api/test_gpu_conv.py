@@ -164,34 +164,29 @@ def test_auto_never_picks_winograd_on_the_gpu(fake, restore_settings):
     assert run("cuda", x, w, b, padding=1)[1].name == "Conv2d[im2col]"
 
 
-# ---------------------------------------------------------------- direct
-def test_auto_never_picks_direct_on_the_gpu(fake, restore_settings):
-    x, w, b = inputs((2, 1, 12, 12), (6, 1, 5, 5))       # LeNet's first convolution
-    cpu_saved = kernels.arrays.cupy, backend.cupy
-    kernels.arrays.cupy = backend.cupy = None
-    try:        # the same layer on the CPU: the direct loops
-        assert conv2d(tc.Tensor(x, requires_grad=True), tc.Tensor(w),
-                      padding=2).grad_fn.name == "Conv2d[direct]"
-    finally:
-        kernels.arrays.cupy, backend.cupy = cpu_saved
-    ours, fn = run("cuda", x, w, b, padding=2)
-    assert fn.name == "Conv2d[im2col]"
-    assert_close(ours, on_cpu(x, w, b, padding=2))
+# ---------------------------------------------------------------- direct and dense
+# algorithm -> (x shape, weight shape, padding): layers the CPU runs with its own loops or
+# products, which on a GPU would be many small kernels or no better than im2col's one product
+CPU_ONLY = {
+    "direct": ((2, 1, 12, 12), (6, 1, 5, 5), 2),        # LeNet's first convolution
+    "dense": ((2, 16, 3, 3), (8, 16, 3, 3), 1),         # DenseNet's last block: a 3x3 map
+}
 
 
-# ---------------------------------------------------------------- dense
-def test_auto_never_picks_dense_on_the_gpu(fake, restore_settings):
-    x, w, b = inputs((2, 16, 3, 3), (8, 16, 3, 3))         # DenseNet's last block: a 3x3 map
+@pytest.mark.parametrize("algorithm", CPU_ONLY)
+def test_auto_never_picks_the_cpu_only_algorithms_on_the_gpu(algorithm, fake, restore_settings):
+    x_shape, w_shape, padding = CPU_ONLY[algorithm]
+    x, w, b = inputs(x_shape, w_shape)
     cpu_saved = kernels.arrays.cupy, backend.cupy
     kernels.arrays.cupy = backend.cupy = None
-    try:        # the same layer on the CPU: one dense product
+    try:        # the same layer on the CPU
         assert conv2d(tc.Tensor(x, requires_grad=True), tc.Tensor(w),
-                      padding=1).grad_fn.name == "Conv2d[dense]"
+                      padding=padding).grad_fn.name == f"Conv2d[{algorithm}]"
     finally:
         kernels.arrays.cupy, backend.cupy = cpu_saved
-    ours, fn = run("cuda", x, w, b, padding=1)
+    ours, fn = run("cuda", x, w, b, padding=padding)
     assert fn.name == "Conv2d[im2col]"
-    assert_close(ours, on_cpu(x, w, b, padding=1))
+    assert_close(ours, on_cpu(x, w, b, padding=padding))
 
 
 @pytest.mark.parametrize("name", ["winograd", "winograd4x4"])
