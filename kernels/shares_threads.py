@@ -175,23 +175,25 @@ def concatenate(arrays, axis=0):
     """``shares_numpy.concatenate``: joined along an axis past the first, the
     batch's slices copied side by side."""
     arrays = tuple(arrays)
-    out = _joined(arrays, axis)
-    if out is None:
+    shape = _joined_shape(arrays, axis)
+    if shape is None:
         return shares_numpy.concatenate(arrays, axis)
-    axis %= out.ndim
-    cut = threads.stream_slices(out.shape[0], 2 * out.nbytes)
+    out_bytes = math.prod(shape) * arrays[0].itemsize
+    cut = threads.stream_slices(shape[0], 2 * out_bytes)
     if len(cut) == 1:
         return shares_numpy.concatenate(arrays, axis)
+    out = np.empty(shape, dtype=arrays[0].dtype)
+    axis %= out.ndim
     threads.run_all([functools.partial(_concatenate_slice, arrays, axis, out, lo, hi)
                      for lo, hi in cut])
     return out
 
 
-def _joined(arrays, axis):
-    """An empty array for ``arrays`` joined along ``axis`` where this module
-    may copy them its own way: outside a share, NumPy float arrays of one
-    dtype and one number of axes, alike but along ``axis``, which is not the
-    first; else None (NumPy then joins them, or raises its own error)."""
+def _joined_shape(arrays, axis):
+    """The shape of ``arrays`` joined along ``axis`` where this module may
+    copy them its own way: outside a share, NumPy float arrays of one dtype
+    and one number of axes, alike but along ``axis``, which is not the first;
+    else None (NumPy then joins them, or raises its own error)."""
     if not arrays or threads.in_share() or not compilable(*arrays):
         return None
     first = arrays[0]
@@ -207,7 +209,7 @@ def _joined(arrays, axis):
             return None
     shape = list(first.shape)
     shape[axis] = sum(a.shape[axis] for a in arrays)
-    return np.empty(shape, dtype=first.dtype)
+    return tuple(shape)
 
 
 def _concatenate_slice(arrays, axis, out, lo, hi):
