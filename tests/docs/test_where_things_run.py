@@ -100,6 +100,7 @@ CONVOLUTIONS = {   # heading -> (in, out channels, kernel size, padding, map sid
     "Winograd": (16, 16, 3, 1, 8),
     "direct": (1, 6, 5, 2, 8),
     "dense": (16, 8, 3, 1, 3),
+    "taps": (64, 64, 5, 2, 6),
 }
 
 

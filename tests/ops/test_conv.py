@@ -651,7 +651,7 @@ def test_winograd_float32_error_is_close_to_im2col_s(name, algorithm):
 
 def test_set_algorithm_rejects_unknown_names(algorithm):
     with pytest.raises(ValueError, match=r"set_algorithm: expected one of \('auto', 'im2col', "
-                                         r"'winograd', 'winograd4x4'\), got 'fft'"):
+                                         r"'winograd', 'winograd4x4', 'taps'\), got 'fft'"):
         algorithm("fft")
 
 

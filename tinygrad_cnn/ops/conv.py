@@ -11,11 +11,15 @@ runs it as one Function, each with its hand-written backward:
   compiled loops, no column matrix;
 - ``Conv2dDense`` (``conv_dense.py``): maps no larger than the kernel's
   window on the CPU (DenseNet's 3×3 maps), one dense product with an
-  unrolled weight, no column matrix.
+  unrolled weight, no column matrix;
+- ``Conv2dTaps`` (``conv_taps.py``): small maps with many channels on the
+  CPU (ResNet-18's 3×3 maps), one product per kernel tap over the outputs it
+  reaches inside the map, no multiply-adds on the padding.
 
 ``choose_algorithm`` holds the rule.  The Function names its algorithm
 (``Conv2d[im2col]``, ``Conv2d[pointwise]``, ``Conv2d[winograd]``,
-``Conv2d[winograd4x4]``, ``Conv2d[direct]``, ``Conv2d[dense]``), and so do
+``Conv2d[winograd4x4]``, ``Conv2d[direct]``, ``Conv2d[dense]``,
+``Conv2d[taps]``), and so do
 ``trace()``, ``draw_graph`` and error messages.
 
 ``conv2d_simple`` computes the same thing from primitive differentiable ops
@@ -61,14 +65,15 @@ from ..backends.tf32 import TF32
 from .arguments import as_int, as_pair
 from .conv_direct import Conv2dDirect, direct_suits
 from .conv_dense import Conv2dDense, dense_suits
+from .conv_taps import Conv2dTaps, taps_suits
 from .conv_winograd import Conv2dWinograd, add_terms, winograd_can_run, winograd_suits
 from .shape import pad, squeeze, stack, unsqueeze
 
 column_budget = None    # bytes of im2col columns per chunk; None: DEFAULT_COLUMN_BUDGET
 
-algorithm = "auto"       # "auto", "im2col", "winograd" or "winograd4x4" (see set_algorithm)
+algorithm = "auto"  # "auto", "im2col", "winograd", "winograd4x4" or "taps" (see set_algorithm)
 
-ALGORITHMS = ("auto", "im2col", "winograd", "winograd4x4")
+ALGORITHMS = ("auto", "im2col", "winograd", "winograd4x4", "taps")
 
 # Winograd's algorithms by name, and the output tile size m of their F(m×m, 3×3)
 WINOGRAD_TILES = {"winograd": 2, "winograd4x4": 4}
@@ -80,9 +85,10 @@ def set_algorithm(name):
     ``"auto"`` (the default): on the CPU, Winograd (``conv_winograd.py``)
     where the layer suits it, F(4×4, 3×3) (4x fewer multiplications than
     im2col) or else F(2×2, 3×3) (2.25x fewer), the direct loops
-    (``conv_direct.py``) for thin layers and one dense product
-    (``conv_dense.py``) on tiny maps (see ``choose_algorithm``); im2col
-    elsewhere, and everywhere on a GPU.  ``"im2col"``: im2col and one matrix
+    (``conv_direct.py``) for thin layers, one dense product
+    (``conv_dense.py``) on tiny maps and one product per kernel tap
+    (``conv_taps.py``) on small maps with many channels (see
+    ``choose_algorithm``); im2col elsewhere, and everywhere on a GPU.  ``"im2col"``: im2col and one matrix
     product for every convolution but the 1×1 ones, the textbook way.
     ``"winograd"``: F(2×2, 3×3) for every convolution it can compute (3×3,
     stride 1, no dilation, one group), whose float32 rounding stays near
@@ -91,6 +97,8 @@ def set_algorithm(name):
     1/24; docs/conv.md).
     Both also run on a GPU, where they warn: their transforms there are the
     NumPy references run on CuPy, many small kernels, far slower than im2col.
+    ``"taps"``: one product per kernel tap (``conv_taps.py``) for every
+    convolution with one group (but the 1×1 ones), on either device.
     """
     global algorithm
     if name not in ALGORITHMS:
@@ -177,7 +185,7 @@ def run_in_chunks(run, x, bytes_per_image, budget):
 
 def choose_algorithm(x_shape, weight_shape, stride, padding, dilation, groups, out_hw,
                      xp=np):
-    """'pointwise', 'direct', 'dense', 'winograd4x4', 'winograd' or 'im2col': the
+    """'pointwise', 'direct', 'dense', 'taps', 'winograd4x4', 'winograd' or 'im2col': the
     algorithm ``conv2d`` runs on arrays of module ``xp`` (NumPy, or CuPy for a GPU).
 
     - "pointwise": a 1×1 kernel with stride 1 and no padding needs no im2col
@@ -190,6 +198,11 @@ def choose_algorithm(x_shape, weight_shape, stride, padding, dilation, groups, o
       kernel's window, with one group and a small dense weight
       (``conv_dense.dense_suits``), on the CPU only (a GPU runs im2col's one
       product as well).
+    - "taps": with ``set_algorithm("auto")``, one group, many channels and
+      taps that skip much of the padding (``conv_taps.taps_suits``: ResNet-18's
+      512-channel layers on 3×3 maps), on the CPU only (never run on a GPU);
+      with ``set_algorithm("taps")``, every layer with one group, on either
+      device.
     - "winograd4x4" or "winograd" (F(4×4, 3×3) or F(2×2, 3×3)): with
       ``set_algorithm("auto")`` (the default), 3×3 stride-1 layers where
       Winograd pays, with the tile size that suits the output
@@ -208,6 +221,11 @@ def choose_algorithm(x_shape, weight_shape, stride, padding, dilation, groups, o
         return "direct"
     if algorithm == "auto" and xp is np and dense_suits(x_shape, weight_shape, groups, out_hw):
         return "dense"
+    if algorithm == "taps" and groups == 1:
+        return "taps"
+    if algorithm == "auto" and xp is np and taps_suits(x_shape, weight_shape, stride, padding,
+                                                       dilation, groups, out_hw):
+        return "taps"
     if algorithm in WINOGRAD_TILES and winograd_can_run(weight_shape, stride, dilation, groups):
         return algorithm
     if algorithm == "auto" and xp is np:
@@ -538,8 +556,8 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     stride 1 only; an odd total pads one more pixel at the bottom/right).
     Runs the algorithm ``choose_algorithm`` picks, as the Function of that
     name (``y.grad_fn.name``: ``Conv2d[im2col]``, ``Conv2d[pointwise]``,
-    ``Conv2d[winograd]``, ``Conv2d[winograd4x4]``, ``Conv2d[direct]`` or
-    ``Conv2d[dense]``).
+    ``Conv2d[winograd]``, ``Conv2d[winograd4x4]``, ``Conv2d[direct]``,
+    ``Conv2d[dense]`` or ``Conv2d[taps]``).
     """
     _check_float("conv2d", input=input, weight=weight, bias=bias)
     unbatched = input.ndim == 3         # one (C, H, W) image, as PyTorch accepts
@@ -560,6 +578,8 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
         fn = Conv2dDirect(stride, padding, dilation, has_bias)
     elif chosen == "dense":
         fn = Conv2dDense(stride, padding, dilation, has_bias)
+    elif chosen == "taps":
+        fn = Conv2dTaps(stride, padding, dilation, has_bias, budget)
     elif chosen in WINOGRAD_TILES:
         if xp is not np:
             warnings.warn(f"conv2d: set_algorithm({chosen!r}) on a GPU runs Winograd's NumPy "
