@@ -208,6 +208,15 @@ def test_set_algorithm_winograd_on_the_gpu_runs_it_with_a_warning(name, fake, re
         on_cpu(x, w, b, padding=1)
 
 
+def test_set_algorithm_taps_on_the_gpu_runs_it_from_the_same_code(fake, restore_settings):
+    # never run on a real GPU: the fake CuPy checks every call is one CuPy has
+    x, w, b = inputs((3, 8, 3, 3), (6, 8, 3, 3))
+    conv_module.set_algorithm("taps")
+    ours, fn = run("cuda", x, w, b, padding=1)
+    assert fn.name == "Conv2d[taps]"
+    assert_close(ours, on_cpu(x, w, b, padding=1))
+
+
 # ---------------------------------------------------------------- TF32
 TF32_MODE, DEFAULT_MODE = 3, 0
 TF32_TYPE, DEFAULT_TYPE = 7, 1

@@ -27,6 +27,8 @@ its copy into a product's operand streams; each chunk of the batch
 (``kernels.map_chunks``, at least one per thread) is transposed in and out
 once.
 """
+import numpy as np
+
 import kernels
 from kernels.geometry import batch_chunks, conv_output_hw
 
@@ -165,15 +167,17 @@ def tap_list(in_hw, out_hw, kernel_hw, stride, padding, dilation):
 
 def _taps_first(W):
     """W (O, C, KH, KW) laid out tap by tap, (KH, KW, O, C), contiguous.  Copied
-    a block of (o, c) rows at a time: the block's KH·KW output rows stay in the
-    cache, where one transposing copy of a large W writes KH·KW streams at once
-    at a third of the speed."""
+    a block of (o, c) rows at a time on the CPU: the block's KH·KW output rows
+    stay in the cache, where one transposing copy of a large W writes KH·KW
+    streams at once at a third of the speed.  On a GPU, one copy: each block
+    would be a kernel launch of its own."""
     xp = get_array_module(W)
     O, C, KH, KW = W.shape
     rows = W.reshape(O * C, KH * KW)
     out = xp.empty((KH * KW, O * C), dtype=W.dtype)
-    for start in range(0, O * C, TRANSPOSE_BLOCK):
-        out[:, start:start + TRANSPOSE_BLOCK] = rows[start:start + TRANSPOSE_BLOCK].T
+    block = TRANSPOSE_BLOCK if isinstance(W, np.ndarray) else O * C
+    for start in range(0, O * C, block):
+        out[:, start:start + block] = rows[start:start + block].T
     return out.reshape(KH, KW, O, C)
 
 
