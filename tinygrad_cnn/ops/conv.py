@@ -88,8 +88,9 @@ def set_algorithm(name):
     (``conv_direct.py``) for thin layers, one dense product
     (``conv_dense.py``) on tiny maps and one product per kernel tap
     (``conv_taps.py``) on small maps with many channels (see
-    ``choose_algorithm``); im2col elsewhere, and everywhere on a GPU.  ``"im2col"``: im2col and one matrix
-    product for every convolution but the 1×1 ones, the textbook way.
+    ``choose_algorithm``); im2col elsewhere, and everywhere on a GPU.
+    ``"im2col"``: im2col and one matrix product for every convolution but
+    the 1×1 ones, the textbook way.
     ``"winograd"``: F(2×2, 3×3) for every convolution it can compute (3×3,
     stride 1, no dilation, one group), whose float32 rounding stays near
     im2col's; ``"winograd4x4"``: F(4×4, 3×3) for every one, with 5-28 times
