@@ -144,11 +144,16 @@ NOT_DENSE = {
 }
 
 
-@pytest.mark.parametrize("cfg, name", NOT_DENSE.values(), ids=NOT_DENSE.keys())
-def test_dense_only_on_tiny_maps_with_small_dense_weights(cfg, name):
+def assert_auto_picks(cfg, name):
+    """conv2d under the current setting runs the layer ``cfg`` as ``Conv2d[name]``."""
     x = Tensor(np.zeros(cfg["x_shape"], np.float32), requires_grad=True)
     w = Tensor(np.zeros(cfg["w_shape"], np.float32), requires_grad=True)
     assert conv2d(x, w, **cfg["kwargs"]).grad_fn.name == f"Conv2d[{name}]"
+
+
+@pytest.mark.parametrize("cfg, name", NOT_DENSE.values(), ids=NOT_DENSE.keys())
+def test_dense_only_on_tiny_maps_with_small_dense_weights(cfg, name):
+    assert_auto_picks(cfg, name)
 
 
 def test_im2col_when_asked(algorithm):

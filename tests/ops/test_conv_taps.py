@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 import tinygrad_cnn as tc
-from tests.ops.test_conv_dense import (algorithm, assert_paths_agree, config,  # noqa: F401
-                                       geometry, inputs, loops)
-from tinygrad_cnn import Tensor, gradcheck
+from tests.ops.test_conv_dense import (algorithm, assert_auto_picks,  # noqa: F401
+                                       assert_paths_agree, config, geometry, inputs, loops)
+from tinygrad_cnn import gradcheck
 from tinygrad_cnn.ops import conv as conv_module
 from tinygrad_cnn.ops.conv import conv2d
 from tinygrad_cnn.ops.conv_taps import tap_windows, taps_share
@@ -111,9 +111,7 @@ RULE = {
 
 @pytest.mark.parametrize("cfg, name", RULE.values(), ids=RULE.keys())
 def test_auto_runs_taps_where_they_skip_enough_padding(cfg, name):
-    x = Tensor(np.zeros(cfg["x_shape"], np.float32), requires_grad=True)
-    w = Tensor(np.zeros(cfg["w_shape"], np.float32), requires_grad=True)
-    assert conv2d(x, w, **cfg["kwargs"]).grad_fn.name == f"Conv2d[{name}]"
+    assert_auto_picks(cfg, name)
 
 
 def test_set_algorithm_taps_leaves_grouped_convolutions_to_im2col(algorithm):
