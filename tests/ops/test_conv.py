@@ -528,31 +528,48 @@ NOT_WINOGRAD = {
 }
 
 
-@pytest.fixture
-def algorithm():
-    """Set conv2d's algorithm inside a test; restored afterwards."""
-    previous = conv_module.algorithm
-    yield conv_module.set_algorithm
-    conv_module.set_algorithm(previous)
-
-
-@pytest.mark.parametrize("name", WINOGRAD_NAMES)
-@pytest.mark.parametrize("cfg", WINOGRAD.values(), ids=WINOGRAD.keys())
-def test_winograd_path_equals_the_im2col_path(cfg, name, algorithm):
-    g = None
+def assert_same_as_im2col(cfg, set_algorithm, name, function, tolerance):
+    """y, dx, dW and db with ``set_algorithm(name)``, which must run
+    ``Conv2d[function]``, equal im2col's to ``tolerance`` in float64, for one
+    random upstream gradient (the other algorithms' tests use it too)."""
     results = {}
-    for chosen in (name, "im2col"):
-        algorithm(chosen)
+    g = None
+    for chosen, runs in ((name, function), ("im2col", "im2col")):
+        set_algorithm(chosen)
         x, w, b = make_inputs(cfg)
         y = conv2d(x, w, b, **cfg["kwargs"])
-        assert y.grad_fn.name == f"Conv2d[{chosen}]"
+        assert y.grad_fn.name == f"Conv2d[{runs}]"
         if g is None:
             g = np.random.default_rng(0).standard_normal(y.shape)
         y.backward(g)
         results[chosen] = [y.detach().numpy()] + [t.grad.numpy() for t in (x, w, b)
                                                    if t is not None]
     for fast, plain in zip(results[name], results["im2col"]):
-        np.testing.assert_allclose(fast, plain, rtol=1e-11, atol=1e-11)
+        np.testing.assert_allclose(fast, plain, rtol=tolerance, atol=tolerance)
+
+
+def assert_matches_the_loops(cfg, function):
+    """conv2d under the current setting runs the layer ``cfg`` as
+    ``Conv2d[function]`` and its y equals ``conv2d_loops``' to 1e-12 in float64
+    (the other algorithms' tests use it too)."""
+    x, w, b = make_inputs(cfg)
+    y = conv2d(x, w, b, **cfg["kwargs"])
+    assert y.grad_fn.name == f"Conv2d[{function}]"
+    expected = conv2d_loops(x.data, w.data, None if b is None else b.data, *loop_geometry(cfg))
+    np.testing.assert_allclose(y.detach().numpy(), expected, rtol=1e-12, atol=1e-12)
+
+
+def assert_auto_picks(cfg, name):
+    """conv2d under the current setting runs the layer ``cfg`` as ``Conv2d[name]``."""
+    x = Tensor(np.zeros(cfg["x_shape"], np.float32), requires_grad=True)
+    w = Tensor(np.zeros(cfg["w_shape"], np.float32), requires_grad=True)
+    assert conv2d(x, w, **cfg["kwargs"]).grad_fn.name == f"Conv2d[{name}]"
+
+
+@pytest.mark.parametrize("name", WINOGRAD_NAMES)
+@pytest.mark.parametrize("cfg", WINOGRAD.values(), ids=WINOGRAD.keys())
+def test_winograd_path_equals_the_im2col_path(cfg, name, algorithm):
+    assert_same_as_im2col(cfg, algorithm, name, name, 1e-11)
 
 
 @pytest.mark.parametrize("name", WINOGRAD_NAMES)
@@ -568,12 +585,7 @@ def test_winograd_gradcheck(cfg, name, algorithm):
 @pytest.mark.parametrize("name", WINOGRAD_NAMES)
 def test_winograd_matches_explicit_loops(name, algorithm):
     algorithm(name)
-    cfg = WINOGRAD["pad1-odd-nobias"]
-    x, w, b = make_inputs(cfg)
-    y = conv2d(x, w, b, **cfg["kwargs"])
-    assert y.grad_fn.name == f"Conv2d[{name}]"
-    expected = conv2d_loops(x.data, w.data, None, *loop_geometry(cfg))
-    np.testing.assert_allclose(y.detach().numpy(), expected, rtol=1e-12, atol=1e-12)
+    assert_matches_the_loops(WINOGRAD["pad1-odd-nobias"], name)
 
 
 # output size -> what "auto" runs: 4x4 tiles where they cover the output with at

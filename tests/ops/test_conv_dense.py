@@ -5,15 +5,11 @@ saved."""
 import numpy as np
 import pytest
 
-from tests.inputs import distinct
-from tinygrad_cnn import Tensor, gradcheck
-from tinygrad_cnn.ops import conv as conv_module
+from tests.ops.test_conv import (assert_auto_picks, assert_matches_the_loops,
+                                 assert_same_as_im2col, config, make_inputs)
+from tinygrad_cnn import gradcheck
 from tinygrad_cnn.ops.conv import conv2d
 from tinygrad_cnn.ops.conv_dense import tap_matrix
-
-
-def config(x_shape, w_shape, bias=True, **kwargs):
-    return dict(x_shape=x_shape, w_shape=w_shape, bias=bias, kwargs=kwargs)
 
 
 # maps no larger than the kernel's window: what "auto" runs densely (with more
@@ -28,96 +24,28 @@ DENSE = {
 }
 
 
-@pytest.fixture
-def algorithm():
-    previous = conv_module.algorithm
-    yield conv_module.set_algorithm
-    conv_module.set_algorithm(previous)
-
-
-def inputs(cfg, dtype=np.float64):
-    x = Tensor(distinct(*cfg["x_shape"], seed=0, dtype=dtype), requires_grad=True)
-    w = Tensor(distinct(*cfg["w_shape"], seed=1, dtype=dtype), requires_grad=True)
-    b = (Tensor(distinct(cfg["w_shape"][0], seed=2, dtype=dtype), requires_grad=True)
-         if cfg["bias"] else None)
-    return x, w, b
-
-
-def loops(x, w, b, stride, padding, dilation):
-    """The definition, one output at a time: y[n, o, oh, ow] = b[o] + Σ W[o, c, i, j] x_pad[...]."""
-    (SH, SW), (DH, DW) = stride, dilation
-    top, bottom, left, right = padding
-    xp = np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)))
-    O, _, KH, KW = w.shape
-    OH = (xp.shape[2] - DH * (KH - 1) - 1) // SH + 1
-    OW = (xp.shape[3] - DW * (KW - 1) - 1) // SW + 1
-    y = np.zeros((x.shape[0], O, OH, OW))
-    for oh in range(OH):
-        for ow in range(OW):
-            window = xp[:, :, oh * SH:oh * SH + DH * (KH - 1) + 1:DH,
-                        ow * SW:ow * SW + DW * (KW - 1) + 1:DW]
-            y[:, :, oh, ow] = np.einsum("ncij,ocij->no", window, w)
-    return y if b is None else y + b.reshape(1, -1, 1, 1)
-
-
-def geometry(cfg):
-    """The config's stride, padding (top, bottom, left, right) and dilation, by hand."""
-    kw = cfg["kwargs"]
-    pair = lambda v: v if isinstance(v, tuple) else (v, v)     # noqa: E731
-    stride, dilation = pair(kw.get("stride", 1)), pair(kw.get("dilation", 1))
-    p = kw.get("padding", 0)
-    if p == "same":
-        p = (1, 1)                                  # a 3x3 kernel, stride 1
-    ph, pw = pair(p)
-    return stride, (ph, ph, pw, pw), dilation
-
-
 @pytest.mark.parametrize("cfg", DENSE.values(), ids=DENSE.keys())
 def test_auto_runs_tiny_maps_densely_and_matches_the_loops(cfg):
-    x, w, b = inputs(cfg)
-    y = conv2d(x, w, b, **cfg["kwargs"])
-    assert y.grad_fn.name == "Conv2d[dense]"
-    expected = loops(x.data, w.data, None if b is None else b.data, *geometry(cfg))
-    np.testing.assert_allclose(y.detach().numpy(), expected, rtol=1e-12, atol=1e-12)
+    assert_matches_the_loops(cfg, "dense")
 
 
 @pytest.mark.parametrize("cfg", DENSE.values(), ids=DENSE.keys())
 def test_dense_gradcheck(cfg):
-    x, w, b = inputs(cfg)
+    x, w, b = make_inputs(cfg)
     args = (x, w) if b is None else (x, w, b)
     gradcheck(lambda *t: conv2d(*t, **cfg["kwargs"]), args)
 
 
-def assert_paths_agree(cfg, set_algorithm, name, expected_function):
-    """y, dx, dW and db with ``set_algorithm(name)`` (which must run
-    ``expected_function``) equal im2col's to 1e-12 in float64, for one random
-    upstream gradient."""
-    results = {}
-    g = None
-    for algorithm_name, function in ((name, expected_function), ("im2col", "Conv2d[im2col]")):
-        set_algorithm(algorithm_name)
-        x, w, b = inputs(cfg)
-        y = conv2d(x, w, b, **cfg["kwargs"])
-        assert y.grad_fn.name == function
-        if g is None:
-            g = np.random.default_rng(0).standard_normal(y.shape)
-        y.backward(g)
-        results[algorithm_name] = [y.detach().numpy()] + [t.grad.numpy() for t in (x, w, b)
-                                                          if t is not None]
-    for ours, plain in zip(results[name], results["im2col"]):
-        np.testing.assert_allclose(ours, plain, rtol=1e-12, atol=1e-12)
-
-
 @pytest.mark.parametrize("cfg", DENSE.values(), ids=DENSE.keys())
 def test_dense_path_equals_the_im2col_path(cfg, algorithm):
-    assert_paths_agree(cfg, algorithm, "auto", "Conv2d[dense]")
+    assert_same_as_im2col(cfg, algorithm, "auto", "dense", 1e-12)
 
 
 @pytest.mark.parametrize("cfg", [DENSE["densenet-3x3"], DENSE["googlenet-5x5-nobias"]],
                          ids=["densenet-3x3", "googlenet-5x5-nobias"])
 def test_dense_matches_torch_in_float32(cfg):
     torch = pytest.importorskip("torch")
-    x, w, b = inputs(cfg, np.float32)
+    x, w, b = make_inputs(cfg, dtype=np.float32)
     y = conv2d(x, w, b, **cfg["kwargs"])
     assert y.grad_fn.name == "Conv2d[dense]" and y.dtype == np.float32
     g = np.random.default_rng(1).standard_normal(y.shape).astype(np.float32)
@@ -144,13 +72,6 @@ NOT_DENSE = {
 }
 
 
-def assert_auto_picks(cfg, name):
-    """conv2d under the current setting runs the layer ``cfg`` as ``Conv2d[name]``."""
-    x = Tensor(np.zeros(cfg["x_shape"], np.float32), requires_grad=True)
-    w = Tensor(np.zeros(cfg["w_shape"], np.float32), requires_grad=True)
-    assert conv2d(x, w, **cfg["kwargs"]).grad_fn.name == f"Conv2d[{name}]"
-
-
 @pytest.mark.parametrize("cfg, name", NOT_DENSE.values(), ids=NOT_DENSE.keys())
 def test_dense_only_on_tiny_maps_with_small_dense_weights(cfg, name):
     assert_auto_picks(cfg, name)
@@ -158,13 +79,13 @@ def test_dense_only_on_tiny_maps_with_small_dense_weights(cfg, name):
 
 def test_im2col_when_asked(algorithm):
     algorithm("im2col")
-    x, w, b = inputs(DENSE["densenet-3x3"])
+    x, w, b = make_inputs(DENSE["densenet-3x3"])
     assert conv2d(x, w, b, padding=1).grad_fn.name == "Conv2d[im2col]"
 
 
 @pytest.mark.parametrize("x_grad, w_grad", [(True, False), (False, True)])
 def test_dense_saves_only_what_the_wanted_gradients_need(x_grad, w_grad):
-    x, w, b = inputs(DENSE["densenet-3x3"])
+    x, w, b = make_inputs(DENSE["densenet-3x3"])
     x.requires_grad, w.requires_grad = x_grad, w_grad
     x_saved, dense = conv2d(x, w, b, padding=1).grad_fn.saved
     assert (x_saved is not None) == w_grad      # x only serves dW

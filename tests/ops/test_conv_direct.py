@@ -8,7 +8,6 @@ import kernels
 from tests.inputs import distinct
 from tests.ops.test_conv import config, conv2d_loops, loop_geometry, make_inputs
 from tinygrad_cnn import Tensor, gradcheck
-from tinygrad_cnn.ops import conv as conv_module
 from tinygrad_cnn.ops.conv import choose_algorithm, conv2d, conv2d_geometry
 from tinygrad_cnn.ops.conv_direct import DIRECT_MAX_MULTIPLY_ADDS, Conv2dDirect
 
@@ -20,14 +19,6 @@ DIRECT = {
     "batch1-one-output-row": config((1, 3, 3, 7), (2, 3, 3, 2)),
 }
 IDS, PARAMS = list(DIRECT), list(DIRECT.values())
-
-
-@pytest.fixture
-def algorithm():
-    """Set conv2d's algorithm inside a test; restored afterwards."""
-    previous = conv_module.algorithm
-    yield conv_module.set_algorithm
-    conv_module.set_algorithm(previous)
 
 
 def run(cfg, g=None, dtype=np.float64):

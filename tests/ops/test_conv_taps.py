@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 import tinygrad_cnn as tc
-from tests.ops.test_conv_dense import (algorithm, assert_auto_picks,  # noqa: F401
-                                       assert_paths_agree, config, geometry, inputs, loops)
+from tests.ops.test_conv import (assert_auto_picks, assert_matches_the_loops,
+                                 assert_same_as_im2col, config, make_inputs)
 from tinygrad_cnn import gradcheck
 from tinygrad_cnn.ops import conv as conv_module
 from tinygrad_cnn.ops.conv import conv2d
@@ -29,24 +29,20 @@ GEOMETRIES = {
 @pytest.mark.parametrize("cfg", GEOMETRIES.values(), ids=GEOMETRIES.keys())
 def test_taps_match_the_loops(cfg, algorithm):
     algorithm("taps")
-    x, w, b = inputs(cfg)
-    y = conv2d(x, w, b, **cfg["kwargs"])
-    assert y.grad_fn.name == "Conv2d[taps]"
-    expected = loops(x.data, w.data, None if b is None else b.data, *geometry(cfg))
-    np.testing.assert_allclose(y.detach().numpy(), expected, rtol=1e-12, atol=1e-12)
+    assert_matches_the_loops(cfg, "taps")
 
 
 @pytest.mark.parametrize("cfg", GEOMETRIES.values(), ids=GEOMETRIES.keys())
 def test_taps_gradcheck(cfg, algorithm):
     algorithm("taps")
-    x, w, b = inputs(cfg)
+    x, w, b = make_inputs(cfg)
     args = (x, w) if b is None else (x, w, b)
     gradcheck(lambda *t: conv2d(*t, **cfg["kwargs"]), args)
 
 
 @pytest.mark.parametrize("cfg", GEOMETRIES.values(), ids=GEOMETRIES.keys())
 def test_taps_path_equals_the_im2col_path(cfg, algorithm):
-    assert_paths_agree(cfg, algorithm, "taps", "Conv2d[taps]")
+    assert_same_as_im2col(cfg, algorithm, "taps", "taps", 1e-12)
 
 
 @pytest.mark.parametrize("threads, budget", [(1, None), (2, None), (2, 1)])
@@ -57,7 +53,7 @@ def test_chunks_and_threads_give_the_same_result(threads, budget, algorithm):
     previous_threads = tc.get_num_threads()
     tc.set_num_threads(threads)
     try:
-        x, w, b = inputs(config((5, 64, 3, 3), (64, 64, 3, 3), padding=1))
+        x, w, b = make_inputs(config((5, 64, 3, 3), (64, 64, 3, 3), padding=1))
         y = conv2d(x, w, b, padding=1)
         chunks = y.grad_fn.chunks
         y.backward(np.random.default_rng(0).standard_normal(y.shape))
@@ -67,7 +63,7 @@ def test_chunks_and_threads_give_the_same_result(threads, budget, algorithm):
     assert y.grad_fn.name == "Conv2d[taps]"
     assert len(chunks) == (5 if budget == 1 else threads)
     algorithm("im2col")
-    x2, w2, b2 = inputs(config((5, 64, 3, 3), (64, 64, 3, 3), padding=1))
+    x2, w2, b2 = make_inputs(config((5, 64, 3, 3), (64, 64, 3, 3), padding=1))
     y2 = conv2d(x2, w2, b2, padding=1)
     y2.backward(np.random.default_rng(0).standard_normal(y2.shape))
     for ours, plain in ((y, y2), (x.grad, x2.grad), (w.grad, w2.grad), (b.grad, b2.grad)):
@@ -78,7 +74,7 @@ def test_chunks_and_threads_give_the_same_result(threads, budget, algorithm):
 def test_taps_match_torch_in_float32():
     torch = pytest.importorskip("torch")
     cfg = config((3, 128, 3, 3), (128, 128, 3, 3), padding=1)     # too large a dense weight
-    x, w, b = inputs(cfg, np.float32)
+    x, w, b = make_inputs(cfg, dtype=np.float32)
     y = conv2d(x, w, b, padding=1)
     assert y.grad_fn.name == "Conv2d[taps]" and y.dtype == np.float32
     g = np.random.default_rng(1).standard_normal(y.shape).astype(np.float32)
@@ -116,14 +112,14 @@ def test_auto_runs_taps_where_they_skip_enough_padding(cfg, name):
 
 def test_set_algorithm_taps_leaves_grouped_convolutions_to_im2col(algorithm):
     algorithm("taps")
-    x, w, b = inputs(config((1, 4, 3, 3), (4, 2, 3, 3), padding=1, groups=2))
+    x, w, b = make_inputs(config((1, 4, 3, 3), (4, 2, 3, 3), padding=1, groups=2))
     assert conv2d(x, w, b, padding=1, groups=2).grad_fn.name == "Conv2d[im2col]"
 
 
 @pytest.mark.parametrize("x_grad, w_grad", [(True, False), (False, True)])
 def test_taps_save_only_what_the_wanted_gradients_need(x_grad, w_grad, algorithm):
     algorithm("taps")
-    x, w, b = inputs(GEOMETRIES["3x3-map-pad1"])
+    x, w, b = make_inputs(GEOMETRIES["3x3-map-pad1"])
     x.requires_grad, w.requires_grad = x_grad, w_grad
     x_saved, by_tap = conv2d(x, w, b, padding=1).grad_fn.saved
     assert (x_saved is not None) == w_grad      # x only serves dW
