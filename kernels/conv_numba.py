@@ -27,7 +27,7 @@ the loops compiled, or loaded from the disk cache, at the first call).
 import numpy as np
 
 from . import conv_numpy, threads
-from .geometry import conv_output_hw
+from .geometry import conv_output_hw, taps_inside
 from .jit import compilable, for_shares, on_first_use
 
 prange = range          # numba.prange once the loops compile (kernels/jit.py)
@@ -116,15 +116,10 @@ def _loops():
 
 # ---------------------------------------------------------------- geometry
 def _inside(taps, dilation, pad, stride, size, out_size):
-    """Per kernel tap t: the output positions [lo, hi) whose input position
-    o·stride + t·dilation - pad lies inside [0, size).  Shape (taps, 2)."""
-    ranges = np.empty((taps, 2), dtype=np.int64)
-    for t in range(taps):
-        offset = t * dilation - pad
-        lo = max(0, -(offset // stride))                    # ceil(-offset / stride)
-        hi = min(out_size, -((offset - size) // stride))    # ceil((size - offset) / stride)
-        ranges[t] = lo, max(lo, hi)
-    return ranges
+    """``geometry.taps_inside`` as the (taps, 2) int64 array the loops index:
+    per kernel tap, the output positions [lo, hi) whose input lies inside."""
+    return np.array(taps_inside(taps, dilation, pad, stride, size, out_size),
+                    dtype=np.int64).reshape(taps, 2)
 
 
 def _loop_arguments(x_shape, kernel_size, stride, padding, dilation):

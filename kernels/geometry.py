@@ -43,6 +43,21 @@ def conv_output_hw(x_shape, kernel_size, stride, padding, dilation, op="im2col")
     return OH, OW
 
 
+def taps_inside(taps, dilation, pad, stride, size, out_size):
+    """Per kernel tap t along one axis: (lo, hi), the output positions
+    lo..hi-1 whose input position o·stride + t·dilation - pad lies inside
+    [0, size) (lo == hi where none does).  im2col's loops skip the padding with
+    these ranges, and the products per tap (``tinygrad_cnn/ops/conv_taps.py``)
+    take their windows from them."""
+    ranges = []
+    for t in range(taps):
+        offset = t * dilation - pad
+        lo = max(0, -(offset // stride))                    # ceil(-offset / stride)
+        hi = min(out_size, -((offset - size) // stride))    # ceil((size - offset) / stride)
+        ranges.append((lo, max(lo, hi)))
+    return ranges
+
+
 # ---------------------------------------------------------------- pooling
 def pool_output_size(size, kernel, stride, padding, dilation=1, ceil_mode=False):
     """Number of windows along one axis, exactly as PyTorch counts them.

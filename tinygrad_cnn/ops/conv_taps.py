@@ -30,7 +30,7 @@ once.
 import numpy as np
 
 import kernels
-from kernels.geometry import batch_chunks, conv_output_hw
+from kernels.geometry import batch_chunks, conv_output_hw, taps_inside
 
 from ..autograd import Function
 from ..backend import get_array_module
@@ -49,17 +49,11 @@ TRANSPOSE_BLOCK = 4096
 
 def tap_windows(in_size, out_size, kernel, stride, pad_before, dilation):
     """Per kernel offset i along one axis: (out_lo, out_hi, in_lo), the outputs
-    out_lo..out_hi-1 whose input pixel for offset i lies inside the map, and
-    the first of those input pixels (the rest follow every ``stride``);
-    out_lo == out_hi where there are none."""
-    windows = []
-    for i in range(kernel):
-        offset = i * dilation - pad_before          # input pixel = o·stride + offset
-        lo = max(0, -(offset // stride))            # ceil(-offset / stride)
-        hi = min(out_size, (in_size - 1 - offset) // stride + 1)
-        hi = max(hi, lo)
-        windows.append((lo, hi, lo * stride + offset))
-    return windows
+    out_lo..out_hi-1 whose input pixel for offset i lies inside the map
+    (``kernels.geometry.taps_inside``), and the first of those input pixels
+    (the rest follow every ``stride``); out_lo == out_hi where there are none."""
+    inside = taps_inside(kernel, dilation, pad_before, stride, in_size, out_size)
+    return [(lo, hi, lo * stride + i * dilation - pad_before) for i, (lo, hi) in enumerate(inside)]
 
 
 def taps_share(x_shape, weight_shape, stride, padding, dilation, out_hw):
