@@ -17,7 +17,7 @@ the compiler vectorises them (instead of OH short loops of OW)::
 
     y_flat[o, k]  = Σ_{c, i, j} W[o, c, i, j] · x_flat[c, base(i, j) + k]       forward
     gx_flat[c, p] = Σ_{o, i, j} W[o, c, i, j] · gy_flat[o, p - base(i, j)]      backward_input
-    dW_rows[o, c, i, j, k] = Σ_n gy_flat[n, o, k] · x_flat[n, c, base(i, j) + k]  backward_weight
+    dW[o, c, i, j]  = Σ_{n, k} gy_flat[n, o, k] · x_flat[n, c, base(i, j) + k]  backward_weight
 
 forward and backward_input sum the KH·KW taps inside the loop over k (the
 backward one gathers, reading gy shifted, rather than scattering), so each
@@ -26,10 +26,13 @@ element is loaded and stored once per (o, c), not once per tap.
 nothing backward -- unless the other factor is inf or NaN, where 0 · inf
 would put a NaN where PyTorch has a number: such inputs (W for dx, x for dW;
 one sum tells) go to the reference.  dW[o, c, i, j] is a dot product over
-(n, k); summing it into one float would need the additions reordered to run
-in vector registers, which only fastmath allows, so each (o, c, i, j) keeps a
-row of L partial sums, added element by element (vectorisable in order) and
-summed once at the end.
+(n, k): per image, one dot of length L over that image's flat rows, copied
+into scratch that stays in the cache, its partial sums in vector registers
+(the compiler may reorder this sum's additions, ``reassoc``, as it does batch
+norm's; in float32 each dot's error is that of a few dozen terms, the images'
+dots then add up in float64).  It runs over twice as fast as keeping a
+row of L partial sums in memory per (o, c, i, j), added element by element
+(benchmarks/results.md, "The direct convolution's dW as dot products").
 
 As in ``pool_numba.py``:
 
@@ -46,6 +49,7 @@ else goes to the reference (``kernels/jit.py``).  Indices in the inner
 loops are unsigned for the reason ``conv_numba.py`` gives.
 """
 import functools
+import types
 
 import numpy as np
 
@@ -119,35 +123,53 @@ def _loops(KH, KW):
                     for v in range(Wd):
                         gx[n, c, h, v] = plane[np.uint64((top + h) * Wp + left + v)]
 
-    def backward_weight(g_flat, x_flat, rows, Wp, DH, DW):
-        """rows[o, c, i, j, k] += Σ_n g_flat[n, o, k] · x_flat[n, c, base(i, j) + k];
-        dW is rows summed over k.  g_flat: (N, O, OH·Wp), gy at row width Wp with
-        zeros in the scratch columns; rows: (O, C, KH, KW, L), zeroed by the caller.
-        (o, c) outermost: its rows stay in the cache while the images stream by,
-        two at a time, so each load and store of a partial sum carries two products."""
-        N, C = x_flat.shape[:2]
-        O, L = g_flat.shape[1], rows.shape[4]
-        for o in range(O):
-            for c in range(C):
-                for n in range(0, N - 1, 2):
-                    g0, plane0 = g_flat[n, o], x_flat[n, c]
-                    g1, plane1 = g_flat[n + 1, o], x_flat[n + 1, c]
-                    for i in range(KH):
-                        for j in range(KW):
-                            sums, base = rows[o, c, i, j], i * DH * Wp + j * DW
-                            for k in range(L):
-                                u, q = np.uint64(k), np.uint64(base + k)
-                                sums[u] += g0[u] * plane0[q] + g1[u] * plane1[q]
-                if N % 2:                               # the odd image out
-                    g, plane = g_flat[N - 1, o], x_flat[N - 1, c]
-                    for i in range(KH):
-                        for j in range(KW):
-                            sums, base = rows[o, c, i, j], i * DH * Wp + j * DW
-                            for k in range(L):
-                                u, q = np.uint64(k), np.uint64(base + k)
-                                sums[u] += g[u] * plane[q]
+    def backward_weight(gy, x, dW, top, left, Hp, Wp, DH, DW, zero):
+        """dW[o, c, i, j] += Σ_n Σ_k gy_flat[n, o, k] · x_flat[n, c, base(i, j) + k]:
+        one dot product per (o, c, i, j) and image.  gy: (N, O, OH, OW); x: (N, C, H, W),
+        unpadded; dW: float64 (O, C, KH, KW), added to; zero: 0 in x's dtype.
 
-    return compile_loops(forward, backward_input, backward_weight, nogil=True)
+        Each image is first copied into scratch that stays in the cache: x zero-padded
+        to (Hp, Wp) and flattened, gy at row width Wp with zeros in the scratch
+        columns (never written again: only the interior changes).  The dot products
+        then read only cached data, and run in vector registers: a sum whose order
+        the compiler may change (``reassoc``, see ``_loops``).  Two output channels
+        share each load of the input window (an odd last one pairs with a zero row)."""
+        N, C, H, Wd = x.shape
+        O, OH, OW = gy.shape[1:]
+        L = (OH - 1) * Wp + OW
+        planes = np.zeros((C, Hp * Wp), dtype=x.dtype)
+        rows = np.zeros((O + O % 2, L), dtype=gy.dtype)
+        for n in range(N):
+            for c in range(C):
+                for h in range(H):
+                    for v in range(Wd):
+                        planes[c, np.uint64((top + h) * Wp + left + v)] = x[n, c, h, v]
+            for o in range(O):
+                for oh in range(OH):
+                    for ow in range(OW):
+                        rows[o, np.uint64(oh * Wp + ow)] = gy[n, o, oh, ow]
+            for c in range(C):
+                plane = planes[c]
+                for o in range(0, O, 2):
+                    g0, g1 = rows[o], rows[o + 1]
+                    for i in range(KH):
+                        for j in range(KW):
+                            base = i * DH * Wp + j * DW
+                            s0, s1 = zero, zero
+                            for k in range(L):
+                                window = plane[np.uint64(base + k)]
+                                s0 += g0[np.uint64(k)] * window
+                                s1 += g1[np.uint64(k)] * window
+                            dW[o, c, i, j] += s0
+                            if o + 1 < O:
+                                dW[o + 1, c, i, j] += s1
+
+    # The forward and dx loops keep the reference's order of additions; the dot
+    # products of dW may reorder theirs (``reassoc``: partial sums in vector
+    # registers, as batch norm's sums do), the only way they vectorise.
+    exact = compile_loops(forward, backward_input, nogil=True)
+    dots = compile_loops(backward_weight, nogil=True, fastmath={"reassoc", "contract"})
+    return types.SimpleNamespace(**vars(exact), **vars(dots))
 
 
 def _batch_slices(*arrays):
@@ -236,28 +258,18 @@ def conv_direct_backward_weight(gy, x, kernel_size, stride, padding, dilation):
     if not (_compiles(stride, gy, x) and _finite(x)):
         return conv_direct_numpy.conv_direct_backward_weight(gy, x, kernel_size, stride,
                                                              padding, dilation)
-    x = np.ascontiguousarray(x)
-    x_pad, Wp = _padded_buffer(x, padding)
-    (N, O, OH, OW), C = gy.shape, x.shape[1]
-    L = (OH - 1) * Wp + OW
-    g_flat = np.empty((N, O, OH * Wp), dtype=gy.dtype)    # gy at row width Wp
-    slices = _batch_slices(g_flat, x_pad)
-    # per slice, one row of partial sums per (o, c, i, j): no two threads share one
-    rows = np.zeros((len(slices), O, C) + tuple(kernel_size) + (L,), dtype=x.dtype)
+    top, bottom, left, right = padding
+    gy, x = np.ascontiguousarray(gy), np.ascontiguousarray(x)
+    (N, O), (C, H, Wd) = gy.shape[:2], x.shape[1:]
+    slices = _batch_slices(gy, x)
+    # one float64 dW per slice: no two threads add into the same one
+    partial = np.zeros((len(slices), O, C) + tuple(kernel_size), dtype=np.float64)
     loop = _loops(*kernel_size).backward_weight
-
-    def slice_job(s, lo, hi):
-        # each thread pads its own images and lays out their gy at width Wp, then sums
-        x_flat = _padded_flat(x[lo:hi], x_pad[lo:hi], padding)
-        _widen(gy[lo:hi], g_flat[lo:hi].reshape(hi - lo, O, OH, Wp))
-        loop(g_flat[lo:hi], x_flat, rows[s], Wp, *dilation)
-    threads.run_all([functools.partial(slice_job, s, lo, hi)
+    threads.run_all([functools.partial(loop, gy[lo:hi], x[lo:hi], partial[s], top, left,
+                                       H + top + bottom, Wd + left + right, *dilation,
+                                       x.dtype.type(0))
                      for s, (lo, hi) in enumerate(slices)])
-    return rows.sum(axis=(0, 5))
-
-
-def _widen(gy, wide):
-    """wide (n, O, OH, Wp) = gy (n, O, OH, OW) in its first OW columns, 0 in the rest."""
-    OW = gy.shape[3]
-    wide[..., :OW] = gy
-    wide[..., OW:] = 0
+    total = partial[0]
+    for more in partial[1:]:        # in slice order, whichever thread finished first
+        total += more
+    return total.astype(x.dtype)

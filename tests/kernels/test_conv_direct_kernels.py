@@ -205,6 +205,22 @@ def test_weight_gradient_is_the_same_every_run(threads):
                                                           (1, 1)), first)
 
 
+def test_float32_weight_gradient_is_accurate_over_a_large_batch(threads):
+    # dW sums N·OH·OW products per weight (here 200,704).  One float32 running sum
+    # over them drifts by about 3e-8 of the products' summed magnitudes on these
+    # numbers; the loops keep each image's dot in vector partial sums and add the
+    # images in float64: about 1e-9.
+    x, W, gy = operands(((256, 1, 28, 28), 6, (5, 5), (1, 1), (2, 2, 2, 2), (1, 1)))
+    geometry = geometry_of(((256, 1, 28, 28), 6, (5, 5), (1, 1), (2, 2, 2, 2), (1, 1)))
+    exact = conv_direct_numpy.conv_direct_backward_weight(gy, x, (5, 5), *geometry)
+    magnitude = conv_direct_numpy.conv_direct_backward_weight(abs(gy), abs(x), (5, 5), *geometry)
+    actual = conv_direct_numba.conv_direct_backward_weight(
+        gy.astype(np.float32), x.astype(np.float32), (5, 5), *geometry)
+    error = abs(actual - exact) / magnitude
+    assert actual.dtype == np.float32
+    assert error.max() < 1e-8, error.max()
+
+
 def test_scratch_columns_never_reach_the_result():
     # The loops compute each output row at the padded width and drop the extra
     # columns, which read past the row's end: huge values there must not leak
