@@ -399,8 +399,17 @@ POINTWISE = {
 }
 
 
+@pytest.fixture(params=["per-image", "merged"])
+def pointwise_products(request, monkeypatch):
+    """Each pointwise test runs both ways of multiplying: one product per image,
+    and a chunk's images side by side (``pointwise_merges``), whatever the map's size."""
+    limit = 0 if request.param == "per-image" else 10**9
+    monkeypatch.setattr(conv_module, "POINTWISE_MERGE_MAX_PIXELS", limit)
+    return request.param == "merged"
+
+
 @pytest.mark.parametrize("cfg", POINTWISE.values(), ids=POINTWISE.keys())
-def test_pointwise_path_equals_the_im2col_path(cfg, algorithm):
+def test_pointwise_path_equals_the_im2col_path(cfg, algorithm, pointwise_products):
     # Padding by 1 and cropping the border back off gives the same numbers
     # through the general im2col path.
     algorithm("im2col")         # (which 'auto' would run direct, these layers being thin)
@@ -410,6 +419,7 @@ def test_pointwise_path_equals_the_im2col_path(cfg, algorithm):
     fast = conv2d(x1, w1, b1, **kwargs)
     padded = conv2d(x2, w2, b2, **dict(kwargs, padding=1))
     assert fast.grad_fn.name == "Conv2d[pointwise]" and padded.grad_fn.name == "Conv2d[im2col]"
+    assert fast.grad_fn.merged == pointwise_products
     general = padded[:, :, 1:-1, 1:-1]
     np.testing.assert_allclose(fast.detach().numpy(), general.detach().numpy(),
                                rtol=1e-13, atol=1e-13)
@@ -421,8 +431,28 @@ def test_pointwise_path_equals_the_im2col_path(cfg, algorithm):
         np.testing.assert_allclose(a.grad.numpy(), b.grad.numpy(), rtol=1e-13, atol=1e-13)
 
 
+@pytest.mark.parametrize("cfg", [POINTWISE["k1-groups2-nobias"], CHUNKED_OTHERS[
+    "pointwise-groups2"][0]], ids=["nobias", "bias"])
+def test_pointwise_gradcheck_in_chunks_of_one_image(cfg, column_budget, pointwise_products):
+    # chunks of one image: the merged products' reordering, per chunk, and the
+    # bias riding along it
+    column_budget(1)
+    x, w, b = make_inputs(cfg)
+    fn = conv2d(x, w, b, **cfg["kwargs"]).grad_fn
+    assert fn.merged == pointwise_products and len(fn.chunks) == cfg["x_shape"][0]
+    gradcheck(lambda *t: conv2d(*t, **cfg["kwargs"]), (x, w) if b is None else (x, w, b))
+
+
+@pytest.mark.parametrize("x_shape, merged", [((64, 832, 3, 3), True), ((64, 528, 6, 6), True),
+                                             ((64, 256, 8, 8), False),
+                                             ((64, 192, 12, 12), False)])
+def test_pointwise_merges_the_images_of_small_cpu_maps_only(x_shape, merged):
+    # GoogLeNet's last blocks (3x3, 6x6 maps) merged; from 8x8 up, one product per image
+    assert conv_module.pointwise_merges(np.empty(x_shape, np.float32)) == merged
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_pointwise_reads_a_non_contiguous_input(dtype):
+def test_pointwise_reads_a_non_contiguous_input(dtype, pointwise_products):
     cfg = CONFIGS["k1"]
     x, w, b = make_inputs(cfg, dtype=dtype)
     x_t = Tensor(np.ascontiguousarray(x.data.transpose(0, 1, 3, 2)).transpose(0, 1, 3, 2),

@@ -363,6 +363,22 @@ class Conv2dIm2col(Function):
 
 
 # ---------------------------------------------------------------- 1×1, stride 1, no padding
+# Up to this many pixels per image, a CPU pointwise layer multiplies a chunk's
+# images side by side, one product, instead of one product per image: with a
+# few columns per image, each per-image product reads the whole weight for a
+# thin result (GoogLeNet's 832 -> 384 layer on 3x3 maps ran 2x faster merged;
+# from 8x8 maps up the per-image products were as fast or faster:
+# benchmarks/results.md, "Pointwise layers on small maps").
+POINTWISE_MERGE_MAX_PIXELS = 36
+
+
+def pointwise_merges(x):
+    """Whether ``Conv2dPointwise`` runs input ``x``'s images side by side (one
+    product per chunk): on the CPU, for maps of at most POINTWISE_MERGE_MAX_PIXELS
+    pixels.  A GPU keeps one batched product (one launch, no reordering copies)."""
+    return get_array_module(x) is np and x.shape[2] * x.shape[3] <= POINTWISE_MERGE_MAX_PIXELS
+
+
 class Conv2dPointwise(Function):
     """A 1×1 kernel with stride 1 and no padding: each image x[n], viewed as
     (C, H·W), already is its column matrix, so there is no im2col at all.
@@ -375,7 +391,11 @@ class Conv2dPointwise(Function):
         db = Σ_{n, h, w} dy
 
     dW is one product over the batch's pixels side by side (not N per-image
-    products: on a GPU each would be a launch, on a CPU a thin product).
+    products: on a GPU each would be a launch, on a CPU a thin product).  On
+    small CPU maps (``pointwise_merges``) y and dx are too: x and dy laid out
+    as (G, C/G, N·H·W) and (G, O/G, N·H·W), one product each, the result
+    reordered back to (N, G, ·, H·W) -- on a 3×3 map the per-image products
+    would have nine columns each, and each would read the whole weight.
 
     Every pass runs one chunk of the batch at a time (``batch_chunks``, at
     most ``column_budget`` bytes of a chunk's input and output; on a GPU
@@ -396,6 +416,7 @@ class Conv2dPointwise(Function):
         N, C, H, Wd = x.shape
         O = W.shape[0]
         self.bytes_per_image = (C + O) * H * Wd * x.dtype.itemsize
+        self.merged = pointwise_merges(x)       # images side by side, or one product each
         with TF32(x, cudnn.allow_tf32):
             y, self.chunks, self.column_budget = run_in_chunks(
                 lambda chunks: self._forward(x, W, b, chunks), x, self.bytes_per_image,
@@ -412,6 +433,14 @@ class Conv2dPointwise(Function):
         def run(chunk):     # the chunks write disjoint parts of y: they may run side by side
             y_chunk = y[chunk]
             n = len(y_chunk)
+            if self.merged:
+                y_rows = kernels.matmul(Wg, _side_by_side(xp, x[chunk], G))  # (G, O/G, n·HW)
+                y_rows = y_rows.reshape(G, O // G, n, H * Wd).transpose(2, 0, 1, 3)
+                if b is None:
+                    y_chunk[...] = y_rows
+                else:       # the bias rides along the copy back to (n, G, O/G, HW)
+                    xp.add(y_rows, b.reshape(G, O // G, 1), out=y_chunk)
+                return
             kernels.matmul(Wg, x[chunk].reshape(n, G, C // G, H * Wd), out=y_chunk)
             if b is not None:
                 y_chunk += b.reshape(G, O // G, 1)
@@ -435,16 +464,24 @@ class Conv2dPointwise(Function):
         WgT = W.reshape(G, O // G, C // G).swapaxes(1, 2) if need_x else None
         gx = xp.empty(self.x_shape, dtype=gy.dtype) if need_x else None
 
+        merged = self.merged
+
         def run(chunk):     # -> this chunk's (dW, db); its dx goes into its own part of gx
             gy_chunk = gy[chunk]
             n = len(gy_chunk)
+            # dy's images side by side: for dW, and for a merged dx
+            gy_rows = _side_by_side(xp, gy_chunk, G) if need_W or (need_x and merged) else None
             if need_x:
                 gx_chunk = gx[chunk].reshape(n, G, C // G, H * Wd)
-                kernels.matmul(WgT, gy_chunk.reshape(n, G, O // G, H * Wd), out=gx_chunk)
+                if merged:
+                    gx_rows = kernels.matmul(WgT, gy_rows)        # (G, C/G, n·HW)
+                    gx_chunk[...] = gx_rows.reshape(G, C // G, n, H * Wd).transpose(2, 0, 1, 3)
+                else:
+                    kernels.matmul(WgT, gy_chunk.reshape(n, G, O // G, H * Wd), out=gx_chunk)
             gb_chunk = gy_chunk.sum(axis=(0, 2, 3)) if need_b else None
             gW_chunk = None
             if need_W:
-                gy_rows, x_rows = (_side_by_side(xp, a, G) for a in (gy_chunk, x[chunk]))
+                x_rows = _side_by_side(xp, x[chunk], G)
                 gW_chunk = kernels.matmul(gy_rows, x_rows.swapaxes(1, 2))  # (G, O/G, C/G)
             return gW_chunk, gb_chunk
         # summed in the chunks' order wherever they ran, each as it comes
