@@ -463,8 +463,7 @@ class Conv2dPointwise(Function):
         O, G = gy.shape[1], self.groups
         WgT = W.reshape(G, O // G, C // G).swapaxes(1, 2) if need_x else None
         gx = xp.empty(self.x_shape, dtype=gy.dtype) if need_x else None
-
-        merged = self.merged
+        merged = self.merged        # as the forward ran
 
         def run(chunk):     # -> this chunk's (dW, db); its dx goes into its own part of gx
             gy_chunk = gy[chunk]
