@@ -45,6 +45,12 @@ def make_inputs(cfg, seed=0, requires_grad=True, dtype=np.float64):
     return x, w, b
 
 
+def gradcheck_conv(cfg, x, w, b):
+    """The float64 gradient check of conv2d with ``cfg``'s settings on x, w and
+    b (where the config has a bias)."""
+    gradcheck(lambda *t: conv2d(*t, **cfg["kwargs"]), (x, w) if b is None else (x, w, b))
+
+
 def conv2d_loops(x, w, b, stride, padding, dilation, groups):
     """The definition, one multiply-add at a time (numbers as PyTorch documents them)."""
     N, C, H, W = x.shape
@@ -336,9 +342,8 @@ def test_gradcheck_chunked(cfg, column_budget, algorithm):
     algorithm("im2col")
     column_budget(2 * column_bytes_per_image(cfg))
     x, w, b = make_inputs(cfg)
-    args = (x, w) if b is None else (x, w, b)
-    assert len(conv2d(*args, **cfg["kwargs"]).grad_fn.chunks) == 3
-    gradcheck(lambda *t: conv2d(*t, **cfg["kwargs"]), args)
+    assert len(conv2d(x, w, b, **cfg["kwargs"]).grad_fn.chunks) == 3
+    gradcheck_conv(cfg, x, w, b)
 
 
 # the other chunked algorithms: each pass's bias, db and dW summed chunk by chunk
@@ -357,7 +362,7 @@ def test_gradcheck_chunked_pointwise_and_winograd(cfg, chosen, name, column_budg
     x, w, b = make_inputs(cfg)
     fn = conv2d(x, w, b, **cfg["kwargs"]).grad_fn
     assert fn.name == f"Conv2d[{name}]" and len(fn.chunks) == cfg["x_shape"][0]
-    gradcheck(lambda *t: conv2d(*t, **cfg["kwargs"]), (x, w, b))
+    gradcheck_conv(cfg, x, w, b)
 
 
 def test_column_buffers_stay_within_the_budget(column_budget, monkeypatch):
@@ -440,7 +445,7 @@ def test_pointwise_gradcheck_in_chunks_of_one_image(cfg, column_budget, pointwis
     x, w, b = make_inputs(cfg)
     fn = conv2d(x, w, b, **cfg["kwargs"]).grad_fn
     assert fn.merged == pointwise_products and len(fn.chunks) == cfg["x_shape"][0]
-    gradcheck(lambda *t: conv2d(*t, **cfg["kwargs"]), (x, w) if b is None else (x, w, b))
+    gradcheck_conv(cfg, x, w, b)
 
 
 @pytest.mark.parametrize("x_shape, merged", [((64, 832, 3, 3), True), ((64, 528, 6, 6), True),

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from tests.ops.test_conv import (assert_auto_picks, assert_matches_the_loops,
-                                 assert_same_as_im2col, config, make_inputs)
-from tinygrad_cnn import gradcheck
+                                 assert_same_as_im2col, config, gradcheck_conv,
+                                 make_inputs)
 from tinygrad_cnn.ops.conv import conv2d
 from tinygrad_cnn.ops.conv_dense import tap_matrix
 
@@ -31,9 +31,7 @@ def test_auto_runs_tiny_maps_densely_and_matches_the_loops(cfg):
 
 @pytest.mark.parametrize("cfg", DENSE.values(), ids=DENSE.keys())
 def test_dense_gradcheck(cfg):
-    x, w, b = make_inputs(cfg)
-    args = (x, w) if b is None else (x, w, b)
-    gradcheck(lambda *t: conv2d(*t, **cfg["kwargs"]), args)
+    gradcheck_conv(cfg, *make_inputs(cfg))
 
 
 @pytest.mark.parametrize("cfg", DENSE.values(), ids=DENSE.keys())

@@ -6,7 +6,8 @@ import pytest
 
 import kernels
 from tests.inputs import distinct
-from tests.ops.test_conv import config, conv2d_loops, loop_geometry, make_inputs
+from tests.ops.test_conv import (config, conv2d_loops, gradcheck_conv, loop_geometry,
+                                 make_inputs)
 from tinygrad_cnn import Tensor, gradcheck
 from tinygrad_cnn.ops.conv import choose_algorithm, conv2d, conv2d_geometry
 from tinygrad_cnn.ops.conv_direct import DIRECT_MAX_MULTIPLY_ADDS, Conv2dDirect
@@ -41,9 +42,8 @@ def test_auto_runs_these_thin_layers_direct(cfg):
 @pytest.mark.parametrize("cfg", PARAMS, ids=IDS)
 def test_direct_gradcheck(cfg):
     x, w, b = make_inputs(cfg)
-    args = (x, w) if b is None else (x, w, b)
-    assert conv2d(*args, **cfg["kwargs"]).grad_fn.name == "Conv2d[direct]"
-    gradcheck(lambda *t: conv2d(*t, **cfg["kwargs"]), args)
+    assert conv2d(x, w, b, **cfg["kwargs"]).grad_fn.name == "Conv2d[direct]"
+    gradcheck_conv(cfg, x, w, b)
 
 
 @pytest.mark.parametrize("cfg", PARAMS, ids=IDS)

@@ -7,8 +7,8 @@ import pytest
 
 import tinygrad_cnn as tc
 from tests.ops.test_conv import (assert_auto_picks, assert_matches_the_loops,
-                                 assert_same_as_im2col, config, make_inputs)
-from tinygrad_cnn import gradcheck
+                                 assert_same_as_im2col, config, gradcheck_conv,
+                                 make_inputs)
 from tinygrad_cnn.ops import conv as conv_module
 from tinygrad_cnn.ops.conv import conv2d
 from tinygrad_cnn.ops.conv_taps import tap_windows, taps_share
@@ -35,9 +35,7 @@ def test_taps_match_the_loops(cfg, algorithm):
 @pytest.mark.parametrize("cfg", GEOMETRIES.values(), ids=GEOMETRIES.keys())
 def test_taps_gradcheck(cfg, algorithm):
     algorithm("taps")
-    x, w, b = make_inputs(cfg)
-    args = (x, w) if b is None else (x, w, b)
-    gradcheck(lambda *t: conv2d(*t, **cfg["kwargs"]), args)
+    gradcheck_conv(cfg, *make_inputs(cfg))
 
 
 @pytest.mark.parametrize("cfg", GEOMETRIES.values(), ids=GEOMETRIES.keys())
