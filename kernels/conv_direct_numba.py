@@ -19,9 +19,19 @@ the compiler vectorises them (instead of OH short loops of OW)::
     gx_flat[c, p] = Σ_{o, i, j} W[o, c, i, j] · gy_flat[o, p - base(i, j)]      backward_input
     dW[o, c, i, j]  = Σ_{n, k} gy_flat[n, o, k] · x_flat[n, c, base(i, j) + k]  backward_weight
 
-forward and backward_input sum the KH·KW taps inside the loop over k (the
-backward one gathers, reading gy shifted, rather than scattering), so each
-element is loaded and stored once per (o, c), not once per tap.
+**Blocks of channels.**  Each load feeds several sums.  forward carries B
+output channels through each pass over the flat rows (B sums per input
+element loaded), one kernel row (KW taps) per pass; backward_input, B input
+channels (B sums per element of gy), gathering -- reading gy shifted -- rather
+than scattering; backward_weight, B output channels times 5 taps of a row
+(``DW_TAPS``: 4 x 5 dot products per pass, each load of gy or of the window
+feeding 5 or 4 of them).  B, at most 4, is chosen per layer (``block_for``:
+16 channels go as 4 blocks of 4, 6 as 2 of 3) and built into the compiled
+loops; the weights get zero channels up to a multiple of B, whose sums are
+dropped.  (One channel per pass left the loops waiting on loads: the
+figures are in benchmarks/results.md, "The direct convolution in blocks of
+channels".)  forward and backward_input keep the reference's order of
+additions, each product fused into its addition (``contract``).
 ``gy_flat`` is gy at width Wp with zeros in the scratch columns, so they add
 nothing backward -- unless the other factor is inf or NaN, where 0 · inf
 would put a NaN where PyTorch has a number: such inputs (W for dx, x for dW;
@@ -36,9 +46,11 @@ row of L partial sums in memory per (o, c, i, j), added element by element
 
 As in ``pool_numba.py``:
 
-- The kernel size is a compile-time constant: ``_loops(KH, KW)`` compiles
-  the loops once per kernel size, so the (i, j) loops unroll.
-- The batch is split over threads (``threads.batch_slices``), each running the
+- The kernel size and the block are compile-time constants: ``_loops(KH, KW, B)``
+  compiles the loops once per kernel size and block, so the (i, j) loops
+  unroll and the lines for channels past B drop out.
+- The batch is split over threads (``threads.batch_slices``, from a few
+  million multiply-adds whatever the bytes), each running the
   compiled loop on its own slice of images with the GIL released
   (``nogil``).  Images never share an output, so nothing races; dW gets one
   set of partial sums per slice, added up in slice order afterwards, so the
@@ -59,69 +71,144 @@ from .jit import compilable, compile_loops
 
 
 # ---------------------------------------------------------------- the loops
+# Each pass of the loops below carries a block of up to MAX_BLOCK channels
+# (output channels forward and for dW, input channels for dx): one load of
+# the input then feeds that many multiply-adds instead of one.  The block
+# size is built into the compiled loops (``_loops``); the wrappers choose it
+# per layer (``block_for``) and pad the weights with zero channels to a
+# multiple of it (the sums of those channels are dropped).
+MAX_BLOCK = 4
+# dx sums a stretch of this many elements of the padded plane at a time: the
+# block's rows of partial sums stay in the first-level cache however large
+# the planes.  (forward runs over whole planes: in stretches it ran slower on
+# LeNet's, and no faster on VGG's 224x224 ones.)
+TILE = 1024
+# dW sums this many taps of a kernel row per pass over the row: with 4 output
+# channels, 4 x 5 partial sums in vector registers, and each load of gy or of
+# the window feeds 5 or 4 multiply-adds.  (5 is LeNet's kernel width; a
+# narrower kernel's extra taps read zero slack past the plane and are dropped.)
+DW_TAPS = 5
+
+
+def block_for(channels):
+    """The block size (1 to MAX_BLOCK) for a loop over ``channels`` channels: the
+    fewest passes, each pass costing its block plus one (the loads that its
+    channels share), padded channels included -- 16 channels go as 4 blocks of
+    4, 6 as 2 of 3 (not 2 of 4, two of them zeros), 1 as 1."""
+    def cost(block):
+        return -(-channels // block) * (block + 1)
+    return min(range(MAX_BLOCK, 0, -1), key=cost)
+
+
 @functools.cache
-def _loops(KH, KW):
-    """The three direct-convolution loops with the kernel size KH x KW built in
-    (compiled at the first call for a kernel size, ``kernels/jit.py``)."""
+def _loops(KH, KW, B):
+    """The three direct-convolution loops with the kernel size KH x KW and the
+    block size B built in (compiled at the first call for each, ``kernels/jit.py``).
+    The loops are written for MAX_BLOCK channels; with B fixed at compile time,
+    the lines for channels past B (``if B > q``) are compiled out."""
+    u = np.uint64
 
     def forward(x_flat, W, y, Wp, DH, DW, b, has_bias):
         """y[n, o] = Σ_{c, i, j} W[o, c, i, j] · x_flat[n, c, base(i, j) + k], cropped to
         (OH, OW), + b[o] if has_bias (as each output is written, after its sum, as the
-        reference adds it).  x_flat: (N, C, Hp·Wp), padded; y: (N, O, OH, OW), written."""
+        reference adds it).  x_flat: (N, C, Hp·Wp), padded; W: (O', C, KH, KW), O' a
+        multiple of B (zero rows past O); y: (N, O, OH, OW), written.
+
+        B output channels per pass over the flat rows, one kernel row (KW taps) per
+        pass: each input element loaded feeds B sums."""
         N, C = x_flat.shape[:2]
         O, OH, OW = y.shape[1:]
         L = (OH - 1) * Wp + OW
-        acc = np.empty(L, dtype=y.dtype)
+        acc = np.zeros((MAX_BLOCK, L), dtype=y.dtype)
         for n in range(N):
-            for o in range(O):
-                acc[:] = 0
+            for o in range(0, O, B):
+                acc[:B] = 0
+                a0, a1, a2, a3 = acc[0], acc[1], acc[2], acc[3]
                 for c in range(C):
-                    plane, taps = x_flat[n, c], W[o, c]
-                    for k in range(L):
-                        total = acc[np.uint64(k)]
-                        for i in range(KH):
+                    plane = x_flat[n, c]
+                    w0, w1 = W[o, c], W[o + min(1, B - 1), c]
+                    w2, w3 = W[o + min(2, B - 1), c], W[o + min(3, B - 1), c]
+                    for i in range(KH):
+                        row = plane[i * DH * Wp:]
+                        for k in range(L):
+                            t0, t1, t2, t3 = a0[u(k)], a1[u(k)], a2[u(k)], a3[u(k)]
                             for j in range(KW):
-                                total += taps[i, j] * plane[np.uint64(i * DH * Wp + j * DW + k)]
-                        acc[np.uint64(k)] = total
-                if has_bias:
-                    bias = b[o]
+                                v = row[u(j * DW + k)]
+                                t0 += w0[i, j] * v
+                                if B > 1:
+                                    t1 += w1[i, j] * v
+                                if B > 2:
+                                    t2 += w2[i, j] * v
+                                if B > 3:
+                                    t3 += w3[i, j] * v
+                            a0[u(k)] = t0
+                            if B > 1:
+                                a1[u(k)] = t1
+                            if B > 2:
+                                a2[u(k)] = t2
+                            if B > 3:
+                                a3[u(k)] = t3
+                for q in range(min(B, O - o)):
                     for oh in range(OH):
                         for ow in range(OW):
-                            y[n, o, oh, ow] = acc[np.uint64(oh * Wp + ow)] + bias
-                else:
-                    for oh in range(OH):
-                        for ow in range(OW):
-                            y[n, o, oh, ow] = acc[np.uint64(oh * Wp + ow)]
+                            total = acc[q, u(oh * Wp + ow)]
+                            y[n, o + q, oh, ow] = total + b[o + q] if has_bias else total
 
     def backward_input(gy, W, gx, Hp, Wp, DH, DW, top, left):
         """gx[n, c] = the forward's adjoint, gathered: padded-plane pixel p gets
         Σ_{o, i, j} W[o, c, i, j] · gy_flat[n, o, p - base(i, j)], then the plane
-        is cropped.  gy: (N, O, OH, OW); gx: (N, C, H, W), written."""
+        is cropped.  gy: (N, O, OH, OW); W: (O, C', KH, KW), C' a multiple of B
+        (zero columns past C); gx: (N, C, H, W), written.
+
+        B input channels per pass, one kernel row per pass: each element of gy
+        loaded feeds B sums."""
         N, C, H, Wd = gx.shape
         O, OH, OW = gy.shape[1:]
         reach = (KH - 1) * DH * Wp + (KW - 1) * DW      # the largest base(i, j)
         P = Hp * Wp
         # gy_flat with `reach` zeros before it and enough after, so every read is inside
         g_flat = np.zeros((O, reach + P), dtype=gy.dtype)
-        plane = np.empty(P, dtype=gx.dtype)
+        planes = np.zeros((MAX_BLOCK, TILE), dtype=gx.dtype)
         for n in range(N):
             for o in range(O):
                 for oh in range(OH):
                     for ow in range(OW):
-                        g_flat[o, np.uint64(reach + oh * Wp + ow)] = gy[n, o, oh, ow]
-            for c in range(C):
-                plane[:] = 0
-                for o in range(O):
-                    g, taps = g_flat[o], W[o, c]
-                    for p in range(P):
-                        total = plane[np.uint64(p)]
+                        g_flat[o, u(reach + oh * Wp + ow)] = gy[n, o, oh, ow]
+            for c in range(0, C, B):
+                for start in range(top * Wp, (top + H) * Wp, TILE):   # the rows gx keeps
+                    length = min(TILE, (top + H) * Wp - start)
+                    planes[:B] = 0
+                    p0, p1, p2, p3 = planes[0], planes[1], planes[2], planes[3]
+                    for o in range(O):
+                        w0, w1 = W[o, c], W[o, c + min(1, B - 1)]
+                        w2, w3 = W[o, c + min(2, B - 1)], W[o, c + min(3, B - 1)]
                         for i in range(KH):
-                            for j in range(KW):
-                                total += taps[i, j] * g[np.uint64(reach + p - i * DH * Wp - j * DW)]
-                        plane[np.uint64(p)] = total
-                for h in range(H):
-                    for v in range(Wd):
-                        gx[n, c, h, v] = plane[np.uint64((top + h) * Wp + left + v)]
+                            # gy shifted by base(i, KW - 1): tap j reads (KW - 1 - j)·DW
+                            # further on (indices that only grow: the loop vectorises)
+                            g = g_flat[o, reach - i * DH * Wp - (KW - 1) * DW + start:]
+                            for p in range(length):
+                                t0, t1, t2, t3 = p0[u(p)], p1[u(p)], p2[u(p)], p3[u(p)]
+                                for j in range(KW):
+                                    v = g[u(p + (KW - 1 - j) * DW)]
+                                    t0 += w0[i, j] * v
+                                    if B > 1:
+                                        t1 += w1[i, j] * v
+                                    if B > 2:
+                                        t2 += w2[i, j] * v
+                                    if B > 3:
+                                        t3 += w3[i, j] * v
+                                p0[u(p)] = t0
+                                if B > 1:
+                                    p1[u(p)] = t1
+                                if B > 2:
+                                    p2[u(p)] = t2
+                                if B > 3:
+                                    p3[u(p)] = t3
+                    for q in range(min(B, C - c)):
+                        for r in range(start // Wp, (start + length - 1) // Wp + 1):
+                            for v in range(max(start - r * Wp, left), min(start + length - r * Wp,
+                                                                        left + Wd)):
+                                gx[n, c + q, r - top, v - left] = planes[q, u(r * Wp + v - start)]
 
     def backward_weight(gy, x, dW, top, left, Hp, Wp, DH, DW, zero):
         """dW[o, c, i, j] += Σ_n Σ_k gy_flat[n, o, k] · x_flat[n, c, base(i, j) + k]:
@@ -129,52 +216,77 @@ def _loops(KH, KW):
         unpadded; dW: float64 (O, C, KH, KW), added to; zero: 0 in x's dtype.
 
         Each image is first copied into scratch that stays in the cache: x zero-padded
-        to (Hp, Wp) and flattened, gy at row width Wp with zeros in the scratch
-        columns (never written again: only the interior changes).  The dot products
-        then read only cached data, and run in vector registers: a sum whose order
-        the compiler may change (``reassoc``, see ``_loops``).  Two output channels
-        share each load of the input window (an odd last one pairs with a zero row)."""
+        to (Hp, Wp) and flattened (with zeros after it for the slack reads below), gy
+        at row width Wp with zeros in the scratch columns and in the rows that pad O
+        to a multiple of B (never written again: only the interior changes).  The dot
+        products then read only cached data, and run in vector registers: a sum whose
+        order the compiler may change (``reassoc``, see below).  Each pass over a row
+        computes B output channels x DW_TAPS taps: taps past KW read the zeros after
+        the plane, and their sums are dropped."""
         N, C, H, Wd = x.shape
         O, OH, OW = gy.shape[1:]
         L = (OH - 1) * Wp + OW
-        planes = np.zeros((C, Hp * Wp), dtype=x.dtype)
-        rows = np.zeros((O + O % 2, L), dtype=gy.dtype)
+        planes = np.zeros((C, Hp * Wp + (DW_TAPS - 1) * DW), dtype=x.dtype)
+        rows = np.zeros((O + (-O) % B + MAX_BLOCK, L), dtype=gy.dtype)
+        sums = np.zeros((MAX_BLOCK, DW_TAPS), dtype=x.dtype)
+        passes_per_row = -(-KW // DW_TAPS)
         for n in range(N):
             for c in range(C):
                 for h in range(H):
                     for v in range(Wd):
-                        planes[c, np.uint64((top + h) * Wp + left + v)] = x[n, c, h, v]
+                        planes[c, u((top + h) * Wp + left + v)] = x[n, c, h, v]
             for o in range(O):
                 for oh in range(OH):
                     for ow in range(OW):
-                        rows[o, np.uint64(oh * Wp + ow)] = gy[n, o, oh, ow]
+                        rows[o, u(oh * Wp + ow)] = gy[n, o, oh, ow]
             for c in range(C):
-                plane = planes[c]
-                for o in range(0, O, 2):
-                    g0, g1 = rows[o], rows[o + 1]
-                    for i in range(KH):
-                        for j in range(KW):
-                            base = i * DH * Wp + j * DW
-                            s0, s1 = zero, zero
-                            for k in range(L):
-                                window = plane[np.uint64(base + k)]
-                                s0 += g0[np.uint64(k)] * window
-                                s1 += g1[np.uint64(k)] * window
-                            dW[o, c, i, j] += s0
-                            if o + 1 < O:
-                                dW[o + 1, c, i, j] += s1
+                for o in range(0, O, B):
+                    g0, g1, g2, g3 = rows[o], rows[o + 1], rows[o + 2], rows[o + 3]
+                    for r in range(KH * passes_per_row):    # kernel row i, taps j0 on
+                        i, j0 = r // passes_per_row, r % passes_per_row * DW_TAPS
+                        w = planes[c, i * DH * Wp + j0 * DW:]         # the window of tap j0
+                        s00 = s01 = s02 = s03 = s04 = zero    # s<q><t>: channel o + q, tap j0 + t
+                        s10 = s11 = s12 = s13 = s14 = zero
+                        s20 = s21 = s22 = s23 = s24 = zero
+                        s30 = s31 = s32 = s33 = s34 = zero
+                        for k in range(L):
+                            v0, v1, v2 = w[u(k)], w[u(k + DW)], w[u(k + 2 * DW)]
+                            v3, v4 = w[u(k + 3 * DW)], w[u(k + 4 * DW)]
+                            a = g0[u(k)]
+                            s00 += a*v0; s01 += a*v1; s02 += a*v2; s03 += a*v3; s04 += a*v4
+                            if B > 1:
+                                a = g1[u(k)]
+                                s10 += a*v0; s11 += a*v1; s12 += a*v2; s13 += a*v3; s14 += a*v4
+                            if B > 2:
+                                a = g2[u(k)]
+                                s20 += a*v0; s21 += a*v1; s22 += a*v2; s23 += a*v3; s24 += a*v4
+                            if B > 3:
+                                a = g3[u(k)]
+                                s30 += a*v0; s31 += a*v1; s32 += a*v2; s33 += a*v3; s34 += a*v4
+                        sums[0, 0], sums[0, 1], sums[0, 2], sums[0, 3] = s00, s01, s02, s03
+                        sums[1, 0], sums[1, 1], sums[1, 2], sums[1, 3] = s10, s11, s12, s13
+                        sums[2, 0], sums[2, 1], sums[2, 2], sums[2, 3] = s20, s21, s22, s23
+                        sums[3, 0], sums[3, 1], sums[3, 2], sums[3, 3] = s30, s31, s32, s33
+                        sums[0, 4], sums[1, 4], sums[2, 4], sums[3, 4] = s04, s14, s24, s34
+                        for q in range(min(B, O - o)):
+                            for t in range(min(DW_TAPS, KW - j0)):
+                                dW[o + q, c, i, j0 + t] += sums[q, t]
 
-    # The forward and dx loops keep the reference's order of additions; the dot
-    # products of dW may reorder theirs (``reassoc``: partial sums in vector
-    # registers, as batch norm's sums do), the only way they vectorise.
-    exact = compile_loops(forward, backward_input, nogil=True)
+    # Forward and dx keep the reference's order of additions, each product fused
+    # into its addition (``contract``: one rounding instead of two, as a
+    # multiply-add instruction does); the dot products of dW may also reorder
+    # theirs (``reassoc``: partial sums in vector registers, as batch norm's
+    # sums do), the only way they vectorise.
+    sums_in_order = compile_loops(forward, backward_input, nogil=True, fastmath={"contract"})
     dots = compile_loops(backward_weight, nogil=True, fastmath={"reassoc", "contract"})
-    return types.SimpleNamespace(**vars(exact), **vars(dots))
+    return types.SimpleNamespace(**vars(sums_in_order), **vars(dots))
 
 
-def _batch_slices(*arrays):
-    """``threads.batch_slices`` for the batch of ``arrays`` (its inputs and outputs)."""
-    return threads.batch_slices(arrays[0].shape[0], sum(a.nbytes for a in arrays))
+def _batch_slices(y, x, kernel_size):
+    """``threads.batch_slices`` for a loop over the batch of y (or gy) and x (or
+    gx): its bytes, and its multiply-adds, C·KH·KW per output."""
+    multiply_adds = y.size * x.shape[1] * kernel_size[0] * kernel_size[1]
+    return threads.batch_slices(y.shape[0], y.nbytes + x.nbytes, multiply_adds)
 
 
 def _compiles(stride, *arrays):
@@ -187,6 +299,18 @@ def _finite(a):
     """Whether every element of ``a`` is finite, by one sum (an overflowing sum of
     finite values says no, which only costs a trip to the reference)."""
     return bool(np.isfinite(a.sum()))
+
+
+def _zero_padded_channels(W, axis, block):
+    """W (O, C, KH, KW) with zero channels appended along ``axis`` (0: output,
+    1: input) up to a multiple of ``block``, for the loops' blocks of channels
+    (W itself when it has one already)."""
+    missing = -W.shape[axis] % block
+    if not missing:
+        return W
+    widths = [(0, 0)] * W.ndim
+    widths[axis] = (0, missing)
+    return np.pad(W, widths)
 
 
 def _padded_buffer(x, padding):
@@ -226,12 +350,15 @@ def conv_direct_forward(x, W, stride, padding, dilation, b=None):
     y = np.empty((x.shape[0], W.shape[0]) + out_hw, dtype=x.dtype)
     bias = np.empty(0, dtype=x.dtype) if b is None else np.ascontiguousarray(b)
     x_pad, Wp = _padded_buffer(x, padding)
-    loop = _loops(KH, KW).forward
+    block = block_for(W.shape[0])
+    loop = _loops(KH, KW, block).forward
+    W_blocks = _zero_padded_channels(W, 0, block)
 
     def slice_job(lo, hi):      # each thread pads its own images, then sums them
         x_flat = _padded_flat(x[lo:hi], x_pad[lo:hi], padding)
-        loop(x_flat, W, y[lo:hi], Wp, *dilation, bias, b is not None)
-    threads.run_all([functools.partial(slice_job, lo, hi) for lo, hi in _batch_slices(x, y)])
+        loop(x_flat, W_blocks, y[lo:hi], Wp, *dilation, bias, b is not None)
+    threads.run_all([functools.partial(slice_job, lo, hi)
+                     for lo, hi in _batch_slices(y, x, (KH, KW))])
     return y
 
 
@@ -245,10 +372,12 @@ def conv_direct_backward_input(gy, W, x_shape, stride, padding, dilation):
     N, _, H, Wd = x_shape
     gy, W = np.ascontiguousarray(gy), np.ascontiguousarray(W)
     gx = np.empty(tuple(x_shape), dtype=gy.dtype)
-    loop = _loops(*W.shape[2:]).backward_input
+    block = block_for(W.shape[1])
+    loop = _loops(*W.shape[2:], block).backward_input
+    W = _zero_padded_channels(W, 1, block)
     threads.run_all([functools.partial(loop, gy[lo:hi], W, gx[lo:hi], H + top + bottom,
                                        Wd + left + right, *dilation, top, left)
-                     for lo, hi in _batch_slices(gy, gx)])
+                     for lo, hi in _batch_slices(gy, gx, W.shape[2:])])
     return gx
 
 
@@ -261,10 +390,10 @@ def conv_direct_backward_weight(gy, x, kernel_size, stride, padding, dilation):
     top, bottom, left, right = padding
     gy, x = np.ascontiguousarray(gy), np.ascontiguousarray(x)
     (N, O), (C, H, Wd) = gy.shape[:2], x.shape[1:]
-    slices = _batch_slices(gy, x)
+    slices = _batch_slices(gy, x, kernel_size)
     # one float64 dW per slice: no two threads add into the same one
     partial = np.zeros((len(slices), O, C) + tuple(kernel_size), dtype=np.float64)
-    loop = _loops(*kernel_size).backward_weight
+    loop = _loops(*kernel_size, block_for(O)).backward_weight
     threads.run_all([functools.partial(loop, gy[lo:hi], x[lo:hi], partial[s], top, left,
                                        H + top + bottom, Wd + left + right, *dilation,
                                        x.dtype.type(0))

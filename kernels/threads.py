@@ -370,17 +370,24 @@ def in_share():
 # as DenseNet's 6x6 (benchmarks/results.md, "Figures behind design choices in
 # kernels/").
 PARALLEL_MIN_BYTES = 2 * 2**20
+# ... unless the loop does at least this many multiply-adds, whatever its
+# bytes: the direct convolution's loops move few bytes for their work
+# (BN-LeNet's second layer moves under 2 MB for 61 million multiply-adds),
+# and this many take several times the hand-over's cost.
+PARALLEL_MIN_MULTIPLY_ADDS = 2**22
 
 
-def batch_slices(batch, nbytes):
+def batch_slices(batch, nbytes, multiply_adds=0):
     """[(lo, hi), ...]: a batch of ``batch`` samples cut for the thread pool
     (``run_all``), for loops that split the batch by hand (pooling, the direct
     convolution): twice as many slices as threads, handed out as threads come
     free, so one the OS keeps waiting does not hold up the rest.  One slice on
     one thread, inside a share (its thread is one of the pool's), or when the
-    batch's ``nbytes`` of inputs and outputs are below PARALLEL_MIN_BYTES."""
+    batch's ``nbytes`` of inputs and outputs are below PARALLEL_MIN_BYTES and
+    the loop's ``multiply_adds`` below PARALLEL_MIN_MULTIPLY_ADDS."""
     workers = numba_threads()
-    one = workers <= 1 or in_share() or nbytes < PARALLEL_MIN_BYTES
+    small = nbytes < PARALLEL_MIN_BYTES and multiply_adds < PARALLEL_MIN_MULTIPLY_ADDS
+    one = workers <= 1 or in_share() or small
     slices = 1 if one else max(1, min(batch, 2 * workers))
     bounds = [batch * s // slices for s in range(slices + 1)]
     return list(zip(bounds, bounds[1:]))

@@ -19,6 +19,10 @@ GEOMETRIES = {
     "dilation": ((2, 2, 9, 8), 3, (3, 2), (1, 1), (1, 1, 2, 0), (2, 3)),
     "kernel=padded-input": ((2, 2, 3, 4), 2, (5, 4), (1, 1), (1, 1, 0, 0), (1, 1)),
     "one-output-column": ((3, 1, 6, 3), 2, (2, 3), (1, 1), (0, 0, 0, 0), (1, 1)),
+    # wider than dW's DW_TAPS taps per pass; 5 output channels, 3 input (blocks of 3)
+    "7-wide-kernel": ((2, 3, 5, 11), 5, (2, 7), (1, 1), (0, 1, 1, 2), (1, 1)),
+    # padded planes of 40 x 42 = 1680 elements: dx takes them in TILE-long stretches
+    "planes-past-a-tile": ((2, 2, 37, 41), 7, (3, 3), (1, 1), (1, 2, 0, 1), (1, 1)),
     "stride2": ((2, 2, 8, 7), 3, (3, 3), (2, 2), (1, 1, 1, 1), (1, 1)),
     "stride-mixed-dilation": ((1, 3, 9, 10), 2, (2, 3), (2, 1), (1, 0, 0, 2), (2, 2)),
 }
@@ -185,12 +189,30 @@ def test_numba_kernels_hand_other_dtypes_to_the_reference(dtypes):
         np.testing.assert_array_equal(actual, expected)
 
 
-def test_two_threads_cut_the_batch_but_small_arrays_run_as_one_slice(threads, monkeypatch):
-    x = np.zeros((5, 1, 8, 8), np.float32)
+def test_planes_past_a_tile_are_taken_in_stretches():
+    x_shape, _, kernel, _, padding, _ = GEOMETRIES["planes-past-a-tile"]
+    padded = (x_shape[2] + padding[0] + padding[1]) * (x_shape[3] + padding[2] + padding[3])
+    assert padded > conv_direct_numba.TILE and padded % conv_direct_numba.TILE
+
+
+@pytest.mark.parametrize("channels, block", [(1, 1), (2, 2), (3, 3), (4, 4), (5, 3), (6, 3),
+                                             (7, 4), (16, 4), (64, 4)])
+def test_channels_go_in_the_blocks_with_the_fewest_padded_passes(channels, block):
+    # LeNet: 6 channels as 2 blocks of 3 (not 2 of 4, two of them zeros), 16 as 4 of 4
+    assert conv_direct_numba.block_for(channels) == block
+
+
+def test_two_threads_cut_the_batch_but_small_loops_run_as_one_slice(threads, monkeypatch):
+    x, y = np.zeros((5, 1, 8, 8), np.float32), np.zeros((5, 2, 6, 6), np.float32)
+    multiply_adds = y.size * 1 * 3 * 3
     monkeypatch.setattr(kernels.threads, "PARALLEL_MIN_BYTES", 0)
-    assert len(conv_direct_numba._batch_slices(x)) == (1 if threads == 1 else 4)
-    monkeypatch.setattr(kernels.threads, "PARALLEL_MIN_BYTES", x.nbytes + 1)
-    assert conv_direct_numba._batch_slices(x) == [(0, 5)]
+    assert len(conv_direct_numba._batch_slices(y, x, (3, 3))) == (1 if threads == 1 else 4)
+    monkeypatch.setattr(kernels.threads, "PARALLEL_MIN_BYTES", x.nbytes + y.nbytes + 1)
+    monkeypatch.setattr(kernels.threads, "PARALLEL_MIN_MULTIPLY_ADDS", multiply_adds + 1)
+    assert conv_direct_numba._batch_slices(y, x, (3, 3)) == [(0, 5)]
+    # few bytes, but enough multiply-adds (C·KH·KW per output) to split
+    monkeypatch.setattr(kernels.threads, "PARALLEL_MIN_MULTIPLY_ADDS", multiply_adds)
+    assert len(conv_direct_numba._batch_slices(y, x, (3, 3))) == (1 if threads == 1 else 4)
 
 
 def test_weight_gradient_is_the_same_every_run(threads):
@@ -230,7 +252,7 @@ def test_scratch_columns_never_reach_the_result():
     geometry = ((1, 1), (0, 0, 0, 0), (1, 1))
     for actual, expected in zip(all_three(conv_direct_numba, x, W, gy, *geometry),
                                 all_three(conv_direct_numpy, x, W, gy, *geometry)):
-        np.testing.assert_allclose(actual, expected, rtol=1e-12)
+        np.testing.assert_allclose(actual, expected, rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("where", ["x", "W"])
@@ -246,6 +268,6 @@ def test_inf_in_scratch_reads_gives_the_references_result(where):
     with np.errstate(invalid="ignore"):             # inf - inf in the sums: NaN, as meant
         actual = all_three(conv_direct_numba, x, W, gy, *geometry)
         expected = all_three(conv_direct_numpy, x, W, gy, *geometry)
-    for a, e in zip(actual, expected):
-        np.testing.assert_allclose(a, e, rtol=1e-12)     # NaN where, and only where, it is
+    for a, e in zip(actual, expected):     # NaN where, and only where, it is
+        np.testing.assert_allclose(a, e, rtol=1e-12, atol=1e-12)
     assert np.isfinite(expected[2 if where == "x" else 1]).any()

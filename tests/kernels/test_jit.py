@@ -54,9 +54,10 @@ def test_pool_loops_with_the_kernel_size_built_in_are_a_namespace_too():
 
 
 def test_direct_convolution_loops_with_the_kernel_size_built_in_are_a_namespace_too():
-    loops = conv_direct_numba._loops(5, 5)
+    loops = conv_direct_numba._loops(5, 5, 4)
     assert isinstance(loops, types.SimpleNamespace)
-    assert conv_direct_numba._loops(5, 5) is loops
+    assert conv_direct_numba._loops(5, 5, 4) is loops
+    assert conv_direct_numba._loops(5, 5, 3) is not loops       # a block size of its own
     assert set(vars(loops)) == {"forward", "backward_input", "backward_weight"}
     assert Path(loops.forward.stats.cache_path).resolve() == KERNELS_DIR / "__pycache__"
 
@@ -76,7 +77,7 @@ def test_serial_modules_are_not_compiled_parallel():
     # (benchmarks/results.md, "Figures behind design choices in kernels/"), and so
     # are the direct convolution's and batch norm's
     for loops in (elementwise_numba._compiled(), pool_numba._adaptive_loops(), bn_numba._compiled(),
-                  pool_numba._loops(3, 3), conv_direct_numba._loops(5, 5)):
+                  pool_numba._loops(3, 3), conv_direct_numba._loops(5, 5, 4)):
         assert not any(d.targetoptions.get("parallel") for d in vars(loops).values())
 
 
