@@ -34,7 +34,7 @@ def test_default_chunks_stay_within_4_mb_and_come_in_multiples_of_the_threads(re
     tc.set_num_threads(threads)
     assert current_column_budget() == DEFAULT_COLUMN_BUDGET == 4 * MB
     x = tc.zeros(64, 16, 24, 24)          # 5x5 im2col: 64 images x 0.61 MB of columns
-    w = tc.zeros(8, 16, 5, 5, requires_grad=True)
+    w = tc.zeros(32, 16, 5, 5, requires_grad=True)      # too wide for the direct loops
     chunks = chunks_of_a_conv(x, w)
     column_bytes = 16 * 25 * 20 * 20 * 4
     assert all((c.stop - c.start) * column_bytes <= 4 * MB for c in chunks)
@@ -48,7 +48,7 @@ def test_a_budget_the_user_set_wins(restore):
     conv.set_column_budget(16 * MB)
     assert current_column_budget() == 16 * MB
     x = tc.zeros(64, 16, 24, 24)          # 39 MB of columns: 3 chunks of 16 MB, made 4 for 2 threads
-    w = tc.zeros(8, 16, 5, 5, requires_grad=True)
+    w = tc.zeros(32, 16, 5, 5, requires_grad=True)
     assert len(chunks_of_a_conv(x, w)) == 4
 
 

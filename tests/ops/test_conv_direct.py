@@ -1,6 +1,6 @@
 """Conv2dDirect (thin layers on the CPU): gradcheck, explicit loops, the im2col
 path and PyTorch agree with it; it computes only the gradients asked for; and
-choose_algorithm picks it exactly for thin stride-1 layers such as LeNet's first."""
+choose_algorithm picks it exactly for thin stride-1 layers such as LeNet's two."""
 import numpy as np
 import pytest
 
@@ -130,8 +130,10 @@ LAYERS = {
     "resnet-3x3": ((64, 64, 24, 24), (64, 64, 3, 3), 1, 1, 1),
     "thin-but-strided": ((8, 1, 28, 28), (6, 1, 5, 5), 2, 2, 1),
     "thin-but-grouped": ((8, 4, 28, 28), (4, 2, 3, 3), 1, 1, 2),
+    "winograd-3x3": ((64, 16, 28, 28), (16, 16, 3, 3), 1, 1, 1),
+    "5x5-beyond-the-bound": ((64, 16, 10, 10), (32, 16, 5, 5), 1, 2, 1),
 }
-PICKS_DIRECT = {"lenet-conv1", "bn-lenet-conv1"}
+PICKS_DIRECT = {"lenet-conv1", "bn-lenet-conv1", "lenet-conv2", "bn-lenet-conv2"}
 
 
 def choice(name, xp=np):
@@ -142,9 +144,9 @@ def choice(name, xp=np):
 
 
 @pytest.mark.parametrize("name", LAYERS)
-def test_auto_picks_direct_for_lenets_first_conv_only(name):
-    # LeNet's second convolution (6·5·5·16 = 2400 multiply-adds per pixel) ran no
-    # faster direct than with im2col (benchmarks/results.md): it stays im2col
+def test_auto_picks_direct_for_lenets_two_convs_only(name):
+    # 6·5·5·16 = 2400 multiply-adds per pixel for LeNet's second convolution,
+    # within the bound; 16 -> 16 channels 3x3 are within it too, but Winograd suits them
     assert (choice(name) == "direct") == (name in PICKS_DIRECT)
 
 

@@ -7,7 +7,7 @@ runs it as one Function, each with its hand-written backward:
 - ``Conv2dWinograd`` (``conv_winograd.py``): 3×3, stride 1, Winograd's
   F(4×4, 3×3) or F(2×2, 3×3), 36 or 16 smaller products;
 - ``Conv2dDirect`` (``conv_direct.py``): thin layers on the CPU (few
-  multiply-adds per output, such as LeNet's first), summed directly by
+  multiply-adds per output, such as LeNet's two), summed directly by
   compiled loops, no column matrix;
 - ``Conv2dDense`` (``conv_dense.py``): maps no larger than the kernel's
   window on the CPU (DenseNet's 3×3 maps), one dense product with an
@@ -186,19 +186,20 @@ def run_in_chunks(run, x, bytes_per_image, budget):
 
 def choose_algorithm(x_shape, weight_shape, stride, padding, dilation, groups, out_hw,
                      xp=np):
-    """'pointwise', 'direct', 'dense', 'taps', 'winograd4x4', 'winograd' or 'im2col': the
+    """'pointwise', 'dense', 'direct', 'taps', 'winograd4x4', 'winograd' or 'im2col': the
     algorithm ``conv2d`` runs on arrays of module ``xp`` (NumPy, or CuPy for a GPU).
 
     - "pointwise": a 1×1 kernel with stride 1 and no padding needs no im2col
       at all (dilation does not matter for a 1×1 kernel).
-    - "direct": with ``set_algorithm("auto")``, thin stride-1 layers
-      (``conv_direct.direct_suits``: few multiply-adds per output pixel), on
-      the CPU only: the fast loops are CPU loops, and on a GPU the references
-      would be KH·KW small CuPy kernels per pass against im2col's one product.
     - "dense": with ``set_algorithm("auto")``, maps no larger than the
       kernel's window, with one group and a small dense weight
       (``conv_dense.dense_suits``), on the CPU only (a GPU runs im2col's one
       product as well).
+    - "direct": with ``set_algorithm("auto")``, thin stride-1 layers
+      (``conv_direct.direct_suits``: few multiply-adds per output pixel) that
+      Winograd does not suit, on the CPU only: the fast loops are CPU loops,
+      and on a GPU the references would be KH·KW small CuPy kernels per pass
+      against im2col's one product.
     - "taps": with ``set_algorithm("auto")``, one group, many channels and
       taps that skip much of the padding (``conv_taps.taps_suits``: ResNet-18's
       512-channel layers on 3×3 maps), on the CPU only (never run on a GPU);
@@ -217,11 +218,12 @@ def choose_algorithm(x_shape, weight_shape, stride, padding, dilation, groups, o
     """
     if tuple(weight_shape[2:]) == (1, 1) and stride == (1, 1) and not any(padding):
         return "pointwise"
-    if algorithm == "auto" and xp is np and direct_suits(x_shape, weight_shape, stride,
-                                                         dilation, groups):
-        return "direct"
     if algorithm == "auto" and xp is np and dense_suits(x_shape, weight_shape, groups, out_hw):
         return "dense"
+    if (algorithm == "auto" and xp is np
+            and direct_suits(x_shape, weight_shape, stride, dilation, groups)
+            and winograd_suits(x_shape, weight_shape, stride, dilation, groups, out_hw) is None):
+        return "direct"
     if algorithm == "taps" and groups == 1:
         return "taps"
     if algorithm == "auto" and xp is np and taps_suits(x_shape, weight_shape, stride, padding,

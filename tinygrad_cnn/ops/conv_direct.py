@@ -3,9 +3,9 @@ input, with no column matrix.
 
 ``conv2d`` (``conv.py``) runs ``Conv2dDirect`` on the CPU where
 ``direct_suits`` says it pays: layers with few multiply-adds per output
-pixel, such as LeNet's first, where im2col would copy the input into a
-matrix KH·KW times its size only to feed products too thin (6 rows) for the
-matrix-product library to run near its speed.  The sums are the kernels
+pixel, such as LeNet's two, where im2col would copy the input into a
+matrix KH·KW times its size only to feed products too thin (6 or 16 rows)
+for the matrix-product library to run near its speed.  The sums are the kernels
 ``kernels.conv_direct_*`` (``kernels/conv_direct_numpy.py``, compiled in
 ``kernels/conv_direct_numba.py``).
 """
@@ -14,12 +14,13 @@ import kernels
 from ..autograd import Function
 
 # The most multiply-adds per output pixel, (C/groups)·KH·KW·O, at which the
-# direct loops beat im2col and its matrix products on the CPU: measured on
-# LeNet-shaped layers at batch 256 (benchmarks/results.md), direct won clearly
-# up to about a thousand (LeNet's first convolution, 1·5·5·6 = 150, runs in
-# under half im2col's time) and broke even or lost from about two thousand
-# (its second, 6·5·5·16 = 2400).
-DIRECT_MAX_MULTIPLY_ADDS = 1000
+# direct loops beat im2col and its matrix products on the CPU (where Winograd
+# does not suit the layer: it needs fewer multiplications still).  Measured
+# at batch 128-256, forward and backward, on 1 and 2 threads
+# (benchmarks/results.md, "The direct convolution in blocks of channels"):
+# direct won at 150 (LeNet's first convolution), 2400 (its second, 6·5·5·16)
+# and 6400 (16 -> 16 channels, 5x5), and lost at 12800 (16 -> 32, 5x5).
+DIRECT_MAX_MULTIPLY_ADDS = 6400
 
 
 def direct_suits(x_shape, weight_shape, stride, dilation, groups):
