@@ -161,7 +161,9 @@ def _loops(KH, KW, B):
         (zero columns past C); gx: (N, C, H, W), written.
 
         B input channels per pass, one kernel row per pass: each element of gy
-        loaded feeds B sums."""
+        loaded feeds B sums.  (Its inner loop is forward's, reading gy where forward
+        reads x: as one compiled helper that both call, neither loop could be kept
+        in Numba's disk cache, and every process compiled them again.)"""
         N, C, H, Wd = gx.shape
         O, OH, OW = gy.shape[1:]
         reach = (KH - 1) * DH * Wp + (KW - 1) * DW      # the largest base(i, j)

@@ -373,7 +373,7 @@ PARALLEL_MIN_BYTES = 2 * 2**20
 # ... unless the loop does at least this many multiply-adds, whatever its
 # bytes: the direct convolution's loops move few bytes for their work
 # (BN-LeNet's second layer moves under 2 MB for 61 million multiply-adds),
-# and this many take several times the hand-over's cost.
+# and this many take longer than handing a slice to the pool costs.
 PARALLEL_MIN_MULTIPLY_ADDS = 2**22
 
 
