@@ -286,11 +286,12 @@ def conv_direct_backward_input(gy, W, x_shape, stride, padding, dilation):
                                                              dilation)
 
 
-def conv_direct_backward_weight(gy, x, kernel_size, stride, padding, dilation):
-    """gy (N, O, OH, OW), x (N, C, H, W) -> gW (O, C, KH, KW)
+def conv_direct_backward_weight(gy, x, kernel_size, stride, padding, dilation, with_bias=False):
+    """gy (N, O, OH, OW), x (N, C, H, W) -> gW (O, C, KH, KW), or with
+    ``with_bias`` (gW, gb = Σ gy per channel)
     (``conv_direct_numpy.conv_direct_backward_weight``)."""
     return _implementation("conv_direct_backward_weight", gy)(gy, x, kernel_size, stride,
-                                                              padding, dilation)
+                                                              padding, dilation, with_bias)
 
 
 def maxpool2d_forward(x, kernel_size, stride, padding, ceil_mode=False, dilation=(1, 1)):

@@ -34,15 +34,18 @@ channels".)  forward and backward_input keep the reference's order of
 additions, each product fused into its addition (``contract``).
 ``gy_flat`` is gy at width Wp with zeros in the scratch columns, so they add
 nothing backward -- unless the other factor is inf or NaN, where 0 · inf
-would put a NaN where PyTorch has a number: such inputs (W for dx, x for dW;
-one sum tells) go to the reference.  dW[o, c, i, j] is a dot product over
-(n, k): per image, one dot of length L over that image's flat rows, copied
-into scratch that stays in the cache, its partial sums in vector registers
-(the compiler may reorder this sum's additions, ``reassoc``, as it does batch
-norm's; in float32 each dot's error is that of a few dozen terms, the images'
-dots then add up in float64).  It runs over twice as fast as keeping a
-row of L partial sums in memory per (o, c, i, j), added element by element
-(benchmarks/results.md, "The direct convolution's dW as dot products").
+would put a NaN where PyTorch has a number: a W with such values (one sum
+tells) sends dx to the reference, and a dW with a non-finite value is
+computed again by it (the loops read all of x, so no pass of its own checks
+it).  dW[o, c, i, j] is a dot product over (n, k): per image, one dot of
+length L over that image's flat rows, copied into scratch that stays in the
+cache, its partial sums in vector registers (the compiler may reorder this
+sum's additions, ``reassoc``, as it does batch norm's; in float32 each dot's
+error is that of a few dozen terms, the images' dots then add up in
+float64).  It runs over twice as fast as keeping a row of L partial sums
+in memory per (o, c, i, j), added element by element (benchmarks/results.md,
+"The direct convolution's dW as dot products").  The bias's gradient is
+summed as each image's gy is copied: gy is read once for both.
 
 As in ``pool_numba.py``:
 
@@ -212,15 +215,18 @@ def _loops(KH, KW, B):
                                                                         left + Wd)):
                                 gx[n, c + q, r - top, v - left] = planes[q, u(r * Wp + v - start)]
 
-    def backward_weight(gy, x, dW, top, left, Hp, Wp, DH, DW, zero):
+    def backward_weight(gy, x, dW, db, has_bias, top, left, Hp, Wp, DH, DW, zero):
         """dW[o, c, i, j] += Σ_n Σ_k gy_flat[n, o, k] · x_flat[n, c, base(i, j) + k]:
-        one dot product per (o, c, i, j) and image.  gy: (N, O, OH, OW); x: (N, C, H, W),
-        unpadded; dW: float64 (O, C, KH, KW), added to; zero: 0 in x's dtype.
+        one dot product per (o, c, i, j) and image; and if has_bias, db[o] += Σ_n Σ_k
+        gy_flat[n, o, k], the bias's gradient.  gy: (N, O, OH, OW); x: (N, C, H, W),
+        unpadded; dW: float64 (O, C, KH, KW), db: float64 (O,), added to; zero: 0 in
+        x's dtype.
 
         Each image is first copied into scratch that stays in the cache: x zero-padded
         to (Hp, Wp) and flattened (with zeros after it for the slack reads below), gy
         at row width Wp with zeros in the scratch columns and in the rows that pad O
-        to a multiple of B (never written again: only the interior changes).  The dot
+        to a multiple of B (never written again: only the interior changes) -- db is
+        summed on the way, so gy is read once for both.  The dot
         products then read only cached data, and run in vector registers: a sum whose
         order the compiler may change (``reassoc``, see below).  Each pass over a row
         computes B output channels x DW_TAPS taps: taps past KW read the zeros after
@@ -238,9 +244,14 @@ def _loops(KH, KW, B):
                     for v in range(Wd):
                         planes[c, u((top + h) * Wp + left + v)] = x[n, c, h, v]
             for o in range(O):
+                total = 0.0             # float64, as dW's sums add up
                 for oh in range(OH):
                     for ow in range(OW):
-                        rows[o, u(oh * Wp + ow)] = gy[n, o, oh, ow]
+                        g = gy[n, o, oh, ow]
+                        rows[o, u(oh * Wp + ow)] = g
+                        total += g
+                if has_bias:
+                    db[o] += total
             for c in range(C):
                 for o in range(0, O, B):
                     g0, g1, g2, g3 = rows[o], rows[o + 1], rows[o + 2], rows[o + 3]
@@ -383,24 +394,42 @@ def conv_direct_backward_input(gy, W, x_shape, stride, padding, dilation):
     return gx
 
 
-def conv_direct_backward_weight(gy, x, kernel_size, stride, padding, dilation):
+def conv_direct_backward_weight(gy, x, kernel_size, stride, padding, dilation, with_bias=False):
     """``conv_direct_numpy.conv_direct_backward_weight``, compiled: gy (N, O, OH, OW),
-    x (N, C, H, W) -> gW (O, C, KH, KW)."""
-    if not (_compiles(stride, gy, x) and _finite(x)):
+    x (N, C, H, W) -> gW (O, C, KH, KW), or (gW, gb) ``with_bias``.
+
+    x is not checked for inf or NaN beforehand (one pass over x of its own, on one
+    thread): the loops read all of it, scratch columns included, so a non-finite x
+    (or gy) leaves a non-finite value in the result, and such a result is computed
+    again by the reference; a finite one means every value the loops read was."""
+    def reference():
         return conv_direct_numpy.conv_direct_backward_weight(gy, x, kernel_size, stride,
-                                                             padding, dilation)
+                                                             padding, dilation, with_bias)
+    if not _compiles(stride, gy, x):
+        return reference()
     top, bottom, left, right = padding
     gy, x = np.ascontiguousarray(gy), np.ascontiguousarray(x)
     (N, O), (C, H, Wd) = gy.shape[:2], x.shape[1:]
     slices = _batch_slices(gy, x, kernel_size)
-    # one float64 dW per slice: no two threads add into the same one
+    # one float64 dW and db per slice: no two threads add into the same one
     partial = np.zeros((len(slices), O, C) + tuple(kernel_size), dtype=np.float64)
+    partial_db = np.zeros((len(slices), O), dtype=np.float64)
     loop = _loops(*kernel_size, block_for(O)).backward_weight
-    threads.run_all([functools.partial(loop, gy[lo:hi], x[lo:hi], partial[s], top, left,
-                                       H + top + bottom, Wd + left + right, *dilation,
-                                       x.dtype.type(0))
+    threads.run_all([functools.partial(loop, gy[lo:hi], x[lo:hi], partial[s], partial_db[s],
+                                       with_bias, top, left, H + top + bottom,
+                                       Wd + left + right, *dilation, x.dtype.type(0))
                      for s, (lo, hi) in enumerate(slices)])
+    gW, gb = _in_slice_order(partial, x.dtype), _in_slice_order(partial_db, x.dtype)
+    if not (_finite(gW) and _finite(gb)):
+        return reference()
+    return (gW, gb) if with_bias else gW
+
+
+def _in_slice_order(partial, dtype):
+    """The slices' float64 partial sums added up in slice order, whichever thread
+    finished first, in ``dtype`` (inf where a sum is beyond its range)."""
     total = partial[0]
-    for more in partial[1:]:        # in slice order, whichever thread finished first
+    for more in partial[1:]:
         total += more
-    return total.astype(x.dtype)
+    with np.errstate(over="ignore"):
+        return total.astype(dtype)

@@ -76,8 +76,10 @@ def conv_direct_backward_input(gy, W, x_shape, stride, padding, dilation):
     return xp.ascontiguousarray(gx_pad[:, :, top:top + H, left:left + Wd])
 
 
-def conv_direct_backward_weight(gy, x, kernel_size, stride, padding, dilation):
-    """gy (N, O, OH, OW), x (N, C, H, W) -> gW (O, C, KH, KW)."""
+def conv_direct_backward_weight(gy, x, kernel_size, stride, padding, dilation, with_bias=False):
+    """gy (N, O, OH, OW), x (N, C, H, W) -> gW (O, C, KH, KW); with ``with_bias``,
+    (gW, gb): also the bias's gradient gb = Σ_{n, oh, ow} gy (O,), which the
+    compiled loops sum as they read gy for gW."""
     xp = get_array_module(gy, x)
     KH, KW = kernel_size
     out_hw = gy.shape[2:]
@@ -87,4 +89,4 @@ def conv_direct_backward_weight(gy, x, kernel_size, stride, padding, dilation):
         for j in range(KW):
             window = _window(x_pad, i, j, out_hw, stride, dilation)
             gW[:, :, i, j] = xp.einsum("nohw,nchw->oc", gy, window)
-    return gW
+    return (gW, gy.sum(axis=(0, 2, 3))) if with_bias else gW

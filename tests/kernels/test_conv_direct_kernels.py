@@ -271,3 +271,69 @@ def test_inf_in_scratch_reads_gives_the_references_result(where):
     for a, e in zip(actual, expected):     # NaN where, and only where, it is
         np.testing.assert_allclose(a, e, rtol=1e-12, atol=1e-12)
     assert np.isfinite(expected[2 if where == "x" else 1]).any()
+
+
+# ---------------------------------------------------------------- the bias's gradient with dW
+def bias_gradient_by_loops(gy):
+    """db[o] = Σ_{n, oh, ow} gy[n, o, oh, ow], an explicit float64 loop over the channels."""
+    return np.array([gy[:, o].astype(np.float64).sum() for o in range(gy.shape[1])])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("geometry", GEOMETRIES.values(), ids=GEOMETRIES.keys())
+def test_with_bias_dW_comes_with_the_bias_gradient(geometry, dtype, threads):
+    # the compiled loops sum db as they copy each image's gy for dW
+    x, W, gy = operands(geometry, dtype)
+    args = (W.shape[2:],) + geometry_of(geometry)
+    for module in (conv_direct_numpy, conv_direct_numba):
+        gW, gb = module.conv_direct_backward_weight(gy, x, *args, with_bias=True)
+        np.testing.assert_array_equal(gW, module.conv_direct_backward_weight(gy, x, *args))
+        assert gb.dtype == dtype and gb.shape == (W.shape[0],)
+        assert_close(gb, bias_gradient_by_loops(gy).astype(dtype))
+
+
+def test_finite_inputs_never_reach_the_reference_for_dW(monkeypatch):
+    # no pass over x checks it first: the loops' own result says whether it was finite
+    def refuse(*args):
+        raise AssertionError("the reference ran")
+    monkeypatch.setattr(conv_direct_numpy, "conv_direct_backward_weight", refuse)
+    geometry = GEOMETRIES["lenet-conv1"]
+    x, W, gy = operands(geometry, np.float32)
+    conv_direct_numba.conv_direct_backward_weight(gy, x, W.shape[2:], *geometry_of(geometry),
+                                                  with_bias=True)
+    x[0, 0, 0, 0] = np.nan
+    with pytest.raises(AssertionError, match="the reference ran"):
+        conv_direct_numba.conv_direct_backward_weight(gy, x, W.shape[2:],
+                                                      *geometry_of(geometry))
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_a_non_finite_gy_gives_the_references_dW_and_db(bad, threads):
+    geometry = GEOMETRIES["lenet-conv2"]
+    x, W, gy = operands(geometry, np.float32)
+    gy[1, 3, 2, 4] = bad
+    args = (W.shape[2:],) + geometry_of(geometry)
+    with np.errstate(invalid="ignore"):             # inf · 0 in the sums: NaN, as meant
+        actual = conv_direct_numba.conv_direct_backward_weight(gy, x, *args, with_bias=True)
+        expected = conv_direct_numpy.conv_direct_backward_weight(gy, x, *args, with_bias=True)
+    for a, e in zip(actual, expected):              # NaN and inf where, and only where, they are
+        np.testing.assert_array_equal(a, e)
+    assert not np.isfinite(actual[1][3]) and np.isfinite(np.delete(actual[1], 3)).all()
+
+
+def test_a_dW_past_float32s_range_is_the_references(monkeypatch):
+    # finite factors whose sums overflow float32: the float64 partial sums are finite,
+    # their float32 total is not, and that sends the work to the reference
+    geometry = GEOMETRIES["lenet-conv2"]
+    x, W, gy = operands(geometry, np.float32)
+    x *= np.float32(1e20)
+    gy *= np.float32(1e20)
+    args = (W.shape[2:],) + geometry_of(geometry)
+    reference, called = conv_direct_numpy.conv_direct_backward_weight, []
+    monkeypatch.setattr(conv_direct_numpy, "conv_direct_backward_weight",
+                        lambda *a: called.append(1) or reference(*a))
+    with np.errstate(over="ignore", invalid="ignore"):
+        actual = conv_direct_numba.conv_direct_backward_weight(gy, x, *args)
+        expected = reference(gy, x, *args)
+    assert called == [1] and not np.isfinite(expected).all()
+    np.testing.assert_array_equal(actual, expected)

@@ -103,6 +103,24 @@ def test_direct_computes_only_the_gradients_asked_for(x_grad, w_grad):
     np.testing.assert_allclose(b.grad.numpy(), np.prod(y.shape) / y.shape[1])     # db = Σ dy
 
 
+def test_a_frozen_bias_gets_no_gradient_and_leaves_dW_as_it_is():
+    # dW's kernel sums db on the way only when db is wanted
+    cfg = DIRECT["lenet-conv1-pad2"]
+    x = Tensor(distinct(*cfg["x_shape"]))
+    w = Tensor(distinct(*cfg["w_shape"], seed=1), requires_grad=True)
+    bias = distinct(cfg["w_shape"][0], seed=2)
+    gradients = []
+    for b in (Tensor(bias), Tensor(bias, requires_grad=True)):
+        w.grad = None
+        y = conv2d(x, w, b, **cfg["kwargs"])
+        assert y.grad_fn.name == "Conv2d[direct]"
+        y.backward(np.random.default_rng(3).standard_normal(y.shape))
+        gradients.append((w.grad.numpy(), b.grad))
+    (frozen_dW, frozen_db), (trained_dW, trained_db) = gradients
+    np.testing.assert_array_equal(frozen_dW, trained_dW)
+    assert frozen_db is None and trained_db is not None
+
+
 def test_direct_function_runs_strided_layers_too():
     # auto picks it for stride 1 only (the compiled loops' case); the Function
     # itself computes any stride, through the reference kernels

@@ -45,7 +45,7 @@ class Conv2dDirect(Function):
                                                kernels.conv_direct_backward_input
         dW[o, c, i, j] = Σ_{n, oh, ow} dy[n, o, oh, ow] · x_pad[n, c, ...]
                                                kernels.conv_direct_backward_weight
-        db = Σ_{n, oh, ow} dy
+        db = Σ_{n, oh, ow} dy                 with dW when both are wanted
 
     Saved for backward: x (for dW) and W (for dx), each only when that
     gradient is wanted.  No column matrix: im2col's would be KH·KW times x.
@@ -67,14 +67,17 @@ class Conv2dDirect(Function):
     def backward(self, gy):
         x, W = self.saved
         need_x, need_W = self.needs_input_grad[:2]
-        gx = gW = None
+        need_b = self.has_bias and self.needs_input_grad[2]
+        gx = gW = gb = None
         if need_x:
             gx = kernels.conv_direct_backward_input(gy, W, self.x_shape, self.stride,
                                                     self.padding, self.dilation)
-        if need_W:
+        if need_W:     # db comes with dW: summed as the loops read gy (no pass of its own)
             gW = kernels.conv_direct_backward_weight(gy, x, self.kernel_size, self.stride,
-                                                     self.padding, self.dilation)
-        if not self.has_bias:
-            return gx, gW
-        need_b = self.needs_input_grad[2]
-        return gx, gW, gy.sum(axis=(0, 2, 3)) if need_b else None
+                                                     self.padding, self.dilation,
+                                                     with_bias=need_b)
+            if need_b:
+                gW, gb = gW
+        elif need_b:
+            gb = gy.sum(axis=(0, 2, 3))
+        return (gx, gW, gb) if self.has_bias else (gx, gW)
