@@ -28,7 +28,8 @@ time is recorded and the rest still run:
    on ``--data-dir`` (skipped, with a note, when the files are not there);
    ``cpu_op_scaling`` (issue 13), on 4 or more cores, budget permitting:
    ResNet-18's step split by kind of op at 1 thread and all cores, ours
-   against PyTorch's (``benchmarks.op_scaling``), its table in the report;
+   against PyTorch's (``benchmarks.op_scaling``), its table in the report,
+   with our 15 layers that lose most against perfect scaling (``--by-op``);
 7. ``d2l:<network>``, only with ``--d2l NAME…``: ``tinygrad-cnn train NAME
    --device cuda`` at d2l's own settings (the registry's input size, lr,
    epochs, batch), for the README's d2l-settings table.  A run whose time,
@@ -258,6 +259,7 @@ def whole_or_skipped(timeout):
 
 
 CPU_OP_SCALING_TIMEOUT = 120
+CPU_OP_SCALING_LAYERS = 15      # our layers listed that lose most against perfect scaling
 
 
 def cpu_op_scaling_stage(cores=None):
@@ -267,18 +269,28 @@ def cpu_op_scaling_stage(cores=None):
     cores, and when less than its timeout is left of the budget)."""
     cores = cores or os.cpu_count() or 1
     argv = [sys.executable, "-m", "benchmarks.op_scaling", "--network", CPU_SCALING_NETWORK,
-            "--threads", f"1,{cores}", "--steps", "2"]
+            "--threads", f"1,{cores}", "--steps", "2", "--by-op", str(CPU_OP_SCALING_LAYERS)]
     skip = (f"{cores} cores: the per-op split needs 4 or more" if cores < 4 else None)
     return Stage("cpu_op_scaling", argv, CPU_OP_SCALING_TIMEOUT, parse=parse_op_scaling,
                  skip=skip, plan=whole_or_skipped(CPU_OP_SCALING_TIMEOUT))
 
 
 def parse_op_scaling(stdout):
-    """{"table": [its Markdown lines]} from ``benchmarks.op_scaling``'s output."""
-    table = [line for line in stdout.splitlines() if line.startswith("|")]
-    if not table:
+    """{"table": [the kinds' Markdown lines]} from ``benchmarks.op_scaling``'s
+    output, and "layers": [the layers' lines] where it printed them (``--by-op``)."""
+    tables, previous = [], ""
+    for line in stdout.splitlines():
+        if line.startswith("|"):
+            if not previous.startswith("|"):
+                tables.append([])
+            tables[-1].append(line)
+        previous = line
+    if not tables:
         raise ValueError("no table in benchmarks.op_scaling's output")
-    return {"table": table}
+    result = {"table": tables[0]}
+    if len(tables) > 1:
+        result["layers"] = tables[1]
+    return result
 
 
 def parse_cpu_scaling(report):
@@ -401,7 +413,9 @@ def summary_lines(report):
                        if r.get("ours_cores_busy") and r.get("torch_cores_busy") else "")
                     for network, rows in what.items() for t, r in rows.items()}
         if name == "cpu_op_scaling" and what:
-            what = {"table": f"of {len(what['table']) - 2} kinds of op in the report"}
+            what = {"table": f"of {len(what['table']) - 2} kinds of op in the report"
+                     + (f", and of the {len(what['layers']) - 2} layers that lose most"
+                        if "layers" in what else "")}
         shown = (what.get("summary") if name == "pytest" else
                  ", ".join(f"{k} {v}" for k, v in what.items()) if what else "")
         lines.append(f"  {name}: {record['status']} {shown or record.get('note') or record.get('error') or ''}".rstrip())

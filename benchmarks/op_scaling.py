@@ -2,6 +2,7 @@
 
     python -m benchmarks.op_scaling [--network densenet] [--batch 64]
                                     [--threads 1,2] [--steps 4] [--no-torch]
+                                    [--by-op 20]
 
 A network's speed-up from 1 to 2 threads is the average of its ops'
 speed-ups, weighted by their time.  ``benchmarks.cpu`` measures the whole
@@ -17,7 +18,11 @@ little time per op, alike for both engines.
 
 Prints a Markdown table: milliseconds per step for each kind, engine and
 thread count, and each engine's speed-up from the first thread count to
-the last.
+the last.  ``--by-op N`` adds a second one, ours only: the N layers that
+lose the most time against perfect scaling from the first thread count to
+the last -- each op and pass split by the shape of its first output
+(``tinygrad_cnn.profile``'s ``rows_by_shape``), so the losses are layers,
+not kinds.
 """
 import argparse
 import json
@@ -73,7 +78,8 @@ def _training_step(engine, network, batch):
 
 def measure(engine, network, batch, threads, steps):
     """{"step": seconds per step, "kinds": {kind: seconds per step}} for one
-    engine ("ours" or "torch") on ``threads`` threads, in this process."""
+    engine ("ours" or "torch") on ``threads`` threads, in this process; ours
+    also gives "layers": [[op name, pass, shape, seconds per step], ...]."""
     if engine == "ours":
         import tinygrad_cnn as tc
         tc.set_num_threads(threads)
@@ -83,21 +89,31 @@ def measure(engine, network, batch, threads, steps):
     step = _training_step(engine, network, batch)
     for _ in range(WARMUP_STEPS):
         step()
-    ops, wall = (_profile_ours if engine == "ours" else _profile_torch)(step, steps)
+    if engine == "torch":
+        ops, wall = _profile_torch(step, steps)
+        return _per_step(ops, wall, steps)
+    prof = _profile_ours(step, steps)
+    ops = {}
+    for name, _, _, seconds in prof.rows():         # forward and backward together
+        ops[name] = ops.get(name, 0.0) + seconds
+    result = _per_step(ops, prof.seconds, steps)
+    result["layers"] = [[name, event, shape, seconds / steps]
+                        for name, event, shape, _, seconds in prof.rows_by_shape()]
+    return result
+
+
+def _per_step(ops, wall, steps):
     kinds = by_kind(ops, wall)
     return {"step": wall / steps, "kinds": {k: v / steps for k, v in kinds.items()}}
 
 
 def _profile_ours(step, steps):
-    """({Function name: seconds}, wall seconds) over ``steps`` steps (tinygrad_cnn.profile)."""
+    """The ``tinygrad_cnn.profile`` of ``steps`` steps."""
     import tinygrad_cnn as tc
     with tc.profile() as prof:
         for _ in range(steps):
             step()
-    ops = {}
-    for name, _, _, seconds in prof.rows():         # forward and backward together
-        ops[name] = ops.get(name, 0.0) + seconds
-    return ops, prof.seconds
+    return prof
 
 
 def _profile_torch(step, steps):
@@ -147,6 +163,32 @@ def table(results, thread_counts):
     return "\n".join(lines)
 
 
+def layer_table(ours, thread_counts, top):
+    """Markdown: our ``top`` layers (op, pass, shape of the first output) that
+    lose the most against perfect scaling, ours[threads] as ``measure`` gives.
+    A layer's loss is its time on the last thread count minus its time on the
+    first scaled by first / last: what it costs beyond a perfect speed-up."""
+    first, last = thread_counts[0], thread_counts[-1]
+    ms = {}
+    for column, threads in enumerate(thread_counts):
+        for name, event, shape, seconds in ours[threads]["layers"]:
+            key = (name, event, tuple(shape) if shape is not None else None)
+            ms.setdefault(key, [0.0] * len(thread_counts))[column] += 1e3 * seconds
+
+    def lost(times):
+        return times[-1] - times[0] * first / last
+    header = (["op", "pass", "shape"] + [f"ours {t}t ms" for t in thread_counts]
+              + [f"speed-up {first}→{last}", f"ms lost against {last / first:g}×"])
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for (name, event, shape), times in sorted(ms.items(), key=lambda item: -lost(item[1]))[:top]:
+        speed_up = f"{times[0] / times[-1]:.2f}" if times[0] > 0 and times[-1] > 0 else ""
+        shape_text = "" if shape is None else "×".join(map(str, shape)) or "scalar"
+        lines.append("| " + " | ".join([name, event, shape_text]
+                                       + [f"{t:.2f}" for t in times]
+                                       + [speed_up, f"{lost(times):.2f}"]) + " |")
+    return "\n".join(lines)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--network", default="densenet")
@@ -156,6 +198,8 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=None,
                         help="profiled steps (default 20 for 28x28 inputs, else 3)")
     parser.add_argument("--no-torch", action="store_true", help="skip PyTorch")
+    parser.add_argument("--by-op", type=int, default=0, metavar="N",
+                        help="also our N layers that lose most against perfect scaling")
     parser.add_argument("--worker", choices=["ours", "torch"], help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     import models
@@ -181,6 +225,9 @@ def main(argv=None):
             results[engine][threads] = run_worker(engine, args.network, batch, threads, steps)
     print(f"{args.network}, batch {batch}, {steps} profiled steps per measurement")
     print(table(results, thread_counts))
+    if args.by_op:
+        print(f"\nours, the {args.by_op} layers that lose most against perfect scaling")
+        print(layer_table(results["ours"], thread_counts, args.by_op))
 
 
 if __name__ == "__main__":

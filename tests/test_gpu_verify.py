@@ -135,6 +135,7 @@ def test_cpu_op_scaling_splits_one_thread_against_all_cores():
     argv = stage.argv[stage.argv.index("benchmarks.op_scaling") + 1:]
     assert argv[argv.index("--threads") + 1] == "1,16" and stage.skip is None
     assert argv[argv.index("--network") + 1] == "resnet18"
+    assert int(argv[argv.index("--by-op") + 1]) > 0
     assert stage.plan([], seconds_left=stage.timeout - 1) is not None
     assert "2 cores" in gpu_verify.cpu_op_scaling_stage(cores=2).skip
 
@@ -148,6 +149,20 @@ def test_cpu_op_scaling_keeps_the_table_and_summarises_it(tmp_path):
     assert result["stages"]["cpu_op_scaling"]["result"] == {"table": table}
     summary = "\n".join(gpu_verify.summary_lines(result))
     assert "cpu_op_scaling: ok table of 2 kinds of op in the report" in summary
+
+
+def test_cpu_op_scaling_keeps_the_layers_table_apart(tmp_path):
+    stage = gpu_verify.cpu_op_scaling_stage(cores=16)
+    kinds = ["| kind | ours 1 | ours 16 |", "|---|---|---|", "| convolution | 900 | 90 |"]
+    layers = ["| op | pass | shape |", "|---|---|---|", "| BatchNorm | forward | 64×64×24×24 |",
+              "| ReLU | backward | 64×64×24×24 |"]
+    printed = "\n".join(["resnet18, batch 64"] + kinds + ["", "ours, the 2 layers ..."] + layers)
+    stage.argv = [PY, "-c", f"print({printed!r})"]
+    result = verify(None, tmp_path, budget_s=300, stage_list=[stage] + fake_stages()[:2])
+    assert result["stages"]["cpu_op_scaling"]["result"] == {"table": kinds, "layers": layers}
+    summary = "\n".join(gpu_verify.summary_lines(result))
+    assert ("cpu_op_scaling: ok table of 1 kinds of op in the report, and of the 2 layers "
+            "that lose most") in summary
     with pytest.raises(ValueError):
         gpu_verify.parse_op_scaling("Traceback ...\n")
 

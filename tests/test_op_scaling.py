@@ -58,3 +58,37 @@ def test_a_small_run_measures_our_engine_in_a_worker_process(capsys):
     assert set(rows) == {kind for kind, _ in op_scaling.KINDS} | {"other", "whole step"}
     convolution_ms = float(rows["convolution"].split(" | ")[1])
     assert convolution_ms > 0
+
+
+def test_the_layer_table_lists_the_layers_that_lose_most_against_perfect_scaling():
+    def ours(layers):
+        return {"layers": layers}
+    results = {1: ours([["Conv2d[direct]", "backward", [256, 6, 14, 14], 0.0064],
+                        ["Sigmoid", "backward", [256, 6, 28, 28], 0.0006],
+                        ["CrossEntropy", "forward", [], 0.0001],
+                        ["Linear", "backward", [256, 400], 0.0004]]),
+               4: ours([["Conv2d[direct]", "backward", [256, 6, 14, 14], 0.0018],
+                        ["Sigmoid", "backward", [256, 6, 28, 28], 0.0007],
+                        ["CrossEntropy", "forward", [], 0.0001],
+                        ["Linear", "backward", [256, 400], 0.0001]])}
+    lines = op_scaling.layer_table(results, [1, 4], top=3).splitlines()
+    assert lines[0] == ("| op | pass | shape | ours 1t ms | ours 4t ms | speed-up 1→4 "
+                        "| ms lost against 4× |")
+    rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in lines[2:]]
+    # lost = 4-thread time - 1-thread time / 4: the sigmoid 0.55, the convolution 0.20,
+    # the loss 0.075; the product scaled perfectly (0.00) and falls past the top 3
+    assert [row[:3] for row in rows] == [["Sigmoid", "backward", "256×6×28×28"],
+                                         ["Conv2d[direct]", "backward", "256×6×14×14"],
+                                         ["CrossEntropy", "forward", "scalar"]]
+    assert rows[0][3:] == ["0.60", "0.70", "0.86", "0.55"]
+    assert rows[1][5:] == ["3.56", "0.20"]
+
+
+def test_a_small_run_lists_our_layers_with_by_op(capsys):
+    op_scaling.main(["--network", "lenet", "--batch", "8", "--steps", "1", "--threads", "1",
+                     "--no-torch", "--by-op", "3"])
+    out = capsys.readouterr().out
+    layers = out.split("ours, the 3 layers that lose most against perfect scaling\n")[1]
+    rows = layers.strip().splitlines()[2:]
+    assert len(rows) == 3 and all(row.count("|") == 7 for row in rows)   # one thread count
+    assert all(row.split(" | ")[2] for row in rows)        # each with its shape

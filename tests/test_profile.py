@@ -40,6 +40,24 @@ def test_profile_counts_every_forward_and_backward_per_op():
                      ("CrossEntropy", "forward"): 3, ("CrossEntropy", "backward"): 3}
 
 
+def test_rows_by_shape_give_each_layer_its_row_and_add_up_to_the_rows():
+    net, x, y = make_mlp(), leaf(4, 6), Tensor(np.array([0, 1, 2, 1]))
+    with tc.profile() as prof:
+        for _ in range(3):
+            mlp_step(net, x, y)
+    calls = {(name, event, shape): calls for name, event, shape, calls, _ in prof.rows_by_shape()}
+    # forward: the op's result; backward: the first input gradient it computed
+    assert calls == {("Linear", "forward", (4, 5)): 3, ("Linear", "forward", (4, 3)): 3,
+                     ("Linear", "backward", (4, 6)): 3, ("Linear", "backward", (4, 5)): 3,
+                     ("ReLU", "forward", (4, 5)): 3, ("ReLU", "backward", (4, 5)): 3,
+                     ("CrossEntropy", "forward", ()): 3, ("CrossEntropy", "backward", (4, 3)): 3}
+    seconds = {}
+    for name, event, _, _, spent in prof.rows_by_shape():
+        seconds[name, event] = seconds.get((name, event), 0.0) + spent
+    assert seconds == pytest.approx({(name, event): spent
+                                     for name, event, _, spent in prof.rows()})
+
+
 class Sleep(Function):
     """An op whose forward and backward take a known time."""
 

@@ -14,6 +14,10 @@ the times are summed per op and pass::
     (outside the ops)                          20.11                  2.5 %
     in the block                              794.79                100.0 %
 
+``prof.rows_by_shape()`` splits each op and pass further by the shape of its
+first output (forward: the op's result; backward: the first input gradient
+it computed), so that each layer of a network gets a row of its own.
+
 "(outside the ops)" is the rest of the time spent inside the block: Python
 between the ops, the engine's bookkeeping and gradient sums, and anything
 that is not an op of the graph (an optimizer's step).  A convolution is
@@ -40,7 +44,8 @@ class profile(contextlib.ContextDecorator):
     many times) adds to its sums."""
 
     def __init__(self):
-        self.ops = {}           # (op name, "forward" | "backward") -> [calls, seconds]
+        # (op name, "forward" | "backward", first output's shape) -> [calls, seconds]
+        self.ops = {}
         self.seconds = 0.0      # time spent inside the block, all entries together
         self._entered = []      # per entry: (the hook it replaced, its start), a stack
 
@@ -56,7 +61,8 @@ class profile(contextlib.ContextDecorator):
         def hook(event, fn, start, outputs):
             if not backend.is_current_stream_capturing():
                 _wait_for(outputs)
-                calls_seconds = self.ops.setdefault((fn.name, event), [0, 0.0])
+                key = (fn.name, event, _first_shape(outputs))
+                calls_seconds = self.ops.setdefault(key, [0, 0.0])
                 calls_seconds[0] += 1
                 calls_seconds[1] += time.perf_counter() - start
             if previous is not None:
@@ -74,9 +80,22 @@ class profile(contextlib.ContextDecorator):
 
     def rows(self):
         """[(op name, pass, calls, seconds)], the longest total first."""
+        totals = {}
+        for (name, event, _), (calls, seconds) in self.ops.items():
+            total = totals.setdefault((name, event), [0, 0.0])
+            total[0] += calls
+            total[1] += seconds
         return sorted(((name, event, calls, seconds)
-                       for (name, event), (calls, seconds) in self.ops.items()),
+                       for (name, event), (calls, seconds) in totals.items()),
                       key=lambda row: -row[3])
+
+    def rows_by_shape(self):
+        """[(op name, pass, shape, calls, seconds)], the longest total first:
+        ``rows`` split by the shape of each call's first output (None where it
+        had none)."""
+        return sorted(((name, event, shape, calls, seconds)
+                       for (name, event, shape), (calls, seconds) in self.ops.items()),
+                      key=lambda row: -row[4])
 
     @property
     def outside_seconds(self):
@@ -97,6 +116,11 @@ class profile(contextlib.ContextDecorator):
         lines.append(f"{'in the block':41s} {1e3 * self.seconds:11.2f} {'':12s} "
                      f"{100.0 if self.seconds else 0.0:5.1f} %")
         return "\n".join(lines)
+
+
+def _first_shape(arrays):
+    """The shape of the first array in ``arrays`` that is not None, else None."""
+    return next((tuple(a.shape) for a in arrays if a is not None), None)
 
 
 def _wait_for(arrays):
