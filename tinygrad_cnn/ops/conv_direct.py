@@ -73,11 +73,10 @@ class Conv2dDirect(Function):
             gx = kernels.conv_direct_backward_input(gy, W, self.x_shape, self.stride,
                                                     self.padding, self.dilation)
         if need_W:     # db comes with dW: summed as the loops read gy (no pass of its own)
-            gW = kernels.conv_direct_backward_weight(gy, x, self.kernel_size, self.stride,
-                                                     self.padding, self.dilation,
-                                                     with_bias=need_b)
-            if need_b:
-                gW, gb = gW
+            result = kernels.conv_direct_backward_weight(gy, x, self.kernel_size, self.stride,
+                                                         self.padding, self.dilation,
+                                                         with_bias=need_b)
+            gW, gb = result if need_b else (result, None)
         elif need_b:
             gb = gy.sum(axis=(0, 2, 3))
         return (gx, gW, gb) if self.has_bias else (gx, gW)
