@@ -395,10 +395,11 @@ def batch_slices(batch, nbytes, multiply_adds=0):
 
 # Below this many bytes read and written, a loop that only streams memory
 # (batch norm, ReLU, the sigmoid's backward, concatenation) runs on the calling thread: on the
-# 2-core machine two threads streaming arrays of a few MB ran no faster than
-# one (slower, counting the hand-over to the pool); only passes over tens of MB
-# gained (benchmarks/results.md, "Batch norm over slices of the batch").
-STREAM_MIN_BYTES = 16 * 2**20
+# 2-core machines two threads streaming arrays of a few MB ran no faster than
+# one (slower, counting the hand-over to the pool), and only longer passes
+# gained (benchmarks/results.md, "Batch norm over slices of the batch"; for
+# this bound, "The bias's gradient inside dW's loop").
+STREAM_MIN_BYTES = 8 * 2**20
 
 
 def stream_slices(length, nbytes):
