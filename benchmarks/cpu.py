@@ -488,27 +488,43 @@ def scaling_efficiency(rate, threads, base_rate, base_threads):
     return (rate / base_rate) / (threads / base_threads)
 
 
+def paired_efficiency(runs, threads, base_runs, base_threads):
+    """The median over rounds of the scaling efficiency within each round (round
+    k's run on ``threads`` against round k's on ``base_threads``): the two ran
+    minutes apart, under the same load, where the two best runs may come from a
+    quiet and a busy moment.  None without a round where both ran."""
+    efficiencies = [scaling_efficiency(r["examples_per_s"], threads, b["examples_per_s"],
+                                       base_threads)
+                    for r, b in zip(runs, base_runs)
+                    if "error" not in r and "error" not in b and b["examples_per_s"] > 0]
+    return statistics.median(efficiencies) if efficiencies else None
+
+
 def scaling_table(report):
     """Markdown lines: per network and engine, examples/s at each thread count
-    swept and the scaling efficiency against the fewest threads (none if one
-    count was run)."""
+    swept and the scaling efficiency against the fewest threads, from the best
+    runs and per round (``paired_efficiency``); none if one count was run."""
     counts = sorted({net.get("threads") for net in report["networks"]} - {None})
     if len(counts) < 2:
         return []
     lines = ["", "Scaling with threads: best examples/s per thread count; efficiency = "
-             f"speed-up over {counts[0]} thread(s) ÷ the growth in threads (1.00 is perfect); "
-             "cores busy = the process's CPU time ÷ wall time over the timed steps of that "
-             "best run (threads that spin while they wait for work count as busy).",
+             f"speed-up over {counts[0]} thread(s) ÷ the growth in threads (1.00 is perfect), "
+             "from the best runs, and per round: the median over rounds of the efficiency "
+             "within each round; cores busy = the process's CPU time ÷ wall time over the "
+             "timed steps of that best run (threads that spin while they wait for work count "
+             "as busy).",
              "", "| network | engine | " + " | ".join(f"{t} threads" for t in counts)
              + " | " + " | ".join(f"efficiency {counts[0]}→{t}" for t in counts[1:])
+             + " | " + " | ".join(f"per round {counts[0]}→{t}" for t in counts[1:])
              + " | " + " | ".join(f"cores busy, {t} threads" for t in counts) + " |",
-             "|---|---|" + "---|" * (3 * len(counts) - 1)]
+             "|---|---|" + "---|" * (4 * len(counts) - 2)]
     names = list(dict.fromkeys(net["name"] for net in report["networks"]))
     for name in names:
         entries = {net["threads"]: net for net in report["networks"] if net["name"] == name}
         engines = list(dict.fromkeys(e for net in entries.values() for e in net["runs"]))
         for engine in engines:
             rates, busy = {}, {}
+            runs = {t: net["runs"].get(engine, []) for t, net in entries.items()}
             for t, net in entries.items():
                 r = best(net["runs"].get(engine, []))
                 if r is not None and "error" not in r:
@@ -518,6 +534,9 @@ def scaling_table(report):
             base = rates.get(counts[0])
             cells += [f"{scaling_efficiency(rates[t], t, base, counts[0]):.2f}"
                       if base and t in rates else "" for t in counts[1:]]
+            paired = [paired_efficiency(runs.get(t, []), t, runs.get(counts[0], []), counts[0])
+                      for t in counts[1:]]
+            cells += ["" if e is None else f"{e:.2f}" for e in paired]
             cells += [f"{busy[t]:.2f}" if busy.get(t) is not None else "" for t in counts]
             lines.append(f"| {name} | {engine_label(engine)} | " + " | ".join(cells) + " |")
     return lines

@@ -39,11 +39,28 @@ def test_scaling_table_gives_each_engines_efficiency_against_the_fewest_threads(
     cells = [[cell.strip() for cell in line.split("|")[1:-1]] for line in lines
              if line.startswith("| lenet")]
     rows = {row[1]: row for row in cells}
-    # best round at 1 thread (100), then 150 at 2: 1.5x faster on 2x the threads
+    # best round at 1 thread (100), then 150 at 2: 1.5x faster on 2x the threads;
+    # per round, round 1's 150 against round 1's 90 (the only round run on both);
     # then the cores each best run kept busy (none recorded: blank)
     assert rows["ours, numba kernels"][2:] == ["100.0", "150.0", "200.0", "0.75", "0.50",
-                                               "1.00", "1.47", ""]
-    assert rows["PyTorch"][2:] == ["50.0", "100.0", "", "1.00", "", "", "1.99", ""]
+                                               "0.83", "0.56", "1.00", "1.47", ""]
+    assert rows["PyTorch"][2:] == ["50.0", "100.0", "", "1.00", "", "1.00", "", "", "1.99",
+                                   ""]
+    header = next(line for line in lines if line.startswith("| network"))
+    assert len(header.split("|")) == len(lines[lines.index(header) + 1].split("|"))
+
+
+def test_per_round_efficiency_pairs_the_runs_of_one_round():
+    # round 2's one-thread run met a busy moment: best against best pairs round
+    # 3's 2-thread run with round 1's 1-thread run
+    one = [run(100.0), run(60.0), run(90.0)]
+    two = [run(150.0), run(120.0), run(153.0)]
+    assert cpu.scaling_efficiency(153.0, 2, 100.0, 1) == pytest.approx(0.765)
+    # within the rounds: 0.75, 1.00, 0.85 -> the median
+    assert cpu.paired_efficiency(two, 2, one, 1) == pytest.approx(0.85)
+    # a round with an error on either side is left out; none left: None
+    assert cpu.paired_efficiency([run(150.0), {"error": "boom"}], 2, one, 1) == pytest.approx(0.75)
+    assert cpu.paired_efficiency([{"error": "boom"}], 2, one, 1) is None
 
 
 def test_one_thread_count_makes_no_scaling_table():
