@@ -52,6 +52,81 @@ def test_intermediate_used_by_three_consumers_runs_its_backward_once():
     np.testing.assert_allclose(x.grad.data, 1 + 2 + np.exp(x.data))
 
 
+class PassThrough(Function):
+    """y = x; dx = dy itself (not fresh: the engine must not add into it)."""
+    def forward(self, x):
+        return x * 1.0
+
+    def backward(self, gy):
+        return gy
+
+
+class Scale(Function):
+    """y = k·x; dx = k·dy, a new array, recorded in ``made``."""
+    def __init__(self, k, made):
+        self.k, self.made = k, made
+
+    def forward(self, x):
+        return x * self.k
+
+    def backward(self, gy):
+        gx = gy * self.k
+        self.made.append(gx)
+        return gx
+
+
+@pytest.mark.parametrize("fresh_first", [False, True])
+def test_sum_of_a_passed_through_and_a_fresh_gradient_goes_into_the_fresh_one(fresh_first):
+    # a DenseNet layer's input: its concatenation's gradient (not ours) and its
+    # batch norm's (a new array), in either order: the sum goes into the new
+    # array, which becomes x.grad without a copy
+    made = []
+    x = leaf(2, 3)
+    seed_passed, seed_scaled = distinct(2, 3, seed=2), distinct(2, 3, seed=3)
+
+    def passed():
+        return (PassThrough()(x) * Tensor(seed_passed)).sum()
+
+    def scaled():
+        return (Scale(3.0, made)(x) * Tensor(seed_scaled)).sum()
+    first, second = (scaled, passed) if fresh_first else (passed, scaled)
+    a = first()
+    (a + second()).backward()
+    np.testing.assert_allclose(x.grad.data, seed_passed + 3.0 * seed_scaled)
+    assert len(made) == 1 and x.grad.data is made[0]
+
+
+def test_fresh_gradient_arriving_second_takes_the_sum_without_a_new_array():
+    from tinygrad_cnn import autograd
+    store = {}
+    passed = distinct(2, 3)                      # not ours: must stay as it is
+    kept = passed.copy()
+    fresh = distinct(2, 3, seed=1)
+    autograd._accumulate(store, "x", passed, False)
+    autograd._accumulate(store, "x", fresh, True)
+    total, is_fresh = store["x"]
+    assert total is fresh and is_fresh
+    np.testing.assert_array_equal(total, kept + distinct(2, 3, seed=1))
+    np.testing.assert_array_equal(passed, kept)
+
+
+@pytest.mark.parametrize("dtype, shape", [(np.float32, (2, 3)), (np.float64, (1, 3))])
+def test_fresh_gradient_unlike_the_sum_so_far_gives_a_new_array(dtype, shape):
+    # float32 += float64 would round the sum to float32; a (1, 3) array cannot
+    # hold a (2, 3) sum
+    from tinygrad_cnn import autograd
+    store = {}
+    passed = distinct(2, 3)
+    fresh = distinct(*shape, seed=1).astype(dtype)
+    fresh_before = fresh.copy()
+    autograd._accumulate(store, "x", passed, False)
+    autograd._accumulate(store, "x", fresh, True)
+    total, is_fresh = store["x"]
+    assert total is not fresh and is_fresh and total.dtype == np.float64
+    np.testing.assert_array_equal(total, passed + fresh_before)
+    np.testing.assert_array_equal(fresh, fresh_before)
+
+
 def test_leaf_grad_accumulates_across_backward_calls():
     x = leaf(3)
     (x * 2).sum().backward()

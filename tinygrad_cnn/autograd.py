@@ -278,14 +278,30 @@ def _is_fresh(gx, gy, gxs):
 
 
 def _accumulate(store, key, g, fresh):
-    """``store[key]`` = [sum of gradients so far, whether that array is fresh]."""
+    """``store[key]`` = [sum of gradients so far, whether that array is fresh].
+
+    The sum goes into whichever of the two arrays is ours (fresh), else into a
+    new one.  The new gradient is often the fresh one: a DenseNet layer's
+    input first gets its concatenation's gradient (a view of the output's) and
+    then its batch norm's, a residual block's input first the sum's gradient
+    passed through and then its convolution's.  Adding into that one instead of
+    allocating the sum saves a pass over fresh memory (in IEEE arithmetic
+    y + x is exactly x + y)."""
     entry = store.get(key)
     if entry is None:
         store[key] = [g, fresh]
-    elif entry[1] and entry[0].dtype == g.dtype and entry[0].shape == g.shape:
+    elif entry[1] and _alike(entry[0], g):
         entry[0] += g          # our own array: add in place, no new allocation
+    elif fresh and _alike(g, entry[0]):
+        g += entry[0]
+        entry[0], entry[1] = g, True
     else:
         entry[0], entry[1] = entry[0] + g, True
+
+
+def _alike(total, term):
+    """Whether ``total += term`` leaves total what ``total + term`` would be."""
+    return total.dtype == term.dtype and total.shape == term.shape
 
 
 def _apply_hooks(hooks, g):
