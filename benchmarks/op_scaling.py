@@ -142,25 +142,55 @@ def run_worker(engine, network, batch, threads, steps):
 
 
 def table(results, thread_counts):
-    """Markdown: ms per step per kind; results[engine][threads] as ``measure`` gives."""
+    """Markdown: ms per step per kind; results[engine][threads] as ``measure`` gives.
+
+    With both engines, a last column: what each kind of ours loses against
+    PyTorch's speed-up for that kind -- our time on the last thread count
+    minus our time on the first divided by PyTorch's speed-up -- and, on the
+    whole step's row, the sum of those: where the two engines' scaling
+    efficiencies part."""
     engines = list(results)
     names = {"ours": "ours", "torch": "PyTorch"}
     first, last = thread_counts[0], thread_counts[-1]
+    compared = set(engines) == {"ours", "torch"}
     header = ["kind"]
     for engine in engines:
         header += [f"{names[engine]} {t}t ms" for t in thread_counts]
         header.append(f"{names[engine]} speed-up {first}→{last}")
+    if compared:
+        header.append("ours ms lost against PyTorch's speed-up")
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    kinds = [kind for kind, _ in KINDS] + [OTHER, "whole step"]
-    for kind in kinds:
-        row = [kind]
-        for engine in engines:
-            ms = [1e3 * (results[engine][t]["step"] if kind == "whole step"
-                         else results[engine][t]["kinds"][kind]) for t in thread_counts]
-            row += [f"{v:.2f}" for v in ms]
-            row.append(f"{ms[0] / ms[-1]:.2f}" if ms[-1] > 0 and ms[0] > 0 else "")
+    losses = []
+    for kind in [kind for kind, _ in KINDS] + [OTHER]:
+        row, loss = _kind_row(results, engines, thread_counts, kind)
+        if compared:
+            row.append("" if loss is None else f"{loss:.2f}")
+            losses += [loss] if loss is not None else []
         lines.append("| " + " | ".join(row) + " |")
+    row, _ = _kind_row(results, engines, thread_counts, "whole step")
+    if compared:
+        row.append(f"{sum(losses):.2f}")
+    lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
+
+
+def _kind_row(results, engines, thread_counts, kind):
+    """(the kind's cells: ms per thread count and the speed-up, engine by
+    engine; ours' ms lost against PyTorch's speed-up, or None where either
+    engine spent no time on the kind)."""
+    row, speed_ups, ms_by_engine = [kind], {}, {}
+    for engine in engines:
+        ms = [1e3 * (results[engine][t]["step"] if kind == "whole step"
+                     else results[engine][t]["kinds"][kind]) for t in thread_counts]
+        row += [f"{v:.2f}" for v in ms]
+        speed_ups[engine] = ms[0] / ms[-1] if ms[-1] > 0 and ms[0] > 0 else None
+        row.append("" if speed_ups[engine] is None else f"{speed_ups[engine]:.2f}")
+        ms_by_engine[engine] = ms
+    theirs = speed_ups.get("torch")
+    if "ours" not in ms_by_engine or theirs is None or speed_ups["ours"] is None:
+        return row, None
+    ours = ms_by_engine["ours"]
+    return row, ours[-1] - ours[0] / theirs
 
 
 def layer_table(ours, thread_counts, top):

@@ -41,12 +41,42 @@ def test_the_table_gives_each_engines_speed_up_from_first_to_last_thread_count()
                "torch": {1: result(0.012, 0.010), 2: result(0.008, 0.005)}}
     lines = op_scaling.table(results, [1, 2]).splitlines()
     assert lines[0].split(" | ")[1:4] == ["ours 1t ms", "ours 2t ms", "ours speed-up 1→2"]
+    assert lines[0].split(" | ")[-1] == "ours ms lost against PyTorch's speed-up |"
     convolution = [cell.strip() for cell in lines[2].strip("|").split("|")]
-    assert convolution == ["convolution", "8.00", "4.00", "2.00", "10.00", "5.00", "2.00"]
+    # both convolutions 2x faster: nothing lost against PyTorch's speed-up
+    assert convolution == ["convolution", "8.00", "4.00", "2.00", "10.00", "5.00", "2.00",
+                           "0.00"]
+    # PyTorch's rest ran slower on 2 threads (2 -> 3 ms); ours at its speed-up would
+    # have taken 3 ms: ours gained 1 ms against it
+    other = [cell.strip() for cell in lines[-2].strip("|").split("|")]
+    assert other == ["other", "2.00", "2.00", "1.00", "2.00", "3.00", "0.67", "-1.00"]
     whole = [cell.strip() for cell in lines[-1].strip("|").split("|")]
-    assert whole == ["whole step", "10.00", "6.00", "1.67", "12.00", "8.00", "1.50"]
+    assert whole == ["whole step", "10.00", "6.00", "1.67", "12.00", "8.00", "1.50", "-1.00"]
     batch_norm = [cell.strip() for cell in lines[3].strip("|").split("|")]
-    assert batch_norm[3] == "" and batch_norm[6] == ""     # no time: no speed-up
+    assert batch_norm[3] == "" and batch_norm[6] == "" and batch_norm[7] == ""   # no time
+
+
+def test_the_loss_against_pytorchs_speed_up_sums_over_the_kinds_to_the_whole_step():
+    def result(conv, bn, other):
+        kinds = dict.fromkeys([k for k, _ in op_scaling.KINDS] + ["other"], 0.0)
+        kinds.update({"convolution": conv, "batch norm": bn, "other": other})
+        return {"step": conv + bn + other, "kinds": kinds}
+    # ours: convolutions 1.6x (8 -> 5 ms), batch norm 1.25x (2.5 -> 2); PyTorch 2x both
+    results = {"ours": {1: result(0.008, 0.0025, 0.001), 2: result(0.005, 0.002, 0.001)},
+               "torch": {1: result(0.010, 0.004, 0.001), 2: result(0.005, 0.002, 0.001)}}
+    rows = {line.split(" | ")[0].strip("| "): [c.strip() for c in line.strip("|").split("|")]
+            for line in op_scaling.table(results, [1, 2]).splitlines()[2:]}
+    assert rows["convolution"][-1] == "1.00"          # 5 - 8 / 2
+    assert rows["batch norm"][-1] == "0.75"           # 2 - 2.5 / 2
+    assert rows["other"][-1] == "0.00"
+    assert rows["whole step"][-1] == "1.75"
+
+
+def test_one_engine_makes_no_loss_column():
+    kinds = dict.fromkeys([k for k, _ in op_scaling.KINDS] + ["other"], 0.001)
+    results = {"ours": {1: {"step": 0.008, "kinds": kinds}, 2: {"step": 0.004, "kinds": kinds}}}
+    lines = op_scaling.table(results, [1, 2]).splitlines()
+    assert "lost" not in lines[0] and lines[2].count("|") == 5
 
 
 def test_a_small_run_measures_our_engine_in_a_worker_process(capsys):
