@@ -110,6 +110,22 @@ def test_fresh_gradient_arriving_second_takes_the_sum_without_a_new_array():
     np.testing.assert_array_equal(passed, kept)
 
 
+@pytest.mark.parametrize("fresh_first", [False, True])
+def test_gradients_that_overlap_in_memory_are_summed_into_a_new_array(fresh_first):
+    # one backward may hand out an array and a view of it (both to one input)
+    from tinygrad_cnn import autograd
+    store = {}
+    fresh = distinct(2, 3)
+    view = fresh[::-1]                           # the rows reversed: overlaps, not aligned
+    expected = fresh + view
+    arrivals = [(fresh, True), (view, False)]
+    for array, is_fresh in (arrivals if fresh_first else arrivals[::-1]):
+        autograd._accumulate(store, "x", array, is_fresh)
+    total, is_fresh = store["x"]
+    assert total is not fresh and not np.shares_memory(total, fresh) and is_fresh
+    np.testing.assert_array_equal(total, expected)
+
+
 @pytest.mark.parametrize("dtype, shape", [(np.float32, (2, 3)), (np.float64, (1, 3))])
 def test_fresh_gradient_unlike_the_sum_so_far_gives_a_new_array(dtype, shape):
     # float32 += float64 would round the sum to float32; a (1, 3) array cannot

@@ -290,18 +290,23 @@ def _accumulate(store, key, g, fresh):
     entry = store.get(key)
     if entry is None:
         store[key] = [g, fresh]
-    elif entry[1] and _alike(entry[0], g):
+    elif entry[1] and _addable_in_place(entry[0], g):
         entry[0] += g          # our own array: add in place, no new allocation
-    elif fresh and _alike(g, entry[0]):
+    elif fresh and _addable_in_place(g, entry[0]):
         g += entry[0]
         entry[0], entry[1] = g, True
     else:
         entry[0], entry[1] = entry[0] + g, True
 
 
-def _alike(total, term):
-    """Whether ``total += term`` leaves total what ``total + term`` would be."""
-    return total.dtype == term.dtype and total.shape == term.shape
+def _addable_in_place(total, term):
+    """Whether ``total += term`` leaves total what ``total + term`` would be:
+    alike in shape and dtype, and not overlapping in memory (a backward may
+    return one input's gradient as a view of another's; CuPy's elementwise
+    kernels do not guard against an output that overlaps an input, and the
+    check only compares bounds)."""
+    return (total.dtype == term.dtype and total.shape == term.shape
+            and not get_array_module(total).may_share_memory(total, term))
 
 
 def _apply_hooks(hooks, g):
