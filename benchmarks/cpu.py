@@ -492,12 +492,11 @@ def paired_efficiency(runs, threads, base_runs, base_threads):
     """The median over rounds of the scaling efficiency within each round (round
     k's run on ``threads`` against round k's on ``base_threads``): the two ran
     minutes apart, under the same load, where the two best runs may come from a
-    quiet and a busy moment.  None without a round where both ran."""
-    efficiencies = [scaling_efficiency(r["examples_per_s"], threads, b["examples_per_s"],
-                                       base_threads)
-                    for r, b in zip(runs, base_runs)
-                    if "error" not in r and "error" not in b and b["examples_per_s"] > 0]
-    return statistics.median(efficiencies) if efficiencies else None
+    quiet and a busy moment.  None without a round where both ran.  (The
+    efficiency is the speed-up scaled by a constant, so its median is the
+    median speed-up, ``paired_ratio``'s, scaled alike.)"""
+    speed_up = paired_ratio(runs, base_runs)
+    return None if speed_up is None else speed_up * base_threads / threads
 
 
 def scaling_table(report):
@@ -525,8 +524,8 @@ def scaling_table(report):
         for engine in engines:
             rates, busy = {}, {}
             runs = {t: net["runs"].get(engine, []) for t, net in entries.items()}
-            for t, net in entries.items():
-                r = best(net["runs"].get(engine, []))
+            for t in entries:
+                r = best(runs[t])
                 if r is not None and "error" not in r:
                     rates[t] = r["examples_per_s"]
                     busy[t] = r.get("cores_busy")      # (absent from older reports)

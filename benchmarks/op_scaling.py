@@ -183,7 +183,7 @@ def _kind_row(results, engines, thread_counts, kind):
         ms = [1e3 * (results[engine][t]["step"] if kind == "whole step"
                      else results[engine][t]["kinds"][kind]) for t in thread_counts]
         row += [f"{v:.2f}" for v in ms]
-        speed_ups[engine] = ms[0] / ms[-1] if ms[-1] > 0 and ms[0] > 0 else None
+        speed_ups[engine] = _speed_up(ms)
         row.append("" if speed_ups[engine] is None else f"{speed_ups[engine]:.2f}")
         ms_by_engine[engine] = ms
     theirs = speed_ups.get("torch")
@@ -191,6 +191,12 @@ def _kind_row(results, engines, thread_counts, kind):
         return row, None
     ours = ms_by_engine["ours"]
     return row, ours[-1] - ours[0] / theirs
+
+
+def _speed_up(times):
+    """times[0] / times[-1] (first thread count's time over the last's), or None
+    where either is no time at all."""
+    return times[0] / times[-1] if times[0] > 0 and times[-1] > 0 else None
 
 
 def layer_table(ours, thread_counts, top):
@@ -211,7 +217,7 @@ def layer_table(ours, thread_counts, top):
               + [f"speed-up {first}→{last}", f"ms lost against {last / first:g}×"])
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for (name, event, shape), times in sorted(ms.items(), key=lambda item: -lost(item[1]))[:top]:
-        speed_up = f"{times[0] / times[-1]:.2f}" if times[0] > 0 and times[-1] > 0 else ""
+        speed_up = "" if _speed_up(times) is None else f"{_speed_up(times):.2f}"
         shape_text = "" if shape is None else "×".join(map(str, shape)) or "scalar"
         lines.append("| " + " | ".join([name, event, shape_text]
                                        + [f"{t:.2f}" for t in times]
