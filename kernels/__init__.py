@@ -349,9 +349,10 @@ def batchnorm_forward_train(x, gamma, beta, eps):
     return _implementation("batchnorm_forward_train", x)(x, gamma, beta, eps)
 
 
-def batchnorm_backward(gy, x_hat, scale):
-    """gy, x_hat (N, C, ...) -> (gx or None, dgamma, dbeta) (``bn_numpy.batchnorm_backward``)."""
-    return _implementation("batchnorm_backward", gy)(gy, x_hat, scale)
+def batchnorm_backward(gy, x_hat, scale, overwrite_gy=False):
+    """gy, x_hat (N, C, ...) -> (gx or None, dgamma, dbeta) (``bn_numpy.batchnorm_backward``);
+    with ``overwrite_gy`` gx may be written over gy."""
+    return _implementation("batchnorm_backward", gy)(gy, x_hat, scale, overwrite_gy)
 
 
 def batchnorm_forward_eval(x, scale, shift):
@@ -365,9 +366,10 @@ def relu_forward(x):
     return _implementation("relu_forward", x)(x)
 
 
-def relu_backward(gy, y):
-    """gx = 0 where y <= 0, else gy (``elementwise_numpy.relu_backward``)."""
-    return _implementation("relu_backward", gy)(gy, y)
+def relu_backward(gy, y, overwrite_gy=False):
+    """gx = 0 where y <= 0, else gy (``elementwise_numpy.relu_backward``);
+    with ``overwrite_gy`` gx may be written over gy (see there)."""
+    return _implementation("relu_backward", gy)(gy, y, overwrite_gy)
 
 
 def sigmoid_forward(x):
@@ -375,9 +377,10 @@ def sigmoid_forward(x):
     return _implementation("sigmoid_forward", x)(x)
 
 
-def sigmoid_backward(gy, y):
-    """gx = gy·y·(1 - y) (``elementwise_numpy.sigmoid_backward``)."""
-    return _implementation("sigmoid_backward", gy)(gy, y)
+def sigmoid_backward(gy, y, overwrite_gy=False):
+    """gx = gy·y·(1 - y) (``elementwise_numpy.sigmoid_backward``); with
+    ``overwrite_gy`` gx may be written over gy."""
+    return _implementation("sigmoid_backward", gy)(gy, y, overwrite_gy)
 
 
 def sgd_update(param, grad, momentum_buffer, lr, momentum, dampening, weight_decay, nesterov):

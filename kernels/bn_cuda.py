@@ -120,8 +120,9 @@ def batchnorm_forward_train(x, gamma, beta, eps):
     return y.reshape(x.shape), x_hat.reshape(x.shape), mean, var, inv_std
 
 
-def batchnorm_backward(gy, x_hat, scale):
-    """gx = scale·(gy - mean(gy) - x̂·mean(gy·x̂)), dγ = Σ gy·x̂, dβ = Σ gy (see bn_numpy)."""
+def batchnorm_backward(gy, x_hat, scale, overwrite_gy=False):
+    """gx = scale·(gy - mean(gy) - x̂·mean(gy·x̂)), dγ = Σ gy·x̂, dβ = Σ gy (see bn_numpy;
+    gx a new array whatever ``overwrite_gy`` allows)."""
     xp = get_array_module(gy)
     gy3, x_hat3, C = _as_ncl(gy), _as_ncl(x_hat), gy.shape[1]
     dbeta64, dgamma64 = xp.empty(C, xp.float64), xp.empty(C, xp.float64)

@@ -8,7 +8,8 @@ twice:
 
 - forward: one pass sums x and x² per channel (shifted, see below) for μ and
   σ², one pass writes x̂ and y;
-- backward: one pass sums dy and dy·x̂ per channel, one pass writes dx;
+- backward: one pass sums dy and dy·x̂ per channel, one pass writes dx
+  (over dy, where the engine allows it: ``overwrite_gy``);
 - inference: one pass writes y = x·scale + shift.
 
 x is viewed as (N, C, L) -- L = 1 for (N, C) input, H·W for images -- and
@@ -151,11 +152,29 @@ def _input_grad_loop(gy, x_hat, gx, scale, mean_gy, mean_gy_xhat):
                 gx[n, c, l] = k * (gy[n, c, l] - a - x_hat[n, c, l] * b)
 
 
+def _input_grad_over_gy_loop(g, x_hat, scale, mean_gy, mean_gy_xhat):
+    """_input_grad_loop with gx written over gy (g), the same operations: called
+    with gx and gy the same array, that loop would not be vectorised (see
+    elementwise_numba's over-gy loops)."""
+    N, C, L = g.shape
+    for n in range(N):
+        if L == 1:
+            for c in range(C):
+                g[n, c, 0] = scale[c] * (g[n, c, 0] - mean_gy[c]
+                                         - x_hat[n, c, 0] * mean_gy_xhat[c])
+            continue
+        for c in range(C):
+            k, a, b = scale[c], mean_gy[c], mean_gy_xhat[c]
+            for l in range(L):
+                g[n, c, l] = k * (g[n, c, l] - a - x_hat[n, c, l] * b)
+
+
 # reassoc lets the compiler split each running sum into several (vectorised)
 # partial sums, which is faster and no less accurate (benchmarks/results.md);
 # NaN and inf still propagate.
 _compiled = on_first_use(_shifted_sums_loop, _normalize_loop, _affine_loop,
-                         _gradient_sums_loop, _input_grad_loop, nogil=True,
+                         _gradient_sums_loop, _input_grad_loop, _input_grad_over_gy_loop,
+                         nogil=True,
                          fastmath={"reassoc", "contract"})
 
 
@@ -202,8 +221,10 @@ def batchnorm_forward_train(x, gamma, beta, eps):
     return y, x_hat, mean.astype(x.dtype), var.astype(x.dtype), inv_std.astype(x.dtype)
 
 
-def batchnorm_backward(gy, x_hat, scale):
-    """``bn_numpy.batchnorm_backward``, compiled -> (gx or None, dgamma, dbeta)."""
+def batchnorm_backward(gy, x_hat, scale, overwrite_gy=False):
+    """``bn_numpy.batchnorm_backward``, compiled -> (gx or None, dgamma, dbeta);
+    gx written over gy (after the sums have read it) where ``overwrite_gy``
+    allows it."""
     if not compilable(gy, x_hat) or not (scale is None or compilable(scale)):
         return bn_numpy.batchnorm_backward(gy, x_hat, scale)
     loops = _compiled()
@@ -213,9 +234,13 @@ def batchnorm_backward(gy, x_hat, scale):
     if scale is None:
         return None, dgamma, dbeta
     m = gy3.shape[0] * gy3.shape[2]
+    factors = (np.ascontiguousarray(scale, dtype=gy.dtype), sums[1] / m, sums[0] / m)
+    if overwrite_gy and gy.flags.c_contiguous and gy.flags.writeable:
+        threads.over_batch(loops.input_grad_over_gy, (gy3, x_hat3), *factors,
+                           slices=threads.stream_slices)
+        return gy, dgamma, dbeta
     gx = np.empty(gy.shape, dtype=gy.dtype)
-    threads.over_batch(loops.input_grad, (gy3, x_hat3, _as_ncl(gx)),
-                       np.ascontiguousarray(scale, dtype=gy.dtype), sums[1] / m, sums[0] / m,
+    threads.over_batch(loops.input_grad, (gy3, x_hat3, _as_ncl(gx)), *factors,
                        slices=threads.stream_slices)
     return gx, dgamma, dbeta
 

@@ -17,10 +17,12 @@ batchnorm_forward_train(x, gamma, beta, eps)
     -> (y, x_hat, mean, var, inv_std)
        y, x_hat: like x;  mean, var (biased), inv_std = 1/√(var + eps): (C,)
        gamma, beta: (C,) in x's dtype
-batchnorm_backward(gy, x_hat, scale)
+batchnorm_backward(gy, x_hat, scale, overwrite_gy=False)
     -> (gx, dgamma, dbeta)
        gy, x_hat: like x;  scale = γ·inv_std (C,), or None when dx is not
        wanted (gx is then None);  dgamma = Σ gy·x̂, dbeta = Σ gy: (C,)
+       overwrite_gy allows (does not ask) gx to be written over gy, as in
+       ``elementwise_numpy``: here gx is always a new array
 batchnorm_forward_eval(x, scale, shift)
     -> y = x·scale + shift per channel, like x
        inference: the running statistics folded into scale = γ/√(σ²_run + ε)
@@ -69,7 +71,7 @@ def batchnorm_forward_train(x, gamma, beta, eps):
     return y, x_hat, mean.reshape(-1), var.reshape(-1), inv_std.reshape(-1)
 
 
-def batchnorm_backward(gy, x_hat, scale):
+def batchnorm_backward(gy, x_hat, scale, overwrite_gy=False):
     """The closed form: with scale = γ·inv_std and means over a channel's m values,
 
         dx = scale·(dy - mean(dy) - x̂·mean(dy·x̂))      dγ = Σ dy·x̂      dβ = Σ dy

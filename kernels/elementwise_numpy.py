@@ -15,9 +15,9 @@ array's dtype, so float32 arrays are computed in float32.
 Signatures
 ----------
 relu_forward(x) -> y                       y = max(x, 0)
-relu_backward(gy, y) -> gx                 gx = 0 where y <= 0, else gy
+relu_backward(gy, y, overwrite_gy=False) -> gx       gx = 0 where y <= 0, else gy
 sigmoid_forward(x) -> y                    y = σ(x) = ½ tanh(x/2) + ½
-sigmoid_backward(gy, y) -> gx              gx = gy·y·(1 - y)
+sigmoid_backward(gy, y, overwrite_gy=False) -> gx    gx = gy·y·(1 - y)
 sgd_update(param, grad, momentum_buffer, lr, momentum, dampening, weight_decay, nesterov)
     -> momentum_buffer                     updates ``param`` (and the buffer) in place;
                                            None in, a new buffer out on the first step
@@ -27,6 +27,11 @@ adam_update(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step, lr, beta1, b
             weight_decay, amsgrad, decoupled_weight_decay) -> None     in place
 adam_update_multi(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, lr, beta1,
                   beta2, eps, weight_decay, amsgrad, decoupled_weight_decay) -> None
+
+``overwrite_gy`` allows, but does not ask, a backward kernel to write gx over
+gy and return gy (the engine allows it where gy is its own scratch array:
+``Function.may_overwrite_gy``); callers use the array returned.  The
+reference always returns a new array; ``elementwise_numba.py`` takes the offer.
 
 The ``*_multi`` kernels update every parameter of an optimizer's group in one
 call: here a loop over the one-parameter kernel, so the results are the
@@ -42,7 +47,7 @@ def relu_forward(x):
     return get_array_module(x).maximum(x, 0).astype(x.dtype, copy=False)
 
 
-def relu_backward(gy, y):
+def relu_backward(gy, y, overwrite_gy=False):
     """gx = 0 where y <= 0, else gy  (y = max(x, 0), the forward's output).
 
     PyTorch's ``threshold_backward``, NaN included: a NaN y is not <= 0, so
@@ -82,7 +87,7 @@ def _half_tanh_plus_half(y):
     return y
 
 
-def sigmoid_backward(gy, y):
+def sigmoid_backward(gy, y, overwrite_gy=False):
     """gx = gy·y·(1 - y)  (y = σ(x), the forward's output), computed as ((1 - y)·y)·gy."""
     gx = y.dtype.type(1) - y   # the one new array (in y's dtype: NumPy 1.x makes 1 - a 0-d
                                # float32 float64); the products go into it in place

@@ -364,13 +364,15 @@ def _gradient_kernel(name, gy, y, reference):
     return gx
 
 
-def relu_backward(gy, y):
-    """``elementwise_numpy.relu_backward`` in one launch -> gx = 0 where y <= 0, else gy."""
+def relu_backward(gy, y, overwrite_gy=False):
+    """``elementwise_numpy.relu_backward`` in one launch -> gx = 0 where y <= 0, else gy
+    (a new array: ``overwrite_gy`` is not taken up on the GPU, never measured there)."""
     return _gradient_kernel("relu_backward", gy, y, elementwise_numpy.relu_backward)
 
 
-def sigmoid_backward(gy, y):
-    """``elementwise_numpy.sigmoid_backward`` in one launch -> gx = gy·y·(1 - y)."""
+def sigmoid_backward(gy, y, overwrite_gy=False):
+    """``elementwise_numpy.sigmoid_backward`` in one launch -> gx = gy·y·(1 - y)
+    (a new array, as relu_backward)."""
     return _gradient_kernel("sigmoid_backward", gy, y, elementwise_numpy.sigmoid_backward)
 
 
@@ -397,8 +399,9 @@ def batchnorm_forward_train(x, gamma, beta, eps):
     return y, x_hat, mean, var, inv_std
 
 
-def batchnorm_backward(gy, x_hat, scale):
-    """``bn_numpy.batchnorm_backward`` in two launches (one without dx) -> (gx, dgamma, dbeta)."""
+def batchnorm_backward(gy, x_hat, scale, overwrite_gy=False):
+    """``bn_numpy.batchnorm_backward`` in two launches (one without dx) -> (gx, dgamma, dbeta)
+    (gx a new array, as relu_backward)."""
     inputs = (gy, x_hat) if scale is None else (gy, x_hat, scale)
     if not (_fusable(*inputs) and gy.shape == x_hat.shape
             and gy.shape[0] * math.prod(gy.shape[2:]) > 0):

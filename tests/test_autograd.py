@@ -1,5 +1,6 @@
 """The graph and the backward pass: accumulation, retain_graph, grad mode,
 hooks, anomaly detection, and what the graph keeps alive."""
+import contextlib
 import gc
 import threading
 import weakref
@@ -53,12 +54,13 @@ def test_intermediate_used_by_three_consumers_runs_its_backward_once():
 
 
 class PassThrough(Function):
-    """y = x; dx = dy itself (not fresh: the engine must not add into it)."""
+    """y = x; dx = a view of dy, as a concatenation's backward hands out (not
+    fresh: the engine must not add into it)."""
     def forward(self, x):
         return x * 1.0
 
     def backward(self, gy):
-        return gy
+        return gy[...]
 
 
 class Scale(Function):
@@ -185,6 +187,96 @@ def test_mixed_dtypes_follow_numpy_promotion_and_grads_keep_leaf_dtype():
     y.sum().backward()
     assert a.grad.dtype == np.float32 and b.grad.dtype == np.float64
     np.testing.assert_allclose(a.grad.data, b.data, rtol=1e-6)
+
+
+# ---------------------------------------------------------------- gy written over
+def writes_over_gy():
+    """Whether this kernel set's ReLU backward takes the engine's offer to write
+    over gy (the compiled loops do, the reference never)."""
+    import kernels
+    return "numba" in kernels.which("relu_backward", np.zeros(1))
+
+
+def test_relu_writes_its_gradient_over_the_engines_own_gy():
+    # Scale's backward makes a new array; ReLU's gradient then goes over it, and
+    # that array becomes x.grad: no array of ReLU's own
+    made = []
+    x, seed = leaf(2, 3), distinct(2, 3, seed=2)
+    relu = x.relu()
+    op = relu._ctx
+    (Scale(2.0, made)(relu) * Tensor(seed)).sum().backward()
+    np.testing.assert_array_equal(x.grad.data, np.where(x.data > 0, 2.0 * seed, 0.0))
+    assert (x.grad.data is made[0]) == writes_over_gy()
+    assert op.may_overwrite_gy is False            # the offer holds for one call only
+
+
+@pytest.mark.parametrize("op", ["sigmoid", "batch_norm"])
+def test_gradient_written_over_gy_is_the_one_written_anew(op):
+    # the same bits as with no array reused (a trace turns reuse off)
+    import io
+    from tinygrad_cnn.ops.batchnorm import batch_norm
+    gamma, beta = Tensor(distinct(3, seed=3)), Tensor(distinct(3, seed=4))
+    apply = {"sigmoid": lambda t: t.sigmoid(),
+             "batch_norm": lambda t: batch_norm(t, None, None, gamma, beta, training=True)}[op]
+    seed = distinct(2, 3, 2, 2, seed=2)
+    grads = []
+    for traced in (True, False):
+        made = []
+        x = leaf(2, 3, 2, 2)
+        with tc.trace(io.StringIO()) if traced else contextlib.nullcontext():
+            (Scale(2.0, made)(apply(x)) * Tensor(seed)).sum().backward()
+        grads.append(x.grad.data)
+        assert (x.grad.data is made[0]) == (writes_over_gy() and not traced)
+    np.testing.assert_array_equal(grads[1], grads[0])
+
+
+def test_gy_shared_by_two_inputs_is_not_written_over():
+    # Add hands the same array to both ReLUs: the first may not zero parts of it
+    # that the second still reads (the two masks differ)
+    a, b, seed = leaf(2, 3, seed=0), leaf(2, 3, seed=1), distinct(2, 3, seed=2)
+    assert np.any((a.data > 0) != (b.data > 0))
+    (Scale(1.0, [])(a.relu() + b.relu()) * Tensor(seed)).sum().backward()
+    np.testing.assert_array_equal(a.grad.data, np.where(a.data > 0, seed, 0.0))
+    np.testing.assert_array_equal(b.grad.data, np.where(b.data > 0, seed, 0.0))
+
+
+def test_gy_a_hook_has_seen_is_not_written_over():
+    seen = []
+    x, seed = leaf(2, 3), distinct(2, 3, seed=2)
+    relu = x.relu()
+    relu.register_hook(seen.append)                 # keeps the very array it is shown
+    (Scale(2.0, [])(relu) * Tensor(seed)).sum().backward()
+    np.testing.assert_array_equal(seen[0].data, 2.0 * seed)
+    np.testing.assert_array_equal(x.grad.data, np.where(x.data > 0, 2.0 * seed, 0.0))
+
+
+def test_the_callers_gradient_is_not_written_over():
+    x, seed = leaf(2, 3), distinct(2, 3, seed=2)
+    given = seed.copy()
+    (x.relu() * 1.0).relu().backward(seed)
+    np.testing.assert_array_equal(seed, given)
+
+
+def test_no_gy_is_written_over_while_a_trace_shows_the_arrays():
+    import io
+    made = []
+    x, seed = leaf(2, 3), distinct(2, 3, seed=2)
+    with tc.trace(io.StringIO()):
+        (Scale(2.0, made)(x.relu()) * Tensor(seed)).sum().backward()
+    assert x.grad.data is not made[0]
+    np.testing.assert_array_equal(made[0], 2.0 * seed)
+
+
+def test_which_returned_gradients_are_the_engines_own():
+    from tinygrad_cnn.autograd import _is_fresh
+    gy, new = distinct(2, 3), distinct(2, 3, seed=1)
+    assert _is_fresh(new, gy, (new,))
+    assert not _is_fresh(gy, gy, (gy,))                       # the caller's, or shared
+    assert _is_fresh(gy, gy, (gy,), gy_ours=True)             # the engine's, written over
+    assert not _is_fresh(gy, gy, (gy, gy), gy_ours=True)      # Add: one array, two inputs
+    assert not _is_fresh(gy[0], gy, (gy[0], None), gy_ours=True)   # a view
+    assert not _is_fresh(new, gy, (new, new[:1]))             # a view of it went elsewhere
+    assert _is_fresh(new, gy, (new, None, gy))
 
 
 # ---------------------------------------------------------------- retain_graph

@@ -21,8 +21,12 @@ Leaf gradients are summed over the whole pass, passed through the leaf's
 hooks, then added to ``leaf.grad``.  A gradient array that a backward has
 just made, and handed to no one else, is summed into in place and becomes
 a leaf's ``.grad`` without a copy (``_is_fresh``): for a large network that
-saves a copy of every parameter each step.  Saved arrays are dropped after use
-unless ``retain_graph=True``; a second pass through a freed Function raises.
+saves a copy of every parameter each step.  Such an array may also be
+written over by the backward it is handed to (``may_overwrite_gy``): ReLU's,
+the sigmoid's and batch norm's then put their gradient in the memory of the
+one they received instead of a new array of the same size.  Saved arrays
+are dropped after use unless ``retain_graph=True``; a second pass through a
+freed Function raises.
 """
 import contextlib
 import threading
@@ -148,11 +152,19 @@ class Function:
     work on raw NumPy/CuPy arrays.  ``self.needs_input_grad[i]`` says whether
     input ``i``'s gradient is wanted, so backward can skip the rest (return
     None there).  Keep only what backward needs via ``save_for_backward``.
-    Never modify ``gy`` in place: it may be shared with another input's
-    gradient (Add returns it twice) or be a read-only broadcast view (Sum).
+    Never modify ``gy`` in place unless ``self.may_overwrite_gy``: it may be
+    shared with another input's gradient (Add returns it twice), be a
+    read-only broadcast view (Sum), or be the caller's own array.
     Return ``gy`` itself, a view of it, or a new array -- never an array kept
     elsewhere (a saved one): a new array belongs to the engine, which may add
     into it or make it a leaf's ``.grad`` without copying (``_is_fresh``).
+
+    ``self.may_overwrite_gy`` is set by the engine just before ``backward``:
+    True when ``gy`` is such an array of the engine's that nothing else holds
+    (no hook has seen it).  An elementwise backward may then write its
+    gradient over ``gy`` and return it, which saves allocating (and, for a
+    large activation, faulting in) an array of the same size and a stream of
+    memory traffic; the engine keeps treating it as its own.
     """
 
     parents = ()            # per input: creator Function, leaf Tensor, or None
@@ -160,6 +172,7 @@ class Function:
     needs_input_grad = ()
     hooks = None            # hooks registered on the output Tensor
     saved = ()
+    may_overwrite_gy = False    # set by the engine before each backward (see above)
     _freed = False
 
     @property
@@ -260,20 +273,24 @@ def _topological_counts(root):
     return consumers
 
 
-def _is_fresh(gx, gy, gxs):
-    """Whether ``gx``, returned by a backward that received ``gy``, is a new array
+def _is_fresh(gx, gy, gxs, gy_ours=False):
+    """Whether ``gx``, returned by a backward that received ``gy``, is an array
     that nothing else holds, so the engine may add into it or keep it as a
     leaf's ``.grad`` without a copy.
 
-    Not fresh: ``gy`` passed through (Add: also the caller's seed, or another
-    input's gradient), a view (Sum's read-only broadcast, a reshape), or one
-    array returned for two inputs.  (So a backward must not return an array it
-    keeps elsewhere, e.g. a saved one: return ``gy``, a view, or a new array.)
+    Fresh: a new array, or ``gy`` itself where ``gy`` was the engine's own
+    (``gy_ours``: the backward may have written over it) -- either returned
+    for one input only, with no view of it returned for another.  Not fresh:
+    any other ``gy`` passed through (the caller's seed, or Add's, which goes to
+    both inputs), a view (Sum's read-only broadcast, a reshape).  (So a
+    backward must not return an array it keeps elsewhere, e.g. a saved one:
+    return ``gy``, a view, or a new array.)
     """
-    if gx is gy or gx.base is not None:
+    if gx.base is not None or (gx is gy and not gy_ours):
         return False
     if len(gxs) > 1:
-        return [g is gx for g in gxs].count(True) == 1
+        return ([g is gx for g in gxs].count(True) == 1
+                and not any(g is not None and g.base is gx for g in gxs))
     return True
 
 
@@ -339,12 +356,14 @@ def backward(root, gradient, retain_graph=False):
                     f"{fn.name}: trying to backward through the graph a second time: "
                     "its saved arrays were freed after the first backward. "
                     "Pass retain_graph=True to the first backward() to keep them.")
-            gy = grads.pop(fn)[0]
-            if fn.hooks:
-                gy = _apply_hooks(fn.hooks, gy)
+            gy, gy_ours = grads.pop(fn)
+            if fn.hooks:        # a hook may keep the array it is shown
+                gy, gy_ours = _apply_hooks(fn.hooks, gy), False
+            fn.may_overwrite_gy = may_reuse and gy_ours
             timed = time_hook
             start = time.perf_counter() if timed is not None else None
             gxs = fn.backward(gy)
+            gy_overwritable, fn.may_overwrite_gy = fn.may_overwrite_gy, False
             if not isinstance(gxs, tuple):
                 gxs = (gxs,)
             if timed is not None:
@@ -359,7 +378,7 @@ def backward(root, gradient, retain_graph=False):
                 if gx is None:
                     raise RuntimeError(f"{fn.name}.backward returned no gradient "
                                        "for an input that requires grad")
-                fresh = may_reuse and _is_fresh(gx, gy, gxs)
+                fresh = may_reuse and _is_fresh(gx, gy, gxs, gy_overwritable)
                 if isinstance(parent, Tensor):   # keyed by id: Tensor's == is elementwise
                     _accumulate(leaf_grads, id(parent), gx, fresh)
                     leaves[id(parent)] = parent

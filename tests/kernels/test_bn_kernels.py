@@ -101,6 +101,32 @@ def test_numba_backward_equals_reference(shape, dtype, want_gx):
         np.testing.assert_allclose(actual, expected, **tolerance(dtype), err_msg=name)
 
 
+@pytest.mark.parametrize("contiguous", [True, False], ids=["contiguous", "transposed"])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", SHAPES.values(), ids=SHAPES.keys())
+def test_numba_backward_over_gy_equals_writing_a_new_array(shape, dtype, contiguous):
+    # overwrite_gy: dx goes over a C-contiguous gy (after the sums have read it),
+    # the same bits as into a new array; over any other layout into a new array,
+    # gy untouched.  The reference never takes the offer.
+    x, gamma, beta, gy = random_inputs(shape, dtype, seed=2)
+    if not contiguous:
+        gy = np.asfortranarray(gy)
+    _, x_hat, _, _, inv_std = bn_numpy.batchnorm_forward_train(x, gamma, beta, 1e-5)
+    given = gy.copy()
+    expected = bn_numba.batchnorm_backward(given, x_hat, gamma * inv_std)
+    actual = bn_numba.batchnorm_backward(gy, x_hat, gamma * inv_std, overwrite_gy=True)
+    for a, e in zip(actual, expected):
+        np.testing.assert_array_equal(a, e)
+    if gy.flags.c_contiguous:
+        assert actual[0] is gy
+    else:
+        assert actual[0] is not gy
+        np.testing.assert_array_equal(gy, given)
+    reference = bn_numpy.batchnorm_backward(given, x_hat, gamma * inv_std, overwrite_gy=True)
+    assert reference[0] is not given
+    np.testing.assert_allclose(reference[0], expected[0], **tolerance(dtype))
+
+
 def test_numba_backward_reads_a_broadcast_gradient():
     # y.sum().backward() hands over a read-only, zero-stride view of ones.
     x, gamma, beta, _ = random_inputs((4, 3, 2, 5), np.float64, seed=3)
@@ -184,8 +210,12 @@ def test_blocks_and_slices_give_the_reference_on_any_number_of_threads(shape, dt
         split_small(threads)
         forward = bn_numba.batchnorm_forward_train(x, gamma, beta, 1e-5)
         backward = bn_numba.batchnorm_backward(gy, forward[1], gamma * forward[4])
+        over_gy = bn_numba.batchnorm_backward(gy.copy(), forward[1], gamma * forward[4],
+                                              overwrite_gy=True)
         for actual, expected in zip(forward + backward, expected_forward + expected_backward):
             np.testing.assert_allclose(actual, expected, **tolerance(dtype))
+        for actual, expected in zip(over_gy, backward):
+            np.testing.assert_array_equal(actual, expected)
         results[threads] = forward + backward
     # the blocks depend on the shape only: the same bits whoever summed them
     for threads in (2, 3):

@@ -70,6 +70,50 @@ def test_activation_backward_equals_reference(name, shape, dtype, layout):
     assert_identical(getattr(elementwise_numba, name)(gy, y), expected)
 
 
+def backward_inputs(name, shape, dtype, layout):
+    """(gy, y) for ``name``'s backward: y a ReLU's or a sigmoid's output."""
+    gy = layout(random_array(shape, dtype, seed=1, special=True))
+    x = random_array(shape, dtype, seed=2, special=True)
+    y = layout(np.asarray(elementwise_numpy.relu_forward(x) if name == "relu_backward"
+                          else 1 / (1 + np.exp(-x)), dtype=dtype))
+    return gy, y
+
+
+@pytest.mark.parametrize("layout", LAYOUTS.values(), ids=LAYOUTS.keys())
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", SHAPES.values(), ids=SHAPES.keys())
+@pytest.mark.parametrize("name", ["relu_backward", "sigmoid_backward"])
+def test_activation_backward_over_gy_equals_reference(name, shape, dtype, layout):
+    # overwrite_gy: gx is written over a C-contiguous gy, which comes back; over any
+    # other layout gx is a new array and gy stays as it was -- the reference's bits
+    # either way
+    gy, y = backward_inputs(name, shape, dtype, layout)
+    given = gy.copy()
+    with np.errstate(invalid="ignore"):
+        expected = getattr(elementwise_numpy, name)(given, y)
+    gx = getattr(elementwise_numba, name)(gy, y, overwrite_gy=True)
+    assert_identical(gx, expected)
+    if gy.flags.c_contiguous:
+        assert gx is gy
+    else:
+        assert gx is not gy
+        assert_identical(gy, given)
+
+
+@pytest.mark.parametrize("module", [elementwise_numpy, elementwise_numba])
+@pytest.mark.parametrize("name", ["relu_backward", "sigmoid_backward"])
+@pytest.mark.filterwarnings("ignore:invalid value:RuntimeWarning")   # inf·0 in the reference
+def test_activation_backward_leaves_gy_alone_unless_allowed(name, module):
+    # without overwrite_gy, and in the reference (and float16) whatever it says
+    for dtype, overwrite in [(np.float32, False), (np.float64, False), (np.float16, True)]:
+        gy, y = backward_inputs(name, (3, 5, 7), dtype, LAYOUTS["contiguous"])
+        given = gy.copy()
+        assert getattr(module, name)(gy, y, overwrite_gy=overwrite) is not gy
+        assert_identical(gy, given)
+    gy, y = backward_inputs(name, (3, 5, 7), np.float32, LAYOUTS["contiguous"])
+    assert (getattr(module, name)(gy, y, overwrite_gy=True) is gy) == (module is elementwise_numba)
+
+
 @pytest.mark.parametrize("threads", [2, 3])
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_activations_cut_into_slices_equal_reference(dtype, threads, monkeypatch):
@@ -94,10 +138,16 @@ def test_activations_cut_into_slices_equal_reference(dtype, threads, monkeypatch
             expected = elementwise_numpy.sigmoid_backward(gy, s)
         assert_identical(elementwise_numba.sigmoid_backward(gy, s), expected)
         assert_identical(elementwise_numba.sigmoid_forward(x), elementwise_numpy.sigmoid_forward(x))
+        for name, out in [("relu_backward", y), ("sigmoid_backward", s)]:    # over gy
+            with np.errstate(invalid="ignore"):
+                expected = getattr(elementwise_numpy, name)(gy, out)
+            given = gy.copy()
+            assert_identical(getattr(elementwise_numba, name)(given, out, overwrite_gy=True),
+                             expected)
         slices = 2 * kernels.threads.numba_threads()    # at most the cores Numba has
     finally:
         kernels.threads.set_num_threads(previous)
-    assert jobs == [slices] * 4 and slices >= 4
+    assert jobs == [slices] * 6 and slices >= 4
 
 
 @pytest.mark.parametrize("name", ["relu_backward", "sigmoid_backward"])

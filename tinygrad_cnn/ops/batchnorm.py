@@ -90,7 +90,8 @@ class BatchNorm(Function):
         need_x, need_gamma, need_beta = self.needs_input_grad
         if x_hat is None:                       # only dβ = Σ dy is wanted
             return None, None, gy.sum(axis=_reduce_axes(gy.ndim))
-        gx, dgamma, dbeta = kernels.batchnorm_backward(gy, x_hat, scale)
+        gx, dgamma, dbeta = kernels.batchnorm_backward(gy, x_hat, scale,
+                                                       overwrite_gy=self.may_overwrite_gy)
         return gx, dgamma if need_gamma else None, dbeta if need_beta else None
 
 

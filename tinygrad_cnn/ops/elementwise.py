@@ -192,7 +192,8 @@ class ReLU(Function):
 
     def backward(self, gy):
         y, = self.saved
-        return kernels.relu_backward(gy, y)      # 0 where y <= 0, else gy (PyTorch's rule)
+        # 0 where y <= 0, else gy (PyTorch's rule); over gy where the engine allows
+        return kernels.relu_backward(gy, y, overwrite_gy=self.may_overwrite_gy)
 
 
 class Sigmoid(Function):
@@ -204,7 +205,8 @@ class Sigmoid(Function):
 
     def backward(self, gy):
         y, = self.saved
-        return kernels.sigmoid_backward(gy, y)   # gy·y(1 - y), in one pass
+        # gy·y(1 - y), in one pass; over gy where the engine allows
+        return kernels.sigmoid_backward(gy, y, overwrite_gy=self.may_overwrite_gy)
 
 
 class Tanh(Function):
