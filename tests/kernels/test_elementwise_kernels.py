@@ -54,29 +54,26 @@ def test_activation_forward_equals_reference(name, shape, dtype, layout):
     assert_identical(getattr(elementwise_numba, name)(x), getattr(elementwise_numpy, name)(x))
 
 
-@pytest.mark.parametrize("layout", LAYOUTS.values(), ids=LAYOUTS.keys())
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("shape", SHAPES.values(), ids=SHAPES.keys())
-@pytest.mark.parametrize("name", ["relu_backward", "sigmoid_backward"])
-def test_activation_backward_equals_reference(name, shape, dtype, layout):
-    gy = layout(random_array(shape, dtype, seed=1, special=True))
-    x = random_array(shape, dtype, seed=2, special=True)
-    # an array of x's dtype even when 0-d, as the ops save (NumPy 1.x makes 1 / (1 + a
-    # 0-d float32) float64)
-    y = layout(np.asarray(elementwise_numpy.relu_forward(x) if name == "relu_backward"
-                          else 1 / (1 + np.exp(-x)), dtype=dtype))
-    with np.errstate(invalid="ignore"):         # inf·0 in the reference: NaN, as in the loop
-        expected = getattr(elementwise_numpy, name)(gy, y)
-    assert_identical(getattr(elementwise_numba, name)(gy, y), expected)
-
-
 def backward_inputs(name, shape, dtype, layout):
-    """(gy, y) for ``name``'s backward: y a ReLU's or a sigmoid's output."""
+    """(gy, y) for ``name``'s backward: y a ReLU's or a sigmoid's output, an array
+    of its dtype even when 0-d, as the ops save (NumPy 1.x makes 1 / (1 + a 0-d
+    float32) float64)."""
     gy = layout(random_array(shape, dtype, seed=1, special=True))
     x = random_array(shape, dtype, seed=2, special=True)
     y = layout(np.asarray(elementwise_numpy.relu_forward(x) if name == "relu_backward"
                           else 1 / (1 + np.exp(-x)), dtype=dtype))
     return gy, y
+
+
+@pytest.mark.parametrize("layout", LAYOUTS.values(), ids=LAYOUTS.keys())
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", SHAPES.values(), ids=SHAPES.keys())
+@pytest.mark.parametrize("name", ["relu_backward", "sigmoid_backward"])
+def test_activation_backward_equals_reference(name, shape, dtype, layout):
+    gy, y = backward_inputs(name, shape, dtype, layout)
+    with np.errstate(invalid="ignore"):         # inf·0 in the reference: NaN, as in the loop
+        expected = getattr(elementwise_numpy, name)(gy, y)
+    assert_identical(getattr(elementwise_numba, name)(gy, y), expected)
 
 
 @pytest.mark.parametrize("layout", LAYOUTS.values(), ids=LAYOUTS.keys())
