@@ -47,7 +47,7 @@ import functools
 import numpy as np
 
 from . import bn_numpy, threads
-from .jit import compilable, on_first_use
+from .jit import compilable, on_first_use, writable_over
 
 # The most blocks a batch's sums are kept in: enough for 16 threads to share
 # out evenly, few enough that adding them up costs nothing.
@@ -235,7 +235,7 @@ def batchnorm_backward(gy, x_hat, scale, overwrite_gy=False):
         return None, dgamma, dbeta
     m = gy3.shape[0] * gy3.shape[2]
     factors = (np.ascontiguousarray(scale, dtype=gy.dtype), sums[1] / m, sums[0] / m)
-    if overwrite_gy and gy.flags.c_contiguous and gy.flags.writeable:
+    if writable_over(gy, overwrite_gy):
         threads.over_batch(loops.input_grad_over_gy, (gy3, x_hat3), *factors,
                            slices=threads.stream_slices)
         return gy, dgamma, dbeta

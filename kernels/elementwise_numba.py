@@ -43,7 +43,7 @@ import functools
 import numpy as np
 
 from . import elementwise_numpy, threads
-from .jit import compilable, on_first_use
+from .jit import compilable, on_first_use, writable_over
 
 
 # ---------------------------------------------------------------- the loops
@@ -117,12 +117,6 @@ def _compilable_alike(*arrays):
                                        for a in arrays)
 
 
-def _writable_over(gy, overwrite_gy):
-    """Whether gx may go over ``gy``: allowed, and gy a C-contiguous writable
-    array (the loops index it flat)."""
-    return overwrite_gy and gy.flags.c_contiguous and gy.flags.writeable
-
-
 def _flat(a):
     """A 1-D contiguous view of ``a`` (a copy only if ``a`` is not contiguous)."""
     return np.ascontiguousarray(a).reshape(-1)
@@ -144,7 +138,7 @@ def relu_backward(gy, y, overwrite_gy=False):
     else gy; written over gy where ``overwrite_gy`` allows it."""
     if not _compilable_alike(gy, y):
         return elementwise_numpy.relu_backward(gy, y)
-    if _writable_over(gy, overwrite_gy):
+    if writable_over(gy, overwrite_gy):
         threads.over_batch(_compiled().relu_backward_over_gy, (gy.reshape(-1), _flat(y)),
                            slices=threads.stream_slices)
         return gy
@@ -179,7 +173,7 @@ def sigmoid_backward(gy, y, overwrite_gy=False):
     written over gy where ``overwrite_gy`` allows it."""
     if not _compilable_alike(gy, y):
         return elementwise_numpy.sigmoid_backward(gy, y)
-    if _writable_over(gy, overwrite_gy):
+    if writable_over(gy, overwrite_gy):
         threads.over_batch(_compiled().sigmoid_backward_over_gy, (gy.reshape(-1), _flat(y)),
                            slices=threads.stream_slices)
         return gy

@@ -42,6 +42,13 @@ def compilable(*arrays):
     return True
 
 
+def writable_over(gy, overwrite_gy):
+    """Whether a backward loop may write its result over ``gy``: allowed
+    (``overwrite_gy``), and gy a C-contiguous writable array (the loops walk
+    it flat, or as an (N, C, L) view of it)."""
+    return overwrite_gy and gy.flags.c_contiguous and gy.flags.writeable
+
+
 def compile_loops(*loops, parallel=False, **options):
     """Import Numba and compile ``loops`` -> a namespace of the compiled functions.
 

@@ -359,11 +359,11 @@ def backward(root, gradient, retain_graph=False):
             gy, gy_ours = grads.pop(fn)
             if fn.hooks:        # a hook may keep the array it is shown
                 gy, gy_ours = _apply_hooks(fn.hooks, gy), False
-            fn.may_overwrite_gy = may_reuse and gy_ours
+            overwritable = fn.may_overwrite_gy = may_reuse and gy_ours
             timed = time_hook
             start = time.perf_counter() if timed is not None else None
             gxs = fn.backward(gy)
-            gy_overwritable, fn.may_overwrite_gy = fn.may_overwrite_gy, False
+            fn.may_overwrite_gy = False     # for this call only
             if not isinstance(gxs, tuple):
                 gxs = (gxs,)
             if timed is not None:
@@ -378,7 +378,7 @@ def backward(root, gradient, retain_graph=False):
                 if gx is None:
                     raise RuntimeError(f"{fn.name}.backward returned no gradient "
                                        "for an input that requires grad")
-                fresh = may_reuse and _is_fresh(gx, gy, gxs, gy_overwritable)
+                fresh = may_reuse and _is_fresh(gx, gy, gxs, overwritable)
                 if isinstance(parent, Tensor):   # keyed by id: Tensor's == is elementwise
                     _accumulate(leaf_grads, id(parent), gx, fresh)
                     leaves[id(parent)] = parent

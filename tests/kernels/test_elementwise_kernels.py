@@ -65,32 +65,22 @@ def backward_inputs(name, shape, dtype, layout):
     return gy, y
 
 
+@pytest.mark.parametrize("overwrite", [False, True], ids=["new-array", "over-gy"])
 @pytest.mark.parametrize("layout", LAYOUTS.values(), ids=LAYOUTS.keys())
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", SHAPES.values(), ids=SHAPES.keys())
 @pytest.mark.parametrize("name", ["relu_backward", "sigmoid_backward"])
-def test_activation_backward_equals_reference(name, shape, dtype, layout):
-    gy, y = backward_inputs(name, shape, dtype, layout)
-    with np.errstate(invalid="ignore"):         # inf·0 in the reference: NaN, as in the loop
-        expected = getattr(elementwise_numpy, name)(gy, y)
-    assert_identical(getattr(elementwise_numba, name)(gy, y), expected)
-
-
-@pytest.mark.parametrize("layout", LAYOUTS.values(), ids=LAYOUTS.keys())
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("shape", SHAPES.values(), ids=SHAPES.keys())
-@pytest.mark.parametrize("name", ["relu_backward", "sigmoid_backward"])
-def test_activation_backward_over_gy_equals_reference(name, shape, dtype, layout):
-    # overwrite_gy: gx is written over a C-contiguous gy, which comes back; over any
-    # other layout gx is a new array and gy stays as it was -- the reference's bits
-    # either way
+def test_activation_backward_equals_reference(name, shape, dtype, layout, overwrite):
+    # the reference's bits either way; with overwrite_gy, gx is written over a
+    # C-contiguous gy, which comes back; otherwise (or over any other layout) gx is
+    # a new array and gy stays as it was
     gy, y = backward_inputs(name, shape, dtype, layout)
     given = gy.copy()
-    with np.errstate(invalid="ignore"):
+    with np.errstate(invalid="ignore"):         # inf·0 in the reference: NaN, as in the loop
         expected = getattr(elementwise_numpy, name)(given, y)
-    gx = getattr(elementwise_numba, name)(gy, y, overwrite_gy=True)
+    gx = getattr(elementwise_numba, name)(gy, y, overwrite_gy=overwrite)
     assert_identical(gx, expected)
-    if gy.flags.c_contiguous:
+    if overwrite and gy.flags.c_contiguous:
         assert gx is gy
     else:
         assert gx is not gy
