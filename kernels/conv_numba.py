@@ -104,13 +104,15 @@ def _col2im_loops(col, x, rows_inside, cols_inside, KH, KW, SH, SW, DH, DW, top,
 
 
 _compiled = on_first_use(_im2col_loops, _col2im_loops, parallel=True)
-# inside a share of a convolution's chunks (shares_threads.map_chunks): one thread
+# one thread: inside a share of a convolution's chunks (shares_threads.map_chunks),
+# with one thread, or while another Python thread runs a parallel loop (_loops)
 _compiled_in_share = for_shares(_im2col_loops, _col2im_loops)
 
 
 def _loops():
-    """The loops for the calling thread: all threads, or its own inside a share
-    or with one thread (no parallel launch to pay for)."""
+    """``with _loops() as loops:`` the loops for the calling thread: all
+    threads, or its own inside a share, with one thread (no parallel launch
+    to pay for) or while another Python thread runs a parallel loop."""
     return threads.loops_for_this_thread(_compiled_in_share, _compiled)
 
 
@@ -139,18 +141,14 @@ def im2col(x, kernel_size, stride, padding, dilation, merge_batch=False):
     col (N, C·KH·KW, OH·OW), or (C·KH·KW, N·OH·OW) with ``merge_batch``."""
     if not compilable(x):
         return conv_numpy.im2col(x, kernel_size, stride, padding, dilation, merge_batch)
-    im2col_loops = _loops().im2col
     x = np.ascontiguousarray(x)            # the loops read x row by row
     N, C = x.shape[:2]
     (OH, OW), geometry = _loop_arguments(x.shape, kernel_size, stride, padding, dilation)
     rows = C * kernel_size[0] * kernel_size[1]
-    if merge_batch:
-        col = np.empty((rows, N, OH * OW), dtype=x.dtype)
-        im2col_loops(x, col, *geometry)
-        return col.reshape(rows, N * OH * OW)
-    col = np.empty((N, rows, OH * OW), dtype=x.dtype)
-    im2col_loops(x, col.transpose(1, 0, 2), *geometry)      # the loops index (row, n, l)
-    return col
+    col = np.empty((rows, N, OH * OW) if merge_batch else (N, rows, OH * OW), dtype=x.dtype)
+    with _loops() as loops:             # the loops index (row, n, l)
+        loops.im2col(x, col if merge_batch else col.transpose(1, 0, 2), *geometry)
+    return col.reshape(rows, N * OH * OW) if merge_batch else col
 
 
 def col2im(col, x_shape, kernel_size, stride, padding, dilation, merge_batch=False):
@@ -159,7 +157,6 @@ def col2im(col, x_shape, kernel_size, stride, padding, dilation, merge_batch=Fal
     if not compilable(col):
         return conv_numpy.col2im(col, x_shape, kernel_size, stride, padding, dilation,
                                  merge_batch)
-    col2im_loops = _loops().col2im
     N, C = x_shape[:2]
     (OH, OW), geometry = _loop_arguments(x_shape, kernel_size, stride, padding, dilation)
     rows = C * kernel_size[0] * kernel_size[1]
@@ -168,5 +165,6 @@ def col2im(col, x_shape, kernel_size, stride, padding, dilation, merge_batch=Fal
     else:
         col = col.reshape(N, rows, OH * OW).transpose(1, 0, 2)
     x = np.empty(x_shape, dtype=col.dtype)
-    col2im_loops(col, x, *geometry)
+    with _loops() as loops:
+        loops.col2im(col, x, *geometry)
     return x

@@ -27,9 +27,12 @@ whatever was imported first, and without writing the user's environment
   fight PyTorch's threads.  ``choose_numba_layer()`` makes that choice
   before Numba starts its threads, unless you chose a layer
   (``NUMBA_THREADING_LAYER`` or ``numba.config.THREADING_LAYER``; with
-  ``omp``, also set ``OMP_WAIT_POLICY=PASSIVE``).  The parallel loops hold
-  the GIL, so two Python threads never launch them at once (workqueue does
-  not allow that).
+  ``omp``, also set ``OMP_WAIT_POLICY=PASSIVE``).  ``workqueue`` runs one
+  parallel loop at a time and ends the whole process (an abort, no
+  exception) when a second Python thread launches one meanwhile -- two
+  threads each training or evaluating a network do that -- so a loop is
+  launched only by the thread holding ``_numba_pool``; a thread that finds
+  it taken runs the loop's one-thread version (``loops_for_this_thread``).
 - **How many threads**: ``set_num_threads(n)``/``get_num_threads()``, the
   way ``torch.set_num_threads`` works: one number for the matrix products
   (every BLAS library loaded) and the compiled loops (Numba), whichever
@@ -340,20 +343,35 @@ def on_one_thread():
     return in_share() or numba_threads() == 1
 
 
+# Held while a parallel-compiled loop runs: Numba's workqueue layer aborts the
+# process when two Python threads launch parallel loops at once (module docstring).
+_numba_pool = threading.Lock()
+
+
+@contextlib.contextmanager
 def loops_for_this_thread(one_thread, parallel):
-    """The compiled loops the calling thread runs: ``one_thread()``'s where
-    ``on_one_thread()``, else ``parallel()``'s, launched on numba_threads()
-    threads.  Numba keeps its thread count per Python thread, and a thread
-    that never set it launches its loops on all of Numba's pool: a step
-    trained in a thread of the user's would run them on every core whatever
-    set_num_threads chose, so the count is set here for the calling thread."""
-    if on_one_thread():
-        return one_thread()
-    loops = parallel()          # compiled first: that chooses Numba's layer
-    import numba
-    if numba.get_num_threads() != numba_threads():
-        numba.set_num_threads(numba_threads())
-    return loops
+    """``with loops_for_this_thread(one_thread, parallel) as loops:`` the
+    compiled loops the calling thread may run inside the block.
+
+    ``one_thread()``'s where ``on_one_thread()``, or where another Python
+    thread is running a parallel loop (it holds Numba's pool, which takes
+    one launch at a time); else ``parallel()``'s, launched on
+    numba_threads() threads, the pool held until the block ends.  Numba
+    keeps its thread count per Python thread, and a thread that never set it
+    launches its loops on all of Numba's pool: a step trained in a thread of
+    the user's would run them on every core whatever set_num_threads chose,
+    so the count is set here for the calling thread."""
+    if on_one_thread() or not _numba_pool.acquire(blocking=False):
+        yield one_thread()
+        return
+    try:
+        loops = parallel()          # compiled first: that chooses Numba's layer
+        import numba
+        if numba.get_num_threads() != numba_threads():
+            numba.set_num_threads(numba_threads())
+        yield loops
+    finally:
+        _numba_pool.release()
 
 
 def in_share():
@@ -540,18 +558,32 @@ def _join(helpers):
             helper.result()
 
 
+_one_thread_blas = threading.Lock()     # guards _one_thread_blas_users
+_one_thread_blas_users = 0              # threads inside single_threaded_blas
+
+
 @contextlib.contextmanager
 def single_threaded_blas():
     """Inside: every BLAS call runs on the thread that makes it, so several
     threads can each run whole products side by side (``shares_threads.py``).
     OpenBLAS's thread count is one number for the whole process, not per
     thread: another thread of the program calling BLAS meanwhile runs on
-    one thread too.  Restored to ``get_num_threads()`` on the way out."""
+    one thread too.  Restored to ``get_num_threads()`` when the last thread
+    inside leaves (two Python threads may each split a convolution: the
+    first to finish must not give BLAS its threads back under the other's
+    products)."""
+    global _one_thread_blas_users
     setters = _numpy_blas_setters()
-    for set_blas_threads in setters:
-        set_blas_threads(1)
+    with _one_thread_blas:
+        if _one_thread_blas_users == 0:
+            for set_blas_threads in setters:
+                set_blas_threads(1)
+        _one_thread_blas_users += 1
     try:
         yield
     finally:
-        for set_blas_threads in setters:
-            set_blas_threads(get_num_threads())
+        with _one_thread_blas:
+            _one_thread_blas_users -= 1
+            if _one_thread_blas_users == 0:
+                for set_blas_threads in setters:
+                    set_blas_threads(get_num_threads())

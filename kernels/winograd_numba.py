@@ -459,16 +459,19 @@ _compiled = on_first_use(_input_loops, _input_backward_loops, _output_loops,
                          _input_4x4_loops, _input_backward_4x4_loops, _output_4x4_loops,
                          _output_backward_4x4_loops, _weight_any_loops,
                          _weight_backward_any_loops, parallel=True)
-# inside a share of a convolution's chunks (shares_threads.map_chunks): one thread
+# one thread: inside a share of a convolution's chunks (shares_threads.map_chunks),
+# with one thread, or while another Python thread runs a parallel loop (_loops)
 _compiled_in_share = for_shares(_input_loops, _input_backward_loops, _output_loops,
-                                _output_backward_loops, _input_4x4_loops,
-                                _input_backward_4x4_loops, _output_4x4_loops,
-                                _output_backward_4x4_loops)
+                                _output_backward_loops, _weight_loops, _weight_backward_loops,
+                                _input_4x4_loops, _input_backward_4x4_loops, _output_4x4_loops,
+                                _output_backward_4x4_loops, _weight_any_loops,
+                                _weight_backward_any_loops)
 
 
-def _chunk_loops():
-    """The per-chunk loops for the calling thread: all threads, or its own
-    inside a share or with one thread (no parallel launch to pay for)."""
+def _loops():
+    """``with _loops() as loops:`` the loops for the calling thread: all
+    threads, or its own inside a share, with one thread (no parallel launch
+    to pay for) or while another Python thread runs a parallel loop."""
     return threads.loops_for_this_thread(_compiled_in_share, _compiled)
 
 
@@ -492,10 +495,11 @@ def winograd_weight(W, m=2):
     alpha = winograd_numpy.tile_side(m)
     U = np.empty((alpha, alpha) + W.shape[:2], dtype=W.dtype)
     W = np.ascontiguousarray(W)
-    if m == 2:
-        _compiled().weight(W, U)
-    else:
-        _compiled().weight_any(W, np.array(winograd_numpy.transform(m, "G"), W.dtype), U)
+    with _loops() as loops:
+        if m == 2:
+            loops.weight(W, U)
+        else:
+            loops.weight_any(W, np.array(winograd_numpy.transform(m, "G"), W.dtype), U)
     return U
 
 
@@ -506,11 +510,12 @@ def winograd_weight_backward(gU):
     m = winograd_numpy.tile_size(gU.shape[0])
     gW = np.empty(gU.shape[2:] + (3, 3), dtype=gU.dtype)
     gU = np.ascontiguousarray(gU)
-    if m == 2:
-        _compiled().weight_backward(gU, gW)
-    else:
-        _compiled().weight_backward_any(gU, np.array(winograd_numpy.transform(m, "G"), gU.dtype),
-                                        gW)
+    with _loops() as loops:
+        if m == 2:
+            loops.weight_backward(gU, gW)
+        else:
+            loops.weight_backward_any(gU, np.array(winograd_numpy.transform(m, "G"), gU.dtype),
+                                      gW)
     return gW
 
 
@@ -522,7 +527,8 @@ def winograd_input(x, padding, tiles, m=2):
     x = np.ascontiguousarray(x)
     n, C = x.shape[:2]
     V = _stack_of_cells(alpha, (C, n) + tuple(tiles), x.dtype)
-    _loops_for(_chunk_loops(), "input", m)(x, V, padding[0], padding[2], _blocks(C * n))
+    with _loops() as loops:
+        _loops_for(loops, "input", m)(x, V, padding[0], padding[2], _blocks(C * n))
     return V
 
 
@@ -532,8 +538,9 @@ def winograd_input_backward(gV, x_shape, padding, out=None):
         return winograd_numpy.winograd_input_backward(gV, x_shape, padding, out)
     m = winograd_numpy.tile_size(gV.shape[0])
     gx = _output_array(out, tuple(x_shape), gV.dtype)
-    _loops_for(_chunk_loops(), "input_backward", m)(
-        np.ascontiguousarray(gV), gx, padding[0], padding[2], _blocks(gx.shape[0] * gx.shape[1]))
+    with _loops() as loops:
+        _loops_for(loops, "input_backward", m)(np.ascontiguousarray(gV), gx, padding[0],
+                                               padding[2], _blocks(gx.shape[0] * gx.shape[1]))
     return _deliver(gx, out)
 
 
@@ -544,7 +551,8 @@ def winograd_output(M, out_hw, out=None):
     m = winograd_numpy.tile_size(M.shape[0])
     _, _, O, n = M.shape[:4]
     y = _output_array(out, (n, O) + tuple(out_hw), M.dtype)
-    _loops_for(_chunk_loops(), "output", m)(np.ascontiguousarray(M), y, _blocks(O * n))
+    with _loops() as loops:
+        _loops_for(loops, "output", m)(np.ascontiguousarray(M), y, _blocks(O * n))
     return _deliver(y, out)
 
 
@@ -573,8 +581,8 @@ def winograd_output_backward(gy, m=2):
     alpha = winograd_numpy.tile_side(m)
     n, O, OH, OW = gy.shape
     gM = _stack_of_cells(alpha, (O, n, winograd_tiles(OH, m), winograd_tiles(OW, m)), gy.dtype)
-    _loops_for(_chunk_loops(), "output_backward", m)(np.ascontiguousarray(gy), gM,
-                                                      _blocks(O * n))
+    with _loops() as loops:
+        _loops_for(loops, "output_backward", m)(np.ascontiguousarray(gy), gM, _blocks(O * n))
     return gM
 
 

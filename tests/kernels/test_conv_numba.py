@@ -193,7 +193,8 @@ def test_im2col_writes_every_entry_of_a_garbage_buffer(geometry):
     (OH, OW), loop_geometry = conv_numba._loop_arguments(x_shape, *args)
     rows = x_shape[1] * args[0][0] * args[0][1]
     col = np.full((rows, x_shape[0], OH * OW), np.nan, dtype=np.float32)
-    conv_numba._loops().im2col(x, col, *loop_geometry)
+    with conv_numba._loops() as loops:
+        loops.im2col(x, col, *loop_geometry)
     np.testing.assert_array_equal(col.reshape(rows, -1),
                                   conv_numpy.im2col(x, *args, merge_batch=True))
 

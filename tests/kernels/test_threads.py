@@ -175,6 +175,97 @@ def test_parallel_loops_in_another_thread_use_set_num_threads():
     assert seen == {"numba_threads": 2}
 
 
+def test_a_thread_finding_numbas_pool_taken_runs_the_one_thread_loops(restore_threads):
+    # workqueue aborts the process when two Python threads launch parallel
+    # loops at once: the second must get the one-thread loops instead
+    tc.set_num_threads(2)
+    if threads.numba_threads() < 2:
+        pytest.skip("Numba's pool has one thread here")
+    one, parallel = "one-thread loops", "parallel loops"
+
+    def choose():
+        with threads.loops_for_this_thread(lambda: one, lambda: parallel) as loops:
+            return loops
+
+    def in_another_thread():
+        seen = []
+        worker = threading.Thread(target=lambda: seen.append(choose()))
+        worker.start()
+        worker.join()
+        return seen[0]
+
+    with threads.loops_for_this_thread(lambda: one, lambda: parallel) as loops:
+        assert loops == parallel
+        assert in_another_thread() == one           # this thread holds the pool
+    assert in_another_thread() == parallel          # given back when the block ends
+    tc.set_num_threads(1)
+    assert choose() == one
+
+
+# Two Python threads each running the parallel-compiled loops (im2col, col2im,
+# the Winograd transforms) over and over: before the pool was held, workqueue
+# ended this process ("Concurrent access has been detected") within a few calls.
+TWO_THREADS_AT_ONCE = r"""
+import json, threading
+import numpy as np
+import kernels
+from kernels import conv_numpy, winograd_numpy
+import tinygrad_cnn as tc
+tc.set_num_threads(2)
+x = np.random.default_rng(0).standard_normal((8, 16, 24, 24)).astype(np.float32)
+W = np.random.default_rng(1).standard_normal((16, 16, 3, 3)).astype(np.float32)
+args = ((3, 3), (1, 1), (1, 1, 1, 1), (1, 1))
+col = conv_numpy.im2col(x, *args)
+expected = {"im2col": col, "col2im": conv_numpy.col2im(col, x.shape, *args),
+            "winograd_weight": winograd_numpy.winograd_weight(W),
+            "winograd_input": winograd_numpy.winograd_input(x, (1, 1, 1, 1), (12, 12))}
+def run_all():
+    return {"im2col": kernels.im2col(x, *args), "col2im": kernels.col2im(col, x.shape, *args),
+            "winograd_weight": kernels.winograd_weight(W),
+            "winograd_input": kernels.winograd_input(x, (1, 1, 1, 1), (12, 12))}
+run_all()                   # compiled before the threads start
+wrong = []
+def work():
+    for _ in range(100):
+        for name, got in run_all().items():
+            if not np.allclose(got, expected[name], rtol=1e-5, atol=1e-5):
+                wrong.append(name)
+workers = [threading.Thread(target=work) for _ in range(2)]
+for w in workers:
+    w.start()
+for w in workers:
+    w.join()
+print(json.dumps({"wrong": sorted(set(wrong))}))
+"""
+
+
+def test_two_python_threads_can_run_the_parallel_loops_at_once():
+    seen = probe([], TWO_THREADS_AT_ONCE, TINYGRAD_CNN_KERNELS="numba")
+    assert seen == {"wrong": []}
+
+
+def test_blas_keeps_one_thread_until_the_last_thread_leaves_single_threaded_blas(
+        restore_threads):
+    # two Python threads each splitting a convolution: the first to finish must
+    # not give BLAS its threads back under the other's products
+    tc.set_num_threads(2)
+    inside, leave = threading.Event(), threading.Event()
+
+    def other():
+        with threads.single_threaded_blas():
+            inside.set()
+            leave.wait()
+    worker = threading.Thread(target=other)
+    worker.start()
+    inside.wait()
+    with threads.single_threaded_blas():
+        assert blas_threads() == {1}
+    assert blas_threads() == {1}                    # the other thread is still inside
+    leave.set()
+    worker.join()
+    assert blas_threads() == {2}
+
+
 def test_a_thread_count_is_the_users_choice_once_set_or_in_the_environment(monkeypatch):
     monkeypatch.setattr(threads, "_requested", None)
     for variable in threads.THREAD_COUNT_VARIABLES:
