@@ -30,6 +30,10 @@ time is recorded and the rest still run:
    ResNet-18's step split by kind of op at 1 thread and all cores, ours
    against PyTorch's (``benchmarks.op_scaling``), its table in the report,
    with our 15 layers that lose most against perfect scaling (``--by-op``);
+   ``cpu_replicas`` (issue 13), on 4 or more cores, budget permitting:
+   ResNet-18's step on all cores against as many replicas, each training 8
+   images on one thread (``benchmarks.replicas``): how much of the loss is
+   the meetings after each split op, how much the cores slowing each other;
 7. ``d2l:<network>``, only with ``--d2l NAME…``: ``tinygrad-cnn train NAME
    --device cuda`` at d2l's own settings (the registry's input size, lr,
    epochs, batch), for the README's d2l-settings table.  A run whose time,
@@ -217,6 +221,7 @@ def stages(data_dir, out_dir, steps=10):
                         "--out", str(Path(out_dir) / "gpu-verify-lenet_bn")],
                        150, parse=parse_training, skip=fashion_skip(data_dir)))
     found.append(cpu_op_scaling_stage())
+    found.append(cpu_replicas_stage())
     return found
 
 
@@ -273,6 +278,30 @@ def cpu_op_scaling_stage(cores=None):
     skip = (f"{cores} cores: the per-op split needs 4 or more" if cores < 4 else None)
     return Stage("cpu_op_scaling", argv, CPU_OP_SCALING_TIMEOUT, parse=parse_op_scaling,
                  skip=skip, plan=whole_or_skipped(CPU_OP_SCALING_TIMEOUT))
+
+
+CPU_REPLICAS_TIMEOUT = 90
+CPU_REPLICAS_IMAGES = 8         # per replica: the batch is 8 x the cores (128 on 16)
+
+
+def cpu_replicas_stage(cores=None):
+    """``benchmarks.replicas`` for ResNet-18 on all cores, one round, both
+    engines (skipped below 4 cores, and when less than its timeout is left)."""
+    cores = cores or os.cpu_count() or 1
+    argv = [sys.executable, "-m", "benchmarks.replicas", "--networks", CPU_SCALING_NETWORK,
+            "--threads", str(cores), "--batch", str(CPU_REPLICAS_IMAGES * cores),
+            "--rounds", "1", "--steps", "2"]
+    skip = (f"{cores} cores: the replicas' bound needs 4 or more" if cores < 4 else None)
+    return Stage("cpu_replicas", argv, CPU_REPLICAS_TIMEOUT, parse=parse_replicas,
+                 skip=skip, plan=whole_or_skipped(CPU_REPLICAS_TIMEOUT))
+
+
+def parse_replicas(stdout):
+    """{"table": [the Markdown lines]} from ``benchmarks.replicas``'s output."""
+    table = [line for line in stdout.splitlines() if line.startswith("|")]
+    if not table:
+        raise ValueError("no table in benchmarks.replicas's output")
+    return {"table": table}
 
 
 def parse_op_scaling(stdout):
@@ -416,6 +445,8 @@ def summary_lines(report):
             what = {"table": f"of {len(what['table']) - 2} kinds of op in the report"
                      + (f", and of the {len(what['layers']) - 2} layers that lose most"
                         if "layers" in what else "")}
+        if name == "cpu_replicas" and what:
+            what = {"table": f"of {len(what['table']) - 2} engines in the report"}
         shown = (what.get("summary") if name == "pytest" else
                  ", ".join(f"{k} {v}" for k, v in what.items()) if what else "")
         lines.append(f"  {name}: {record['status']} {shown or record.get('note') or record.get('error') or ''}".rstrip())

@@ -90,10 +90,11 @@ def test_the_real_stage_list_covers_the_issue(tmp_path):
     assert names[:4] == ["environment", "probe", "pytest", "launch_cost"]
     assert {n.split(":")[1] for n in names if n.startswith("bench:")} == {
         "lenet", "resnet18", "densenet", "googlenet", "alexnet"}
-    fashion = gpu_verify.stages(None, tmp_path)[-2]
+    fashion = gpu_verify.stages(None, tmp_path)[-3]
     assert fashion.name == "fashion_mnist" and "no --data-dir" in fashion.skip
-    assert names[-3] == "cpu_scaling"         # issue 13's many-core sweep, after the GPU's
-    assert names[-1] == "cpu_op_scaling"      # and its split by op, if time is left
+    assert names[-4] == "cpu_scaling"         # issue 13's many-core sweep, after the GPU's
+    assert names[-2:] == ["cpu_op_scaling",   # and its split by op, if time is left,
+                          "cpu_replicas"]     # and the bound without the split's meetings
     assert sum(s.timeout for s in gpu_verify.stages(None, tmp_path)) > 450  # the budget binds
 
 
@@ -165,6 +166,29 @@ def test_cpu_op_scaling_keeps_the_layers_table_apart(tmp_path):
             "that lose most") in summary
     with pytest.raises(ValueError):
         gpu_verify.parse_op_scaling("Traceback ...\n")
+
+
+def test_cpu_replicas_runs_as_many_replicas_as_cores_eight_images_each():
+    stage = gpu_verify.cpu_replicas_stage(cores=16)
+    argv = stage.argv[stage.argv.index("benchmarks.replicas") + 1:]
+    assert argv[argv.index("--threads") + 1] == "16" and stage.skip is None
+    assert argv[argv.index("--batch") + 1] == "128"
+    assert argv[argv.index("--networks") + 1] == "resnet18"
+    assert stage.plan([], seconds_left=stage.timeout - 1) is not None
+    assert "2 cores" in gpu_verify.cpu_replicas_stage(cores=2).skip
+
+
+def test_cpu_replicas_keeps_the_table_and_summarises_it(tmp_path):
+    stage = gpu_verify.cpu_replicas_stage(cores=16)
+    table = ["| network | engine | 1 thread ms |", "|---|---|---|", "| resnet18 | ours | 900 |",
+             "| resnet18 | torch | 1000 |"]
+    stage.argv = [PY, "-c", "print('16 threads, 1 rounds'); print(" + repr("\n".join(table)) + ")"]
+    result = verify(None, tmp_path, budget_s=300, stage_list=[stage] + fake_stages()[:2])
+    assert result["stages"]["cpu_replicas"]["result"] == {"table": table}
+    summary = "\n".join(gpu_verify.summary_lines(result))
+    assert "cpu_replicas: ok table of 2 engines in the report" in summary
+    with pytest.raises(ValueError):
+        gpu_verify.parse_replicas("Traceback ...\n")
 
 
 def cpu_report(rates):
