@@ -131,13 +131,31 @@ def _profile_torch(step, steps):
 
 def run_worker(engine, network, batch, threads, steps):
     """``measure`` in a fresh process (its own thread pools), as JSON."""
-    command = [sys.executable, "-m", "benchmarks.op_scaling", "--worker", engine,
-               "--network", network, "--batch", str(batch), "--threads", str(threads),
-               "--steps", str(steps)]
-    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    return worker_json("benchmarks.op_scaling",
+                       ["--worker", engine, "--network", network, "--batch", str(batch),
+                        "--threads", str(threads), "--steps", str(steps)],
+                       f"op_scaling worker {engine} on {threads} threads")
+
+
+def engines_to_run(no_torch):
+    """["ours"], and "torch" unless ``no_torch`` or PyTorch is not installed."""
+    if no_torch:
+        return ["ours"]
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        print("PyTorch is not installed: ours only", file=sys.stderr)
+        return ["ours"]
+    return ["ours", "torch"]
+
+
+def worker_json(module, argv, what):
+    """Run ``python -m module *argv`` and return the JSON of its last line of
+    output; a RuntimeError naming ``what`` with the end of its stderr if it fails."""
+    done = subprocess.run([sys.executable, "-m", module, *argv], capture_output=True,
+                          text=True, check=False)
     if done.returncode != 0:
-        raise RuntimeError(f"op_scaling worker {engine} on {threads} threads failed:\n"
-                           f"{done.stderr[-2000:]}")
+        raise RuntimeError(f"{what} failed:\n{done.stderr[-2000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
@@ -248,13 +266,7 @@ def main(argv=None):
         print(json.dumps(result))
         return
     thread_counts = [int(t) for t in args.threads.split(",")]
-    engines = ["ours"]
-    if not args.no_torch:
-        try:
-            import torch  # noqa: F401
-            engines.append("torch")
-        except ImportError:
-            print("PyTorch is not installed: ours only", file=sys.stderr)
+    engines = engines_to_run(args.no_torch)
     results = {engine: {} for engine in engines}
     for threads in thread_counts:           # the engines alternate
         for engine in engines:

@@ -29,7 +29,6 @@ steps).  Per round, then the median over rounds:
 import argparse
 import json
 import statistics
-import subprocess
 import sys
 import threading
 import time
@@ -109,14 +108,12 @@ def _replicas_timed(replicas, steps):
 
 def run_worker(engine, network, batch, threads, rounds, steps):
     """``measure`` in a fresh process (its own thread pools), as JSON."""
-    command = [sys.executable, "-m", "benchmarks.replicas", "--worker", engine,
-               "--networks", network, "--batch", str(batch), "--threads", str(threads),
-               "--rounds", str(rounds), "--steps", str(steps)]
-    done = subprocess.run(command, capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        raise RuntimeError(f"replicas worker {engine} on {network} failed:\n"
-                           f"{done.stderr[-2000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    from benchmarks.op_scaling import worker_json
+    return worker_json("benchmarks.replicas",
+                       ["--worker", engine, "--networks", network, "--batch", str(batch),
+                        "--threads", str(threads), "--rounds", str(rounds), "--steps",
+                        str(steps)],
+                       f"replicas worker {engine} on {network}")
 
 
 def ratios(times, threads):
@@ -170,13 +167,8 @@ def main(argv=None):
         print(json.dumps(measure(args.worker, network, args.batch, args.threads, args.rounds,
                                  steps)))
         return
-    engines = ["ours"]
-    if not args.no_torch:
-        try:
-            import torch  # noqa: F401
-            engines.append("torch")
-        except ImportError:
-            print("PyTorch is not installed: ours only", file=sys.stderr)
+    from benchmarks.op_scaling import engines_to_run
+    engines = engines_to_run(args.no_torch)
     results = {}
     for network in networks:
         batch = args.batch or default_batch(network)

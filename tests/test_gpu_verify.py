@@ -141,15 +141,23 @@ def test_cpu_op_scaling_splits_one_thread_against_all_cores():
     assert "2 cores" in gpu_verify.cpu_op_scaling_stage(cores=2).skip
 
 
-def test_cpu_op_scaling_keeps_the_table_and_summarises_it(tmp_path):
-    stage = gpu_verify.cpu_op_scaling_stage(cores=16)
-    table = ["| kind | ours 1 | ours 16 |", "|---|---|---|", "| convolution | 900 | 90 |",
-             "| batch norm | 40 | 20 |"]
+@pytest.mark.parametrize("make_stage, table, summarised", [
+    (gpu_verify.cpu_op_scaling_stage,
+     ["| kind | ours 1 | ours 16 |", "|---|---|---|", "| convolution | 900 | 90 |",
+      "| batch norm | 40 | 20 |"],
+     "cpu_op_scaling: ok table of 2 kinds of op in the report"),
+    (gpu_verify.cpu_replicas_stage,
+     ["| network | engine | 1 thread ms |", "|---|---|---|", "| resnet18 | ours | 900 |",
+      "| resnet18 | torch | 1000 |"],
+     "cpu_replicas: ok table of 2 engines in the report"),
+], ids=["cpu_op_scaling", "cpu_replicas"])
+def test_the_cpu_breakdowns_keep_their_table_and_summarise_it(tmp_path, make_stage, table,
+                                                             summarised):
+    stage = make_stage(cores=16)
     stage.argv = [PY, "-c", "print('resnet18, batch 64'); print(" + repr("\n".join(table)) + ")"]
     result = verify(None, tmp_path, budget_s=300, stage_list=[stage] + fake_stages()[:2])
-    assert result["stages"]["cpu_op_scaling"]["result"] == {"table": table}
-    summary = "\n".join(gpu_verify.summary_lines(result))
-    assert "cpu_op_scaling: ok table of 2 kinds of op in the report" in summary
+    assert result["stages"][stage.name]["result"] == {"table": table}
+    assert summarised in "\n".join(gpu_verify.summary_lines(result))
 
 
 def test_cpu_op_scaling_keeps_the_layers_table_apart(tmp_path):
@@ -178,15 +186,7 @@ def test_cpu_replicas_runs_as_many_replicas_as_cores_eight_images_each():
     assert "2 cores" in gpu_verify.cpu_replicas_stage(cores=2).skip
 
 
-def test_cpu_replicas_keeps_the_table_and_summarises_it(tmp_path):
-    stage = gpu_verify.cpu_replicas_stage(cores=16)
-    table = ["| network | engine | 1 thread ms |", "|---|---|---|", "| resnet18 | ours | 900 |",
-             "| resnet18 | torch | 1000 |"]
-    stage.argv = [PY, "-c", "print('16 threads, 1 rounds'); print(" + repr("\n".join(table)) + ")"]
-    result = verify(None, tmp_path, budget_s=300, stage_list=[stage] + fake_stages()[:2])
-    assert result["stages"]["cpu_replicas"]["result"] == {"table": table}
-    summary = "\n".join(gpu_verify.summary_lines(result))
-    assert "cpu_replicas: ok table of 2 engines in the report" in summary
+def test_the_replicas_parser_rejects_output_without_a_table():
     with pytest.raises(ValueError):
         gpu_verify.parse_replicas("Traceback ...\n")
 
