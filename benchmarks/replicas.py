@@ -78,17 +78,24 @@ def measure(engine, network, batch, threads, rounds, steps):
 
 
 def _replicas_timed(replicas, steps):
-    """``_timed`` for the replicas' steps run side by side, one Python thread each."""
+    """``_timed`` for the replicas' steps run side by side, one Python thread
+    each.  A replica that raises breaks the barriers (BrokenBarrierError here,
+    its own traceback on stderr) instead of leaving the others waiting."""
     go = [threading.Barrier(len(replicas) + 1) for _ in range(2)]
     stop = []
 
     def replica(step):
-        while True:
-            go[0].wait()
-            if stop:
-                return
-            step()
-            go[1].wait()
+        try:
+            while True:
+                go[0].wait()
+                if stop:
+                    return
+                step()
+                go[1].wait()
+        except BaseException:
+            for barrier in go:
+                barrier.abort()
+            raise
 
     workers = [threading.Thread(target=replica, args=(step,)) for step in replicas]
     for worker in workers:
@@ -101,7 +108,10 @@ def _replicas_timed(replicas, steps):
         return _timed(together, steps)
     finally:
         stop.append(True)
-        go[0].wait()
+        try:
+            go[0].wait()
+        except threading.BrokenBarrierError:
+            pass                            # a replica failed: the workers are done
         for worker in workers:
             worker.join()
 

@@ -1,5 +1,8 @@
 """benchmarks/replicas.py: the ratios and the table from constructed times, a
-small run of our engine in a worker process, and the arguments it refuses."""
+small run of our engine in a worker process, a failing replica, and the
+arguments it refuses."""
+import threading
+
 import pytest
 
 from benchmarks import replicas
@@ -54,3 +57,22 @@ def test_arguments_that_cannot_be_measured_are_refused(argv, message, capsys):
     with pytest.raises(SystemExit):
         replicas.main(argv + ["--no-torch"])
     assert message in capsys.readouterr().err
+
+
+def test_the_replicas_run_side_by_side_each_step_once_per_timed_step():
+    calls = [0, 0]
+
+    def counter(i):
+        def step():
+            calls[i] += 1
+        return step
+    seconds = replicas._replicas_timed([counter(0), counter(1)], steps=3)
+    assert calls == [4, 4] and seconds >= 0         # one untimed step, three timed
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_a_replica_that_raises_stops_the_measurement_instead_of_hanging():
+    def fails():
+        raise ValueError("replica broke")
+    with pytest.raises(threading.BrokenBarrierError):
+        replicas._replicas_timed([lambda: None, fails], steps=2)
