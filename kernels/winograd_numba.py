@@ -475,11 +475,14 @@ def _loops():
     return threads.loops_for_this_thread(_compiled_in_share, _compiled)
 
 
-def _blocks(planes):
+def _blocks(planes, loops):
     """How many blocks of planes a plane loop's ``prange`` runs, each block
-    with its scratch rows allocated once: one on one thread, else a few per
-    thread, so the threads still share the planes out evenly."""
-    return 1 if threads.on_one_thread() else max(1, min(planes, 4 * threads.numba_threads()))
+    with its scratch rows allocated once: one for the one-thread ``loops``
+    (``_loops`` chose them), else a few per thread, so the threads still
+    share the planes out evenly."""
+    if loops is _compiled_in_share():
+        return 1
+    return max(1, min(planes, 4 * threads.numba_threads()))
 
 
 # ---------------------------------------------------------------- the interface
@@ -528,7 +531,7 @@ def winograd_input(x, padding, tiles, m=2):
     n, C = x.shape[:2]
     V = _stack_of_cells(alpha, (C, n) + tuple(tiles), x.dtype)
     with _loops() as loops:
-        _loops_for(loops, "input", m)(x, V, padding[0], padding[2], _blocks(C * n))
+        _loops_for(loops, "input", m)(x, V, padding[0], padding[2], _blocks(C * n, loops))
     return V
 
 
@@ -539,8 +542,9 @@ def winograd_input_backward(gV, x_shape, padding, out=None):
     m = winograd_numpy.tile_size(gV.shape[0])
     gx = _output_array(out, tuple(x_shape), gV.dtype)
     with _loops() as loops:
+        blocks = _blocks(gx.shape[0] * gx.shape[1], loops)
         _loops_for(loops, "input_backward", m)(np.ascontiguousarray(gV), gx, padding[0],
-                                               padding[2], _blocks(gx.shape[0] * gx.shape[1]))
+                                               padding[2], blocks)
     return _deliver(gx, out)
 
 
@@ -552,7 +556,7 @@ def winograd_output(M, out_hw, out=None):
     _, _, O, n = M.shape[:4]
     y = _output_array(out, (n, O) + tuple(out_hw), M.dtype)
     with _loops() as loops:
-        _loops_for(loops, "output", m)(np.ascontiguousarray(M), y, _blocks(O * n))
+        _loops_for(loops, "output", m)(np.ascontiguousarray(M), y, _blocks(O * n, loops))
     return _deliver(y, out)
 
 
@@ -582,7 +586,7 @@ def winograd_output_backward(gy, m=2):
     n, O, OH, OW = gy.shape
     gM = _stack_of_cells(alpha, (O, n, winograd_tiles(OH, m), winograd_tiles(OW, m)), gy.dtype)
     with _loops() as loops:
-        _loops_for(loops, "output_backward", m)(np.ascontiguousarray(gy), gM, _blocks(O * n))
+        _loops_for(loops, "output_backward", m)(np.ascontiguousarray(gy), gM, _blocks(O * n, loops))
     return gM
 
 

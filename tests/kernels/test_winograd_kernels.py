@@ -186,8 +186,19 @@ def test_one_thread_runs_the_one_thread_loops(monkeypatch, m):
         gM = winograd_numba.winograd_output_backward(winograd_numba.winograd_output(
             V[:, :, :O], output_hw(x_shape, padding)), m)
         assert gM.shape == V[:, :, :O].shape
+        U = winograd_numba.winograd_weight(random_like((O, x_shape[1], 3, 3)).astype(np.float32),
+                                           m)
+        assert winograd_numba.winograd_weight_backward(U).shape == (O, x_shape[1], 3, 3)
     finally:
         threads.set_num_threads(previous)
+
+
+def test_the_one_thread_loops_run_the_planes_in_one_block(thread_count):
+    # whichever way _loops chose them: one thread, or another thread holding Numba's pool
+    from kernels import threads
+    assert winograd_numba._blocks(64, winograd_numba._compiled_in_share()) == 1
+    assert winograd_numba._blocks(64, winograd_numba._compiled()) == min(
+        64, 4 * threads.numba_threads())
 
 
 @pytest.mark.parametrize("m", TILE_SIZES)
