@@ -32,8 +32,9 @@ time is recorded and the rest still run:
    with our 15 layers that lose most against perfect scaling (``--by-op``);
    ``cpu_replicas`` (issue 13), on 4 or more cores, budget permitting:
    ResNet-18's step on all cores against as many replicas, each training 8
-   images on one thread (``benchmarks.replicas``): how much of the loss is
-   the meetings after each split op, how much the cores slowing each other;
+   images on one thread, in threads and in processes (``benchmarks.replicas``):
+   how much of the loss is the meetings after each split op, how much the
+   cores slowing each other, how much one interpreter (the GIL) shared;
 7. ``d2l:<network>``, only with ``--d2l NAME…``: ``tinygrad-cnn train NAME
    --device cuda`` at d2l's own settings (the registry's input size, lr,
    epochs, batch), for the README's d2l-settings table.  A run whose time,
@@ -280,7 +281,7 @@ def cpu_op_scaling_stage(cores=None):
                  skip=skip, plan=whole_or_skipped(CPU_OP_SCALING_TIMEOUT))
 
 
-CPU_REPLICAS_TIMEOUT = 90
+CPU_REPLICAS_TIMEOUT = 150       # each engine also starts one replica process per core
 CPU_REPLICAS_IMAGES = 8         # per replica: the batch is 8 x the cores (128 on 16)
 
 

@@ -9,13 +9,17 @@ replicas of the network in t Python threads of one process, each training
 its own 1/t of the batch with one thread of kernels, all started together
 and waited for at the end of the step.  The replicas share no gradient, so
 this is a measurement, not a way to train: a data-parallel step would add
-the gradients' sum and, with batch norm, its statistics' sums.
+the gradients' sum and, with batch norm, its statistics' sums.  The same
+replicas also run as t processes, each with its own interpreter and memory:
+the bound once the threads share neither the GIL nor the allocator (the
+cores' caches and memory they still share).
 
 For each engine, in its own process (NumPy imported first, thread counts
 set by ``tinygrad_cnn.set_num_threads`` or ``torch.set_num_threads``; the
 engines alternate), each round times the full batch's step on 1 thread and
-on t threads, the t replicas, and one replica alone (median of the timed
-steps).  Per round, then the median over rounds:
+on t threads, the t replicas, one replica alone, and the t replicas as
+processes (median of the timed steps).  Per round, then the median over
+rounds:
 
 - **efficiency**: the 1-thread time over t times the t-thread time;
 - **replicas' efficiency**: the same with the replicas' time, the bound;
@@ -24,10 +28,17 @@ steps).  Per round, then the median over rounds:
 - **side by side**: the replicas' time over one replica's alone (what the
   threads cost each other: memory, caches, the GIL);
 - **smaller batch**: one replica alone over 1/t of the 1-thread step (what
-  a batch t times smaller costs: per-op overhead, smaller products).
+  a batch t times smaller costs: per-op overhead, smaller products);
+- **processes' efficiency**: the replicas' efficiency with the replicas in
+  processes, the bound without the GIL and the shared allocator;
+- **one process**: the replicas in threads over the replicas in processes
+  (what sharing one interpreter and one address space costs them: waits for
+  the GIL, and a thread's freed memory handed back to the system and
+  faulted in again).
 """
 import argparse
 import json
+import multiprocessing
 import statistics
 import sys
 import threading
@@ -36,7 +47,13 @@ import time
 import numpy  # noqa: F401  (first, as users' scripts import it: before either engine)
 
 COLUMNS = ("1 thread ms", "{t} threads ms", "{t} replicas ms", "1 replica alone ms",
-           "efficiency 1→{t}", "replicas' efficiency", "split", "side by side", "smaller batch")
+           "{t} processes ms", "efficiency 1→{t}", "replicas' efficiency", "split",
+           "side by side", "smaller batch", "processes' efficiency", "one process")
+TIMES = ("1", "t", "replicas", "alone", "processes")
+
+# How long the replicas' processes may take to start, build their network and
+# train its first step, or to finish one step, before the measurement gives up.
+PROCESS_TIMEOUT = 600
 
 
 def _set_threads(engine, n):
@@ -60,20 +77,24 @@ def _timed(step, steps):
 
 
 def measure(engine, network, batch, threads, rounds, steps):
-    """{"1": [...], "t": [...], "replicas": [...], "alone": [...]}: seconds per
-    step, one entry per round, for ``engine`` ("ours" or "torch") in this process."""
+    """{"1": [...], "t": [...], "replicas": [...], "alone": [...], "processes":
+    [...]}: seconds per step, one entry per round, for ``engine`` ("ours" or
+    "torch") in this process and ``threads`` replica processes of its own."""
     from benchmarks.op_scaling import _training_step
-    full = _training_step(engine, network, batch)
-    replicas = [_training_step(engine, network, batch // threads) for _ in range(threads)]
-    result = {"1": [], "t": [], "replicas": [], "alone": []}
-    for _ in range(rounds):
-        _set_threads(engine, 1)
-        result["1"].append(_timed(full, steps))
-        _set_threads(engine, threads)
-        result["t"].append(_timed(full, steps))
-        _set_threads(engine, 1)
-        result["replicas"].append(_replicas_timed(replicas, steps))
-        result["alone"].append(_timed(replicas[0], steps))
+    with _ReplicaProcesses(engine, network, batch // threads, threads) as processes:
+        full = _training_step(engine, network, batch)
+        replicas = [_training_step(engine, network, batch // threads) for _ in range(threads)]
+        processes.wait_until_ready()        # built, and idle from now on between steps
+        result = {key: [] for key in TIMES}
+        for _ in range(rounds):
+            _set_threads(engine, 1)
+            result["1"].append(_timed(full, steps))
+            _set_threads(engine, threads)
+            result["t"].append(_timed(full, steps))
+            _set_threads(engine, 1)
+            result["replicas"].append(_replicas_timed(replicas, steps))
+            result["alone"].append(_timed(replicas[0], steps))
+            result["processes"].append(_timed(processes.step, steps))
     return result
 
 
@@ -116,6 +137,68 @@ def _replicas_timed(replicas, steps):
             worker.join()
 
 
+class _ReplicaProcesses:
+    """``count`` replicas of the network, each in a process of its own (spawned:
+    a fresh interpreter that imports NumPy first) training ``batch`` examples
+    per step on one thread.  ``step()`` runs one step of all of them side by
+    side and returns when the last is done.  A replica that raises breaks the
+    barriers, and so does one that takes longer than PROCESS_TIMEOUT."""
+
+    def __init__(self, engine, network, batch, count):
+        context = multiprocessing.get_context("spawn")
+        self._barriers = [context.Barrier(count + 1, timeout=PROCESS_TIMEOUT)
+                          for _ in range(3)]       # ready; go; done
+        self._stop = context.Event()
+        self._processes = [context.Process(target=_replica_process, daemon=True,
+                                           args=(engine, network, batch, self._barriers,
+                                                 self._stop))
+                           for _ in range(count)]
+
+    def __enter__(self):
+        for process in self._processes:
+            process.start()
+        return self
+
+    def wait_until_ready(self):
+        self._barriers[0].wait()
+
+    def step(self):
+        self._barriers[1].wait()
+        self._barriers[2].wait()
+
+    def __exit__(self, *exc_info):
+        self._stop.set()
+        for barrier in self._barriers:
+            barrier.abort()                 # every replica waiting on one returns
+        for process in self._processes:
+            process.join(PROCESS_TIMEOUT)
+            if process.is_alive():
+                process.kill()
+
+
+def _replica_process(engine, network, batch, barriers, stop):
+    """A replica process's life: build, one untimed step, then one step per
+    opening of the barriers, until ``stop``."""
+    from benchmarks.op_scaling import _training_step
+    ready, go, done = barriers
+    try:
+        _set_threads(engine, 1)
+        step = _training_step(engine, network, batch)
+        step()
+        ready.wait()
+        while True:
+            go.wait()
+            step()
+            done.wait()
+    except threading.BrokenBarrierError:
+        if not stop.is_set():
+            raise
+    except BaseException:
+        for barrier in barriers:
+            barrier.abort()
+        raise
+
+
 def run_worker(engine, network, batch, threads, rounds, steps):
     """``measure`` in a fresh process (its own thread pools), as JSON."""
     from benchmarks.op_scaling import worker_json
@@ -127,16 +210,17 @@ def run_worker(engine, network, batch, threads, rounds, steps):
 
 
 def ratios(times, threads):
-    """The five ratios of the module docstring, each the median over rounds of
+    """The seven ratios of the module docstring, each the median over rounds of
     the round's own ratio."""
     def per_round(f):
-        return statistics.median(f(*r) for r in zip(times["1"], times["t"], times["replicas"],
-                                                     times["alone"]))
-    return [per_round(lambda one, t, rep, alone: one / (threads * t)),
-            per_round(lambda one, t, rep, alone: one / (threads * rep)),
-            per_round(lambda one, t, rep, alone: t / rep),
-            per_round(lambda one, t, rep, alone: rep / alone),
-            per_round(lambda one, t, rep, alone: alone / (one / threads))]
+        return statistics.median(f(*r) for r in zip(*(times[key] for key in TIMES)))
+    return [per_round(lambda one, t, rep, alone, procs: one / (threads * t)),
+            per_round(lambda one, t, rep, alone, procs: one / (threads * rep)),
+            per_round(lambda one, t, rep, alone, procs: t / rep),
+            per_round(lambda one, t, rep, alone, procs: rep / alone),
+            per_round(lambda one, t, rep, alone, procs: alone / (one / threads)),
+            per_round(lambda one, t, rep, alone, procs: one / (threads * procs)),
+            per_round(lambda one, t, rep, alone, procs: rep / procs)]
 
 
 def table(results, threads):
@@ -145,8 +229,7 @@ def table(results, threads):
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for network, engines in results.items():
         for engine, times in engines.items():
-            ms = [f"{1e3 * statistics.median(times[k]):.1f}"
-                  for k in ("1", "t", "replicas", "alone")]
+            ms = [f"{1e3 * statistics.median(times[k]):.1f}" for k in TIMES]
             fractions = [f"{r:.3f}" for r in ratios(times, threads)]
             lines.append("| " + " | ".join([network, engine] + ms + fractions) + " |")
     return "\n".join(lines)
