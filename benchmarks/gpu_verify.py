@@ -34,7 +34,7 @@ time is recorded and the rest still run:
    ResNet-18's step on all cores against as many replicas, each training 8
    images on one thread, in threads and in processes (``benchmarks.replicas``):
    how much of the loss is the meetings after each split op, how much the
-   cores slowing each other, how much one interpreter (the GIL) shared;
+   cores slowing each other, how much sharing one interpreter (the GIL);
 7. ``d2l:<network>``, only with ``--d2l NAME…``: ``tinygrad-cnn train NAME
    --device cuda`` at d2l's own settings (the registry's input size, lr,
    epochs, batch), for the README's d2l-settings table.  A run whose time,
