@@ -37,6 +37,7 @@ rounds:
   faulted in again).
 """
 import argparse
+import functools
 import json
 import multiprocessing
 import statistics
@@ -81,7 +82,7 @@ def measure(engine, network, batch, threads, rounds, steps):
     [...]}: seconds per step, one entry per round, for ``engine`` ("ours" or
     "torch") in this process and ``threads`` replica processes of its own."""
     from benchmarks.op_scaling import _training_step
-    with _ReplicaProcesses(engine, network, batch // threads, threads) as processes:
+    with _replica_processes(engine, network, batch // threads, threads) as processes:
         full = _training_step(engine, network, batch)
         replicas = [_training_step(engine, network, batch // threads) for _ in range(threads)]
         processes.wait_until_ready()        # built, and idle from now on between steps
@@ -102,61 +103,42 @@ def _replicas_timed(replicas, steps):
     """``_timed`` for the replicas' steps run side by side, one Python thread
     each.  A replica that raises breaks the barriers (BrokenBarrierError here,
     its own traceback on stderr) instead of leaving the others waiting."""
-    go = [threading.Barrier(len(replicas) + 1) for _ in range(2)]
-    stop = []
-
-    def replica(step):
-        try:
-            while True:
-                go[0].wait()
-                if stop:
-                    return
-                step()
-                go[1].wait()
-        except BaseException:
-            for barrier in go:
-                barrier.abort()
-            raise
-
-    workers = [threading.Thread(target=replica, args=(step,)) for step in replicas]
-    for worker in workers:
-        worker.start()
-
-    def together():
-        go[0].wait()
-        go[1].wait()
-    try:
-        return _timed(together, steps)
-    finally:
-        stop.append(True)
-        try:
-            go[0].wait()
-        except threading.BrokenBarrierError:
-            pass                            # a replica failed: the workers are done
-        for worker in workers:
-            worker.join()
+    barriers = [threading.Barrier(len(replicas) + 1) for _ in range(3)]     # ready; go; done
+    stop = threading.Event()
+    workers = [threading.Thread(target=_serve_steps, args=(lambda step=step: step, barriers, stop))
+               for step in replicas]
+    with _SideBySide(workers, barriers, stop) as side_by_side:
+        side_by_side.wait_until_ready()
+        return _timed(side_by_side.step, steps)
 
 
-class _ReplicaProcesses:
+def _replica_processes(engine, network, batch, count):
     """``count`` replicas of the network, each in a process of its own (spawned:
     a fresh interpreter that imports NumPy first) training ``batch`` examples
-    per step on one thread.  ``step()`` runs one step of all of them side by
-    side and returns when the last is done.  A replica that raises breaks the
-    barriers, and so does one that takes longer than PROCESS_TIMEOUT."""
+    per step on one thread, side by side (``_SideBySide``).  A replica that
+    raises breaks the barriers, and so does one that takes longer than
+    PROCESS_TIMEOUT."""
+    context = multiprocessing.get_context("spawn")
+    barriers = [context.Barrier(count + 1, timeout=PROCESS_TIMEOUT) for _ in range(3)]
+    stop = context.Event()
+    build = functools.partial(_replica_step, engine, network, batch)
+    workers = [context.Process(target=_serve_steps, args=(build, barriers, stop), daemon=True)
+               for _ in range(count)]
+    return _SideBySide(workers, barriers, stop)
 
-    def __init__(self, engine, network, batch, count):
-        context = multiprocessing.get_context("spawn")
-        self._barriers = [context.Barrier(count + 1, timeout=PROCESS_TIMEOUT)
-                          for _ in range(3)]       # ready; go; done
-        self._stop = context.Event()
-        self._processes = [context.Process(target=_replica_process, daemon=True,
-                                           args=(engine, network, batch, self._barriers,
-                                                 self._stop))
-                           for _ in range(count)]
+
+class _SideBySide:
+    """Replicas, each in a thread or a process of its own (``workers``, not yet
+    started) running ``_serve_steps`` on the barriers (ready; go; done) and the
+    event ``stop``: ``step()`` runs one step of all of them side by side and
+    returns when the last is done; leaving the ``with`` block stops them."""
+
+    def __init__(self, workers, barriers, stop):
+        self._workers, self._barriers, self._stop = workers, barriers, stop
 
     def __enter__(self):
-        for process in self._processes:
-            process.start()
+        for worker in self._workers:
+            worker.start()
         return self
 
     def wait_until_ready(self):
@@ -170,21 +152,20 @@ class _ReplicaProcesses:
         self._stop.set()
         for barrier in self._barriers:
             barrier.abort()                 # every replica waiting on one returns
-        for process in self._processes:
-            process.join(PROCESS_TIMEOUT)
-            if process.is_alive():
-                process.kill()
+        for worker in self._workers:
+            worker.join(PROCESS_TIMEOUT)
+            if worker.is_alive() and hasattr(worker, "kill"):     # a process
+                worker.kill()
 
 
-def _replica_process(engine, network, batch, barriers, stop):
-    """A replica process's life: build, one untimed step, then one step per
-    opening of the barriers, until ``stop``."""
-    from benchmarks.op_scaling import _training_step
+def _serve_steps(build, barriers, stop):
+    """A replica's life, in a thread or a process: ``build()`` its step, then
+    one step per opening of the barriers (ready; go; done), until ``stop``.
+    One that raises, building or stepping, breaks the barriers, so that
+    neither the others nor the measurement wait for it."""
     ready, go, done = barriers
     try:
-        _set_threads(engine, 1)
-        step = _training_step(engine, network, batch)
-        step()
+        step = build()
         ready.wait()
         while True:
             go.wait()
@@ -197,6 +178,13 @@ def _replica_process(engine, network, batch, barriers, stop):
         for barrier in barriers:
             barrier.abort()
         raise
+
+
+def _replica_step(engine, network, batch):
+    """A replica process's training step, its kernels on one thread."""
+    from benchmarks.op_scaling import _training_step
+    _set_threads(engine, 1)
+    return _training_step(engine, network, batch)
 
 
 def run_worker(engine, network, batch, threads, rounds, steps):

@@ -86,18 +86,18 @@ def test_a_replica_that_raises_stops_the_measurement_instead_of_hanging():
 
 
 def test_the_replica_processes_step_together_each_on_its_own_process():
-    with replicas._ReplicaProcesses("ours", "lenet", 2, 2) as processes:
+    with replicas._replica_processes("ours", "lenet", 2, 2) as processes:
         processes.wait_until_ready()
         assert replicas._timed(processes.step, 2) > 0
-        pids = {process.pid for process in processes._processes}
-        assert len(pids) == 2 and all(process.is_alive() for process in processes._processes)
-    assert not any(process.is_alive() for process in processes._processes)
+        pids = {process.pid for process in processes._workers}
+        assert len(pids) == 2 and all(process.is_alive() for process in processes._workers)
+    assert not any(process.is_alive() for process in processes._workers)
 
 
 def test_a_replica_process_that_raises_stops_the_measurement_instead_of_hanging(capfd,
                                                                                monkeypatch):
     monkeypatch.setattr(replicas, "PROCESS_TIMEOUT", None)     # no timeout to end the wait
     with pytest.raises(threading.BrokenBarrierError):
-        with replicas._ReplicaProcesses("ours", "no_such_network", 2, 2) as processes:
+        with replicas._replica_processes("ours", "no_such_network", 2, 2) as processes:
             processes.wait_until_ready()
     assert "no_such_network" in capfd.readouterr().err      # the replica's own traceback
