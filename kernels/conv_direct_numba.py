@@ -30,7 +30,9 @@ feeding 5 or 4 of them).  B, at most 4, is chosen per layer (``block_for``:
 loops; the weights get zero channels up to a multiple of B, whose sums are
 dropped.  (One channel per pass left the loops waiting on loads: the
 figures are in benchmarks/results.md, "The direct convolution in blocks of
-channels".)  forward and backward_input keep the reference's order of
+channels".)  dW takes at most 2 channels per pass on CPUs with 16 vector
+registers (``dw_block_for``): there, more sums than registers spill to the
+stack.  forward and backward_input keep the reference's order of
 additions, each product fused into its addition (``contract``).
 ``gy_flat`` is gy at width Wp with zeros in the scratch columns, so they add
 nothing backward -- unless the other factor is inf or NaN, where 0 · inf
@@ -64,6 +66,7 @@ else goes to the reference (``kernels/jit.py``).  Indices in the inner
 loops are unsigned for the reason ``conv_numba.py`` gives.
 """
 import functools
+import platform
 import types
 
 import numpy as np
@@ -101,6 +104,35 @@ def block_for(channels):
     def cost(block):
         return -(-channels // block) * (block + 1)
     return min(range(MAX_BLOCK, 0, -1), key=cost)
+
+
+# dW's blocks where the CPU has 16 vector registers (x86-64 without AVX-512):
+# B x DW_TAPS sums, the DW_TAPS window values and gy's value must all stay in
+# registers.  With B = 3 or 4 (15 or 20 sums) the compiler spills sums to the
+# stack in the innermost loop, at 16-byte alignment: a 32-byte slot then
+# straddles a cache line or not depending on how deep the caller's stack is,
+# and LeNet's second layer took 1.2 ms or 2.4 ms for 64 images by which Python
+# thread called it.  With B = 2 (10 sums) it took 0.76 ms from every thread
+# (AMD EPYC Zen 3 VM; benchmarks/results.md, "Spilled sums in the direct
+# convolution's dW").
+DW_BLOCK_16_REGISTERS = 2
+
+
+def dw_block_for(channels):
+    """``block_for`` for dW's loop: at most DW_BLOCK_16_REGISTERS output
+    channels per pass where the CPU has 16 vector registers."""
+    block = block_for(channels)
+    return block if vector_registers() >= 32 else min(block, DW_BLOCK_16_REGISTERS)
+
+
+@functools.cache
+def vector_registers():
+    """How many vector registers the compiled loops have: 32 with AVX-512, 16
+    on other x86-64 CPUs (AVX2 and before); 32 elsewhere (ARM's NEON)."""
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return 32
+    import llvmlite.binding as llvm      # Numba compiles for the host's CPU
+    return 32 if llvm.get_host_cpu_features().get("avx512f") else 16
 
 
 @functools.cache
@@ -414,7 +446,7 @@ def conv_direct_backward_weight(gy, x, kernel_size, stride, padding, dilation, w
     # one float64 dW and db per slice: no two threads add into the same one
     partial = np.zeros((len(slices), O, C) + tuple(kernel_size), dtype=np.float64)
     partial_db = np.zeros((len(slices), O), dtype=np.float64)
-    loop = _loops(*kernel_size, block_for(O)).backward_weight
+    loop = _loops(*kernel_size, dw_block_for(O)).backward_weight
     threads.run_all([functools.partial(loop, gy[lo:hi], x[lo:hi], partial[s], partial_db[s],
                                        with_bias, top, left, H + top + bottom,
                                        Wd + left + right, *dilation, x.dtype.type(0))

@@ -202,6 +202,34 @@ def test_channels_go_in_the_blocks_with_the_fewest_padded_passes(channels, block
     assert conv_direct_numba.block_for(channels) == block
 
 
+@pytest.mark.parametrize("registers, blocks", [(32, [1, 2, 3, 4, 3, 3, 4, 4]),
+                                               (16, [1, 2, 2, 2, 2, 2, 2, 2])])
+def test_dW_takes_at_most_two_channels_per_pass_with_16_vector_registers(registers, blocks,
+                                                                         monkeypatch):
+    # 4 channels x 5 taps of sums do not fit in AVX2's 16 registers: they spill
+    monkeypatch.setattr(conv_direct_numba, "vector_registers", lambda: registers)
+    assert [conv_direct_numba.dw_block_for(c) for c in (1, 2, 3, 4, 5, 6, 7, 16)] == blocks
+
+
+def test_the_host_has_16_or_32_vector_registers():
+    assert conv_direct_numba.vector_registers() in (16, 32)
+
+
+@pytest.mark.parametrize("registers", [16, 32])
+@pytest.mark.parametrize("geometry", [GEOMETRIES[g] for g in ("lenet-conv1", "lenet-conv2",
+                                                              "7-wide-kernel")],
+                         ids=["lenet-conv1", "lenet-conv2", "7-wide-kernel"])
+def test_dW_in_either_block_equals_the_reference(geometry, registers, monkeypatch):
+    # the blocks of either kind of CPU, whichever this one is
+    monkeypatch.setattr(conv_direct_numba, "vector_registers", lambda: registers)
+    for dtype in DTYPES:
+        x, W, gy = operands(geometry, dtype)
+        args = (W.shape[2:],) + geometry_of(geometry)
+        gW, gb = conv_direct_numba.conv_direct_backward_weight(gy, x, *args, with_bias=True)
+        assert_close(gW, conv_direct_numpy.conv_direct_backward_weight(gy, x, *args))
+        assert_close(gb, bias_gradient_by_loops(gy).astype(dtype))
+
+
 def test_two_threads_cut_the_batch_but_small_loops_run_as_one_slice(threads, monkeypatch):
     x, y = np.zeros((5, 1, 8, 8), np.float32), np.zeros((5, 2, 6, 6), np.float32)
     multiply_adds = y.size * 1 * 3 * 3
