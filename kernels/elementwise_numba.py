@@ -39,6 +39,8 @@ updates them.  Start-up: see ``kernels/jit.py`` (Numba is imported and the
 loops compiled, or loaded from the disk cache, at the first call).
 """
 import functools
+import math
+import time
 
 import numpy as np
 
@@ -150,7 +152,7 @@ def relu_backward(gy, y, overwrite_gy=False):
 
 def sigmoid_forward(x):
     """``elementwise_numpy.sigmoid_forward``, with a large x cut into slices
-    that threads of the pool compute side by side (``threads.batch_slices``).
+    that threads of the pool compute side by side (``_tanh_slices``).
     No compiled loop: Numba's tanh would neither round as NumPy's does nor run
     as fast; each slice runs NumPy's own expressions (which release the GIL),
     so the values are the reference's bit for bit.  Unlike the loops above,
@@ -158,7 +160,7 @@ def sigmoid_forward(x):
     arrays of a few MB."""
     if not _compilable_alike(x) or x.ndim == 0:
         return elementwise_numpy.sigmoid_forward(x)
-    slices = threads.batch_slices(x.size, x.nbytes)     # from 2 MB of x: tanh is the work
+    slices = _tanh_slices(x)
     if len(slices) == 1:
         return elementwise_numpy.sigmoid_forward(x)
     y = np.empty(x.shape, dtype=x.dtype)
@@ -166,6 +168,40 @@ def sigmoid_forward(x):
     threads.run_all([functools.partial(elementwise_numpy.sigmoid_forward_into, flat_x[lo:hi],
                                        flat_y[lo:hi]) for lo, hi in slices])
     return y
+
+
+# Above this many seconds of tanh on one thread, handing half of it to a pool
+# thread pays: on the 2-core AMD EPYC (Zen 3) VM a 0.6 ms tanh took 0.43 ms
+# in two slices, a 0.3 ms one 0.28 (benchmarks/results.md, "NumPy's tanh
+# without vector instructions").
+TANH_SPLIT_SECONDS = 0.4e-3
+
+
+def _tanh_slices(x):
+    """``threads.batch_slices`` for NumPy's tanh over x: from 2 MB of x, as the
+    other loops over the batch, or from TANH_SPLIT_SECONDS of work by what tanh
+    costs here (``tanh_seconds_per_element``).  That cost is the machine's:
+    NumPy 2.4's float32 tanh runs in vector registers with AVX-512 and element
+    by element without (3.1 ms for LeNet's first activation on the AVX2 Zen 3
+    VM), so a layer's bytes alone do not tell its time."""
+    slow = x.size * tanh_seconds_per_element(x.dtype) >= TANH_SPLIT_SECONDS
+    # counted as enough work to split, whatever its bytes
+    work = threads.PARALLEL_MIN_MULTIPLY_ADDS if slow else 0
+    return threads.batch_slices(x.size, x.nbytes, work)
+
+
+@functools.cache
+def tanh_seconds_per_element(dtype):
+    """Seconds NumPy's tanh takes per element of ``dtype`` on this machine, on
+    one thread: the best of three passes over 2^16 elements, measured once."""
+    x = np.linspace(-4, 4, 2**16, dtype=dtype)
+    y = np.empty_like(x)
+    best = math.inf
+    for _ in range(3):
+        start = time.perf_counter()
+        np.tanh(x, out=y)
+        best = min(best, time.perf_counter() - start)
+    return best / x.size
 
 
 def sigmoid_backward(gy, y, overwrite_gy=False):

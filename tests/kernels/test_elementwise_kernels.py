@@ -101,6 +101,30 @@ def test_activation_backward_leaves_gy_alone_unless_allowed(name, module):
     assert (getattr(module, name)(gy, y, overwrite_gy=True) is gy) == (module is elementwise_numba)
 
 
+@pytest.mark.parametrize("seconds_per_element, slices", [(3e-9, 4), (0.3e-9, 1)])
+def test_a_slow_tanh_splits_a_sigmoid_that_a_fast_one_keeps_whole(seconds_per_element, slices,
+                                                                  monkeypatch):
+    # 256 x 16 x 10 x 10 (LeNet's second activation, 1.6 MB, under the 2 MB that
+    # splits by bytes): ~1.2 ms of tanh where NumPy's float32 tanh is scalar (AVX2),
+    # ~0.12 ms where it is vectorised (AVX-512)
+    monkeypatch.setattr(elementwise_numba, "tanh_seconds_per_element",
+                        lambda dtype: seconds_per_element)
+    previous = kernels.threads.get_num_threads()
+    kernels.threads.set_num_threads(2)
+    try:
+        x = np.random.default_rng(0).standard_normal((256, 16, 10, 10)).astype(np.float32)
+        assert len(elementwise_numba._tanh_slices(x)) == slices
+        assert_identical(elementwise_numba.sigmoid_forward(x), elementwise_numpy.sigmoid_forward(x))
+    finally:
+        kernels.threads.set_num_threads(previous)
+
+
+def test_tanh_cost_is_measured_once_per_dtype():
+    cost = elementwise_numba.tanh_seconds_per_element(np.dtype(np.float32))
+    assert 0 < cost < 1e-6 and cost == elementwise_numba.tanh_seconds_per_element(
+        np.dtype(np.float32))
+
+
 @pytest.mark.parametrize("threads", [2, 3])
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_activations_cut_into_slices_equal_reference(dtype, threads, monkeypatch):
