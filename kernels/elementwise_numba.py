@@ -172,8 +172,8 @@ def sigmoid_forward(x):
 
 # Above this many seconds of tanh on one thread, handing half of it to a pool
 # thread pays: on the 2-core AMD EPYC (Zen 3) VM a 0.6 ms tanh took 0.43 ms
-# in two slices, a 0.3 ms one 0.28 (benchmarks/results.md, "NumPy's tanh
-# without vector instructions").
+# in two slices, a 0.3 ms one 0.28 (benchmarks/results.md, "A third machine:
+# AVX2 only").
 TANH_SPLIT_SECONDS = 0.4e-3
 
 
