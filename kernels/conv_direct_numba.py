@@ -111,10 +111,9 @@ def block_for(channels):
 # registers.  With B = 3 or 4 (15 or 20 sums) the compiler spills sums to the
 # stack in the innermost loop, at 16-byte alignment: a 32-byte slot then
 # straddles a cache line or not depending on how deep the caller's stack is,
-# and LeNet's second layer took 1.2 ms or 2.4 ms for 64 images by which Python
-# thread called it.  With B = 2 (10 sums) it took 0.76 ms from every thread
-# (AMD EPYC Zen 3 VM; benchmarks/results.md, "Spilled sums in the direct
-# convolution's dW").
+# and LeNet's second layer ran twice as long when a pool thread called it.
+# With B = 2 (10 sums) it ran faster than either, from every thread
+# (benchmarks/results.md, "Spilled sums in the direct convolution's dW").
 DW_BLOCK_16_REGISTERS = 2
 
 

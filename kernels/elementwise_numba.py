@@ -171,9 +171,8 @@ def sigmoid_forward(x):
 
 
 # Above this many seconds of tanh on one thread, handing half of it to a pool
-# thread pays: on the 2-core AMD EPYC (Zen 3) VM a 0.6 ms tanh took 0.43 ms
-# in two slices, a 0.3 ms one 0.28 (benchmarks/results.md, "A third machine:
-# AVX2 only").
+# thread pays; at half of it, the hand-over ate the gain (benchmarks/results.md,
+# "A third machine: AVX2 only").
 TANH_SPLIT_SECONDS = 0.4e-3
 
 
@@ -182,8 +181,8 @@ def _tanh_slices(x):
     other loops over the batch, or from TANH_SPLIT_SECONDS of work by what tanh
     costs here (``tanh_seconds_per_element``).  That cost is the machine's:
     NumPy 2.4's float32 tanh runs in vector registers with AVX-512 and element
-    by element without (3.1 ms for LeNet's first activation on the AVX2 Zen 3
-    VM), so a layer's bytes alone do not tell its time."""
+    by element without (ten times slower on the AVX2 Zen 3 VM), so a layer's
+    bytes alone do not tell its time."""
     slow = x.size * tanh_seconds_per_element(x.dtype) >= TANH_SPLIT_SECONDS
     # counted as enough work to split, whatever its bytes
     work = threads.PARALLEL_MIN_MULTIPLY_ADDS if slow else 0
