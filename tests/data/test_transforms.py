@@ -141,7 +141,11 @@ def test_resize_matches_torch(shape, size, dtype, tol):
     out = T.Resize(size).batch(images)
     assert out.dtype == dtype and out.shape == expected.shape
     np.testing.assert_allclose(out, expected, rtol=tol, atol=tol)
-    np.testing.assert_array_equal(T.Resize(size)(images[1]), out[1])
+    # one image against its row of the batch: the same products over fewer rows, which
+    # OpenBLAS may run with another kernel (its AVX2 ones round some sums differently by an
+    # ulp or two): equal to a few ulps, not bit for bit
+    ulps = 4 * np.finfo(dtype).eps
+    np.testing.assert_allclose(T.Resize(size)(images[1]), out[1], rtol=ulps, atol=ulps)
 
 
 @pytest.mark.parametrize("size, in_hw, out_hw", [
