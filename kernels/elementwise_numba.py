@@ -181,8 +181,8 @@ def _tanh_slices(x):
     other loops over the batch, or from TANH_SPLIT_SECONDS of work by what tanh
     costs here (``tanh_seconds_per_element``).  That cost is the machine's:
     NumPy 2.4's float32 tanh runs in vector registers with AVX-512 and element
-    by element without (ten times slower on the AVX2 Zen 3 VM), so a layer's
-    bytes alone do not tell its time."""
+    by element without (on the AVX2 Zen 3 VM slower than PyTorch's whole
+    sigmoid), so a layer's bytes alone do not tell its time."""
     slow = x.size * tanh_seconds_per_element(x.dtype) >= TANH_SPLIT_SECONDS
     # counted as enough work to split, whatever its bytes
     work = threads.PARALLEL_MIN_MULTIPLY_ADDS if slow else 0

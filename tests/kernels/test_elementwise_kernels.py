@@ -105,8 +105,8 @@ def test_activation_backward_leaves_gy_alone_unless_allowed(name, module):
 def test_a_slow_tanh_splits_a_sigmoid_that_a_fast_one_keeps_whole(seconds_per_element, split,
                                                                   monkeypatch):
     # 256 x 16 x 10 x 10 (LeNet's second activation, 1.6 MB, under the 2 MB that
-    # splits by bytes): ~1.2 ms of tanh where NumPy's float32 tanh is scalar (AVX2),
-    # ~0.12 ms where it is vectorised (AVX-512)
+    # splits by bytes): ~1.2 ms of tanh at what NumPy's scalar float32 tanh cost on
+    # the AVX2 VM, ~0.12 ms at a tenth of that (a tanh in vector registers)
     monkeypatch.setattr(elementwise_numba, "tanh_seconds_per_element",
                         lambda dtype: seconds_per_element)
     previous = kernels.threads.get_num_threads()
