@@ -69,9 +69,11 @@ def matmul(a, b, out=None):
     parts = _parts(shape, multiply_adds, out, a.dtype)
     if parts > 1:
         return _in_shares(a, b, out, shape, parts)
-    if multiply_adds < BLAS_MIN_MULTIPLY_ADDS and threads.get_num_threads() > 1:
-        with threads.single_threaded_blas():
-            return product(a, b, out)
+    if threads.get_num_threads() > 1:
+        if multiply_adds < BLAS_MIN_MULTIPLY_ADDS:
+            with threads.single_threaded_blas():
+                return product(a, b, out)
+        threads.park_thread_pool()          # BLAS's threads need the cores
     return product(a, b, out)
 
 

@@ -4,7 +4,8 @@ Two pools of threads do a training step's work on the CPU, taking turns:
 OpenBLAS's run NumPy's matrix products, Numba's run the parallel loops
 (im2col and the Winograd transforms).  A thread that
 busy-waits after its part keeps a core from the other pool's next part, so
-both pools are made to sleep as soon as their part is done -- at run time,
+both pools are made to sleep as soon as their part is done (a third pool,
+ours, spins, and is parked before those run) -- at run time,
 whatever was imported first, and without writing the user's environment
 (the measurements behind this are in benchmarks/results.md).
 
@@ -33,6 +34,13 @@ whatever was imported first, and without writing the user's environment
   threads each training or evaluating a network do that -- so a loop is
   launched only by the thread holding ``_numba_pool``; a thread that finds
   it taken runs the loop's one-thread version (``loops_for_this_thread``).
+- **The third pool**, ours (``thread_pool()``: pooling's slices of the
+  batch, a stack's products, a convolution's chunks), does the opposite: a
+  handover to a thread asleep cost more than the small loops it split
+  (kernels/spinning_pool.py), so its threads spin for the next job a while,
+  yielding their core on every turn -- and are parked (sent to sleep)
+  before either of the two others runs: ``park_thread_pool()`` where a
+  parallel loop is launched or a product goes to several BLAS threads.
 - **How many threads**: ``set_num_threads(n)``/``get_num_threads()``, the
   way ``torch.set_num_threads`` works: one number for the matrix products
   (every BLAS library loaded) and the compiled loops (Numba), whichever
@@ -54,11 +62,12 @@ import math
 import os
 import sys
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import threadpoolctl
+
+from . import spinning_pool
 
 # OpenBLAS reads the first of these that is set; the smallest value it accepts
 # is 4 (2^4 cycles: sleep at once).
@@ -312,19 +321,32 @@ def apply_to_numba():
     numba.set_num_threads(numba_threads())
 
 
-@functools.cache
-def _thread_pool(pid, workers):
-    # One pool per process id: a forked child inherits the pool but not its
-    # threads, so it must start its own.
-    return ThreadPoolExecutor(workers, thread_name_prefix="tinygrad_cnn")
+_pool = None        # ((process id, threads), SpinningPool): the pool in use
 
 
 def thread_pool():
     """The Python threads that run work the compiled loops cannot split
-    themselves (pooling's slices of the batch, a stack's matrix products):
-    as many as ``numba_threads()``.  Work handed to them must release the
-    GIL (a ``nogil`` loop, a BLAS call) to run side by side."""
-    return _thread_pool(os.getpid(), numba_threads())
+    themselves (pooling's slices of the batch, a stack's matrix products),
+    beside the calling thread: numba_threads() - 1 of them, which wait for
+    the next job spinning a while (kernels/spinning_pool.py).  Work handed
+    to them must release the GIL (a ``nogil`` loop, a BLAS call) to run side
+    by side.  One pool per process id (a forked child inherits the pool but
+    not its threads, so it starts its own) and thread count (the last
+    pool's threads are parked: they sleep until the process ends)."""
+    global _pool
+    key = (os.getpid(), numba_threads())
+    if _pool is None or _pool[0] != key:
+        park_thread_pool()
+        _pool = (key, spinning_pool.SpinningPool(max(1, key[1] - 1)))
+    return _pool[1]
+
+
+def park_thread_pool():
+    """Before other threads run (Numba's parallel loops, a product on several
+    BLAS threads): the pool's threads that spin for a job sleep at once,
+    leaving the cores to those (kernels/spinning_pool.py)."""
+    if _pool is not None and _pool[0][0] == os.getpid():
+        _pool[1].park()
 
 
 @functools.cache
@@ -369,6 +391,7 @@ def loops_for_this_thread(one_thread, parallel):
         import numba
         if numba.get_num_threads() != numba_threads():
             numba.set_num_threads(numba_threads())
+        park_thread_pool()          # Numba's threads need the cores
         yield loops
     finally:
         _numba_pool.release()
@@ -551,7 +574,7 @@ def map_in_shares(work, items, collect=list):
 
 
 def _join(helpers):
-    """Wait for the pool's futures ``helpers`` to finish; one that never
+    """Wait for the pool's tasks ``helpers`` to finish; one that never
     started is cancelled instead (it would find nothing left to do)."""
     for helper in helpers:
         if not helper.cancel():
