@@ -321,7 +321,8 @@ def apply_to_numba():
     numba.set_num_threads(numba_threads())
 
 
-_pool = None        # ((process id, threads), SpinningPool): the pool in use
+_pools = {}         # (process id, threads) -> its SpinningPool
+_current = None     # the key of the pool in use
 
 
 def thread_pool():
@@ -331,22 +332,24 @@ def thread_pool():
     the next job spinning a while (kernels/spinning_pool.py).  Work handed
     to them must release the GIL (a ``nogil`` loop, a BLAS call) to run side
     by side.  One pool per process id (a forked child inherits the pool but
-    not its threads, so it starts its own) and thread count (the last
-    pool's threads are parked: they sleep until the process ends)."""
-    global _pool
+    not its threads, so it starts its own) and thread count (a pool left
+    for another count is parked: its threads sleep until it is used again)."""
+    global _current
     key = (os.getpid(), numba_threads())
-    if _pool is None or _pool[0] != key:
+    if key != _current:
         park_thread_pool()
-        _pool = (key, spinning_pool.SpinningPool(max(1, key[1] - 1)))
-    return _pool[1]
+        if key not in _pools:
+            _pools[key] = spinning_pool.SpinningPool(max(1, key[1] - 1))
+        _current = key
+    return _pools[key]
 
 
 def park_thread_pool():
     """Before other threads run (Numba's parallel loops, a product on several
     BLAS threads): the pool's threads that spin for a job sleep at once,
     leaving the cores to those (kernels/spinning_pool.py)."""
-    if _pool is not None and _pool[0][0] == os.getpid():
-        _pool[1].park()
+    if _current is not None and _current[0] == os.getpid():
+        _pools[_current].park()
 
 
 @functools.cache

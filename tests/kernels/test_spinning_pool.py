@@ -134,11 +134,13 @@ def test_the_pool_has_a_thread_fewer_than_the_count_the_caller_being_one(two_thr
     assert len(names) == 1
 
 
-def test_a_new_thread_count_gets_a_new_pool_and_parks_the_last(two_threads, monkeypatch):
+def test_a_new_thread_count_gets_its_own_pool_and_parks_the_last(two_threads, monkeypatch):
     recorded = parks(monkeypatch)
     first = threads.thread_pool()
     threads.set_num_threads(1)
     assert threads.thread_pool() is not first and recorded
+    threads.set_num_threads(2)
+    assert threads.thread_pool() is first       # kept for its count, not started again
 
 
 def test_the_pool_is_parked_before_numbas_parallel_loops(two_threads, monkeypatch):
