@@ -353,9 +353,16 @@ def park_thread_pool():
 
 
 @functools.cache
+def numpy_blas_libraries():
+    """The BLAS libraries loaded when first asked -- NumPy's, loaded with NumPy
+    before us: the ones ``single_threaded_blas`` sets (one loaded later, as
+    SciPy's own OpenBLAS, runs none of NumPy's products)."""
+    return tuple(blas_libraries())
+
+
+@functools.cache
 def _numpy_blas_setters():
-    # the BLAS libraries loaded now; NumPy's was loaded with NumPy, before us
-    return tuple(blas_thread_setters())
+    return tuple(blas_thread_setters(numpy_blas_libraries()))
 
 
 _share = threading.local()        # .active: this thread runs one share of split work

@@ -150,11 +150,12 @@ def test_a_thin_product_with_a_wrong_out_gets_numpys_error():
 
 
 def blas_threads_seen(monkeypatch):
-    """Record BLAS's thread count at every np.matmul call."""
+    """Record the thread count of NumPy's BLAS at every np.matmul call (not
+    of a BLAS loaded later, as SciPy's own, which runs none of these)."""
     seen, real = [], np.matmul
 
     def recording(*args, **kwargs):
-        seen.append(max(lib.num_threads for lib in threads.blas_libraries()))
+        seen.append(max(lib.num_threads for lib in threads.numpy_blas_libraries()))
         return real(*args, **kwargs)
     monkeypatch.setattr(shares_threads.np, "matmul", recording)
     return seen
@@ -224,9 +225,10 @@ def test_shares_run_blas_on_one_thread_when_the_step_runs_in_another_thread(two_
 
     def step_elsewhere():
         threads.map_in_shares(
-            lambda item: seen.append(max(lib.num_threads for lib in threads.blas_libraries())),
+            lambda item: seen.append(max(lib.num_threads
+                                         for lib in threads.numpy_blas_libraries())),
             range(4))
-        seen.append(max(lib.num_threads for lib in threads.blas_libraries()))   # restored
+        seen.append(max(lib.num_threads for lib in threads.numpy_blas_libraries()))  # restored
     worker = threading.Thread(target=step_elsewhere)
     worker.start()
     worker.join()
@@ -258,7 +260,7 @@ def test_inside_a_split_blas_runs_on_one_thread(two_threads, monkeypatch):
     real = np.matmul
 
     def recording(*args, **kwargs):
-        seen.append(tuple(lib.num_threads for lib in threads.blas_libraries()))
+        seen.append(tuple(lib.num_threads for lib in threads.numpy_blas_libraries()))
         return real(*args, **kwargs)
     monkeypatch.setattr(shares_threads.np, "matmul", recording)
     shares_threads.matmul(*operands("winograd", np.float32))
@@ -282,7 +284,7 @@ def test_map_chunks_runs_the_chunks_as_shares_and_keeps_their_order(two_threads)
 
     def work(chunk):
         seen.append((chunk, threads.in_share(), threading.current_thread().name,
-                     tuple(lib.num_threads for lib in threads.blas_libraries())))
+                     tuple(lib.num_threads for lib in threads.numpy_blas_libraries())))
         return chunk.start
     chunks = [slice(i, i + 2) for i in range(0, 12, 2)]
     x = np.zeros((12, 3), np.float32)
