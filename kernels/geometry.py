@@ -100,20 +100,29 @@ def winograd_tiles(out_size, m=2):
 
 
 # ---------------------------------------------------------------- batches
+# From this many bytes of buffers a batch that fits one slice is still cut into
+# one slice per thread (``batch_chunks``): a whole batch in one slice runs its
+# copies and transforms on one core, and its products below BLAS's threading
+# bound too, while the other core waits.  Below it a layer is too small for the
+# split to pay for its hand-overs.
+SPLIT_MIN_BYTES = 2**20
+
+
 def batch_chunks(batch, bytes_per_image, budget, multiple_of=1):
     """Split a batch of ``batch`` images into as few slices as keep each slice's
     buffers within ``budget`` bytes (at least one image per slice), their
     sizes differing by at most one: 64 images at 49 per chunk go as 32 + 32,
     not 49 + 15, which would make the second product a thin one.
 
-    A batch that needs more than one slice gets a multiple of
-    ``multiple_of`` slices (the threads that run slices side by side,
-    ``kernels.map_chunks``; fewer where the batch has fewer images), so no
-    thread is left idle while another runs the last slice: 3 slices on 2
-    threads become 4."""
+    The slice count is then rounded up to a multiple of ``multiple_of`` (the
+    threads that run slices side by side, ``kernels.map_chunks``; at most one
+    slice per image), so no thread is left idle while another runs the last
+    slice: 3 slices on 2 threads become 4, and a batch that fits one slice
+    becomes one slice per thread -- unless its buffers come to less than
+    ``SPLIT_MIN_BYTES``, when it stays whole."""
     images_per_chunk = max(1, budget // max(1, bytes_per_image))
     count = max(1, -(-batch // images_per_chunk))           # ceil(batch / images_per_chunk)
-    if count > 1:
-        count = min(batch, -(-count // multiple_of) * multiple_of)
+    if count > 1 or batch * bytes_per_image >= SPLIT_MIN_BYTES:
+        count = max(1, min(batch, -(-count // multiple_of) * multiple_of))
     bounds = [batch * k // count for k in range(count + 1)]
     return [slice(start, stop) for start, stop in zip(bounds, bounds[1:])]

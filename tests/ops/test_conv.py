@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 import kernels
+from kernels import geometry
 from kernels.geometry import batch_chunks
 from tests.inputs import distinct
 import tinygrad_cnn as tc
@@ -476,13 +477,29 @@ def test_pointwise_reads_a_non_contiguous_input(dtype, pointwise_products):
     (64, 10, 200, 4, 4), (64, 10, 150, 4, 8), (64, 10, 1000, 16, 1), (3, 10, 10, 4, 3)])
 def test_batch_chunks_come_in_multiples_of_the_threads(batch, image_bytes, budget, threads,
                                                       count):
-    # one chunk stays one (it runs with every thread on it); several are rounded up to
-    # a multiple of the threads, or to one image each
+    # one chunk of a batch this small stays one (below SPLIT_MIN_BYTES); several are
+    # rounded up to a multiple of the threads, or to one image each
     chunks = batch_chunks(batch, image_bytes, budget, threads)
     assert len(chunks) == count
     assert [i for c in chunks for i in range(batch)[c]] == list(range(batch))
     sizes = [len(range(batch)[c]) for c in chunks]
     assert max(sizes) - min(sizes) <= 1 and max(sizes) * image_bytes <= max(budget, image_bytes)
+
+
+@pytest.mark.parametrize("batch, threads, count", [(64, 2, 2), (64, 16, 16), (5, 16, 5),
+                                                  (1, 2, 1), (64, 1, 1)])
+def test_a_batch_that_fits_one_chunk_gets_one_per_thread_unless_tiny(batch, threads, count):
+    # every image's buffers together just reach SPLIT_MIN_BYTES: split among the
+    # threads (at most one image each); a byte less, the batch stays whole
+    image_bytes = -(-geometry.SPLIT_MIN_BYTES // batch)
+    chunks = batch_chunks(batch, image_bytes, 10 * geometry.SPLIT_MIN_BYTES, threads)
+    assert len(chunks) == count
+    assert [i for c in chunks for i in range(batch)[c]] == list(range(batch))
+    sizes = [len(range(batch)[c]) for c in chunks]
+    assert max(sizes) - min(sizes) <= 1
+    small = batch_chunks(batch, (geometry.SPLIT_MIN_BYTES - 1) // batch,
+                         10 * geometry.SPLIT_MIN_BYTES, threads)
+    assert small == [slice(0, batch)]
 
 
 @pytest.mark.parametrize("batch, image_bytes, budget", [

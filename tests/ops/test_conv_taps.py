@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import tinygrad_cnn as tc
+from kernels import geometry
 from tests.ops.test_conv import (assert_auto_picks, assert_matches_the_loops,
                                  assert_same_as_im2col, config, gradcheck_conv,
                                  make_inputs)
@@ -44,8 +45,10 @@ def test_taps_path_equals_the_im2col_path(cfg, algorithm):
 
 
 @pytest.mark.parametrize("threads, budget", [(1, None), (2, None), (2, 1)])
-def test_chunks_and_threads_give_the_same_result(threads, budget, algorithm):
-    # one chunk per thread at least; a 1-byte budget gives one image per chunk
+def test_chunks_and_threads_give_the_same_result(threads, budget, algorithm, monkeypatch):
+    # one chunk per thread at least (for a batch this small only without
+    # SPLIT_MIN_BYTES); a 1-byte budget gives one image per chunk
+    monkeypatch.setattr(geometry, "SPLIT_MIN_BYTES", 0)
     algorithm("taps")
     previous_budget = conv_module.set_column_budget(budget)
     previous_threads = tc.get_num_threads()

@@ -130,8 +130,9 @@ def set_column_budget(nbytes):
 
 # The bound of one chunk's columns on the CPU.  It does not grow with the
 # threads: each thread runs whole chunks of its own (kernels.map_chunks), and a
-# batch needing several chunks gets a multiple of the thread count of them
-# (kernels.geometry.batch_chunks), so every thread has its own 4 MB at a time.
+# batch gets a multiple of the thread count of them -- one that fits one chunk
+# too, unless it is tiny (kernels.geometry.batch_chunks) -- so every thread has
+# its own 4 MB at a time.
 # Measured on 2 threads (benchmarks/results.md): 4 MB against 16 MB made
 # DenseNet's step 14% faster, GoogLeNet's 9%, LeNet's 12%, ResNet-18's the same.
 DEFAULT_COLUMN_BUDGET = 4 * 2**20

@@ -98,8 +98,11 @@ class Conv2dTaps(Function):
         by_tap = _taps_first(W)                                       # (KH, KW, O, C)
         self.save_for_backward(x if need_W else None, by_tap if need_x else None)
         self.x_shape, self.kernel_hw = x.shape, (KH, KW)
-        # per image: x and y in the images-last layout, and the largest window's copy
-        self.chunks = _chunks(x, (2 * C + O) * H * Wd * x.dtype.itemsize, self.column_budget)
+        # per image: x and y in the images-last layout, and the largest window's copy;
+        # at least one chunk per thread (batch_chunks): one chunk would leave the
+        # products to BLAS's threads and the window copies and sums to one
+        self.chunks = batch_chunks(N, (2 * C + O) * H * Wd * x.dtype.itemsize,
+                                   self.column_budget, kernels.threads.shares_for(x))
         y = xp.empty((N, O) + out_hw, dtype=xp.result_type(x, W))
 
         def run(chunk):     # the chunks write disjoint parts of y: they may run side by side
@@ -215,13 +218,3 @@ def _sum_over_taps(target, taps, by_tap, source, adjoint=False):
             block = target[:, to[0], to[1], :]
             block += kernels.matmul(weight, operand).reshape(block.shape)
 
-
-def _chunks(x, bytes_per_image, budget):
-    """Chunks of the batch within ``budget``, and at least one per thread that
-    runs them: one chunk would leave the products to BLAS's threads and the
-    window copies and sums to one."""
-    N, shares = x.shape[0], kernels.threads.shares_for(x)
-    chunks = batch_chunks(N, bytes_per_image, budget, shares)
-    if len(chunks) < shares:        # the batch fits the budget: split it among the threads
-        chunks = batch_chunks(N, 1, -(-N // shares), shares)
-    return chunks
