@@ -68,6 +68,7 @@ import numpy as np
 import threadpoolctl
 
 from . import spinning_pool
+from .arrays import get_array_module
 
 # OpenBLAS reads the first of these that is set; the smallest value it accepts
 # is 4 (2^4 cycles: sleep at once).
@@ -509,7 +510,7 @@ def shares_for(array):
     """How many chunks of work on ``array`` run side by side
     (``kernels.map_chunks``): get_num_threads() for a NumPy array, 1 for a
     GPU array, whose chunks go one after another on its stream."""
-    return get_num_threads() if isinstance(array, np.ndarray) else 1
+    return get_num_threads() if get_array_module(array) is np else 1
 
 
 def map_in_shares(work, items, collect=list):

@@ -130,6 +130,20 @@ def test_set_num_threads_round_trip_reaches_blas_and_numba(restore_threads):
         assert threads.numba_threads() == min(n, numba.config.NUMBA_NUM_THREADS)
 
 
+class GpuArrayLikeTheLaunchCounters(np.ndarray):
+    """A GPU array that is a NumPy subclass, as benchmarks/launches.py's fake's are."""
+
+
+def test_chunks_run_side_by_side_only_for_cpu_arrays(restore_threads, monkeypatch):
+    tc.set_num_threads(2)
+    x = np.zeros((4, 3), np.float32)
+    assert threads.shares_for(x) == 2
+    monkeypatch.setattr(kernels.arrays, "cupy", type("FakeCupy", (), {
+        "ndarray": GpuArrayLikeTheLaunchCounters}))
+    assert threads.shares_for(x.view(GpuArrayLikeTheLaunchCounters)) == 1   # one stream
+    assert threads.shares_for(x) == 2
+
+
 def test_set_num_threads_reaches_blas_from_any_python_thread(restore_threads):
     # threadpoolctl (3.8+) obeys only the first Python thread that set OpenBLAS's
     # thread count and ignores the others without a word; ours must not
