@@ -123,6 +123,6 @@ def batch_chunks(batch, bytes_per_image, budget, multiple_of=1):
     images_per_chunk = max(1, budget // max(1, bytes_per_image))
     count = max(1, -(-batch // images_per_chunk))           # ceil(batch / images_per_chunk)
     if count > 1 or batch * bytes_per_image >= SPLIT_MIN_BYTES:
-        count = max(1, min(batch, -(-count // multiple_of) * multiple_of))
+        count = min(batch, -(-count // multiple_of) * multiple_of)
     bounds = [batch * k // count for k in range(count + 1)]
     return [slice(start, stop) for start, stop in zip(bounds, bounds[1:])]

@@ -99,8 +99,8 @@ class Conv2dTaps(Function):
         self.save_for_backward(x if need_W else None, by_tap if need_x else None)
         self.x_shape, self.kernel_hw = x.shape, (KH, KW)
         # per image: x and y in the images-last layout, and the largest window's copy;
-        # at least one chunk per thread (batch_chunks): one chunk would leave the
-        # products to BLAS's threads and the window copies and sums to one
+        # one chunk per thread even where the batch fits one (batch_chunks): one chunk
+        # would leave the products to BLAS's threads and the window copies and sums to one
         self.chunks = batch_chunks(N, (2 * C + O) * H * Wd * x.dtype.itemsize,
                                    self.column_budget, kernels.threads.shares_for(x))
         y = xp.empty((N, O) + out_hw, dtype=xp.result_type(x, W))
