@@ -27,6 +27,20 @@ sleep at once.
 
 Where the OS has no ``sched_yield`` (Windows) the threads sleep at once, as
 a plain pool's do.
+
+Hand-overs without a sleep for the GIL.  A pool thread's job is Python until
+its loop releases the GIL, and a thread that asks for the GIL while another
+holds it sleeps (CPython's GIL does not spin) and wakes as slowly as from any
+sleep.  At both ends of a job a thread would ask while the other still holds
+it, so each end cost a wake-up, on the VMs as long as a small job itself
+(benchmarks/results.md, "Hand-overs without a sleep for the GIL"):
+
+- the start: the thread that posts a job keeps the GIL until its own share of
+  the work releases it, a few µs later; a pool thread that saw the job waits
+  SETTLE_SECONDS more, spinning, before it asks;
+- the end: the pool thread tells the job's end (``Task._done``, what the
+  waiter spins on) only from its compiled spin loop, with the GIL already
+  released, not from Python while it still holds it.
 """
 import collections
 import functools
@@ -42,18 +56,26 @@ from .jit import compile_loops
 # training step's split loops follow one another within a millisecond or two;
 # the pause between two steps (the next batch, the loss) is longer.
 SPIN_SECONDS = 10e-3
+# How long a pool thread that saw a job posted keeps spinning before it asks
+# for the GIL (module docstring): the poster's way from posting to its own
+# compiled loop or BLAS call.
+SETTLE_SECONDS = 10e-6
 
 sched_yield = getattr(os, "sched_yield", None)   # Numba's external one once the loop compiles
 
 
-def _spin_while_loop(watched, value, parked, turns):
-    """Spin while watched[0] == value and parked[0] == 0, at most ``turns``
-    turns, each one giving the core to any thread ready to run on it.
-    Returns whether watched[0] changed.  (Compiled with the GIL released;
-    the call to sched_yield also makes the compiled loop read both arrays
-    again on every turn.)"""
+def _spin_while_loop(watched, value, parked, turns, settle, ended):
+    """Set ended[0] = 1, then spin while watched[0] == value and parked[0] ==
+    0, at most ``turns`` turns, each one giving the core to any thread ready
+    to run on it, and ``settle`` turns more once watched[0] changed.
+    Returns whether watched[0] changed.  (Compiled with the GIL released,
+    which ``ended`` tells a waiter; the call to sched_yield also makes the
+    compiled loop read both arrays again on every turn.)"""
+    ended[0] = 1
     for _ in range(turns):
         if watched[0] != value:
+            for _ in range(settle):
+                sched_yield()
             return True
         if parked[0] != 0:
             return False
@@ -71,27 +93,46 @@ def _compiled():
 
 
 _NEVER_PARKED = np.zeros(1, dtype=np.int64)
+_NOTHING_ENDED = np.zeros(1, dtype=np.int64)    # set where no job's end is to be told
+
+
+@functools.cache
+def _turn_seconds():
+    """What one turn of the spin loop takes here (the OS's ``sched_yield``),
+    measured once over 1,000 turns; None where the OS has none."""
+    if not hasattr(os, "sched_yield"):
+        return None
+    spin = _compiled().spin_while
+    unchanged = np.zeros(1, dtype=np.int64)
+    spin(unchanged, 0, _NEVER_PARKED, 1, 0, _NOTHING_ENDED)     # loaded before the clock starts
+    start = time.perf_counter()
+    spin(unchanged, 0, _NEVER_PARKED, 1000, 0, _NOTHING_ENDED)
+    return (time.perf_counter() - start) / 1000
 
 
 @functools.cache
 def spin_turns():
-    """How many turns of the spin loop last SPIN_SECONDS here: a turn costs
-    what the OS takes for a ``sched_yield``, measured once (1,000 turns).
-    0 where the OS has none: the threads then sleep at once."""
-    if not hasattr(os, "sched_yield"):
-        return 0
-    spin = _compiled().spin_while
-    unchanged = np.zeros(1, dtype=np.int64)
-    spin(unchanged, 0, _NEVER_PARKED, 1)        # loaded or compiled before the clock starts
-    start = time.perf_counter()
-    spin(unchanged, 0, _NEVER_PARKED, 1000)
-    return max(1, round(SPIN_SECONDS / ((time.perf_counter() - start) / 1000)))
+    """How many turns of the spin loop last SPIN_SECONDS here; 0 where the OS
+    has no ``sched_yield``: the threads then sleep at once."""
+    turn = _turn_seconds()
+    return 0 if turn is None else max(1, round(SPIN_SECONDS / turn))
 
 
-def _spin_while(watched, value, parked=_NEVER_PARKED):
-    """``_spin_while_loop`` for SPIN_SECONDS (False at once where there is no spinning)."""
+@functools.cache
+def settle_turns():
+    """How many turns last SETTLE_SECONDS here (0 without ``sched_yield``)."""
+    turn = _turn_seconds()
+    return 0 if turn is None else max(1, round(SETTLE_SECONDS / turn))
+
+
+def _spin_while(watched, value, parked=_NEVER_PARKED, settle=0, ended=_NOTHING_ENDED):
+    """``_spin_while_loop`` for SPIN_SECONDS; where there is no spinning,
+    ``ended`` set and False at once."""
     turns = spin_turns()
-    return turns > 0 and _compiled().spin_while(watched, value, parked, turns)
+    if turns == 0:
+        ended[0] = 1
+        return False
+    return _compiled().spin_while(watched, value, parked, turns, settle, ended)
 
 
 class Task:
@@ -102,7 +143,8 @@ class Task:
         self._job, self._pool = job, pool
         self._taken = False                         # by a pool thread, or cancelled
         self._done = np.zeros(1, dtype=np.int64)    # 1 once the job ended: what a waiter spins on
-        self._finished = threading.Event()
+        self._finished = threading.Lock()           # held until the job ended: what a waiter sleeps on
+        self._finished.acquire()                    # (a Lock is cheaper to make than an Event)
         self._error = None
 
     def cancel(self):
@@ -116,18 +158,20 @@ class Task:
     def result(self):
         """Wait until the job has ended (spinning first); re-raise its error."""
         if not _spin_while(self._done, 0):
-            self._finished.wait()
+            with self._finished:
+                pass
         if self._error is not None:
             raise self._error
 
     def run(self):
+        """Run the job; its end is told here to a waiter asleep, and to one
+        spinning by the pool thread, once it released the GIL (_work)."""
         try:
             self._job()
         except BaseException as error:      # re-raised by result()
             self._error = error
         finally:
-            self._done[0] = 1
-            self._finished.set()
+            self._finished.release()
 
 
 class SpinningPool:
@@ -170,13 +214,19 @@ class SpinningPool:
         return None
 
     def _work(self):
+        ended = _NOTHING_ENDED          # the last job's _done, until told
         while True:
             with self.lock:
                 task = self._next_task()
                 posted = int(self._count[0])
             if task is not None:
+                ended[0] = 1            # the next job keeps the GIL: no better time to tell
                 task.run()
-            elif not _spin_while(self._count, posted, self._parked):
+                ended = task._done
+                continue
+            spun = _spin_while(self._count, posted, self._parked, settle_turns(), ended)
+            ended = _NOTHING_ENDED
+            if not spun:
                 with self.lock:
                     self.asleep += 1
                     while not self._tasks:

@@ -101,10 +101,64 @@ def test_without_spinning_the_threads_sleep_once_the_jobs_are_done(monkeypatch):
 def test_spin_turns_are_counted_for_the_spin_time():
     turns = spinning_pool.spin_turns()
     assert turns >= 1
-    # the compiled loop returns as soon as the watched value changes, and at a park
+    assert 1 <= spinning_pool.settle_turns() < turns
+    # the compiled loop sets `ended` first, then returns as soon as the watched
+    # value changes (after the settling turns), and at a park
     spin = spinning_pool._compiled().spin_while
-    assert spin(np.array([1]), 0, np.array([0]), turns)
-    assert not spin(np.array([0]), 0, np.array([1]), turns)
+    ended = np.zeros(1, dtype=np.int64)
+    assert spin(np.array([1]), 0, np.array([0]), turns, 3, ended) and ended[0] == 1
+    ended[0] = 0
+    assert not spin(np.array([0]), 0, np.array([1]), turns, 3, ended) and ended[0] == 1
+
+
+def record_spins(monkeypatch):
+    """Record each spin's (ended array, its value on entry, settle turns, thread name)."""
+    spins = []
+    real = spinning_pool._spin_while
+
+    def spin_while(watched, value, parked=spinning_pool._NEVER_PARKED, settle=0,
+                   ended=spinning_pool._NOTHING_ENDED):
+        spins.append((ended, int(ended[0]), settle, threading.current_thread().name))
+        return real(watched, value, parked, settle, ended)
+    monkeypatch.setattr(spinning_pool, "_spin_while", spin_while)
+    return spins
+
+
+def test_a_jobs_end_is_told_by_the_spin_loop_with_the_gil_released(monkeypatch):
+    # Told from Python, the waiter would see it while the pool thread still
+    # holds the GIL, and sleep asking for it (module docstring).
+    spins = record_spins(monkeypatch)
+    pool = spinning_pool.SpinningPool(1)
+    try:
+        task = pool.submit(lambda: time.sleep(0.02))
+        task.result()
+        assert wait_until(lambda: any(ended is task._done for ended, *_ in spins))
+        told = [before for ended, before, *_ in spins if ended is task._done]
+        assert told == [0]          # not yet set when the pool thread's spin started
+        assert task._done[0] == 1
+    finally:
+        pool.park()
+
+
+def test_a_pool_thread_that_saw_a_job_settles_before_it_asks_for_the_gil(monkeypatch):
+    spins = record_spins(monkeypatch)
+    pool = spinning_pool.SpinningPool(1)
+    try:
+        pool.submit(lambda: None).result()
+        assert wait_until(lambda: any(name.startswith("tinygrad_cnn_") for *_, name in spins))
+        settles = {(name.startswith("tinygrad_cnn_"), settle) for *_, settle, name in spins}
+        # the pool thread settles; the waiter, whose GIL is free once told, does not
+        assert settles == {(True, spinning_pool.settle_turns()), (False, 0)}
+    finally:
+        pool.park()
+
+
+def test_a_job_longer_than_the_spin_is_waited_for_asleep(monkeypatch):
+    monkeypatch.setattr(spinning_pool, "spin_turns", lambda: 1)     # the waiter gives up at once
+    pool = spinning_pool.SpinningPool(1)
+    ended = []
+    pool.submit(lambda: time.sleep(0.05) or ended.append(True)).result()
+    assert ended
 
 
 # ---------------------------------------------------------------- threads' pool
