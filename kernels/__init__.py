@@ -344,15 +344,17 @@ def adaptive_maxpool2d_backward(gy, indices, x_shape):
 
 
 def batchnorm_forward_train(x, gamma, beta, eps):
-    """x (N, C, ...) -> (y, x_hat, mean, var, inv_std) with batch statistics
+    """x (N, C, ...) -> (y, mean, var, inv_std) with batch statistics
     (``bn_numpy.batchnorm_forward_train``)."""
     return _implementation("batchnorm_forward_train", x)(x, gamma, beta, eps)
 
 
-def batchnorm_backward(gy, x_hat, scale, overwrite_gy=False):
-    """gy, x_hat (N, C, ...) -> (gx or None, dgamma, dbeta) (``bn_numpy.batchnorm_backward``);
-    with ``overwrite_gy`` gx may be written over gy."""
-    return _implementation("batchnorm_backward", gy)(gy, x_hat, scale, overwrite_gy)
+def batchnorm_backward(gy, x, mean, inv_std, scale, overwrite_gy=False):
+    """gy, x (N, C, ...) and the forward's mean, inv_std (C,) -> (gx or None,
+    dgamma, dbeta) (``bn_numpy.batchnorm_backward``); with ``overwrite_gy`` gx
+    may be written over gy."""
+    return _implementation("batchnorm_backward", gy)(gy, x, mean, inv_std, scale,
+                                                     overwrite_gy)
 
 
 def batchnorm_forward_eval(x, scale, shift):

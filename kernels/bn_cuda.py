@@ -63,20 +63,19 @@ def _moments_kernel(x3, mean, var):
 
 
 @cuda.jit
-def _normalise_kernel(x3, mean, inv_std, gamma, beta, y, x_hat):
+def _normalise_kernel(x3, mean, inv_std, gamma, beta, y):
     index = cuda.grid(1)
     if index >= x3.size:
         return
     N, C, L = x3.shape
     n, c, l = index // (C * L), (index // L) % C, index % L
     centered = (x3[n, c, l] - mean[c]) * inv_std[c]
-    x_hat[n, c, l] = centered
     y[n, c, l] = gamma[c] * centered + beta[c]
 
 
 @cuda.jit
-def _grad_sums_kernel(gy3, x_hat3, dbeta, dgamma):
-    """Block c: Σ gy and Σ gy·x̂ over channel c."""
+def _grad_sums_kernel(gy3, x3, mean, inv_std, dbeta, dgamma):
+    """Block c: Σ gy and Σ gy·x̂ over channel c, x̂ = (x - mean)·inv_std."""
     c, t = cuda.blockIdx.x, cuda.threadIdx.x
     N, C, L = gy3.shape
     shared = cuda.shared.array(THREADS, float64)
@@ -84,7 +83,7 @@ def _grad_sums_kernel(gy3, x_hat3, dbeta, dgamma):
     for k in range(t, N * L, THREADS):
         g = gy3[k // L, c, k % L]
         sum_gy += g
-        sum_gy_xhat += g * x_hat3[k // L, c, k % L]
+        sum_gy_xhat += g * ((x3[k // L, c, k % L] - mean[c]) * inv_std[c])
     sum_gy = _block_sum(shared, sum_gy)
     sum_gy_xhat = _block_sum(shared, sum_gy_xhat)
     if t == 0:
@@ -93,13 +92,14 @@ def _grad_sums_kernel(gy3, x_hat3, dbeta, dgamma):
 
 
 @cuda.jit
-def _input_grad_kernel(gy3, x_hat3, scale, mean_gy, mean_gy_xhat, gx):
+def _input_grad_kernel(gy3, x3, mean, inv_std, scale, mean_gy, mean_gy_xhat, gx):
     index = cuda.grid(1)
     if index >= gy3.size:
         return
     N, C, L = gy3.shape
     n, c, l = index // (C * L), (index // L) % C, index % L
-    gx[n, c, l] = scale[c] * (gy3[n, c, l] - mean_gy[c] - x_hat3[n, c, l] * mean_gy_xhat[c])
+    x_hat = (x3[n, c, l] - mean[c]) * inv_std[c]
+    gx[n, c, l] = scale[c] * (gy3[n, c, l] - mean_gy[c] - x_hat * mean_gy_xhat[c])
 
 
 def _as_ncl(a):
@@ -108,29 +108,31 @@ def _as_ncl(a):
 
 
 def batchnorm_forward_train(x, gamma, beta, eps):
-    """y, x̂, mean, biased var, 1/√(var + ε) from the batch (see bn_numpy)."""
+    """y, mean, biased var, 1/√(var + ε) from the batch (see bn_numpy)."""
     xp = get_array_module(x)
     x3, C = _as_ncl(x), x.shape[1]
     mean64, var64 = xp.empty(C, xp.float64), xp.empty(C, xp.float64)
     launch_blocks(_moments_kernel, C, x3, mean64, var64)
     mean, var = mean64.astype(x.dtype), var64.astype(x.dtype)
     inv_std = 1 / xp.sqrt(var + x.dtype.type(eps))
-    y, x_hat = xp.empty(x3.shape, x.dtype), xp.empty(x3.shape, x.dtype)
-    launch(_normalise_kernel, x3.size, x3, mean, inv_std, gamma, beta, y, x_hat)
-    return y.reshape(x.shape), x_hat.reshape(x.shape), mean, var, inv_std
+    y = xp.empty(x3.shape, x.dtype)
+    launch(_normalise_kernel, x3.size, x3, mean, inv_std, gamma, beta, y)
+    return y.reshape(x.shape), mean, var, inv_std
 
 
-def batchnorm_backward(gy, x_hat, scale, overwrite_gy=False):
-    """gx = scale·(gy - mean(gy) - x̂·mean(gy·x̂)), dγ = Σ gy·x̂, dβ = Σ gy (see bn_numpy;
-    gx a new array whatever ``overwrite_gy`` allows)."""
+def batchnorm_backward(gy, x, mean, inv_std, scale, overwrite_gy=False):
+    """gx = scale·(gy - mean(gy) - x̂·mean(gy·x̂)), dγ = Σ gy·x̂, dβ = Σ gy with
+    x̂ = (x - mean)·inv_std (see bn_numpy; gx a new array whatever
+    ``overwrite_gy`` allows)."""
     xp = get_array_module(gy)
-    gy3, x_hat3, C = _as_ncl(gy), _as_ncl(x_hat), gy.shape[1]
+    gy3, x3, C = _as_ncl(gy), _as_ncl(x), gy.shape[1]
     dbeta64, dgamma64 = xp.empty(C, xp.float64), xp.empty(C, xp.float64)
-    launch_blocks(_grad_sums_kernel, C, gy3, x_hat3, dbeta64, dgamma64)
+    launch_blocks(_grad_sums_kernel, C, gy3, x3, mean, inv_std, dbeta64, dgamma64)
     dbeta, dgamma = dbeta64.astype(gy.dtype), dgamma64.astype(gy.dtype)
     if scale is None:
         return None, dgamma, dbeta
     m = gy.dtype.type(math.prod(gy3.shape) // C)
     gx = xp.empty(gy3.shape, gy.dtype)
-    launch(_input_grad_kernel, gy3.size, gy3, x_hat3, scale, dbeta / m, dgamma / m, gx)
+    launch(_input_grad_kernel, gy3.size, gy3, x3, mean, inv_std, scale, dbeta / m,
+           dgamma / m, gx)
     return gx.reshape(gy.shape), dgamma, dbeta

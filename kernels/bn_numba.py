@@ -7,7 +7,9 @@ x̂, γ x̂, + β -- each one a full-size temporary.  Here every value is read
 twice:
 
 - forward: one pass sums x and x² per channel (shifted, see below) for μ and
-  σ², one pass writes x̂ and y;
+  σ², one pass writes y (x̂ is not written: the backward computes it again
+  from x, μ and σ⁻¹, which costs arithmetic, where writing and reading x̂
+  back cost a pass over memory);
 - backward: one pass sums dy and dy·x̂ per channel, one pass writes dx
   (over dy, where the engine allows it: ``overwrite_gy``);
 - inference: one pass writes y = x·scale + shift.
@@ -81,22 +83,18 @@ def _shifted_sums_loop(bounds, first, last, sums, x, shift):
                 sums[b, 1, c] += total_sq
 
 
-def _normalize_loop(x, y, x_hat, mean, inv_std, gamma, beta):
-    """x_hat = (x - mean)·inv_std, y = γ x_hat + β (mean, inv_std float64 (C,))."""
+def _normalize_loop(x, y, mean, inv_std, gamma, beta):
+    """y = γ x̂ + β with x̂ = (x - mean)·inv_std (mean, inv_std float64 (C,))."""
     N, C, L = x.shape
     for n in range(N):
         if L == 1:                          # (N, C) input: the channels are the row
             for c in range(C):
-                xh = (x[n, c, 0] - mean[c]) * inv_std[c]
-                x_hat[n, c, 0] = xh
-                y[n, c, 0] = gamma[c] * xh + beta[c]
+                y[n, c, 0] = gamma[c] * ((x[n, c, 0] - mean[c]) * inv_std[c]) + beta[c]
             continue
         for c in range(C):
             mu, s, g, b = mean[c], inv_std[c], gamma[c], beta[c]
             for l in range(L):
-                xh = (x[n, c, l] - mu) * s
-                x_hat[n, c, l] = xh
-                y[n, c, l] = g * xh + b
+                y[n, c, l] = g * ((x[n, c, l] - mu) * s) + b
 
 
 def _affine_loop(x, y, scale, shift):
@@ -113,9 +111,9 @@ def _affine_loop(x, y, scale, shift):
                 y[n, c, l] = x[n, c, l] * a + b
 
 
-def _gradient_sums_loop(bounds, first, last, sums, gy, x_hat):
-    """For blocks b = first..last-1: sums[b, 0, c] = Σ gy·x_hat (dγ),
-    sums[b, 1, c] = Σ gy (dβ), in float64."""
+def _gradient_sums_loop(bounds, first, last, sums, gy, x, mean, inv_std):
+    """For blocks b = first..last-1: sums[b, 0, c] = Σ gy·x̂ (dγ),
+    sums[b, 1, c] = Σ gy (dβ), in float64, x̂ = (x - mean)·inv_std (float64 (C,))."""
     C, L = gy.shape[1:]
     for b in range(first, last):
         sums[b] = 0.0
@@ -123,36 +121,38 @@ def _gradient_sums_loop(bounds, first, last, sums, gy, x_hat):
             if L == 1:                      # (N, C) input: the channels are the row
                 for c in range(C):
                     g = np.float64(gy[n, c, 0])
-                    sums[b, 0, c] += g * x_hat[n, c, 0]
+                    sums[b, 0, c] += g * ((x[n, c, 0] - mean[c]) * inv_std[c])
                     sums[b, 1, c] += g
                 continue
             for c in range(C):
+                mu, s = mean[c], inv_std[c]
                 sum_gy = 0.0                # float64 accumulators
                 sum_gy_xhat = 0.0
                 for l in range(L):
                     g = np.float64(gy[n, c, l])
                     sum_gy += g
-                    sum_gy_xhat += g * x_hat[n, c, l]
+                    sum_gy_xhat += g * ((x[n, c, l] - mu) * s)
                 sums[b, 0, c] += sum_gy_xhat
                 sums[b, 1, c] += sum_gy
 
 
-def _input_grad_loop(gy, x_hat, gx, scale, mean_gy, mean_gy_xhat):
-    """gx = scale·(gy - mean(gy) - x_hat·mean(gy·x_hat)), the means float64 (C,)."""
+def _input_grad_loop(gy, x, gx, mean, inv_std, scale, mean_gy, mean_gy_xhat):
+    """gx = scale·(gy - mean(gy) - x̂·mean(gy·x̂)), x̂ = (x - mean)·inv_std; mean,
+    inv_std and the two means float64 (C,)."""
     N, C, L = gy.shape
     for n in range(N):
         if L == 1:                          # (N, C) input: the channels are the row
             for c in range(C):
-                gx[n, c, 0] = scale[c] * (gy[n, c, 0] - mean_gy[c]
-                                          - x_hat[n, c, 0] * mean_gy_xhat[c])
+                x_hat = (x[n, c, 0] - mean[c]) * inv_std[c]
+                gx[n, c, 0] = scale[c] * (gy[n, c, 0] - mean_gy[c] - x_hat * mean_gy_xhat[c])
             continue
         for c in range(C):
-            k, a, b = scale[c], mean_gy[c], mean_gy_xhat[c]
+            mu, s, k, a, b = mean[c], inv_std[c], scale[c], mean_gy[c], mean_gy_xhat[c]
             for l in range(L):
-                gx[n, c, l] = k * (gy[n, c, l] - a - x_hat[n, c, l] * b)
+                gx[n, c, l] = k * (gy[n, c, l] - a - ((x[n, c, l] - mu) * s) * b)
 
 
-def _input_grad_over_gy_loop(g, x_hat, scale, mean_gy, mean_gy_xhat):
+def _input_grad_over_gy_loop(g, x, mean, inv_std, scale, mean_gy, mean_gy_xhat):
     """_input_grad_loop with gx written over gy (g), the same operations: called
     with gx and gy the same array, that loop would not be vectorised (see
     elementwise_numba's over-gy loops)."""
@@ -160,13 +160,13 @@ def _input_grad_over_gy_loop(g, x_hat, scale, mean_gy, mean_gy_xhat):
     for n in range(N):
         if L == 1:
             for c in range(C):
-                g[n, c, 0] = scale[c] * (g[n, c, 0] - mean_gy[c]
-                                         - x_hat[n, c, 0] * mean_gy_xhat[c])
+                x_hat = (x[n, c, 0] - mean[c]) * inv_std[c]
+                g[n, c, 0] = scale[c] * (g[n, c, 0] - mean_gy[c] - x_hat * mean_gy_xhat[c])
             continue
         for c in range(C):
-            k, a, b = scale[c], mean_gy[c], mean_gy_xhat[c]
+            mu, s, k, a, b = mean[c], inv_std[c], scale[c], mean_gy[c], mean_gy_xhat[c]
             for l in range(L):
-                g[n, c, l] = k * (g[n, c, l] - a - x_hat[n, c, l] * b)
+                g[n, c, l] = k * (g[n, c, l] - a - ((x[n, c, l] - mu) * s) * b)
 
 
 # reassoc lets the compiler split each running sum into several (vectorised)
@@ -202,7 +202,7 @@ def _block_sums(loop, batch_arrays, *args):
 
 # ---------------------------------------------------------------- the interface
 def batchnorm_forward_train(x, gamma, beta, eps):
-    """``bn_numpy.batchnorm_forward_train``, compiled -> (y, x_hat, mean, var, inv_std)."""
+    """``bn_numpy.batchnorm_forward_train``, compiled -> (y, mean, var, inv_std)."""
     if not compilable(x, gamma, beta):
         return bn_numpy.batchnorm_forward_train(x, gamma, beta, eps)
     loops = _compiled()
@@ -214,33 +214,35 @@ def batchnorm_forward_train(x, gamma, beta, eps):
     var = np.maximum(total_sq / m - mean_shifted * mean_shifted, 0.0)  # rounding may dip below 0
     mean = shift + mean_shifted
     inv_std = 1.0 / np.sqrt(var + eps)
-    y, x_hat = np.empty(x.shape, dtype=x.dtype), np.empty(x.shape, dtype=x.dtype)
-    threads.over_batch(loops.normalize, (x3, _as_ncl(y), _as_ncl(x_hat)), mean, inv_std,
+    y = np.empty(x.shape, dtype=x.dtype)
+    threads.over_batch(loops.normalize, (x3, _as_ncl(y)), mean, inv_std,
                        np.ascontiguousarray(gamma, dtype=x.dtype),
                        np.ascontiguousarray(beta, dtype=x.dtype), slices=threads.stream_slices)
-    return y, x_hat, mean.astype(x.dtype), var.astype(x.dtype), inv_std.astype(x.dtype)
+    return y, mean.astype(x.dtype), var.astype(x.dtype), inv_std.astype(x.dtype)
 
 
-def batchnorm_backward(gy, x_hat, scale, overwrite_gy=False):
+def batchnorm_backward(gy, x, mean, inv_std, scale, overwrite_gy=False):
     """``bn_numpy.batchnorm_backward``, compiled -> (gx or None, dgamma, dbeta);
     gx written over gy (after the sums have read it) where ``overwrite_gy``
     allows it."""
-    if not compilable(gy, x_hat) or not (scale is None or compilable(scale)):
-        return bn_numpy.batchnorm_backward(gy, x_hat, scale)
+    if not (compilable(gy, x) and gy.shape == x.shape) \
+            or not (scale is None or compilable(scale)):
+        return bn_numpy.batchnorm_backward(gy, x, mean, inv_std, scale)
     loops = _compiled()
-    gy3, x_hat3 = _as_ncl(gy), _as_ncl(x_hat.astype(gy.dtype, copy=False))
-    sums = _block_sums(loops.gradient_sums, (gy3, x_hat3))
+    gy3, x3 = _as_ncl(gy), _as_ncl(x.astype(gy.dtype, copy=False))
+    statistics = (np.asarray(mean, dtype=np.float64), np.asarray(inv_std, dtype=np.float64))
+    sums = _block_sums(loops.gradient_sums, (gy3, x3), *statistics)
     dgamma, dbeta = sums.astype(gy.dtype)
     if scale is None:
         return None, dgamma, dbeta
     m = gy3.shape[0] * gy3.shape[2]
-    factors = (np.ascontiguousarray(scale, dtype=gy.dtype), sums[1] / m, sums[0] / m)
+    factors = (*statistics, np.ascontiguousarray(scale, dtype=gy.dtype), sums[1] / m, sums[0] / m)
     if writable_over(gy, overwrite_gy):
-        threads.over_batch(loops.input_grad_over_gy, (gy3, x_hat3), *factors,
+        threads.over_batch(loops.input_grad_over_gy, (gy3, x3), *factors,
                            slices=threads.stream_slices)
         return gy, dgamma, dbeta
     gx = np.empty(gy.shape, dtype=gy.dtype)
-    threads.over_batch(loops.input_grad, (gy3, x_hat3, _as_ncl(gx)), *factors,
+    threads.over_batch(loops.input_grad, (gy3, x3, _as_ncl(gx)), *factors,
                        slices=threads.stream_slices)
     return gx, dgamma, dbeta
 

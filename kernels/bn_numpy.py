@@ -14,13 +14,16 @@ would lose digits.  Results come back in x's dtype.
 Signatures
 ----------
 batchnorm_forward_train(x, gamma, beta, eps)
-    -> (y, x_hat, mean, var, inv_std)
-       y, x_hat: like x;  mean, var (biased), inv_std = 1/√(var + eps): (C,)
+    -> (y, mean, var, inv_std)
+       y: like x;  mean, var (biased), inv_std = 1/√(var + eps): (C,)
        gamma, beta: (C,) in x's dtype
-batchnorm_backward(gy, x_hat, scale, overwrite_gy=False)
+batchnorm_backward(gy, x, mean, inv_std, scale, overwrite_gy=False)
     -> (gx, dgamma, dbeta)
-       gy, x_hat: like x;  scale = γ·inv_std (C,), or None when dx is not
-       wanted (gx is then None);  dgamma = Σ gy·x̂, dbeta = Σ gy: (C,)
+       gy, x: like x, with the forward's mean and inv_std, from which x̂ =
+       (x - mean)·inv_std is computed again (the forward keeps x, not x̂: a
+       pass that writes x̂ costs as much as one that writes y);
+       scale = γ·inv_std (C,), or None when dx is not wanted (gx is then
+       None);  dgamma = Σ gy·x̂, dbeta = Σ gy: (C,)
        overwrite_gy allows (does not ask) gx to be written over gy, as in
        ``elementwise_numpy``: here gx is always a new array
 batchnorm_forward_eval(x, scale, shift)
@@ -68,14 +71,16 @@ def batchnorm_forward_train(x, gamma, beta, eps):
     inv_std = 1 / xp.sqrt(var + x.dtype.type(eps))
     x_hat = centered * inv_std
     y = _per_channel(gamma, x.ndim) * x_hat + _per_channel(beta, x.ndim)
-    return y, x_hat, mean.reshape(-1), var.reshape(-1), inv_std.reshape(-1)
+    return y, mean.reshape(-1), var.reshape(-1), inv_std.reshape(-1)
 
 
-def batchnorm_backward(gy, x_hat, scale, overwrite_gy=False):
-    """The closed form: with scale = γ·inv_std and means over a channel's m values,
+def batchnorm_backward(gy, x, mean, inv_std, scale, overwrite_gy=False):
+    """The closed form: with x̂ = (x - μ)·inv_std (as the forward computed it),
+    scale = γ·inv_std and means over a channel's m values,
 
         dx = scale·(dy - mean(dy) - x̂·mean(dy·x̂))      dγ = Σ dy·x̂      dβ = Σ dy
     """
+    x_hat = (x - _per_channel(mean, x.ndim)) * _per_channel(inv_std, x.ndim)
     dbeta = _channel_sum(gy)
     dgamma = _channel_sum(gy * x_hat)
     if scale is None:

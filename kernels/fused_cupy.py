@@ -171,28 +171,30 @@ extern "C" __global__ void batchnorm_moments(const real* x, real* mean, real* va
 
 extern "C" __global__ void batchnorm_apply(const real* x, const real* mean,
                                            const real* inv_std, const real* gamma,
-                                           const real* beta, real* x_hat, real* y,
+                                           const real* beta, real* y,
                                            long long C, long long L, long long n) {
     for (long long i = first_index(); i < n; i += grid_stride()) {
         long long c = (i / L) % C;
         real h = (x[i] - mean[c]) * inv_std[c];
-        x_hat[i] = h;
         y[i] = gamma[c] * h + beta[c];
     }
 }
 
-extern "C" __global__ void batchnorm_backward_sums(const real* gy, const real* x_hat,
+extern "C" __global__ void batchnorm_backward_sums(const real* gy, const real* x,
+                                                   const real* mean, const real* inv_std,
                                                    real* dgamma, real* dbeta, long long N,
                                                    long long C, long long L) {
-    // block c: dbeta = sum gy, dgamma = sum gy*x_hat over channel c, in double
+    // block c: dbeta = sum gy, dgamma = sum gy*x_hat over channel c, in double,
+    // x_hat = (x - mean)*inv_std computed again as the forward did
     __shared__ double shared[THREADS];
     long long c = blockIdx.x, m = N * L;
     double sum_gy = 0, sum_gy_xhat = 0;
     for (long long k = threadIdx.x; k < m; k += THREADS) {
         long long i = ((k / L) * C + c) * L + k % L;
         real g = gy[i];
+        real h = (x[i] - mean[c]) * inv_std[c];
         sum_gy += (double)g;
-        sum_gy_xhat += (double)(g * x_hat[i]);
+        sum_gy_xhat += (double)(g * h);
     }
     real beta_sum = (real)block_sum(shared, sum_gy);
     real gamma_sum = (real)block_sum(shared, sum_gy_xhat);
@@ -202,14 +204,16 @@ extern "C" __global__ void batchnorm_backward_sums(const real* gy, const real* x
     }
 }
 
-extern "C" __global__ void batchnorm_backward_dx(const real* gy, const real* x_hat,
+extern "C" __global__ void batchnorm_backward_dx(const real* gy, const real* x,
+                                                 const real* mean, const real* inv_std,
                                                  const real* scale, const real* dgamma,
                                                  const real* dbeta, real* gx, real m,
                                                  long long C, long long L, long long n) {
     // dx = scale*(dy - mean(dy) - x_hat*mean(dy*x_hat)), the reference's order
     for (long long i = first_index(); i < n; i += grid_stride()) {
         long long c = (i / L) % C;
-        gx[i] = scale[c] * ((gy[i] - dbeta[c] / m) - x_hat[i] * (dgamma[c] / m));
+        real h = (x[i] - mean[c]) * inv_std[c];
+        gx[i] = scale[c] * ((gy[i] - dbeta[c] / m) - h * (dgamma[c] / m));
     }
 }
 
@@ -383,41 +387,42 @@ def _ncl(shape):
 
 
 def batchnorm_forward_train(x, gamma, beta, eps):
-    """``bn_numpy.batchnorm_forward_train`` in two launches -> (y, x_hat, mean, var, inv_std)."""
+    """``bn_numpy.batchnorm_forward_train`` in two launches -> (y, mean, var, inv_std)."""
     if not (_fusable(x, gamma, beta) and x.shape[0] * math.prod(x.shape[2:]) > 0):
         return bn_numpy.batchnorm_forward_train(x, gamma, beta, eps)
     cupy, real = arrays.cupy, x.dtype.type
     N, C, L = _ncl(x.shape)
     x = _contiguous(x)
     mean, var, inv_std = (cupy.empty(C, dtype=x.dtype) for _ in range(3))
-    x_hat, y = cupy.empty(x.shape, dtype=x.dtype), cupy.empty(x.shape, dtype=x.dtype)
+    y = cupy.empty(x.shape, dtype=x.dtype)
     kernels = _functions(x.dtype)
     kernels["batchnorm_moments"]((C,), (THREADS,), (x, mean, var, inv_std, np.int64(N),
                                                    np.int64(C), np.int64(L), real(eps)))
     _launch_elementwise("batchnorm_apply", x.size, x, mean, inv_std, _contiguous(gamma),
-                        _contiguous(beta), x_hat, y, np.int64(C), np.int64(L))
-    return y, x_hat, mean, var, inv_std
+                        _contiguous(beta), y, np.int64(C), np.int64(L))
+    return y, mean, var, inv_std
 
 
-def batchnorm_backward(gy, x_hat, scale, overwrite_gy=False):
+def batchnorm_backward(gy, x, mean, inv_std, scale, overwrite_gy=False):
     """``bn_numpy.batchnorm_backward`` in two launches (one without dx) -> (gx, dgamma, dbeta)
     (gx a new array, as relu_backward)."""
-    inputs = (gy, x_hat) if scale is None else (gy, x_hat, scale)
-    if not (_fusable(*inputs) and gy.shape == x_hat.shape
+    inputs = (gy, x, mean, inv_std) + (() if scale is None else (scale,))
+    if not (_fusable(*inputs) and gy.shape == x.shape
             and gy.shape[0] * math.prod(gy.shape[2:]) > 0):
-        return bn_numpy.batchnorm_backward(gy, x_hat, scale)
+        return bn_numpy.batchnorm_backward(gy, x, mean, inv_std, scale)
     cupy = arrays.cupy
     N, C, L = _ncl(gy.shape)
-    gy, x_hat = _contiguous(gy), _contiguous(x_hat)
+    gy, x, mean, inv_std = (_contiguous(a) for a in (gy, x, mean, inv_std))
     dgamma, dbeta = cupy.empty(C, dtype=gy.dtype), cupy.empty(C, dtype=gy.dtype)
     kernels = _functions(gy.dtype)
-    kernels["batchnorm_backward_sums"]((C,), (THREADS,), (gy, x_hat, dgamma, dbeta,
+    kernels["batchnorm_backward_sums"]((C,), (THREADS,), (gy, x, mean, inv_std, dgamma, dbeta,
                                                          np.int64(N), np.int64(C), np.int64(L)))
     if scale is None:
         return None, dgamma, dbeta
     gx = cupy.empty(gy.shape, dtype=gy.dtype)
-    _launch_elementwise("batchnorm_backward_dx", gy.size, gy, x_hat, _contiguous(scale),
-                        dgamma, dbeta, gx, gy.dtype.type(N * L), np.int64(C), np.int64(L))
+    _launch_elementwise("batchnorm_backward_dx", gy.size, gy, x, mean, inv_std,
+                        _contiguous(scale), dgamma, dbeta, gx, gy.dtype.type(N * L),
+                        np.int64(C), np.int64(L))
     return gx, dgamma, dbeta
 
 

@@ -97,21 +97,27 @@ def _channel(a, C, L, n):
     return np.broadcast_to(a[None, :, None], (n // (C * L), C, L)).reshape(-1)
 
 
-def batchnorm_apply(x, mean, inv_std, gamma, beta, x_hat, y, C, L, n):
-    h = (x[:n] - _channel(mean, C, L, n)) * _channel(inv_std, C, L, n)
-    x_hat[:n] = h
-    y[:n] = _channel(gamma, C, L, n) * h + _channel(beta, C, L, n)
+def _x_hat(x, mean, inv_std, C, L, n):
+    """x̂ = (x - mean)·inv_std per element, as the kernels compute it again from x."""
+    return (x[:n] - _channel(mean, C, L, n)) * _channel(inv_std, C, L, n)
 
 
-def batchnorm_backward_sums(gy, x_hat, dgamma, dbeta, N, C, L):
-    g3, h3 = gy[:N * C * L].reshape(N, C, L), x_hat[:N * C * L].reshape(N, C, L)
+def batchnorm_apply(x, mean, inv_std, gamma, beta, y, C, L, n):
+    y[:n] = _channel(gamma, C, L, n) * _x_hat(x, mean, inv_std, C, L, n) \
+        + _channel(beta, C, L, n)
+
+
+def batchnorm_backward_sums(gy, x, mean, inv_std, dgamma, dbeta, N, C, L):
+    n = N * C * L
+    g3, h3 = gy[:n].reshape(N, C, L), _x_hat(x, mean, inv_std, C, L, n).reshape(N, C, L)
     dbeta[:] = g3.sum(axis=(0, 2), dtype=np.float64).astype(gy.dtype)
     dgamma[:] = (g3 * h3).sum(axis=(0, 2), dtype=np.float64).astype(gy.dtype)
 
 
-def batchnorm_backward_dx(gy, x_hat, scale, dgamma, dbeta, gx, m, C, L, n):
+def batchnorm_backward_dx(gy, x, mean, inv_std, scale, dgamma, dbeta, gx, m, C, L, n):
     gx[:n] = _channel(scale, C, L, n) * ((gy[:n] - _channel(dbeta / m, C, L, n))
-                                         - x_hat[:n] * _channel(dgamma / m, C, L, n))
+                                         - _x_hat(x, mean, inv_std, C, L, n)
+                                         * _channel(dgamma / m, C, L, n))
 
 
 def _tensors(table, lists, count, dtype):

@@ -137,11 +137,13 @@ def test_batchnorm_forward_equals_the_reference(cupy, dtype, shape):
 @pytest.mark.parametrize("with_dx", [True, False])
 def test_batchnorm_backward_equals_the_reference(cupy, dtype, shape, with_dx):
     rng = np.random.default_rng(2)
-    gy, x_hat = (rng.standard_normal(shape).astype(dtype) for _ in range(2))
+    gy, x = (rng.standard_normal(shape).astype(dtype) for _ in range(2))
+    mean, inv_std = rng.standard_normal(shape[1]).astype(dtype), rng.random(shape[1]).astype(dtype)
     scale = rng.standard_normal(shape[1]).astype(dtype) if with_dx else None
-    got = kernels.batchnorm_backward(cupy.asarray(noncontiguous(gy)), cupy.asarray(x_hat),
+    got = kernels.batchnorm_backward(cupy.asarray(noncontiguous(gy)), cupy.asarray(noncontiguous(x)),
+                                     cupy.asarray(mean), cupy.asarray(inv_std),
                                      None if scale is None else cupy.asarray(scale))
-    expected = bn_numpy.batchnorm_backward(gy, x_hat, scale)
+    expected = bn_numpy.batchnorm_backward(gy, x, mean, inv_std, scale)
     for g, e in zip(got, expected):
         if e is None:
             assert g is None

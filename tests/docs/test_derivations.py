@@ -185,7 +185,8 @@ def test_bn_steps_4_5_chain_rule_sum_is_the_closed_form():
     closed = gamma * s * (dy - dy.sum() / m - x_hat * (dy * x_hat).sum() / m)   # step 5
     np.testing.assert_allclose(chain_rule, closed, rtol=1e-10)
     # ...which is what the kernel computes (as (N, C) = (m, 1))...
-    gx, _, _ = bn_numpy.batchnorm_backward(dy[:, None], x_hat[:, None], np.array([gamma * s]))
+    gx, _, _ = bn_numpy.batchnorm_backward(dy[:, None], x[:, None], np.array([mu]),
+                                           np.array([s]), np.array([gamma * s]))
     np.testing.assert_allclose(gx[:, 0], closed, rtol=1e-10)
 
     # ...and the true derivative of L(x) = Σ dy·y(x), element by element.

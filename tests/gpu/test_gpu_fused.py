@@ -76,11 +76,12 @@ def test_batchnorm_kernels_equal_the_reference(cupy, dtype, shape):
     expected = bn_numpy.batchnorm_forward_train(x, gamma, beta, 1e-5)
     for g, e in zip(got, expected):
         np.testing.assert_allclose(host(g), e, rtol=rtol, atol=rtol)
-    x_hat = expected[1]
+    mean, inv_std = expected[1], expected[3]
     for s in (scale, None):
-        got = fused_cupy.batchnorm_backward(noncontiguous(cupy, gy), cupy.asarray(x_hat),
+        got = fused_cupy.batchnorm_backward(noncontiguous(cupy, gy), noncontiguous(cupy, x),
+                                            cupy.asarray(mean), cupy.asarray(inv_std),
                                             None if s is None else cupy.asarray(s))
-        for g, e in zip(got, bn_numpy.batchnorm_backward(gy, x_hat, s)):
+        for g, e in zip(got, bn_numpy.batchnorm_backward(gy, x, mean, inv_std, s)):
             assert (g is None) == (e is None)
             if e is not None:       # sums of up to 10^5 terms: relative to their size
                 np.testing.assert_allclose(host(g), e, rtol=rtol, atol=rtol * np.abs(e).max())

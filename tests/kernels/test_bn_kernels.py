@@ -18,7 +18,7 @@ SHAPES = {"NC": (6, 3), "NC-batch2": (2, 5), "NCL": (4, 3, 7), "NCHW": (2, 3, 4,
           "NCHW-1-channel": (3, 1, 3, 3), "NCHW-odd": (1, 4, 5, 3)}
 DTYPES = [np.float32, np.float64]
 KERNELS = {"numpy": bn_numpy, "numba": bn_numba}
-FORWARD_NAMES = ["y", "x_hat", "mean", "var", "inv_std"]
+FORWARD_NAMES = ["y", "mean", "var", "inv_std"]
 
 
 def tolerance(dtype):
@@ -48,18 +48,41 @@ def statistics_float64(x, eps):
 @pytest.mark.parametrize("shape", SHAPES.values(), ids=SHAPES.keys())
 def test_forward_statistics_match_float64_loops(shape, name, dtype):
     x, gamma, beta, _ = random_inputs(shape, dtype)
-    y, x_hat, mean, var, inv_std = KERNELS[name].batchnorm_forward_train(x, gamma, beta, 1e-3)
-    for a in (y, x_hat, mean, var, inv_std):
+    y, mean, var, inv_std = KERNELS[name].batchnorm_forward_train(x, gamma, beta, 1e-3)
+    for a in (y, mean, var, inv_std):
         assert a.dtype == dtype
-    assert y.shape == x_hat.shape == shape and mean.shape == var.shape == (shape[1],)
+    assert y.shape == shape and mean.shape == var.shape == inv_std.shape == (shape[1],)
     expected = statistics_float64(x, 1e-3)
     for actual, want in zip((mean, var, inv_std), expected):
         np.testing.assert_allclose(actual, want, **tolerance(dtype))
     per_channel = (1, -1) + (1,) * (len(shape) - 2)
     want_x_hat = (x - expected[0].reshape(per_channel)) * expected[2].reshape(per_channel)
-    np.testing.assert_allclose(x_hat, want_x_hat, **tolerance(dtype))
     np.testing.assert_allclose(y, gamma.reshape(per_channel) * want_x_hat
                                + beta.reshape(per_channel), **tolerance(dtype))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("name", KERNELS)
+@pytest.mark.parametrize("shape", SHAPES.values(), ids=SHAPES.keys())
+def test_backward_computes_x_hat_again_from_x_and_the_statistics(shape, name, dtype):
+    # the forward keeps no x̂: dγ = Σ gy·x̂ and dx, from x with the forward's μ and σ⁻¹,
+    # against float64 loops over x̂ = (x - μ)σ⁻¹
+    x, gamma, beta, gy = random_inputs(shape, dtype, seed=5, offset=4.0)
+    _, mean, _, inv_std = KERNELS[name].batchnorm_forward_train(x, gamma, beta, 1e-3)
+    gx, dgamma, dbeta = KERNELS[name].batchnorm_backward(gy, x, mean, inv_std, gamma * inv_std)
+    per_channel = (1, -1) + (1,) * (len(shape) - 2)
+    x64, gy64 = x.astype(np.float64), gy.astype(np.float64)
+    x_hat = (x64 - mean.astype(np.float64).reshape(per_channel)) \
+        * inv_std.astype(np.float64).reshape(per_channel)
+    axes = (0,) + tuple(range(2, len(shape)))
+    m = x.size // shape[1]
+    want_dgamma, want_dbeta = (gy64 * x_hat).sum(axis=axes), gy64.sum(axis=axes)
+    want_gx = (gamma * inv_std).astype(np.float64).reshape(per_channel) * (
+        gy64 - want_dbeta.reshape(per_channel) / m - x_hat * want_dgamma.reshape(per_channel) / m)
+    for actual, want in ((dgamma, want_dgamma), (dbeta, want_dbeta), (gx, want_gx)):
+        assert actual.dtype == dtype
+        np.testing.assert_allclose(actual, want, rtol=tolerance(dtype)["rtol"],
+                                   atol=10 * tolerance(dtype)["atol"] * np.abs(want).max())
 
 
 @pytest.mark.parametrize("name", KERNELS)
@@ -67,7 +90,7 @@ def test_float32_statistics_stay_accurate_on_many_values_far_from_zero(name):
     # 2·16·32·32 = 32768 values per channel around 1000 with σ = 2: a float32 running
     # sum would lose digits, and E[x²] - μ² would cancel almost every one of them.
     x, gamma, beta, _ = random_inputs((16, 2, 32, 32), np.float32, offset=1000.0)
-    _, _, mean, var, _ = KERNELS[name].batchnorm_forward_train(x, gamma, beta, 1e-5)
+    _, mean, var, _ = KERNELS[name].batchnorm_forward_train(x, gamma, beta, 1e-5)
     want_mean, want_var, _ = statistics_float64(x, 1e-5)
     np.testing.assert_allclose(mean, want_mean, rtol=1e-7)
     np.testing.assert_allclose(var, want_var, rtol=1e-5)
@@ -89,10 +112,10 @@ def test_numba_forward_equals_reference(shape, dtype):
 @pytest.mark.parametrize("shape", SHAPES.values(), ids=SHAPES.keys())
 def test_numba_backward_equals_reference(shape, dtype, want_gx):
     x, gamma, beta, gy = random_inputs(shape, dtype, seed=2)
-    _, x_hat, _, _, inv_std = bn_numpy.batchnorm_forward_train(x, gamma, beta, 1e-5)
+    _, mean, _, inv_std = bn_numpy.batchnorm_forward_train(x, gamma, beta, 1e-5)
     scale = gamma * inv_std if want_gx else None
-    numba_out = bn_numba.batchnorm_backward(gy, x_hat, scale)
-    numpy_out = bn_numpy.batchnorm_backward(gy, x_hat, scale)
+    numba_out = bn_numba.batchnorm_backward(gy, x, mean, inv_std, scale)
+    numpy_out = bn_numpy.batchnorm_backward(gy, x, mean, inv_std, scale)
     for name, actual, expected in zip(["gx", "dgamma", "dbeta"], numba_out, numpy_out):
         if expected is None:
             assert actual is None, name
@@ -111,10 +134,11 @@ def test_numba_backward_over_gy_equals_writing_a_new_array(shape, dtype, contigu
     x, gamma, beta, gy = random_inputs(shape, dtype, seed=2)
     if not contiguous:
         gy = np.asfortranarray(gy)
-    _, x_hat, _, _, inv_std = bn_numpy.batchnorm_forward_train(x, gamma, beta, 1e-5)
+    _, mean, _, inv_std = bn_numpy.batchnorm_forward_train(x, gamma, beta, 1e-5)
     given = gy.copy()
-    expected = bn_numba.batchnorm_backward(given, x_hat, gamma * inv_std)
-    actual = bn_numba.batchnorm_backward(gy, x_hat, gamma * inv_std, overwrite_gy=True)
+    expected = bn_numba.batchnorm_backward(given, x, mean, inv_std, gamma * inv_std)
+    actual = bn_numba.batchnorm_backward(gy, x, mean, inv_std, gamma * inv_std,
+                                         overwrite_gy=True)
     for a, e in zip(actual, expected):
         np.testing.assert_array_equal(a, e)
     if gy.flags.c_contiguous:
@@ -122,7 +146,8 @@ def test_numba_backward_over_gy_equals_writing_a_new_array(shape, dtype, contigu
     else:
         assert actual[0] is not gy
         np.testing.assert_array_equal(gy, given)
-    reference = bn_numpy.batchnorm_backward(given, x_hat, gamma * inv_std, overwrite_gy=True)
+    reference = bn_numpy.batchnorm_backward(given, x, mean, inv_std, gamma * inv_std,
+                                            overwrite_gy=True)
     assert reference[0] is not given
     np.testing.assert_allclose(reference[0], expected[0], **tolerance(dtype))
 
@@ -130,10 +155,10 @@ def test_numba_backward_over_gy_equals_writing_a_new_array(shape, dtype, contigu
 def test_numba_backward_reads_a_broadcast_gradient():
     # y.sum().backward() hands over a read-only, zero-stride view of ones.
     x, gamma, beta, _ = random_inputs((4, 3, 2, 5), np.float64, seed=3)
-    _, x_hat, _, _, inv_std = bn_numpy.batchnorm_forward_train(x, gamma, beta, 1e-5)
+    _, mean, _, inv_std = bn_numpy.batchnorm_forward_train(x, gamma, beta, 1e-5)
     gy = np.broadcast_to(np.float64(1.5), x.shape)
-    for actual, expected in zip(bn_numba.batchnorm_backward(gy, x_hat, gamma * inv_std),
-                                bn_numpy.batchnorm_backward(gy, x_hat, gamma * inv_std)):
+    for actual, expected in zip(bn_numba.batchnorm_backward(gy, x, mean, inv_std, gamma * inv_std),
+                                bn_numpy.batchnorm_backward(gy, x, mean, inv_std, gamma * inv_std)):
         np.testing.assert_allclose(actual, expected, rtol=1e-12, atol=1e-12)
 
 
@@ -170,14 +195,14 @@ def test_other_dtypes_use_the_reference_without_compiling(monkeypatch):
     for actual, expected in zip(out, bn_numpy.batchnorm_forward_train(x, gamma, beta, 1e-5)):
         assert actual.dtype == np.float16
         np.testing.assert_array_equal(actual, expected)
-    gx, dgamma, dbeta = bn_numba.batchnorm_backward(gy, out[1], gamma * out[4])
+    gx, dgamma, dbeta = bn_numba.batchnorm_backward(gy, x, out[1], out[3], gamma * out[3])
     assert gx.dtype == dgamma.dtype == dbeta.dtype == np.float16
 
 
 def test_device_arrays_stay_on_their_device(device):
     x, gamma, beta, gy = (to_device(a, device) for a in random_inputs((4, 3, 5), np.float64))
     out = bn_numba.batchnorm_forward_train(x, gamma, beta, 1e-5)
-    grads = bn_numba.batchnorm_backward(gy, out[1], gamma * out[4])
+    grads = bn_numba.batchnorm_backward(gy, x, out[1], out[3], gamma * out[3])
     for array in out + grads:
         assert type(array) is type(x)
     np.testing.assert_allclose(to_device(out[0], "cpu"),
@@ -203,14 +228,16 @@ def test_blocks_and_slices_give_the_reference_on_any_number_of_threads(shape, dt
                                                                        split_small):
     x, gamma, beta, gy = random_inputs(shape, dtype, seed=4, offset=5.0)
     expected_forward = bn_numpy.batchnorm_forward_train(x, gamma, beta, 1e-5)
-    expected_backward = bn_numpy.batchnorm_backward(gy, expected_forward[1],
-                                                    gamma * expected_forward[4])
+    expected_backward = bn_numpy.batchnorm_backward(gy, x, expected_forward[1],
+                                                    expected_forward[3],
+                                                    gamma * expected_forward[3])
     results = {}
     for threads in (1, 2, 3):
         split_small(threads)
         forward = bn_numba.batchnorm_forward_train(x, gamma, beta, 1e-5)
-        backward = bn_numba.batchnorm_backward(gy, forward[1], gamma * forward[4])
-        over_gy = bn_numba.batchnorm_backward(gy.copy(), forward[1], gamma * forward[4],
+        statistics = (forward[1], forward[3])
+        backward = bn_numba.batchnorm_backward(gy, x, *statistics, gamma * forward[3])
+        over_gy = bn_numba.batchnorm_backward(gy.copy(), x, *statistics, gamma * forward[3],
                                               overwrite_gy=True)
         for actual, expected in zip(forward + backward, expected_forward + expected_backward):
             np.testing.assert_allclose(actual, expected, **tolerance(dtype))
@@ -233,7 +260,7 @@ def test_small_batches_run_on_the_calling_thread(monkeypatch):
     try:
         x, gamma, beta, gy = random_inputs((256, 120), np.float32)
         forward = bn_numba.batchnorm_forward_train(x, gamma, beta, 1e-5)
-        bn_numba.batchnorm_backward(gy, forward[1], gamma * forward[4])
+        bn_numba.batchnorm_backward(gy, x, forward[1], forward[3], gamma * forward[3])
         assert jobs == [1, 1, 1, 1]
         jobs.clear()
         monkeypatch.setattr(kernels.threads, "STREAM_MIN_BYTES", 0)

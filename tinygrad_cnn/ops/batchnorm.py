@@ -63,7 +63,9 @@ class BatchNorm(Function):
         dγ = Σ dy·x̂        dβ = Σ dy
 
     The same two sums give dγ, dβ and the two means in dx, so backward
-    needs only x̂ (N, C, ...) and γ s (C,) — x itself is never kept.
+    needs x̂ (N, C, ...) and γ s (C,).  It keeps x, μ and s and computes x̂
+    again, as PyTorch does: the forward would spend a pass over memory
+    writing x̂ (a quarter of its traffic), and x̂ takes as much memory as x.
 
     The array work is in ``kernels.batchnorm_forward_train`` and
     ``kernels.batchnorm_backward`` (``kernels/bn_numpy.py`` is the readable
@@ -75,22 +77,23 @@ class BatchNorm(Function):
 
     def forward(self, x, gamma, beta):
         gamma = gamma.astype(x.dtype, copy=False)
-        y, x_hat, mean, var, inv_std = kernels.batchnorm_forward_train(
+        y, mean, var, inv_std = kernels.batchnorm_forward_train(
             x, gamma, beta.astype(x.dtype, copy=False), self.eps)
         if self.running_mean is not None:
             _update_running_stats(self.running_mean, self.running_var, mean, var,
                                   _values_per_channel(x.shape), self.momentum)
         need_x, need_gamma, _ = self.needs_input_grad
-        self.save_for_backward(x_hat if need_x or need_gamma else None,
-                               gamma * inv_std if need_x else None)
+        wanted = need_x or need_gamma
+        self.save_for_backward(x if wanted else None, mean if wanted else None,
+                               inv_std if wanted else None, gamma * inv_std if need_x else None)
         return y
 
     def backward(self, gy):
-        x_hat, scale = self.saved
+        x, mean, inv_std, scale = self.saved
         need_x, need_gamma, need_beta = self.needs_input_grad
-        if x_hat is None:                       # only dβ = Σ dy is wanted
+        if x is None:                           # only dβ = Σ dy is wanted
             return None, None, gy.sum(axis=_reduce_axes(gy.ndim))
-        gx, dgamma, dbeta = kernels.batchnorm_backward(gy, x_hat, scale,
+        gx, dgamma, dbeta = kernels.batchnorm_backward(gy, x, mean, inv_std, scale,
                                                        overwrite_gy=self.may_overwrite_gy)
         return gx, dgamma if need_gamma else None, dbeta if need_beta else None
 
