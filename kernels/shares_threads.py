@@ -13,7 +13,11 @@ faster on 2 threads than on 1.  Here the stack is cut instead: each thread
 runs whole products of its share of the stack with BLAS on one thread
 (``threads.single_threaded_blas``), the calling thread one share,
 ``threads.thread_pool()`` the others; BLAS releases the GIL, so the shares
-run side by side.
+run side by side.  A single product of middling size (a fully connected
+layer's, a tiny map's dense convolution: ``conv_dense.py``) is cut the same
+way, into shares of a's rows or of b's columns (``_cut_axis``);
+OpenBLAS's own threads, asleep between products, took longer to join in than
+such a product takes.
 
 ``map_chunks``: a convolution runs its chunks of the batch one after
 another, and each chunk is several short steps (im2col or a Winograd
@@ -46,11 +50,19 @@ from .jit import compilable
 # Below this many multiply-adds per thread the hand-over to the pool (tens of
 # microseconds) costs about what the products do.
 MIN_MULTIPLY_ADDS_PER_THREAD = 2**20
+# ... and eight times that for a share of a single product: each share's BLAS
+# call first copies all of the operand not cut, and in a training step a share
+# for the pool started late and ran slower beside the caller's than alone, so
+# that LeNet's fully connected products gained nothing in two shares, where
+# the dense convolutions' larger ones did (benchmarks/results.md, "A single
+# product in shares").
+MIN_MULTIPLY_ADDS_PER_PRODUCT_SHARE = 2**23
 
-# Below this many multiply-adds a product runs with BLAS on the calling thread
-# alone: in a training step OpenBLAS's threads, asleep between products, took
-# longer to join in than they saved on such products (LeNet's fully connected
-# layers; benchmarks/results.md, "Small products with BLAS on the calling thread").
+# Below this many multiply-adds a single product runs in row shares, or, too
+# small for two, with BLAS on the calling thread alone: in a training step
+# OpenBLAS's threads, asleep between products, took longer to join in than they
+# saved on such products (LeNet's fully connected layers; benchmarks/results.md,
+# "Small products with BLAS on the calling thread").
 BLAS_MIN_MULTIPLY_ADDS = 2**25
 
 # Below this many rows, a @ b with b a transposed view runs faster as (bᵀ @ aᵀ)ᵀ
@@ -61,14 +73,16 @@ FEW_ROWS = 128
 
 def matmul(a, b, out=None):
     """``shares_numpy.matmul``: ``a @ b`` over stacks, the stack's leading axis
-    split over threads; a small product on the calling thread alone."""
+    split over threads, a single product's rows or columns likewise; a small
+    product on the calling thread alone."""
     shape = _result_shape(a, b)
     if shape is None:
         return product(a, b, out)
     multiply_adds = math.prod(shape[:-2]) * shape[-2] * a.shape[-1] * shape[-1]
-    parts = _parts(shape, multiply_adds, out, a.dtype)
+    axis = _cut_axis(a, b, shape)
+    parts = _parts(shape, axis, multiply_adds, out, a.dtype)
     if parts > 1:
-        return _in_shares(a, b, out, shape, parts)
+        return _in_shares(a, b, out, shape, axis, parts)
     if threads.get_num_threads() > 1:
         if multiply_adds < BLAS_MIN_MULTIPLY_ADDS:
             with threads.single_threaded_blas():
@@ -96,36 +110,56 @@ def _result_shape(a, b):
     return stack + (a.shape[-2], b.shape[-1])
 
 
-def _parts(shape, multiply_adds, out, dtype):
-    """How many shares to cut the stack of ``a @ b`` (result ``shape``) into
-    along its leading axis: 1 (not cut) for a single product, a leading axis
-    shorter than 2, fewer than MIN_MULTIPLY_ADDS_PER_THREAD per share, or an
-    ``out`` that is not a C-ordered array of the result's shape and dtype.
+def _cut_axis(a, b, shape):
+    """The axis of the result ``shape`` that shares cut: the stack's leading
+    one; for a single product, a's rows where a is the larger operand, else
+    b's columns.  Each share's BLAS call first copies all of the operand it
+    does not cut into blocks of its own ("packing"), so the smaller operand
+    is the one to copy once per share."""
+    return 0 if len(shape) > 2 or a.size >= b.size else 1
 
-    A single product is not cut into rows or columns: on the 2-core machine
-    two threads each running half of a fully connected layer's product took
-    as long as one running it whole, or longer (benchmarks/results.md,
-    "Cores busy, and products too small for threads")."""
-    if len(shape) < 3 or shape[0] < 2:
+
+def _parts(shape, axis, multiply_adds, out, dtype):
+    """How many shares to cut ``a @ b`` (result ``shape``) into along its
+    ``axis`` (``_cut_axis``): as many as threads, at most the axis's length,
+    and no more than give each share MIN_MULTIPLY_ADDS_PER_THREAD (of a single
+    product: MIN_MULTIPLY_ADDS_PER_PRODUCT_SHARE); 1 (not cut) where that
+    leaves fewer than 2, for a single product from BLAS_MIN_MULTIPLY_ADDS
+    (OpenBLAS's threads split it), or for an ``out`` that is not a C-ordered
+    array of the result's shape and dtype.
+
+    A single product was once never cut: each share started only after a
+    pool thread woke and took the GIL, which cost as much as the share saved
+    (benchmarks/results.md, "Cores busy, and products too small for
+    threads"); since the pool hands jobs over without a sleep for the GIL
+    (kernels/spinning_pool.py), shares of one product pay (benchmarks/
+    results.md, "A single product in shares")."""
+    if len(shape) == 2 and multiply_adds >= BLAS_MIN_MULTIPLY_ADDS:
         return 1
     if out is not None and not (isinstance(out, np.ndarray) and out.shape == shape
                                 and out.dtype == dtype and out.flags.c_contiguous):
         return 1
-    parts = min(shape[0], threads.numba_threads())
-    return parts if multiply_adds >= MIN_MULTIPLY_ADDS_PER_THREAD * parts else 1
+    least = MIN_MULTIPLY_ADDS_PER_THREAD if len(shape) > 2 else MIN_MULTIPLY_ADDS_PER_PRODUCT_SHARE
+    return max(1, min(shape[axis], threads.numba_threads(), multiply_adds // max(1, least)))
 
 
-def _in_shares(a, b, out, shape, parts):
-    """``a @ b`` into ``out`` (a new array if None), its stack's leading axis
+def _in_shares(a, b, out, shape, axis, parts):
+    """``a @ b`` into ``out`` (a new array if None), the result's ``axis``
     cut into ``parts`` shares that run side by side (``threads.run_all``),
-    BLAS on one thread in each."""
+    BLAS on one thread in each: shares of the stack, or of a single product's
+    rows of a or columns of b (all of the other operand in each)."""
     if out is None:
         out = np.empty(shape, dtype=a.dtype)
-    bounds = [shape[0] * p // parts for p in range(parts + 1)]
+    bounds = [shape[axis] * p // parts for p in range(parts + 1)]
     batch_ndim = len(shape) - 2
 
     def share(lo, hi):
-        product(_rows(a, lo, hi, batch_ndim), _rows(b, lo, hi, batch_ndim), out=out[lo:hi])
+        if batch_ndim > 0:
+            product(_rows(a, lo, hi, batch_ndim), _rows(b, lo, hi, batch_ndim), out=out[lo:hi])
+        elif axis == 0:
+            product(a[lo:hi], b, out=out[lo:hi])
+        else:               # out's columns lo:hi: rows apart by out's row, as BLAS can write
+            product(a, b[:, lo:hi], out=out[:, lo:hi])
 
     with threads.single_threaded_blas():
         threads.run_all([functools.partial(share, lo, hi) for lo, hi in zip(bounds, bounds[1:])])

@@ -1,9 +1,10 @@
-"""The stacked matrix product kernel: shares_threads (the stack split over
-threads, BLAS on one thread in each) against shares_numpy (NumPy's matmul),
-on the stacks the convolutions make -- Winograd's (16, M, K) @ (16, K, N), a
-1×1 convolution's (G, M, K) broadcast against (N, G, K, L), transposed views
--- in float32 and float64; which calls are split and which go to the
-reference; errors and BLAS's thread count after the call."""
+"""The matrix product kernel: shares_threads (a stack, or a single product's
+rows, split over threads, BLAS on one thread in each) against shares_numpy
+(NumPy's matmul), on the stacks the convolutions make -- Winograd's
+(16, M, K) @ (16, K, N), a 1×1 convolution's (G, M, K) broadcast against
+(N, G, K, L), transposed views -- and the single products of fully connected
+layers and dense convolutions, in float32 and float64; which calls are split
+and which go to the reference; errors and BLAS's thread count after the call."""
 import threading
 import time
 
@@ -25,6 +26,11 @@ STACKS = {
     "odd-stack": ((5, 30, 40), (5, 40, 50), False),             # not a multiple of the threads
     "broadcast-b": ((9, 30, 40), (40, 50), False),
     "length-1-axis": ((1, 30, 40), (7, 40, 50), False),
+    # single products, cut into shares of the larger operand: a's rows, b's columns
+    "rows": ((51, 40), (40, 30), False),                       # an odd number of rows
+    "rows-times-Wt": ((64, 90), (30, 90), True),               # x @ Wᵀ, a Linear's forward
+    "columns": ((30, 40), (40, 51), False),                    # an odd number of columns
+    "columns-of-bT": ((16, 40), (90, 40), True),               # few rows: each share reordered
 }
 
 
@@ -34,6 +40,7 @@ def two_threads(monkeypatch):
     before = threads.get_num_threads()
     threads.set_num_threads(2)
     monkeypatch.setattr(shares_threads, "MIN_MULTIPLY_ADDS_PER_THREAD", 0)
+    monkeypatch.setattr(shares_threads, "MIN_MULTIPLY_ADDS_PER_PRODUCT_SHARE", 0)
     yield
     threads.set_num_threads(before)
 
@@ -63,8 +70,14 @@ def test_split_stack_equals_numpys_matmul(two_threads, monkeypatch, name, dtype)
     y = shares_threads.matmul(a, b)
     expected = np.matmul(a, b)
     assert y.dtype == expected.dtype and y.shape == expected.shape
-    # each product is BLAS's own, only on one thread: the same sums in the same order
-    np.testing.assert_allclose(y, expected, rtol=1e-6 if dtype == np.float32 else 1e-13)
+    if a.ndim > 2:
+        # each product is BLAS's own, only on one thread: the same sums in the same order
+        np.testing.assert_allclose(y, expected, rtol=1e-6 if dtype == np.float32 else 1e-13)
+    else:
+        # a share's rows may go through other BLAS kernels than the whole
+        # product's: equal up to rounding, relative to the sums' size
+        tolerance = (1e-5 if dtype == np.float32 else 1e-12) * np.abs(expected).max()
+        np.testing.assert_allclose(y, expected, rtol=0, atol=tolerance)
     assert len(submitted) == 1, "two threads: one share to the pool, one on the calling thread"
 
 
@@ -76,13 +89,13 @@ def test_out_receives_the_product(two_threads, name):
     np.testing.assert_allclose(out, np.matmul(a, b), rtol=1e-6)
 
 
-@pytest.mark.parametrize("case", ["one-matrix", "stack-of-1", "float16", "mixed-dtypes",
+@pytest.mark.parametrize("case", ["one-small-matrix", "stack-of-1", "float16", "mixed-dtypes",
                                   "strided-out", "tiny"])
 def test_what_goes_to_the_reference(monkeypatch, case):
     threads.set_num_threads(2)
     a, b = operands("winograd", np.float32)
     out = None
-    if case == "one-matrix":
+    if case == "one-small-matrix":                 # too small for two row shares
         a, b = a[0], b[0]
     elif case == "stack-of-1":
         a, b = a[:1], b[:1]
@@ -177,23 +190,59 @@ def test_a_small_product_runs_with_blas_on_the_calling_thread(monkeypatch):
         threads.set_num_threads(before)
 
 
-def test_a_single_product_is_not_cut_over_threads(monkeypatch):
-    # LeNet's first fully connected layer: 12M multiply-adds, enough for two
-    # shares of a stack, but one product runs whole (BLAS on the calling thread)
+def test_a_single_product_is_cut_into_shares_of_its_larger_operand(monkeypatch):
+    # On 2 threads two shares, each with BLAS on one thread: of a's rows in
+    # GoogLeNet's (384, 288) @ (288, 192) (21M multiply-adds), of b's columns in
+    # a dense convolution's x @ W_denseᵀ, (64, 1368) @ (1368, 288) (25M) -- each
+    # share's BLAS call copies all of the other operand.  LeNet's first fully
+    # connected layer (12M), below two shares of
+    # MIN_MULTIPLY_ADDS_PER_PRODUCT_SHARE, and a stack of one run whole; a
+    # product from BLAS_MIN_MULTIPLY_ADDS runs on BLAS's threads.
     before = threads.get_num_threads()
     threads.set_num_threads(2)
     try:
-        submitted, seen = split_calls(monkeypatch), blas_threads_seen(monkeypatch)
         rng = np.random.default_rng(3)
-        x = rng.standard_normal((256, 400), np.float32)
-        W = rng.standard_normal((120, 400), np.float32)
-        for a, b in [(x, W.T), (x[None], W.T[None])]:       # 2-D, and a stack of one
-            expected = a @ b        # (on BLAS's threads: rounded a little otherwise)
+        g, h = rng.standard_normal((384, 288), np.float32), rng.standard_normal((288, 192), np.float32)
+        x, W_dense = (rng.standard_normal((64, 1368), np.float32),
+                      rng.standard_normal((288, 1368), np.float32))
+        x1, W1 = rng.standard_normal((256, 400), np.float32), rng.standard_normal((120, 400), np.float32)
+        calls, real = [], np.matmul             # (a's shape, b's shape, BLAS's threads) per call
+        monkeypatch.setattr(shares_threads.np, "matmul", lambda p, q, **kw: calls.append(
+            (p.shape, q.shape, max(lib.num_threads for lib in threads.numpy_blas_libraries())))
+            or real(p, q, **kw))
+        for (a, b), shares in [
+                ((g, h), [((192, 288), (288, 192), 1)] * 2),
+                # (each share run as (bᵀ @ aᵀ)ᵀ: few rows, b a transposed view; ``product``)
+                ((x, W_dense.T), [((144, 1368), (1368, 64), 1)] * 2),
+                ((x1, W1.T), [((256, 400), (400, 120), 1)]),
+                ((x1[None], W1.T[None]), [((1, 256, 400), (1, 400, 120), 1)])]:
+            expected = real(a, b)   # (on BLAS's threads: rounded a little otherwise)
+            calls.clear()
             np.testing.assert_allclose(shares_threads.matmul(a, b), expected, rtol=0,
                                        atol=1e-5 * np.abs(expected).max())
-        assert submitted == [] and seen == [1, 1]
+            assert calls == shares
+        monkeypatch.setattr(shares_threads, "BLAS_MIN_MULTIPLY_ADDS", 384 * 288 * 192)
+        calls.clear()
+        shares_threads.matmul(g, h)
+        assert calls == [((384, 288), (288, 192), 2)]
     finally:
         threads.set_num_threads(before)
+
+
+def test_shares_are_as_many_as_threads_and_no_smaller_than_the_bound(monkeypatch):
+    # on 16 threads a stack of 2.3M multiply-adds makes two shares of at least
+    # MIN_MULTIPLY_ADDS_PER_THREAD (2^20), not none as the all-or-nothing rule did
+    monkeypatch.setattr(threads, "numba_threads", lambda: 16)
+    stack = (16, 24, 300)
+    assert shares_threads._parts(stack, 0, 16 * 24 * 20 * 300, None, np.float32) == 2
+    assert shares_threads._parts(stack, 0, 16 * 2**20, None, np.float32) == 16
+    assert shares_threads._parts(stack, 0, 64 * 2**20, None, np.float32) == 16   # as many as threads
+    assert shares_threads._parts((3, 24, 300), 0, 64 * 2**20, None, np.float32) == 3  # the stack's length
+    assert shares_threads._parts(stack, 0, 2**20 - 1, None, np.float32) == 1
+    single = shares_threads.MIN_MULTIPLY_ADDS_PER_PRODUCT_SHARE
+    assert shares_threads._parts((256, 4096), 1, 3 * single, None, np.float32) == 3
+    assert shares_threads._parts((256, 4096), 1, shares_threads.BLAS_MIN_MULTIPLY_ADDS,
+                                 None, np.float32) == 1                      # BLAS's threads
 
 
 def test_one_thread_and_small_stacks_are_not_split(monkeypatch):
