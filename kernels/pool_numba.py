@@ -149,6 +149,23 @@ def _loops(KH, KW):
                                 if 0 <= w < W:
                                     gx[n, c, h, w] += share
 
+    def avgpool_forward_tiled(x, y, divisor):
+        """``avgpool_forward`` when the windows tile the input (stride == kernel,
+        no padding) and every window lies inside it.  x: (P, H, W) and y:
+        (P, OH, OW) stacks of planes.  No bounds to check, and the window's
+        cells added in the same order from the same 0, so the sums are the
+        general loop's bit for bit; about twice as fast on LeNet's 2x2 pools."""
+        P = x.shape[0]
+        OH, OW = y.shape[1:]
+        for p in range(P):
+            for oh in range(OH):
+                for ow in range(OW):
+                    total = x.dtype.type(0)
+                    for i in range(KH):
+                        for j in range(KW):
+                            total += x[p, oh * KH + i, ow * KW + j]
+                    y[p, oh, ow] = total / divisor[oh, ow]
+
     def avgpool_backward_tiled(gy, gx, divisor):
         """``avgpool_backward`` when stride == kernel and there is no padding.
 
@@ -183,8 +200,10 @@ def _loops(KH, KW):
     # division (no divisor is 0), so the compiler vectorises the share loop.
     loops = compile_loops(maxpool_forward, maxpool_backward, avgpool_forward,
                           avgpool_backward, nogil=True)
-    loops.avgpool_backward_tiled = compile_loops(
-        avgpool_backward_tiled, nogil=True, error_model="numpy").avgpool_backward_tiled
+    tiled = compile_loops(avgpool_forward_tiled, avgpool_backward_tiled, nogil=True,
+                          error_model="numpy")
+    loops.avgpool_forward_tiled = tiled.avgpool_forward_tiled
+    loops.avgpool_backward_tiled = tiled.avgpool_backward_tiled
     return loops
 
 
@@ -318,9 +337,21 @@ def avgpool2d_forward(x, kernel_size, stride, padding, ceil_mode=False,
     divisor = pool_numpy.avgpool_divisors(x.shape, out_shape, kernel_size, stride, padding,
                                           count_include_pad, divisor_override, x.dtype, np)
     y = np.empty(x.shape[:2] + out_shape, dtype=x.dtype)
-    threads.over_batch(_loops(*kernel_size).avgpool_forward, (np.ascontiguousarray(x), y), divisor,
-                       *stride, *padding)
+    loops = _loops(*kernel_size)
+    if _tiles(x.shape, out_shape, kernel_size, stride, padding):
+        # LeNet's and DenseNet's 2x2 pools, every window inside the input
+        threads.over_batch(loops.avgpool_forward_tiled, (_planes(x), _planes(y)), divisor)
+    else:
+        threads.over_batch(loops.avgpool_forward, (np.ascontiguousarray(x), y), divisor,
+                           *stride, *padding)
     return y
+
+
+def _tiles(x_shape, out_hw, kernel_size, stride, padding):
+    """Whether the pooling windows tile the input: stride == kernel, no padding,
+    and no part window past its edge (ceil_mode's)."""
+    return (tuple(stride) == tuple(kernel_size) and tuple(padding) == (0, 0)
+            and all(o * k <= n for o, k, n in zip(out_hw, kernel_size, x_shape[2:])))
 
 
 def avgpool2d_backward(gy, x_shape, kernel_size, stride, padding, count_include_pad=True,

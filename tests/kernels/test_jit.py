@@ -49,7 +49,8 @@ def test_pool_loops_with_the_kernel_size_built_in_are_a_namespace_too():
     loops = pool_numba._loops(2, 2)
     assert isinstance(loops, types.SimpleNamespace)
     assert set(vars(loops)) == {"maxpool_forward", "maxpool_backward", "avgpool_forward",
-                                "avgpool_backward", "avgpool_backward_tiled"}
+                                "avgpool_backward", "avgpool_forward_tiled",
+                                "avgpool_backward_tiled"}
     assert Path(loops.maxpool_forward.stats.cache_path).resolve() == KERNELS_DIR / "__pycache__"
 
 

@@ -11,7 +11,7 @@ import pytest
 
 pytest.importorskip("numba")
 
-from kernels import pool_numba, pool_numpy, threads as kernel_threads  # noqa: E402
+from kernels import geometry, pool_numba, pool_numpy, threads as kernel_threads  # noqa: E402
 from tinygrad_cnn.backend import to_device  # noqa: E402
 
 # (x shape, kernel, stride, padding, dilation, ceil_mode); padding at most half the
@@ -108,6 +108,36 @@ def test_avgpool2d_equals_reference(geometry, variant, dtype):
     assert_close(
         pool_numba.avgpool2d_backward(gy, shape, k, s, p, count_include_pad, divisor_override),
         pool_numpy.avgpool2d_backward(gy, shape, k, s, p, count_include_pad, divisor_override))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("values", ["normal", "nan-inf", "negative-zero"])
+@pytest.mark.parametrize("name", ["2x2-non-overlapping", "tiled-odd-floor", "tiled-3x2-batch1"])
+def test_avgpool_forward_tiled_is_the_general_loop_bit_for_bit(name, values, dtype):
+    # windows that tile the input take the loop without bounds checks; it adds
+    # each window's cells in the same order from the same 0 (so -0.0 sums to
+    # +0.0 in both), which the general loop's results must show bit for bit
+    shape, k, s, p, _, ceil_mode = GEOMETRIES[name]
+    x = (np.full(shape, -0.0, dtype) if values == "negative-zero"
+         else make_input(values, shape, dtype))
+    out_hw = geometry.pool_output_hw(shape, k, s, p, (1, 1), ceil_mode)
+    assert pool_numba._tiles(shape, out_hw, k, s, p)
+    divisor = pool_numpy.avgpool_divisors(shape, out_hw, k, s, p, True, None, dtype, np)
+    loops = pool_numba._loops(*k)
+    general = np.empty(shape[:2] + out_hw, dtype)
+    loops.avgpool_forward(x, general, divisor, *s, *p)
+    tiled = np.empty_like(general)
+    loops.avgpool_forward_tiled(x.reshape((-1,) + shape[2:]), tiled.reshape((-1,) + out_hw),
+                                divisor)
+    assert tiled.tobytes() == general.tobytes()
+
+
+@pytest.mark.parametrize("name", ["tiled-odd-ceil", "tiled-3x2-ceil", "3x3-s2-p1-resnet",
+                                  "stride-over-kernel"])
+def test_part_windows_padding_and_other_strides_take_the_general_loop(name):
+    shape, k, s, p, _, ceil_mode = GEOMETRIES[name]
+    out_hw = geometry.pool_output_hw(shape, k, s, p, (1, 1), ceil_mode)
+    assert not pool_numba._tiles(shape, out_hw, k, s, p)
 
 
 def test_avgpool2d_propagates_nan_and_inf_like_the_reference():
