@@ -83,8 +83,9 @@ ELEMENTWISE = ("relu_forward", "relu_backward", "sigmoid_forward", "sigmoid_back
                "sgd_update")
 # the optimizers' steps over all parameters of a group at once (one launch on the GPU)
 MULTI_TENSOR = ("sgd_update_multi", "adam_update", "adam_update_multi")
-# work split into shares over threads: stacked matrix products, a batch's chunks, joins
-SHARES = ("matmul", "map_chunks", "concatenate")
+# work split into shares over threads: stacked matrix products, independent ones,
+# a batch's chunks, joins
+SHARES = ("matmul", "matmuls", "map_chunks", "concatenate")
 
 # Every kernel, in the reference module that defines it.
 REFERENCE = {
@@ -422,6 +423,13 @@ def matmul(a, b, out=None):
     """a (..., M, K) @ b (..., K, N) over stacks of matrices, broadcast as
     NumPy's ``matmul`` (``shares_numpy.matmul``)."""
     return _implementation("matmul", a)(a, b, out)
+
+
+def matmuls(pairs):
+    """``[matmul(a, b) for a, b in pairs]`` for products that do not depend on
+    each other (``shares_numpy.matmuls``); chosen by the first pair's a."""
+    pairs = tuple(pairs)
+    return _implementation("matmuls", pairs[0][0])(pairs)
 
 
 def map_chunks(x, work, chunks, combine=None):

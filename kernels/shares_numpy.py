@@ -10,6 +10,10 @@ axis counts as 1).  The reference is NumPy's (or CuPy's) ``matmul`` itself:
 BLAS is called once per matrix of the stack, and splits each product over
 its own threads.
 
+``matmuls(pairs)`` = ``[a @ b for a, b in pairs]``: products that do not
+depend on each other, as a layer's backward makes (dx = dy W and dW = dyᵀ x):
+one after another here, side by side in ``shares_threads.py``.
+
 ``map_chunks(x, work, chunks)`` = ``[work(chunk) for chunk in chunks]``: a
 convolution cuts its batch into chunks (``geometry.batch_chunks``) and runs
 ``work`` -- im2col or the Winograd transforms, the products, the way back --
@@ -31,6 +35,7 @@ Signatures
 ----------
 matmul(a, b, out=None) -> y        a (..., M, K), b (..., K, N) -> y (..., M, N);
                                    written into ``out`` when given
+matmuls(pairs) -> [a @ b for (a, b) in pairs]
 map_chunks(x, work, chunks, combine=None)
     -> [work(chunk) for chunk in chunks], or with ``combine`` the fold
        total = combine(total, work(chunk)) over the chunks in order, from None
@@ -42,6 +47,11 @@ from .arrays import get_array_module
 def matmul(a, b, out=None):
     """``a @ b`` over stacks of matrices, broadcast as NumPy's ``matmul`` does."""
     return get_array_module(a, b).matmul(a, b, out=out)
+
+
+def matmuls(pairs):
+    """``[matmul(a, b) for a, b in pairs]``: independent products, one after another."""
+    return [matmul(a, b) for a, b in pairs]
 
 
 def map_chunks(x, work, chunks, combine=None):

@@ -19,6 +19,14 @@ way, into shares of a's rows or of b's columns (``_cut_axis``);
 OpenBLAS's own threads, asleep between products, took longer to join in than
 such a product takes.
 
+``matmuls``: a layer's backward makes two products that do not depend on
+each other, dx = dy W and dW = dyᵀ x.  Where each is a single product too
+small for ``matmul`` to cut into shares but large enough to pay for a
+hand-over (LeNet's fully connected layers), the two run side by side, each
+whole on a thread of its own with BLAS on one thread: each packs its own
+operands once, where two shares of one product each pack all of the operand
+not cut, and that cost LeNet's shares their gain.
+
 ``map_chunks``: a convolution runs its chunks of the batch one after
 another, and each chunk is several short steps (im2col or a Winograd
 transform, the products, col2im or the output transform), each spread over
@@ -65,6 +73,10 @@ MIN_MULTIPLY_ADDS_PER_PRODUCT_SHARE = 2**23
 # "Small products with BLAS on the calling thread").
 BLAS_MIN_MULTIPLY_ADDS = 2**25
 
+# From this many multiply-adds each, independent single products run side by
+# side (``matmuls``): LeNet's second fully connected layer's 2.6M gained so.
+MIN_MULTIPLY_ADDS_SIDE_BY_SIDE = 2**21
+
 # Below this many rows, a @ b with b a transposed view runs faster as (bᵀ @ aᵀ)ᵀ
 # (``product``); from about 200 rows the two orders ran alike, and the copy
 # into C order then costs more than the reorder gains.
@@ -89,6 +101,38 @@ def matmul(a, b, out=None):
                 return product(a, b, out)
         threads.park_thread_pool()          # BLAS's threads need the cores
     return product(a, b, out)
+
+
+def matmuls(pairs):
+    """``shares_numpy.matmuls``: the products side by side (``threads.run_all``),
+    each whole with BLAS on one thread, where there are threads for them and
+    each is a single product ``_side_by_side`` takes; else one after another
+    through ``matmul``, which may cut each into shares."""
+    if len(pairs) < 2 or threads.numba_threads() < 2 \
+            or not all(_side_by_side(a, b) for a, b in pairs):
+        return [matmul(a, b) for a, b in pairs]
+    results = [None] * len(pairs)
+
+    def run(i, a, b):
+        results[i] = product(a, b)
+
+    with threads.single_threaded_blas():
+        threads.run_all([functools.partial(run, i, a, b) for i, (a, b) in enumerate(pairs)])
+    return results
+
+
+def _side_by_side(a, b):
+    """Whether ``matmuls`` may run ``a @ b`` whole beside other products: a
+    single 2-D product (outside a share, NumPy float arrays of one dtype) of
+    at least MIN_MULTIPLY_ADDS_SIDE_BY_SIDE multiply-adds that ``matmul``
+    would run whole on one thread -- not cut into shares, nor handed to
+    BLAS's threads."""
+    shape = _result_shape(a, b)
+    if shape is None or len(shape) != 2:
+        return False
+    multiply_adds = shape[0] * a.shape[1] * shape[1]
+    return (MIN_MULTIPLY_ADDS_SIDE_BY_SIDE <= multiply_adds < BLAS_MIN_MULTIPLY_ADDS
+            and _parts(shape, _cut_axis(a, b, shape), multiply_adds, None, a.dtype) == 1)
 
 
 def _result_shape(a, b):

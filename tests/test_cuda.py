@@ -295,8 +295,8 @@ def test_gpu_kernels_fall_back_to_the_reference_without_numba_cuda(monkeypatch):
         **{name: "kernels.elementwise_numpy" for name in ELEMENTWISE},
         **{name: "kernels.winograd_numpy" for name in WINOGRAD},
         **{name: "kernels.conv_direct_numpy" for name in CONV_DIRECT},
-        "matmul": "kernels.shares_numpy", "map_chunks": "kernels.shares_numpy",
-        "concatenate": "kernels.shares_numpy"}
+        "matmul": "kernels.shares_numpy", "matmuls": "kernels.shares_numpy",
+        "map_chunks": "kernels.shares_numpy", "concatenate": "kernels.shares_numpy"}
 
 
 def test_gpu_kernels_are_the_cuda_ones_when_numba_reaches_the_gpu(monkeypatch):
@@ -306,7 +306,7 @@ def test_gpu_kernels_are_the_cuda_ones_when_numba_reaches_the_gpu(monkeypatch):
     assert sorted(chosen) == sorted(kernels.KERNELS)
     assert {f.__module__ for name, f in chosen.items()
             if name not in ADAPTIVE + ELEMENTWISE + WINOGRAD + CONV_DIRECT
-            + ("matmul", "map_chunks", "concatenate", "batchnorm_forward_eval")} == {
+            + ("matmul", "matmuls", "map_chunks", "concatenate", "batchnorm_forward_eval")} == {
         "kernels.conv_cuda", "kernels.pool_cuda", "kernels.bn_cuda"}
     # Adaptive pooling has no CUDA loops: its reference is matrix products
     # (cuBLAS on CuPy arrays) and, for the global pool, a mean.  Nor have the
@@ -315,7 +315,8 @@ def test_gpu_kernels_are_the_cuda_ones_when_numba_reaches_the_gpu(monkeypatch):
     # arrays); the stacked products are cuBLAS's, through CuPy's matmul, and a
     # concatenation is CuPy's.
     assert {chosen[name].__module__ for name in ADAPTIVE} == {"kernels.pool_numpy"}
-    assert {chosen[name].__module__ for name in ("matmul", "map_chunks", "concatenate")} == {
+    assert {chosen[name].__module__ for name in ("matmul", "matmuls", "map_chunks",
+                                                 "concatenate")} == {
         "kernels.shares_numpy"}
     assert {chosen[name].__module__ for name in ELEMENTWISE} == {"kernels.elementwise_numpy"}
     assert {chosen[name].__module__ for name in WINOGRAD} == {"kernels.winograd_numpy"}

@@ -591,3 +591,75 @@ def test_cat_runs_the_kernel():
         y = tc.cat([tc.Tensor(a), tc.Tensor(b)], dim=1)
     assert counts["concatenate"] == 1
     np.testing.assert_array_equal(y.numpy(), np.concatenate([a, b], axis=1))
+
+
+# ---------------------------------------------------------------- independent products
+def linear_backward_pairs(batch, n_in, n_out, dtype=np.float32, seed=4):
+    """A fully connected layer's backward products: dx = dy W and dW = dyᵀ x."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((batch, n_in)).astype(dtype)
+    W = rng.standard_normal((n_out, n_in)).astype(dtype)
+    gy = rng.standard_normal((batch, n_out)).astype(dtype)
+    return [(gy, W), (gy.T, x)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_independent_products_run_side_by_side_each_whole(monkeypatch, dtype):
+    # LeNet's second layer, (256, 84) against (84, 120): 2.6M multiply-adds each,
+    # too few for two shares of one product, enough to run beside the other
+    before = threads.get_num_threads()
+    threads.set_num_threads(2)
+    try:
+        pairs = linear_backward_pairs(256, 84, 120, dtype)
+        expected = [a @ b for a, b in pairs]
+        submitted, seen = split_calls(monkeypatch), blas_threads_seen(monkeypatch)
+        results = shares_threads.matmuls(pairs)
+        assert len(submitted) == 1, "two products: one to the pool, one on the calling thread"
+        assert seen == [1, 1], "each whole, BLAS on one thread"
+        assert all(lib.num_threads == 2 for lib in threads.blas_libraries())   # restored
+        tol = 1e-5 if dtype == np.float32 else 1e-12
+        for result, reference in zip(results, expected):
+            assert result.shape == reference.shape and result.dtype == reference.dtype
+            np.testing.assert_allclose(result, reference, rtol=0, atol=tol * np.abs(reference).max())
+        assert [r.shape for r in shares_numpy.matmuls(pairs)] == [r.shape for r in expected]
+    finally:
+        threads.set_num_threads(before)
+
+
+@pytest.mark.parametrize("case", ["one-thread", "small", "stacked", "cut-into-shares",
+                                  "blas-threads", "in-a-share", "float16"])
+def test_independent_products_that_go_one_after_another(monkeypatch, case):
+    before = threads.get_num_threads()
+    threads.set_num_threads(1 if case == "one-thread" else 2)
+    try:
+        pairs = linear_backward_pairs(256, 84, 120)
+        if case == "small":                     # below MIN_MULTIPLY_ADDS_SIDE_BY_SIDE
+            pairs = linear_backward_pairs(64, 84, 120)
+        elif case == "stacked":
+            pairs = [(a[None], b[None]) for a, b in pairs]
+        elif case == "cut-into-shares":         # matmul's own shares split each
+            monkeypatch.setattr(shares_threads, "MIN_MULTIPLY_ADDS_PER_PRODUCT_SHARE", 2**20)
+        elif case == "blas-threads":
+            monkeypatch.setattr(shares_threads, "BLAS_MIN_MULTIPLY_ADDS", 2**21)
+        elif case == "float16":
+            pairs = [(a.astype(np.float16), b.astype(np.float16)) for a, b in pairs]
+        one_by_one = []
+        real = shares_threads.matmul
+        monkeypatch.setattr(shares_threads, "matmul",
+                            lambda a, b, out=None: one_by_one.append(1) or real(a, b, out))
+        if case == "in-a-share":
+            results = threads.map_in_shares(lambda _: shares_threads.matmuls(pairs), [0])[0]
+        else:
+            results = shares_threads.matmuls(pairs)
+        assert one_by_one == [1, 1]
+        for result, (a, b) in zip(results, pairs):
+            np.testing.assert_allclose(result, a @ b, rtol=1e-2 if case == "float16" else 1e-4,
+                                       atol=1e-2 if case == "float16" else 1e-4)
+    finally:
+        threads.set_num_threads(before)
+
+
+def test_a_pair_that_cannot_be_multiplied_gets_numpys_error():
+    a, b = np.ones((256, 84), np.float32), np.ones((85, 120), np.float32)
+    with pytest.raises(ValueError):
+        shares_threads.matmuls([(a, b), (a, b)])

@@ -192,14 +192,20 @@ def test_linear_integer_input():
         linear(Tensor(np.ones((2, 3), np.int64)), Tensor(distinct(2, 3)))
 
 
+@pytest.mark.parametrize("weight_grad", [True, False])
 @pytest.mark.parametrize("op", ["linear", "matmul"])
-def test_products_go_through_the_kernel_interface(op):
-    # so the CPU set's rules apply to them (a small product on one thread, kernels/shares_threads.py)
+def test_products_go_through_the_kernel_interface(op, weight_grad):
+    # so the CPU set's rules apply to them (a small product on one thread, kernels/shares_threads.py);
+    # the backward's two products go together, which lets the kernels run them side by side
     import kernels
     rng = np.random.default_rng(0)
     x = Tensor(rng.standard_normal((5, 4)), requires_grad=True)
-    W = Tensor(rng.standard_normal((3, 4)), requires_grad=True)
+    W = Tensor(rng.standard_normal((3, 4)), requires_grad=weight_grad)
     with kernels.counting() as calls:
         y = linear(x, W) if op == "linear" else matmul(x, W.T)
         y.sum().backward()
-    assert calls["matmul"] == 3            # y, dx and dW
+    if weight_grad:
+        assert (calls["matmul"], calls["matmuls"]) == (1, 1)    # y; dx and dW together
+    else:
+        assert (calls["matmul"], calls["matmuls"]) == (2, 0)    # y; dx alone
+    assert W.grad is None if not weight_grad else W.grad.shape == (3, 4)

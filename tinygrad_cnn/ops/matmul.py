@@ -9,6 +9,17 @@ from ..backends.tf32 import TF32
 from .elementwise import unbroadcast
 
 
+def _products(first, second):
+    """The products a @ b of the pairs (a, b) asked for (False: not asked for,
+    None comes back).  Two products of a backward do not depend on each other,
+    so both go to the kernels at once, which may run them side by side
+    (``kernels.matmuls``)."""
+    asked = [pair for pair in (first, second) if pair]
+    results = iter(kernels.matmuls(asked) if len(asked) == 2 else
+                   [kernels.matmul(*pair) for pair in asked])
+    return tuple(next(results) if pair else None for pair in (first, second))
+
+
 class MatMul(Function):
     """Y = A @ B (batched, broadcasting);   dA = dY @ Bᵀ,  dB = Aᵀ @ dY
 
@@ -26,8 +37,8 @@ class MatMul(Function):
         a, b = self.saved
         need_a, need_b = self.needs_input_grad
         with TF32(gy, cuda.matmul.allow_tf32):
-            ga = kernels.matmul(gy, b.swapaxes(-1, -2)) if need_a else None
-            gb = kernels.matmul(a.swapaxes(-1, -2), gy) if need_b else None
+            ga, gb = _products(need_a and (gy, b.swapaxes(-1, -2)),
+                               need_b and (a.swapaxes(-1, -2), gy))
         ga = unbroadcast(ga, self.shapes[0]) if need_a else None
         gb = unbroadcast(gb, self.shapes[1]) if need_b else None
         return ga, gb
@@ -51,11 +62,11 @@ class Linear(Function):
         x, W = self.saved
         need = self.needs_input_grad
         with TF32(gy, cuda.matmul.allow_tf32):
-            gx = kernels.matmul(gy, W) if need[0] else None
-            gW = kernels.matmul(gy.T, x) if need[1] else None
+            gx, gW = _products(need[0] and (gy, W), need[1] and (gy.T, x))
         if len(need) == 2:
             return gx, gW
         return gx, gW, (gy.sum(axis=0) if need[2] else None)
+
 
 
 def matmul(a, b):
