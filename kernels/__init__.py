@@ -429,7 +429,7 @@ def matmuls(pairs):
     """``[matmul(a, b) for a, b in pairs]`` for products that do not depend on
     each other (``shares_numpy.matmuls``); chosen by the first pair's a."""
     pairs = tuple(pairs)
-    return _implementation("matmuls", pairs[0][0])(pairs)
+    return _implementation("matmuls", pairs[0][0])(pairs) if pairs else []
 
 
 def map_chunks(x, work, chunks, combine=None):

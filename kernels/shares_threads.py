@@ -13,11 +13,11 @@ faster on 2 threads than on 1.  Here the stack is cut instead: each thread
 runs whole products of its share of the stack with BLAS on one thread
 (``threads.single_threaded_blas``), the calling thread one share,
 ``threads.thread_pool()`` the others; BLAS releases the GIL, so the shares
-run side by side.  A single product of middling size (a fully connected
-layer's, a tiny map's dense convolution: ``conv_dense.py``) is cut the same
-way, into shares of a's rows or of b's columns (``_cut_axis``);
-OpenBLAS's own threads, asleep between products, took longer to join in than
-such a product takes.
+run side by side.  A single product of middling size (a tiny map's dense
+convolution: ``conv_dense.py``; from two shares of
+MIN_MULTIPLY_ADDS_PER_PRODUCT_SHARE) is cut the same way, into shares of a's
+rows or of b's columns (``_cut_axis``): OpenBLAS's own threads, asleep
+between products, took longer to join in than such a product takes.
 
 ``matmuls``: a layer's backward makes two products that do not depend on
 each other, dx = dy W and dW = dyᵀ x.  Where each is a single product too
@@ -66,8 +66,8 @@ MIN_MULTIPLY_ADDS_PER_THREAD = 2**20
 # product in shares").
 MIN_MULTIPLY_ADDS_PER_PRODUCT_SHARE = 2**23
 
-# Below this many multiply-adds a single product runs in row shares, or, too
-# small for two, with BLAS on the calling thread alone: in a training step
+# Below this many multiply-adds a single product runs in shares (``_parts``), or,
+# too small for two, with BLAS on the calling thread alone: in a training step
 # OpenBLAS's threads, asleep between products, took longer to join in than they
 # saved on such products (LeNet's fully connected layers; benchmarks/results.md,
 # "Small products with BLAS on the calling thread").

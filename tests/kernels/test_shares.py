@@ -663,3 +663,7 @@ def test_a_pair_that_cannot_be_multiplied_gets_numpys_error():
     a, b = np.ones((256, 84), np.float32), np.ones((85, 120), np.float32)
     with pytest.raises(ValueError):
         shares_threads.matmuls([(a, b), (a, b)])
+
+
+def test_no_pairs_give_no_products():
+    assert kernels.matmuls([]) == [] and shares_threads.matmuls([]) == []

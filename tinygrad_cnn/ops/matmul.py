@@ -68,7 +68,6 @@ class Linear(Function):
         return gx, gW, (gy.sum(axis=0) if need[2] else None)
 
 
-
 def matmul(a, b):
     a_nd, b_nd = a.ndim, b.ndim
     a_shape, b_shape = tuple(a.shape), tuple(b.shape)
