@@ -347,10 +347,16 @@ def avgpool2d_forward(x, kernel_size, stride, padding, ceil_mode=False,
     return y
 
 
+def _windows_abut(kernel_size, stride, padding):
+    """Whether each pooling window starts where the last one ends: stride ==
+    kernel and no padding, so every input cell lies in one window at most."""
+    return tuple(stride) == tuple(kernel_size) and tuple(padding) == (0, 0)
+
+
 def _tiles(x_shape, out_hw, kernel_size, stride, padding):
-    """Whether the pooling windows tile the input: stride == kernel, no padding,
-    and no part window past its edge (ceil_mode's)."""
-    return (tuple(stride) == tuple(kernel_size) and tuple(padding) == (0, 0)
+    """Whether the pooling windows tile the input: they abut, and none is a
+    part window past its edge (ceil_mode's)."""
+    return (_windows_abut(kernel_size, stride, padding)
             and all(o * k <= n for o, k, n in zip(out_hw, kernel_size, x_shape[2:])))
 
 
@@ -364,8 +370,8 @@ def avgpool2d_backward(gy, x_shape, kernel_size, stride, padding, count_include_
                                           padding, count_include_pad, divisor_override, gy.dtype, np)
     gx = np.empty(tuple(x_shape), dtype=gy.dtype)
     loops = _loops(*kernel_size)
-    if tuple(stride) == tuple(kernel_size) and tuple(padding) == (0, 0):
-        # LeNet's and DenseNet's 2x2 pools: windows tile the input
+    if _windows_abut(kernel_size, stride, padding):
+        # LeNet's and DenseNet's 2x2 pools; the loop handles ceil_mode's part windows
         threads.over_batch(loops.avgpool_backward_tiled, (_planes(gy), _planes(gx)), divisor)
     else:
         threads.over_batch(loops.avgpool_backward, (np.ascontiguousarray(gy), gx), divisor,

@@ -90,7 +90,7 @@ def matmul(a, b, out=None):
     shape = _result_shape(a, b)
     if shape is None:
         return product(a, b, out)
-    multiply_adds = math.prod(shape[:-2]) * shape[-2] * a.shape[-1] * shape[-1]
+    multiply_adds = _multiply_adds(a, shape)
     axis = _cut_axis(a, b, shape)
     parts = _parts(shape, axis, multiply_adds, out, a.dtype)
     if parts > 1:
@@ -130,9 +130,14 @@ def _side_by_side(a, b):
     shape = _result_shape(a, b)
     if shape is None or len(shape) != 2:
         return False
-    multiply_adds = shape[0] * a.shape[1] * shape[1]
+    multiply_adds = _multiply_adds(a, shape)
     return (MIN_MULTIPLY_ADDS_SIDE_BY_SIDE <= multiply_adds < BLAS_MIN_MULTIPLY_ADDS
             and _parts(shape, _cut_axis(a, b, shape), multiply_adds, None, a.dtype) == 1)
+
+
+def _multiply_adds(a, shape):
+    """The multiply-adds of ``a @ b`` whose result has ``shape``."""
+    return math.prod(shape) * a.shape[-1]
 
 
 def _result_shape(a, b):
