@@ -1,7 +1,10 @@
 """Elementwise kernels as compiled loops (Numba): the interface of ``elementwise_numpy``.
 
 Same signatures and results as ``elementwise_numpy.py`` (bit for bit: the
-loops do the reference's float operations in the same order and dtype).
+loops do the reference's float operations in the same order and dtype), but
+for the float32 sigmoid's forward, which computes σ its own way
+(``_sigmoid_forward_float32_loop``): closer to the exact value, and in
+vector registers where NumPy's float32 tanh has none.
 The reference spends a pass through memory, and often a temporary, on each
 NumPy expression: ``relu_backward`` builds a bool mask then selects (a
 branch per element, which mispredicts on a ReLU's mask), ``sigmoid_backward``
@@ -20,8 +23,9 @@ parameters are small (the figures are in benchmarks/results.md, "Figures
 behind design choices in kernels/").  Only ReLU and the sigmoid's backward
 on arrays of tens of MB are cut into slices for the thread pool
 (``threads.stream_slices``), each slice a one-thread loop with the GIL
-released; everything else runs on the calling thread.  The sigmoid's
-forward has no loop (see ``sigmoid_forward``).
+released; the float32 sigmoid's forward, a polynomial per element, from
+2 MB as the loops that compute more than they move; everything else runs
+on the calling thread.
 
 Exactness: scalar factors are cast to the arrays' dtype before the loop
 (NumPy does the same with Python floats), and constants are written as
@@ -106,9 +110,45 @@ def _sgd_loop(param, grad, buf, lr, has_momentum, momentum, dampening_factor,
         param[i] = param[i] - lr * d
 
 
+# The float32 sigmoid from e = exp(-|x|), which lies in (0, 1] and cannot overflow:
+#     σ(x) = 1 / (1 + e) for x >= 0,    e / (1 + e) for x < 0,
+# and e from Cody and Waite's reduction: -|x| = n·ln 2 + r with n an integer and
+# |r| <= ln(2)/2, so e = 2ⁿ · exp(r), exp(r) a polynomial (Cephes' expf) and 2ⁿ
+# built from its exponent bits.  Every step is plain arithmetic on the element,
+# so the compiler runs the loop in vector registers (NumPy's float32 tanh, the
+# reference's, has a vector loop only with AVX-512).
+_LOG2E = np.float32(1.4426950408889634)
+_LN2_HI = np.float32(0.693359375)       # ln 2 in 9 bits: n · _LN2_HI is exact for |n| <= 150
+_LN2_LO = np.float32(-2.12194440e-4)    # ln 2 - _LN2_HI
+_ROUNDER = np.float32(12582912.0)       # 1.5 · 2²³: (v + it) - it rounds v to an integer
+_LOWEST = np.float32(-104.0)            # exp(-104) rounds to float32's least subnormal or 0
+_EXP = tuple(np.float32(c) for c in (1.9875691500e-4, 1.3981999507e-3, 8.3334519073e-3,
+                                     4.1665795894e-2, 1.6666665459e-1, 5.0000001201e-1))
+
+
+def _sigmoid_forward_float32_loop(x, y):
+    """y = σ(x) for float32 x, to within 3 units in the last place of the exact
+    value (tests/kernels/test_elementwise_kernels.py): σ(±inf) = 1 / 0, σ(NaN) = NaN."""
+    c5, c4, c3, c2, c1, c0 = _EXP
+    one = np.float32(1)
+    for i in range(x.size):
+        v = x[i]
+        t = -abs(v)
+        t = _LOWEST if t < _LOWEST else t      # NaN passes: comparisons with it are false
+        n = (t * _LOG2E + _ROUNDER) - _ROUNDER  # the integer nearest t / ln 2, -150..0
+        r = (t - n * _LN2_HI) - n * _LN2_LO
+        exp_r = (((((c5 * r + c4) * r + c3) * r + c2) * r + c1) * r + c0) * r * r + r + one
+        k = np.int32(n)                         # 2ⁿ as two normal factors 2^(n/2): float32
+        half = k >> 1                           # has no 2⁻¹⁵⁰, and a subnormal e needs it
+        e = (exp_r * np.int32((half + 127) << 23).view(np.float32)
+             * np.int32((k - half + 127) << 23).view(np.float32))
+        y[i] = (one if v >= 0 else e) / (one + e)
+
+
 _compiled = on_first_use(_relu_forward_loop, _relu_backward_loop, _sigmoid_backward_loop,
                          _relu_backward_over_gy_loop, _sigmoid_backward_over_gy_loop,
-                         _sgd_loop, nogil=True)
+                         _sgd_loop, _sigmoid_forward_float32_loop, nogil=True,
+                         error_model="numpy")   # no divide-by-zero check: a vector loop
 
 
 def _compilable_alike(*arrays):
@@ -151,14 +191,21 @@ def relu_backward(gy, y, overwrite_gy=False):
 
 
 def sigmoid_forward(x):
-    """``elementwise_numpy.sigmoid_forward``, with a large x cut into slices
-    that threads of the pool compute side by side (``_tanh_slices``).
-    No compiled loop: Numba's tanh would neither round as NumPy's does nor run
-    as fast; each slice runs NumPy's own expressions (which release the GIL),
-    so the values are the reference's bit for bit.  Unlike the loops above,
-    tanh does enough arithmetic per byte for two threads to gain from
-    arrays of a few MB."""
-    if not _compilable_alike(x) or x.ndim == 0:
+    """``elementwise_numpy.sigmoid_forward``: float32 through a loop of its own
+    (``_sigmoid_forward_float32_loop``, a few units in the last place from the
+    exact value, where the reference's ½ tanh(x/2) + ½ loses all digits of a
+    small σ(x): 0 from x = -17 on), cut into slices over threads from 2 MB as
+    the other loops that compute more than they move.
+
+    float64 (gradient checks) gets the reference's values bit for bit: each
+    slice runs NumPy's own expressions, which release the GIL (``_tanh_slices``)."""
+    if not _compilable_alike(x):
+        return elementwise_numpy.sigmoid_forward(x)
+    if x.dtype == np.float32:
+        y = np.empty(x.shape, dtype=x.dtype)
+        threads.over_batch(_compiled().sigmoid_forward_float32, (_flat(x), y.reshape(-1)))
+        return y
+    if x.ndim == 0:
         return elementwise_numpy.sigmoid_forward(x)
     slices = _tanh_slices(x)
     if len(slices) == 1:
@@ -177,12 +224,11 @@ TANH_SPLIT_SECONDS = 0.4e-3
 
 
 def _tanh_slices(x):
-    """``threads.batch_slices`` for NumPy's tanh over x: from 2 MB of x, as the
-    other loops over the batch, or from TANH_SPLIT_SECONDS of work by what tanh
-    costs here (``tanh_seconds_per_element``).  That cost is the machine's:
-    NumPy 2.4's float32 tanh runs in vector registers with AVX-512 and element
-    by element without (on the AVX2 Zen 3 VM slower than PyTorch's whole
-    sigmoid), so a layer's bytes alone do not tell its time."""
+    """``threads.batch_slices`` for NumPy's tanh over (float64) x: from 2 MB of
+    x, as the other loops over the batch, or from TANH_SPLIT_SECONDS of work by
+    what tanh costs here (``tanh_seconds_per_element``).  That cost is the
+    machine's: NumPy 2.4's tanh runs in vector registers with AVX-512 and
+    element by element without, so a layer's bytes alone do not tell its time."""
     slow = x.size * tanh_seconds_per_element(x.dtype) >= TANH_SPLIT_SECONDS
     # counted as enough work to split, whatever its bytes
     work = threads.PARALLEL_MIN_MULTIPLY_ADDS if slow else 0

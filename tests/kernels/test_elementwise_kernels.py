@@ -45,13 +45,70 @@ def assert_identical(actual, expected):
 
 
 # ---------------------------------------------------------------- activations
+# The float32 sigmoid has a loop of its own (exp(-|x|) by a polynomial), not the
+# reference's ½ tanh(x/2) + ½: it is held to the exact value instead.
+FORWARD_BIT_FOR_BIT = [("relu_forward", np.float32), ("relu_forward", np.float64),
+                       ("sigmoid_forward", np.float64)]
+
+
 @pytest.mark.parametrize("layout", LAYOUTS.values(), ids=LAYOUTS.keys())
-@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", SHAPES.values(), ids=SHAPES.keys())
-@pytest.mark.parametrize("name", ["relu_forward", "sigmoid_forward"])
-def test_activation_forward_equals_reference(name, shape, dtype, layout):
+@pytest.mark.parametrize("name, dtype", FORWARD_BIT_FOR_BIT)
+def test_activation_forward_equals_reference(name, dtype, shape, layout):
     x = layout(random_array(shape, dtype, seed=0, special=True))
     assert_identical(getattr(elementwise_numba, name)(x), getattr(elementwise_numpy, name)(x))
+
+
+def exact_sigmoid(x):
+    """σ(x) in float64 from exp(-|x|), no overflow: exact to float32's eye."""
+    x = np.asarray(x, dtype=np.float64)
+    e = np.exp(-np.abs(x))
+    return np.where(x >= 0, 1.0, e) / (1.0 + e)
+
+
+def assert_sigmoid_within_ulps(y, x, ulps=3):
+    """y, a float32 σ(x), within ``ulps`` units in the last place of the exact
+    value (a subnormal's unit is float32's least subnormal), NaN where x is
+    NaN; both printed where it is not."""
+    assert y.dtype == np.float32 and y.shape == x.shape
+    exact = exact_sigmoid(x)
+    np.testing.assert_array_equal(np.isnan(y), np.isnan(x))
+    unit = np.spacing(np.abs(exact).astype(np.float32)).astype(np.float64)
+    with np.errstate(invalid="ignore"):
+        error = np.where(np.isnan(x), 0, np.abs(y.astype(np.float64) - exact) / unit)
+    worst = np.unravel_index(np.argmax(error), error.shape) if error.size else None
+    assert error.size == 0 or error[worst] <= ulps, (
+        f"sigmoid({x[worst]!r}) = {y[worst]!r}, exact {exact[worst]!r}: {error[worst]:.2f} ulps")
+
+
+@pytest.mark.parametrize("layout", LAYOUTS.values(), ids=LAYOUTS.keys())
+@pytest.mark.parametrize("shape", SHAPES.values(), ids=SHAPES.keys())
+def test_float32_sigmoid_within_3_ulps_of_exact(shape, layout):
+    x = layout(random_array(shape, np.float32, seed=0, special=True))
+    y = elementwise_numba.sigmoid_forward(x)
+    assert isinstance(y, np.ndarray)
+    assert_sigmoid_within_ulps(y, x)
+
+
+def test_float32_sigmoid_over_its_whole_range():
+    # every part of the reduction: 2^n down to a subnormal e, and below -104, where
+    # σ rounds to 0; tanh's ½ tanh(x/2) + ½ is 0 from x = -17 on, this loop is not
+    x = np.concatenate([np.linspace(-110, 30, 400_001, dtype=np.float32),
+                        np.float32([-87.3, -87.4, -103.9, -103.95, -104, -104.1, 1e-30, -1e-30,
+                                    88.8, 5e-8, -5e-8, 16.6, 17.0, 20.0, -20.0])])
+    y = elementwise_numba.sigmoid_forward(x)
+    assert_sigmoid_within_ulps(y, x)
+    assert y[x == np.float32(-20.0)][0] > 0 == elementwise_numpy.sigmoid_forward(np.float32([-20.0]))[0]
+    # and the reference, to within the two results' roundings together: 3 ulps of
+    # this loop's near 1 and ½ tanh's 2⁻²⁴ make less than 2⁻²²
+    np.testing.assert_allclose(y, elementwise_numpy.sigmoid_forward(x), rtol=0, atol=2.0**-22)
+
+
+def test_float32_sigmoid_of_special_values():
+    x = np.float32([np.inf, -np.inf, np.nan, 0.0, -0.0, 200, -200])
+    y = elementwise_numba.sigmoid_forward(x)
+    np.testing.assert_array_equal(y, np.float32([1, 0, np.nan, 0.5, 0.5, 1, 0]))
+    assert not np.signbit(y[[1, 6]]).any()
 
 
 def backward_inputs(name, shape, dtype, layout):
@@ -104,9 +161,9 @@ def test_activation_backward_leaves_gy_alone_unless_allowed(name, module):
 @pytest.mark.parametrize("seconds_per_element, split", [(3e-9, True), (0.3e-9, False)])
 def test_a_slow_tanh_splits_a_sigmoid_that_a_fast_one_keeps_whole(seconds_per_element, split,
                                                                   monkeypatch):
-    # 256 x 16 x 10 x 10 (LeNet's second activation, 1.6 MB, under the 2 MB that
-    # splits by bytes): ~1.2 ms of tanh at what NumPy's scalar float32 tanh cost on
-    # the AVX2 VM, ~0.12 ms at a tenth of that (a tanh in vector registers)
+    # float64, which goes through NumPy's tanh (float32 has a loop of its own):
+    # 128 x 16 x 10 x 10, 1.6 MB, under the 2 MB that splits by bytes; ~0.6 ms of
+    # tanh at 3 ns per element, ~0.06 ms at a tenth of that
     monkeypatch.setattr(elementwise_numba, "tanh_seconds_per_element",
                         lambda dtype: seconds_per_element)
     previous = kernels.threads.get_num_threads()
@@ -114,7 +171,7 @@ def test_a_slow_tanh_splits_a_sigmoid_that_a_fast_one_keeps_whole(seconds_per_el
     try:
         if kernels.threads.numba_threads() < 2:
             pytest.skip("Numba's pool has one thread here")
-        x = np.random.default_rng(0).standard_normal((256, 16, 10, 10)).astype(np.float32)
+        x = np.random.default_rng(0).standard_normal((128, 16, 10, 10))
         slices = 2 * kernels.threads.numba_threads() if split else 1
         assert len(elementwise_numba._tanh_slices(x)) == slices
         assert_identical(elementwise_numba.sigmoid_forward(x), elementwise_numpy.sigmoid_forward(x))
@@ -151,7 +208,13 @@ def test_activations_cut_into_slices_equal_reference(dtype, threads, monkeypatch
         with np.errstate(invalid="ignore"):
             expected = elementwise_numpy.sigmoid_backward(gy, s)
         assert_identical(elementwise_numba.sigmoid_backward(gy, s), expected)
-        assert_identical(elementwise_numba.sigmoid_forward(x), elementwise_numpy.sigmoid_forward(x))
+        if dtype == np.float64:
+            expected = elementwise_numpy.sigmoid_forward(x)
+        else:                       # the float32 loop on the whole array, on this thread
+            expected = np.empty_like(x)
+            elementwise_numba._compiled().sigmoid_forward_float32(x.reshape(-1),
+                                                                  expected.reshape(-1))
+        assert_identical(elementwise_numba.sigmoid_forward(x), expected)
         for name, out in [("relu_backward", y), ("sigmoid_backward", s)]:    # over gy
             with np.errstate(invalid="ignore"):
                 expected = getattr(elementwise_numpy, name)(gy, out)

@@ -199,7 +199,7 @@ class ReLU(Function):
 class Sigmoid(Function):
     """y = 1 / (1 + e⁻ˣ);   dy/dx = y (1 - y)"""
     def forward(self, x):
-        y = kernels.sigmoid_forward(x)           # ½ tanh(x/2) + ½: no overflow in exp(-x)
+        y = kernels.sigmoid_forward(x)           # from exp(-|x|) or ½ tanh(x/2) + ½: no overflow
         self.save_for_backward(y)
         return y
 
