@@ -25,6 +25,8 @@ float32/float64 arrays reach the loops, others go to the reference; Numba
 is imported and the loops compiled, or loaded from the disk cache, at the
 first call).
 """
+import contextlib
+
 import numpy as np
 
 from . import threads, winograd_numpy
@@ -475,6 +477,22 @@ def _loops():
     return threads.loops_for_this_thread(_compiled_in_share, _compiled)
 
 
+# Below this many transformed weights (α²·O·C), the weight transforms run on
+# the calling thread: Numba's parallel launch between the ops of a training
+# step costs more than the loop, and the parallel build of the loop runs
+# slower per thread than the plain one (benchmarks/results.md, "The weight
+# transforms on the calling thread").
+WEIGHT_PARALLEL_MIN_CELLS = 2**22
+
+
+def _weight_loops_for(cells):
+    """``with _weight_loops_for(cells) as loops:`` ``_loops()``, or the
+    one-thread loops for a transform of fewer than WEIGHT_PARALLEL_MIN_CELLS."""
+    if cells < WEIGHT_PARALLEL_MIN_CELLS:
+        return contextlib.nullcontext(_compiled_in_share())
+    return _loops()
+
+
 def _blocks(planes, loops):
     """How many blocks of planes a plane loop's ``prange`` runs, each block
     with its scratch rows allocated once: one for the one-thread ``loops``
@@ -498,7 +516,7 @@ def winograd_weight(W, m=2):
     alpha = winograd_numpy.tile_side(m)
     U = np.empty((alpha, alpha) + W.shape[:2], dtype=W.dtype)
     W = np.ascontiguousarray(W)
-    with _loops() as loops:
+    with _weight_loops_for(U.size) as loops:
         if m == 2:
             loops.weight(W, U)
         else:
@@ -513,7 +531,7 @@ def winograd_weight_backward(gU):
     m = winograd_numpy.tile_size(gU.shape[0])
     gW = np.empty(gU.shape[2:] + (3, 3), dtype=gU.dtype)
     gU = np.ascontiguousarray(gU)
-    with _loops() as loops:
+    with _weight_loops_for(gU.size) as loops:
         if m == 2:
             loops.weight_backward(gU, gW)
         else:

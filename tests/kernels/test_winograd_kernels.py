@@ -193,6 +193,39 @@ def test_one_thread_runs_the_one_thread_loops(monkeypatch, m):
         threads.set_num_threads(previous)
 
 
+@pytest.mark.parametrize("m", TILE_SIZES)
+def test_small_weight_transforms_run_on_the_calling_thread(monkeypatch, m):
+    # on 2 threads, below WEIGHT_PARALLEL_MIN_CELLS no parallel launch; from it on,
+    # the parallel loops, with the same values
+    from kernels import threads
+    asked = []
+    parallel = winograd_numba._compiled
+
+    def watched():
+        asked.append(True)
+        return parallel()
+    previous = threads.get_num_threads()
+    threads.set_num_threads(2)
+    try:
+        if threads.numba_threads() < 2:
+            pytest.skip("Numba's pool has one thread here")
+        monkeypatch.setattr(winograd_numba, "_compiled", watched)
+        W = random_like((5, 3, 3, 3)).astype(np.float32)
+        alpha = m + 2
+        cells = alpha * alpha * 5 * 3
+        monkeypatch.setattr(winograd_numba, "WEIGHT_PARALLEL_MIN_CELLS", cells + 1)
+        U = winograd_numba.winograd_weight(W, m)
+        gW = winograd_numba.winograd_weight_backward(U)
+        assert asked == []
+        monkeypatch.setattr(winograd_numba, "WEIGHT_PARALLEL_MIN_CELLS", cells)
+        np.testing.assert_array_equal(winograd_numba.winograd_weight(W, m), U)
+        np.testing.assert_array_equal(winograd_numba.winograd_weight_backward(U), gW)
+        assert asked == [True, True]
+        assert_close(U, winograd_numpy.winograd_weight(W, m))
+    finally:
+        threads.set_num_threads(previous)
+
+
 def test_the_one_thread_loops_run_the_planes_in_one_block(thread_count):
     # whichever way _loops chose them: one thread, or another thread holding Numba's pool
     from kernels import threads
