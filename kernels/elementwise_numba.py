@@ -128,7 +128,8 @@ _EXP = tuple(np.float32(c) for c in (1.9875691500e-4, 1.3981999507e-3, 8.3334519
 
 def _sigmoid_forward_float32_loop(x, y):
     """y = σ(x) for float32 x, to within 3 units in the last place of the exact
-    value (tests/kernels/test_elementwise_kernels.py): σ(±inf) = 1 / 0, σ(NaN) = NaN."""
+    value (tests/kernels/test_elementwise_kernels.py); σ(inf) = 1, σ(-inf) = 0,
+    σ(NaN) = NaN."""
     c5, c4, c3, c2, c1, c0 = _EXP
     one = np.float32(1)
     for i in range(x.size):

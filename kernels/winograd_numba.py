@@ -480,7 +480,7 @@ def _loops():
 # Below this many transformed weights (α²·O·C), the weight transforms run on
 # the calling thread: Numba's parallel launch between the ops of a training
 # step costs more than the loop, and the parallel build of the loop runs
-# slower per thread than the plain one (benchmarks/results.md, "The weight
+# slower per thread than the plain one (benchmarks/results.md, "Weight
 # transforms on the calling thread").
 WEIGHT_PARALLEL_MIN_CELLS = 2**22
 
