@@ -24,6 +24,11 @@ time is recorded and the rest still run:
    the cores there (``benchmarks.cpu --threads``, one round, as users run it);
    its tables go to ``<out>/cpu-scaling.md`` and ``.json``.  Skipped when less
    than its timeout is left of the budget;
+   ``cpu_bandwidth`` (issue 13), on 4 or more cores, budget permitting: the
+   streaming GB/s of 1, 2, 4, ... threads up to the cores, from working sets
+   that fit the caches to ones that come from main memory
+   (``benchmarks.bandwidth``): the cap memory puts on the speed-up of the
+   ops that only move memory there, to read cpu_scaling's figures against;
 6. ``fashion_mnist``: ``tinygrad-cnn train lenet_bn --epochs 3 --device cuda``
    on ``--data-dir`` (skipped, with a note, when the files are not there);
    ``cpu_op_scaling`` (issue 13), on 4 or more cores, budget permitting:
@@ -216,6 +221,7 @@ def stages(data_dir, out_dir, steps=10):
                                [python, "-m", "benchmarks.gpu", "--worker", engine, name, batch,
                                 str(steps), "2"], 75))
     found.append(cpu_scaling_stage(out_dir))
+    found.append(cpu_bandwidth_stage())
     found.append(Stage("fashion_mnist",
                        [python, "-m", "tinygrad_cnn", "train", "lenet_bn", "--data-dir",
                         str(data_dir), "--epochs", "3", "--device", "cuda", "--no-progress",
@@ -252,6 +258,40 @@ def cpu_scaling_stage(out_dir, cores=None):
     return Stage("cpu_scaling", argv, CPU_SCALING_TIMEOUT,
                  parse=lambda stdout: parse_cpu_scaling(json.loads(out.read_text())),
                  skip=skip, plan=whole_or_skipped(CPU_SCALING_TIMEOUT))
+
+
+CPU_BANDWIDTH_TIMEOUT = 60
+CPU_BANDWIDTH_SIZES_MB = "1,4,16,64,256"    # within the caches, to well past a server's L3
+
+
+def cpu_bandwidth_stage(cores=None):
+    """``benchmarks.bandwidth`` at the sweep's thread counts (skipped below 4
+    cores, and when less than its timeout is left of the budget)."""
+    cores = cores or os.cpu_count() or 1
+    argv = [sys.executable, "-m", "benchmarks.bandwidth",
+            "--threads", ",".join(map(str, cpu_thread_counts(cores))),
+            "--sizes", CPU_BANDWIDTH_SIZES_MB, "--seconds", "0.1"]
+    skip = (f"{cores} cores: the bandwidth stage needs 4 or more" if cores < 4 else None)
+    return Stage("cpu_bandwidth", argv, CPU_BANDWIDTH_TIMEOUT, parse=parse_bandwidth,
+                 skip=skip, plan=whole_or_skipped(CPU_BANDWIDTH_TIMEOUT))
+
+
+def parse_bandwidth(stdout):
+    """{"caches": the line naming them, "table": [the Markdown lines],
+    "speed_up": {working set: speed-up from 1 thread to all}} from
+    ``benchmarks.bandwidth``'s output."""
+    lines = stdout.splitlines()
+    table = [line for line in lines if line.startswith("|")]
+    if len(table) < 3:
+        raise ValueError("no table in benchmarks.bandwidth's output")
+    header = [cell.strip() for cell in table[0].strip("|").split("|")]
+    result = {"caches": next((line for line in lines if "caches:" in line), ""),
+              "table": table}
+    if header[-1].startswith("speed-up"):
+        result["speed_up"] = {cells[0]: float(cells[-1]) for cells in
+                              ([c.strip() for c in row.strip("|").split("|")]
+                               for row in table[2:])}
+    return result
 
 
 def whole_or_skipped(timeout):
@@ -446,6 +486,9 @@ def summary_lines(report):
             what = {"table": f"of {len(what['table']) - 2} kinds of op in the report"
                      + (f", and of the {len(what['layers']) - 2} layers that lose most"
                         if "layers" in what else "")}
+        if name == "cpu_bandwidth" and what:
+            what = {"speed-up from 1 thread to all": ", ".join(
+                f"{size} {x:.2f}x" for size, x in what.get("speed_up", {}).items())}
         if name == "cpu_replicas" and what:
             what = {"table": f"of {len(what['table']) - 2} engines in the report"}
         shown = (what.get("summary") if name == "pytest" else

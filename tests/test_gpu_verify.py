@@ -92,7 +92,8 @@ def test_the_real_stage_list_covers_the_issue(tmp_path):
         "lenet", "resnet18", "densenet", "googlenet", "alexnet"}
     fashion = gpu_verify.stages(None, tmp_path)[-3]
     assert fashion.name == "fashion_mnist" and "no --data-dir" in fashion.skip
-    assert names[-4] == "cpu_scaling"         # issue 13's many-core sweep, after the GPU's
+    assert names[-5:-3] == ["cpu_scaling",   # issue 13's many-core sweep, after the GPU's,
+                            "cpu_bandwidth"]  # and what memory gives those cores
     assert names[-2:] == ["cpu_op_scaling",   # and its split by op, if time is left,
                           "cpu_replicas"]     # and the bound without the split's meetings
     assert sum(s.timeout for s in gpu_verify.stages(None, tmp_path)) > 450  # the budget binds
@@ -184,6 +185,33 @@ def test_cpu_replicas_runs_as_many_replicas_as_cores_eight_images_each():
     assert argv[argv.index("--networks") + 1] == "resnet18"
     assert stage.plan([], seconds_left=stage.timeout - 1) is not None
     assert "2 cores" in gpu_verify.cpu_replicas_stage(cores=2).skip
+
+
+def test_cpu_bandwidth_streams_at_the_sweeps_thread_counts():
+    stage = gpu_verify.cpu_bandwidth_stage(cores=16)
+    argv = stage.argv[stage.argv.index("benchmarks.bandwidth") + 1:]
+    assert argv[argv.index("--threads") + 1] == "1,2,4,8,16" and stage.skip is None
+    sizes = [float(mb) for mb in argv[argv.index("--sizes") + 1].split(",")]
+    assert min(sizes) <= 1 and max(sizes) >= 256      # within a core's caches, past any L3
+    assert stage.plan([], seconds_left=stage.timeout - 1) is not None
+    assert "2 cores" in gpu_verify.cpu_bandwidth_stage(cores=2).skip
+
+
+def test_cpu_bandwidth_keeps_its_table_and_summarises_the_speed_ups(tmp_path):
+    stage = gpu_verify.cpu_bandwidth_stage(cores=16)
+    table = ["| working set | 1 thread GB/s | 16 threads GB/s | speed-up 1→16 |",
+             "|---|---|---|---|", "| 1 MB | 60.0 | 900.0 | 15.00 |",
+             "| 256 MB | 15.0 | 90.0 | 6.00 |"]
+    printed = "\n".join(["16 CPUs; caches: L1d 48K, L2 2048K, L3 30720K"] + table)
+    stage.argv = [PY, "-c", f"print({printed!r})"]
+    result = verify(None, tmp_path, budget_s=300, stage_list=[stage] + fake_stages()[:2])
+    assert result["stages"]["cpu_bandwidth"]["result"] == {
+        "caches": "16 CPUs; caches: L1d 48K, L2 2048K, L3 30720K", "table": table,
+        "speed_up": {"1 MB": 15.0, "256 MB": 6.0}}
+    assert ("cpu_bandwidth: ok speed-up from 1 thread to all 1 MB 15.00x, 256 MB 6.00x"
+            in "\n".join(gpu_verify.summary_lines(result)))
+    with pytest.raises(ValueError):
+        gpu_verify.parse_bandwidth("Traceback ...\n")
 
 
 def test_the_replicas_parser_rejects_output_without_a_table():
