@@ -6,23 +6,29 @@ input pixel, so the convolution is a fully connected layer from the C·H·W
 inputs of an image to its O·OH·OW outputs, with a weight matrix that repeats
 W's taps in a fixed pattern::
 
-    W_dense[(o, p), (c, q)] = W[o, c, tap(p, q)]   where input pixel q lies under
-                                                   tap (i, j) of output pixel p's window
+    W_dense[(l, o), (c, q)] = W[o, c, tap(l, q)]   where input pixel q lies under
+                                                   tap (i, j) of output pixel l's window
                             = 0                    where it lies under none
 
 ``tap_matrix`` works the pattern out once per geometry as a 0/1 matrix P
-(KH·KW, L·HW), one 1 per (output pixel p, input pixel q) pair a tap
+(KH·KW, L·HW), one 1 per (output pixel l, input pixel q) pair a tap
 connects, so building the dense weight and folding its gradient back are
-products too::
+products too, one per output pixel l with P's block P_l (KH·KW, HW)::
 
-    W_dense = W (O·C, KH·KW) @ P            reordered to (O·L, C·HW)
-    dW      = dW_dense (O·C, L·HW) @ Pᵀ     reordered from (O·L, C·HW)
+    W_dense[l] = W (O·C, KH·KW) @ P_l            (L, O·C, HW): rows (l, o), columns (c, q)
+    dW         = Σ_l dW_dense[l] (O·C, HW) @ P_lᵀ
 
-and the convolution is the layer's three products over the whole batch::
+W_dense's rows go output pixel first, as these L products lay them out
+(one product W @ P lays them out (O, C, L, HW), and reordering that into
+W_dense took longer than the product, on one thread; dW's fold still
+reorders, into one product: Pᵀ's rows are the P_lᵀ one after another).  The
+convolution is then the layer's three products over the whole batch, its
+output reordered from (N, L, O) to y's (N, O, L) -- a copy of a tiny map's
+output, which also adds the bias::
 
-    y  = x (N, C·HW) @ W_denseᵀ + b         (N, O·L)
-    dx = dy (N, O·L) @ W_dense              (N, C·HW)
-    dW_dense = dyᵀ @ x                      (O·L, C·HW)
+    y  = x (N, C·HW) @ W_denseᵀ              (N, L·O), then y[n, o, l] + b[o]
+    dx = dy (N, L·O) @ W_dense               (N, C·HW)     dy reordered to (N, L, O)
+    dW_dense = dyᵀ @ x                       (L·O, C·HW)
 
 im2col on such maps spends its time on tiny planes (im2col, col2im) and thin
 products; this has no loops of its own.  It costs no more multiply-adds than
@@ -107,20 +113,14 @@ class Conv2dDense(Function):
         self.taps = xp.asarray(P, dtype=W.dtype)                      # P (KH·KW, L·HW)
         self.out_hw, self.x_shape, self.kernel_hw = out_hw, x.shape, (KH, KW)
         L, HW = math.prod(out_hw), H * Wd
-        dense = self._reorder(kernels.matmul(W.reshape(O * C, KH * KW), self.taps), O, C, L, HW)
+        blocks = self.taps.reshape(KH * KW, L, HW).swapaxes(0, 1)     # P_l: (L, KH·KW, HW), a view
+        dense = kernels.matmul(W.reshape(O * C, KH * KW), blocks)     # W_dense: (L, O·C, HW)
+        dense = dense.reshape(L * O, C * HW)
         self.save_for_backward(x if need_W else None, dense if need_x else None)
-        y = kernels.matmul(x.reshape(N, C * HW), dense.T)             # (N, O·L)
-        y = y.reshape((N, O) + out_hw)
-        if b is not None:
-            y += b.reshape(1, O, 1, 1)
-        return y
-
-    @staticmethod
-    def _reorder(by_weight, O, C, L, HW):
-        """(O·C, L·HW) -> the dense weight (O·L, C·HW), C-ordered."""
-        xp = get_array_module(by_weight)
-        return xp.ascontiguousarray(
-            by_weight.reshape(O, C, L, HW).transpose(0, 2, 1, 3)).reshape(O * L, C * HW)
+        y = kernels.matmul(x.reshape(N, C * HW), dense.T)             # (N, L·O)
+        y = y.reshape(N, L, O).transpose(0, 2, 1)                     # (N, O, L), a view
+        y = y + b.reshape(1, O, 1) if b is not None else xp.ascontiguousarray(y)
+        return y.reshape((N, O) + out_hw)
 
     def backward(self, gy):
         x, dense = self.saved
@@ -128,12 +128,13 @@ class Conv2dDense(Function):
         need_b = self.has_bias and self.needs_input_grad[2]
         N, C, H, Wd = self.x_shape
         O, L, HW = gy.shape[1], math.prod(self.out_hw), H * Wd
-        gy2 = gy.reshape(N, O * L)
+        gy2 = gy.reshape(N, O, L).transpose(0, 2, 1).reshape(N, L * O)  # W_dense's row order
         gx = kernels.matmul(gy2, dense).reshape(self.x_shape) if need_x else None
         gW = None
         if need_W:
-            g_dense = kernels.matmul(gy2.T, x.reshape(N, C * HW))    # (O·L, C·HW)
-            by_weight = g_dense.reshape(O, L, C, HW).transpose(0, 2, 1, 3).reshape(O * C, L * HW)
+            g_dense = kernels.matmul(gy2.T, x.reshape(N, C * HW))    # (L·O, C·HW)
+            # Σ_l dW_dense[l] @ P_lᵀ as one product: dW_dense's blocks side by side, @ Pᵀ
+            by_weight = g_dense.reshape(L, O * C, HW).transpose(1, 0, 2).reshape(O * C, L * HW)
             gW = kernels.matmul(by_weight, self.taps.T).reshape((O, C) + self.kernel_hw)
         gb = gy.sum(axis=(0, 2, 3)) if need_b else None
         return (gx, gW, gb) if self.has_bias else (gx, gW)
