@@ -7,7 +7,7 @@ An op that only moves memory -- batch norm, ReLU, a pooling pass, a
 concatenation, a Winograd transform -- runs faster on more threads only as
 far as the memory it streams from delivers more bytes to more cores.  On
 the 2-core development VM two threads streaming arrays that fit the caches
-together move 1.8-1.95x the bytes of one, but arrays past the last-level
+together move 1.7-2.0x the bytes of one, but arrays past the last-level
 cache come from main memory, which one thread already all but saturates
 (benchmarks/results.md, "What memory gives a second thread").  Such an op's
 speed-up is then capped whatever the engine does, and the faster an engine
