@@ -8,8 +8,8 @@ concatenation, a Winograd transform -- runs faster on more threads only as
 far as the memory it streams from delivers more bytes to more cores.  On
 the 2-core development VM two threads streaming arrays that fit the caches
 together move 1.7-2.0x the bytes of one, but arrays past the last-level
-cache come from main memory, which one thread already all but saturates
-(benchmarks/results.md, "What memory gives a second thread").  Such an op's
+cache come from main memory, which gives two threads only 1.4-1.5x what it
+gives one (benchmarks/results.md, "What memory gives a second thread").  Such an op's
 speed-up is then capped whatever the engine does, and the faster an engine
 runs the rest of a step on one thread, the larger its share of the step:
 this script measures the cap on the machine at hand, so that a scaling
