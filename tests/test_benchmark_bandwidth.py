@@ -26,7 +26,8 @@ def test_measure_gives_a_rate_for_each_thread_count():
 
 
 def test_table_gives_the_speed_up_from_the_fewest_threads_to_the_most():
-    lines = bandwidth.table({1: {1: 60.0, 2: 114.0}, 64.0: {1: 20.0, 2: 29.0}}, [1, 2]).splitlines()
+    results = {1: {1: 60.0, 2: 114.0}, 64.0: {1: 20.0, 2: 29.0}}
+    lines = bandwidth.table(results, [1, 2]).splitlines()
     assert lines[0] == "| working set | 1 thread GB/s | 2 threads GB/s | speed-up 1→2 |"
     assert lines[2:] == ["| 1 MB | 60.0 | 114.0 | 1.90 |", "| 64 MB | 20.0 | 29.0 | 1.45 |"]
     one = bandwidth.table({4: {2: 50.0}}, [2]).splitlines()

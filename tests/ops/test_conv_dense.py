@@ -90,6 +90,18 @@ def test_dense_saves_only_what_the_wanted_gradients_need(x_grad, w_grad):
     assert (dense is not None) == x_grad        # the dense weight only serves dx
 
 
+def test_a_bias_of_another_dtype_is_added_in_the_outputs_dtype(algorithm):
+    x, w, _ = make_inputs(DENSE["densenet-3x3"], dtype=np.float32)
+    b = np.random.default_rng(2).standard_normal(8)           # float64
+    dense = conv2d(x, w, b, padding=1)
+    assert dense.grad_fn.name == "Conv2d[dense]"
+    algorithm("im2col")
+    im2col = conv2d(x, w, b, padding=1)
+    assert dense.dtype == im2col.dtype == np.float32
+    np.testing.assert_allclose(dense.detach().numpy(), im2col.detach().numpy(), rtol=1e-5,
+                               atol=1e-5)
+
+
 def test_tap_matrix_joins_each_pair_by_at_most_one_tap():
     # 3x3 map, 3x3 kernel, padding 1: output pixel p and input pixel q are joined
     # by the tap at q - p + (1, 1), if that lies in the kernel; the corner output

@@ -24,7 +24,7 @@ W_dense took longer than the product, on one thread; dW's fold still
 reorders, into one product: Pᵀ's rows are the P_lᵀ one after another).  The
 convolution is then the layer's three products over the whole batch, its
 output reordered from (N, L, O) to y's (N, O, L) -- a copy of a tiny map's
-output, which also adds the bias::
+output -- before the bias is added::
 
     y  = x (N, C·HW) @ W_denseᵀ              (N, L·O), then y[n, o, l] + b[o]
     dx = dy (N, L·O) @ W_dense               (N, C·HW)     dy reordered to (N, L, O)
@@ -113,13 +113,14 @@ class Conv2dDense(Function):
         self.taps = xp.asarray(P, dtype=W.dtype)                      # P (KH·KW, L·HW)
         self.out_hw, self.x_shape, self.kernel_hw = out_hw, x.shape, (KH, KW)
         L, HW = math.prod(out_hw), H * Wd
-        blocks = self.taps.reshape(KH * KW, L, HW).swapaxes(0, 1)     # P_l: (L, KH·KW, HW), a view
+        blocks = self.taps.reshape(KH * KW, L, HW).swapaxes(0, 1)   # P_l: (L, KH·KW, HW), a view
         dense = kernels.matmul(W.reshape(O * C, KH * KW), blocks)     # W_dense: (L, O·C, HW)
         dense = dense.reshape(L * O, C * HW)
         self.save_for_backward(x if need_W else None, dense if need_x else None)
         y = kernels.matmul(x.reshape(N, C * HW), dense.T)             # (N, L·O)
-        y = y.reshape(N, L, O).transpose(0, 2, 1)                     # (N, O, L), a view
-        y = y + b.reshape(1, O, 1) if b is not None else xp.ascontiguousarray(y)
+        y = xp.ascontiguousarray(y.reshape(N, L, O).transpose(0, 2, 1))   # (N, O, L)
+        if b is not None:
+            y += b.reshape(1, O, 1)         # in y's dtype, as the other algorithms add it
         return y.reshape((N, O) + out_hw)
 
     def backward(self, gy):
