@@ -175,10 +175,9 @@ def main(argv=None):
         report = {"cpus": os.cpu_count(), "caches": found, "threads": args.threads,
                   "gb_per_s": {str(mb): {str(t): round(r, 2) for t, r in rates.items()}
                                for mb, rates in results.items()}}
-        path = Path(args.out)
-        temporary = path.with_name(path.name + ".tmp")
-        temporary.write_text(json.dumps(report, indent=1))
-        os.replace(temporary, path)
+        from tinygrad_cnn.files import atomic_write
+        with atomic_write(args.out, "w") as f:
+            f.write(json.dumps(report, indent=1))
     return results
 
 

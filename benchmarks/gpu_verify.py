@@ -517,10 +517,9 @@ def summary_lines(report):
 
 
 def write_atomically(path, text):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(text)
-    os.replace(temporary, path)
+    from tinygrad_cnn.files import atomic_write      # the package's one way to write a file
+    with atomic_write(path, "w") as f:
+        f.write(text)
 
 
 def verify(data_dir, out_dir, budget_s, dry_run=False, stage_list=None, steps=10):

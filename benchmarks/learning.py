@@ -121,10 +121,14 @@ def load_results(path=RESULTS):
 
 
 def save_results(results, path=RESULTS):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    part = path.with_name(path.name + ".part")
-    part.write_text(json.dumps(results, indent=1))
-    os.replace(part, path)
+    write_text(path, json.dumps(results, indent=1))
+
+
+def write_text(path, text):
+    """``text`` into ``path``, whole or not at all (``tinygrad_cnn.files.atomic_write``)."""
+    from tinygrad_cnn.files import atomic_write
+    with atomic_write(path, "w") as f:
+        f.write(text)
 
 
 # ================================================================ the table
@@ -238,9 +242,7 @@ def write_readme(text, readme=README):
         raise ValueError(f"{readme}: no {START} … {END} markers to put the table between")
     head, rest = content.split(START, 1)
     _, tail = rest.split(END, 1)
-    part = readme.with_name(readme.name + ".part")
-    part.write_text(f"{head}{START}\n{text}\n{END}{tail}")
-    os.replace(part, readme)
+    write_text(readme, f"{head}{START}\n{text}\n{END}{tail}")
 
 
 def machine_text():
