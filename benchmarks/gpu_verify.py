@@ -284,14 +284,16 @@ def parse_bandwidth(stdout):
     table = [line for line in lines if line.startswith("|")]
     if len(table) < 3:
         raise ValueError("no table in benchmarks.bandwidth's output")
-    header = [cell.strip() for cell in table[0].strip("|").split("|")]
     result = {"caches": next((line for line in lines if "caches:" in line), ""),
               "table": table}
-    if header[-1].startswith("speed-up"):
-        result["speed_up"] = {cells[0]: float(cells[-1]) for cells in
-                              ([c.strip() for c in row.strip("|").split("|")]
-                               for row in table[2:])}
+    if _cells(table[0])[-1].startswith("speed-up"):
+        result["speed_up"] = {cells[0]: float(cells[-1]) for cells in map(_cells, table[2:])}
     return result
+
+
+def _cells(row):
+    """The stripped cells of a Markdown table row."""
+    return [cell.strip() for cell in row.strip("|").split("|")]
 
 
 def whole_or_skipped(timeout):
