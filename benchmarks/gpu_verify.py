@@ -34,7 +34,10 @@ time is recorded and the rest still run:
    ``cpu_op_scaling`` (issue 13), on 4 or more cores, budget permitting:
    ResNet-18's step split by kind of op at 1 thread and all cores, ours
    against PyTorch's (``benchmarks.op_scaling``), its table in the report,
-   with our 15 layers that lose most against perfect scaling (``--by-op``);
+   with where our threads' time goes (what the step loses to serial work, to
+   threads waiting inside the pool's work and to that work growing:
+   ``kernels.pool_time``; the summary line gives the three) and our 15 layers
+   that lose most against perfect scaling (``--by-op``);
    ``cpu_replicas`` (issue 13), on 4 or more cores, budget permitting:
    ResNet-18's step on all cores against as many replicas, each training 8
    images on one thread, in threads and in processes (``benchmarks.replicas``):
@@ -349,20 +352,32 @@ def parse_replicas(stdout):
 
 def parse_op_scaling(stdout):
     """{"table": [the kinds' Markdown lines]} from ``benchmarks.op_scaling``'s
-    output, and "layers": [the layers' lines] where it printed them (``--by-op``)."""
-    tables, previous = [], ""
+    output, with "pool": [the lines of where our threads' time goes] and
+    "layers": [the layers' lines] where it printed them (``--by-op``), the
+    pool's table known by the line above it."""
+    tables, title, in_table = [], "", False
     for line in stdout.splitlines():
         if line.startswith("|"):
-            if not previous.startswith("|"):
-                tables.append([])
-            tables[-1].append(line)
-        previous = line
+            if not in_table:
+                tables.append((title, []))
+            tables[-1][1].append(line)
+        elif line.strip():
+            title = line
+        in_table = line.startswith("|")
     if not tables:
         raise ValueError("no table in benchmarks.op_scaling's output")
-    result = {"table": tables[0]}
-    if len(tables) > 1:
-        result["layers"] = tables[1]
+    result = {"table": tables[0][1]}
+    for title, lines in tables[1:]:
+        result["pool" if "where the threads' time goes" in title else "layers"] = lines
     return result
+
+
+def pool_losses(lines):
+    """"serial X, waiting Y, extra work Z ms on N threads" from the last row of
+    ``benchmarks.op_scaling``'s table of where the threads' time goes."""
+    row = dict(zip(_cells(lines[0]), _cells(lines[-1])))
+    return (f"serial {row['lost: serial ms']}, waiting {row['lost: waiting ms']}, extra work "
+            f"{row['lost: extra work ms']} ms on {row['threads']} threads")
 
 
 def parse_cpu_scaling(report):
@@ -487,7 +502,8 @@ def summary_lines(report):
         if name == "cpu_op_scaling" and what:
             what = {"table": f"of {len(what['table']) - 2} kinds of op in the report"
                      + (f", and of the {len(what['layers']) - 2} layers that lose most"
-                        if "layers" in what else "")}
+                        if "layers" in what else ""),
+                    **({"lost": pool_losses(what["pool"])} if "pool" in what else {})}
         if name == "cpu_bandwidth" and what:
             what = {"speed-up from 1 thread to all": ", ".join(
                 f"{size} {x:.2f}x" for size, x in what.get("speed_up", {}).items())}

@@ -23,6 +23,14 @@ lose the most time against perfect scaling from the first thread count to
 the last -- each op and pass split by the shape of its first output
 (``tinygrad_cnn.profile``'s ``rows_by_shape``), so the losses are layers,
 not kinds.
+
+Between the two, always: where our threads' time goes on each thread count,
+over as many more steps without the profile (``kernels.pool_time``): the
+time outside the thread pool's work (the calling thread alone) and inside
+it, the jobs' summed time, and what the step loses against a perfect
+speed-up of the first thread count's work, split three ways -- serial,
+waiting (threads without a job inside the pool's work), extra work (the
+jobs taking longer in all than on fewer threads).
 """
 import argparse
 import json
@@ -99,7 +107,22 @@ def measure(engine, network, batch, threads, steps):
     result = _per_step(ops, prof.seconds, steps)
     result["layers"] = [[name, event, shape, seconds / steps]
                         for name, event, shape, _, seconds in prof.rows_by_shape()]
+    result["pool"] = _pool_time(step, steps)
     return result
+
+
+def _pool_time(step, steps):
+    """{"step", "inside", "busy", "regions"} per step, over ``steps`` more steps
+    without the profile: the step's wall time, the time inside the thread
+    pool's work and its jobs' summed time (``kernels.pool_time``)."""
+    from kernels import pool_time
+    with pool_time.timing() as pool:
+        start = time.perf_counter()
+        for _ in range(steps):
+            step()
+        wall = time.perf_counter() - start
+    return {"step": wall / steps, "inside": pool.wall / steps, "busy": pool.busy / steps,
+            "regions": pool.regions / steps}
 
 
 def _per_step(ops, wall, steps):
@@ -217,6 +240,32 @@ def _speed_up(times):
     return times[0] / times[-1] if times[0] > 0 and times[-1] > 0 else None
 
 
+def pool_table(ours, thread_counts):
+    """Markdown: where our threads' time goes on each thread count (ours[threads]
+    as ``measure`` gives it): the step, the time outside and inside the thread
+    pool's work, the jobs' summed time and how busy they kept the threads
+    inside it, and what the step loses against a perfect speed-up of the first
+    thread count's work, split into serial, waiting and extra work
+    (``kernels.pool_time``)."""
+    from kernels import pool_time
+    header = ["threads", "step ms", "outside the pool ms", "inside the pool ms",
+              "jobs' time ms", "threads busy inside", "lost: serial ms", "lost: waiting ms",
+              "lost: extra work ms"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    baseline = ours[thread_counts[0]]["pool"]
+    for threads in thread_counts:
+        measured = ours[threads]["pool"]
+        lost = pool_time.lost_time(baseline, measured, threads)
+        inside = measured["inside"]
+        busy = f"{measured['busy'] / (threads * inside):.2f}" if inside > 0 else ""
+        cells = [str(threads)] + [f"{1e3 * v:.2f}" for v in (
+            measured["step"], measured["step"] - inside, inside, measured["busy"])]
+        cells += [busy] + [f"{1e3 * lost[part]:.2f}" for part in ("serial", "waiting",
+                                                                  "extra work")]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def layer_table(ours, thread_counts, top):
     """Markdown: our ``top`` layers (op, pass, shape of the first output) that
     lose the most against perfect scaling, ours[threads] as ``measure`` gives.
@@ -273,6 +322,9 @@ def main(argv=None):
             results[engine][threads] = run_worker(engine, args.network, batch, threads, steps)
     print(f"{args.network}, batch {batch}, {steps} profiled steps per measurement")
     print(table(results, thread_counts))
+    print("\nours, where the threads' time goes (ms per step; lost: against a perfect "
+          f"speed-up of the {thread_counts[0]}-thread work)")
+    print(pool_table(results["ours"], thread_counts))
     if args.by_op:
         print(f"\nours, the {args.by_op} layers that lose most against perfect scaling")
         print(layer_table(results["ours"], thread_counts, args.by_op))

@@ -177,6 +177,26 @@ def test_cpu_op_scaling_keeps_the_layers_table_apart(tmp_path):
         gpu_verify.parse_op_scaling("Traceback ...\n")
 
 
+def test_cpu_op_scaling_keeps_where_the_threads_time_goes_and_sums_it_up(tmp_path):
+    stage = gpu_verify.cpu_op_scaling_stage(cores=16)
+    kinds = ["| kind | ours 1 | ours 16 |", "|---|---|---|", "| convolution | 900 | 90 |"]
+    pool = ["| threads | step ms | outside the pool ms | inside the pool ms | jobs' time ms | "
+            "threads busy inside | lost: serial ms | lost: waiting ms | lost: extra work ms |",
+            "|---|---|---|---|---|---|---|---|---|",
+            "| 1 | 1000.00 | 1000.00 | 0.00 | 0.00 |  | 0.00 | 0.00 | 0.00 |",
+            "| 16 | 150.00 | 30.00 | 120.00 | 1600.00 | 0.83 | 28.12 | 20.00 | 39.38 |"]
+    layers = ["| op | pass | shape |", "|---|---|---|", "| ReLU | backward | 64×64×24×24 |"]
+    printed = "\n".join(["resnet18, batch 64"] + kinds
+                        + ["", "ours, where the threads' time goes (ms per step)"] + pool
+                        + ["", "ours, the 1 layers that lose most"] + layers)
+    stage.argv = [PY, "-c", f"print({printed!r})"]
+    result = verify(None, tmp_path, budget_s=300, stage_list=[stage] + fake_stages()[:2])
+    assert result["stages"]["cpu_op_scaling"]["result"] == {"table": kinds, "pool": pool,
+                                                           "layers": layers}
+    summary = "\n".join(gpu_verify.summary_lines(result))
+    assert ("lost serial 28.12, waiting 20.00, extra work 39.38 ms on 16 threads") in summary
+
+
 def test_cpu_replicas_runs_as_many_replicas_as_cores_eight_images_each():
     stage = gpu_verify.cpu_replicas_stage(cores=16)
     argv = stage.argv[stage.argv.index("benchmarks.replicas") + 1:]

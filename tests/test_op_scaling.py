@@ -84,7 +84,7 @@ def test_a_small_run_measures_our_engine_in_a_worker_process(capsys):
                      "--no-torch"])
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == "lenet, batch 8, 1 profiled steps per measurement"
-    rows = {line.split(" | ")[0].strip("| "): line for line in lines[3:]}
+    rows = {line.split(" | ")[0].strip("| "): line for line in lines[3:lines.index("")]}
     assert set(rows) == {kind for kind, _ in op_scaling.KINDS} | {"other", "whole step"}
     convolution_ms = float(rows["convolution"].split(" | ")[1])
     assert convolution_ms > 0
@@ -122,3 +122,27 @@ def test_a_small_run_lists_our_layers_with_by_op(capsys):
     rows = layers.strip().splitlines()[2:]
     assert len(rows) == 3 and all(row.count("|") == 7 for row in rows)   # one thread count
     assert all(row.split(" | ")[2] for row in rows)        # each with its shape
+
+
+def test_the_pool_table_splits_what_each_thread_count_loses_three_ways():
+    results = {1: {"pool": {"step": 0.100, "inside": 0.0, "busy": 0.0, "regions": 0}},
+               4: {"pool": {"step": 0.040, "inside": 0.030, "busy": 0.108, "regions": 12}}}
+    lines = op_scaling.pool_table(results, [1, 4]).splitlines()
+    assert lines[0] == ("| threads | step ms | outside the pool ms | inside the pool ms | "
+                        "jobs' time ms | threads busy inside | lost: serial ms | "
+                        "lost: waiting ms | lost: extra work ms |")
+    one, four = ([cell.strip() for cell in line.strip("|").split("|")] for line in lines[2:])
+    assert one == ["1", "100.00", "100.00", "0.00", "0.00", "", "0.00", "0.00", "0.00"]
+    # 10 ms outside: 7.5 serial; 30 - 108/4 = 3 waiting; (108 + 10 - 100)/4 = 4.5 extra:
+    # 15 in all, the 40 ms step against 100/4
+    assert four == ["4", "40.00", "10.00", "30.00", "108.00", "0.90", "7.50", "3.00", "4.50"]
+
+
+def test_a_small_run_prints_where_the_threads_time_goes(capsys):
+    op_scaling.main(["--network", "lenet", "--batch", "8", "--steps", "1", "--threads", "1",
+                     "--no-torch"])
+    out = capsys.readouterr().out
+    pool = out.split("ours, where the threads' time goes")[1].strip().splitlines()[1:]
+    assert pool[0].startswith("| threads | step ms |") and len(pool) == 3
+    row = [cell.strip() for cell in pool[2].strip("|").split("|")]
+    assert row[0] == "1" and float(row[1]) > 0 and row[6:] == ["0.00", "0.00", "0.00"]
