@@ -84,8 +84,8 @@ ELEMENTWISE = ("relu_forward", "relu_backward", "sigmoid_forward", "sigmoid_back
 # the optimizers' steps over all parameters of a group at once (one launch on the GPU)
 MULTI_TENSOR = ("sgd_update_multi", "adam_update", "adam_update_multi")
 # work split into shares over threads: stacked matrix products, independent ones,
-# a batch's chunks, joins
-SHARES = ("matmul", "matmuls", "map_chunks", "concatenate")
+# a batch's chunks, joins, transposing copies
+SHARES = ("matmul", "matmuls", "map_chunks", "concatenate", "transpose")
 
 # Every kernel, in the reference module that defines it.
 REFERENCE = {
@@ -443,6 +443,11 @@ def concatenate(arrays, axis=0):
     """The arrays joined along ``axis``, as ``torch.cat`` (``shares_numpy.concatenate``)."""
     arrays = tuple(arrays)
     return _implementation("concatenate", arrays[0])(arrays, axis)
+
+
+def transpose(a):
+    """aᵀ of a 2-D array as a new C-ordered array (``shares_numpy.transpose``)."""
+    return _implementation("transpose", a)(a)
 
 
 # ---------------------------------------------------------------- counting

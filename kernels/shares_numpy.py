@@ -31,6 +31,10 @@ list of all of them would hold as many copies as there are chunks.
 channels of DenseNet's and GoogLeNet's blocks joined (``torch.cat``), one
 copy of every input.
 
+``transpose(a)`` = ``a.T`` of a 2-D array as a new C-ordered array: a
+weight laid out tap by tap, (O·C, KH·KW) -> (KH·KW, O·C), and its gradient
+back (``tinygrad_cnn/ops/conv_taps.py``), one copy.
+
 Signatures
 ----------
 matmul(a, b, out=None) -> y        a (..., M, K), b (..., K, N) -> y (..., M, N);
@@ -40,6 +44,7 @@ map_chunks(x, work, chunks, combine=None)
     -> [work(chunk) for chunk in chunks], or with ``combine`` the fold
        total = combine(total, work(chunk)) over the chunks in order, from None
 concatenate(arrays, axis=0) -> y   the arrays joined along ``axis``
+transpose(a) -> y                  a (R, C) -> y (C, R) = aᵀ, C-ordered
 """
 from .arrays import get_array_module
 
@@ -74,3 +79,8 @@ def fold(results, combine):
 def concatenate(arrays, axis=0):
     """The arrays joined along ``axis``, as NumPy's ``concatenate``."""
     return get_array_module(*arrays).concatenate(arrays, axis=axis)
+
+
+def transpose(a):
+    """aᵀ of a 2-D array, as a new C-ordered array."""
+    return get_array_module(a).ascontiguousarray(a.T)

@@ -42,6 +42,15 @@ slices that copy side by side, as the other loops that only move memory do
 (``threads.stream_slices``: from ``threads.STREAM_MIN_BYTES`` read and
 written); NumPy's copy releases the GIL.
 
+``transpose``: the same for a transposing copy (ResNet-18's last-stage
+weights laid out tap by tap, 9.4 MB, and their gradients back, three of
+each per step, each on the calling thread alone until then), its long axis
+cut into slices; within a slice the copy goes TRANSPOSE_BLOCK rows (or
+columns) at a time, so the block's short output rows stay in the cache,
+where one copy of a whole (O·C, 9) weight into (9, O·C) writes nine streams
+at once, several times slower (benchmarks/results.md, "Where the threads'
+time goes").
+
 Stacks or batches too short to share, one thread, work already inside a
 share, and anything but NumPy float32/float64 arrays go to the reference
 (the measurements are in benchmarks/results.md: "Figures behind design
@@ -76,6 +85,9 @@ BLAS_MIN_MULTIPLY_ADDS = 2**25
 # From this many multiply-adds each, independent single products run side by
 # side (``matmuls``): LeNet's second fully connected layer's 2.6M gained so.
 MIN_MULTIPLY_ADDS_SIDE_BY_SIDE = 2**21
+
+# Rows (or columns) of a 2-D array per block of ``transpose``'s copy.
+TRANSPOSE_BLOCK = 4096
 
 # Below this many rows, a @ b with b a transposed view runs faster as (bᵀ @ aᵀ)ᵀ
 # (``product``); from about 200 rows the two orders ran alike, and the copy
@@ -299,3 +311,27 @@ def _joined_shape(arrays, axis):
 
 def _concatenate_slice(arrays, axis, out, lo, hi):
     np.concatenate([a[lo:hi] for a in arrays], axis=axis, out=out[lo:hi])
+
+
+def transpose(a):
+    """``shares_numpy.transpose``: aᵀ copied in blocks along a's longer axis,
+    slices of those blocks side by side where the copy is large (module
+    docstring)."""
+    if a.ndim != 2 or threads.in_share() or not compilable(a):
+        return shares_numpy.transpose(a)
+    out = np.empty(a.shape[::-1], dtype=a.dtype)
+    by_rows = a.shape[0] >= a.shape[1]
+    cut = threads.stream_slices(a.shape[0 if by_rows else 1], 2 * a.nbytes)
+    threads.run_all([functools.partial(_transpose_slice, a, out, by_rows, lo, hi)
+                     for lo, hi in cut])
+    return out
+
+
+def _transpose_slice(a, out, by_rows, lo, hi):
+    """out = aᵀ over a's rows lo:hi (``by_rows``) or columns lo:hi, a block at a time."""
+    for start in range(lo, hi, TRANSPOSE_BLOCK):
+        stop = min(start + TRANSPOSE_BLOCK, hi)
+        if by_rows:
+            out[:, start:stop] = a[start:stop].T
+        else:
+            out[start:stop] = a[:, start:stop].T

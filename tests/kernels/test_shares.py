@@ -593,6 +593,60 @@ def test_cat_runs_the_kernel():
     np.testing.assert_array_equal(y.numpy(), np.concatenate([a, b], axis=1))
 
 
+# ---------------------------------------------------------------- transpose
+# (rows, columns): a weight laid out tap by tap and its gradient back, each over
+# several blocks and a last short one, and a square one
+TRANSPOSES = {"weight-to-taps": (2 * 4096 + 77, 9), "taps-to-weight": (9, 2 * 4096 + 77),
+              "square": (300, 300)}
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("name", TRANSPOSES)
+def test_transposed_slices_equal_numpys_copy(every_join_split, monkeypatch, name, dtype):
+    a = np.random.default_rng(2).standard_normal(TRANSPOSES[name]).astype(dtype)
+    submitted = split_calls(monkeypatch)
+    out = shares_threads.transpose(a)
+    np.testing.assert_array_equal(out, np.ascontiguousarray(a.T))
+    assert out.dtype == dtype and out.flags.c_contiguous and not np.shares_memory(out, a)
+    assert submitted                                    # the slices ran side by side
+
+
+@pytest.mark.parametrize("case", ["float16", "3-d", "one-thread", "below-stream-bytes",
+                                  "inside-a-share"])
+def test_transposes_that_go_to_numpys_copy(every_join_split, monkeypatch, case):
+    a = np.random.default_rng(3).standard_normal((4096 + 5, 9)).astype(np.float32)
+    if case == "float16":
+        a = a.astype(np.float16)
+    elif case == "3-d":
+        a = a.reshape(4101, 3, 3)
+    elif case == "one-thread":
+        threads.set_num_threads(1)
+    elif case == "below-stream-bytes":
+        monkeypatch.setattr(threads, "STREAM_MIN_BYTES", 2**30)
+    submitted = split_calls(monkeypatch)
+    if case == "inside-a-share":
+        out = threads.map_in_shares(lambda _: shares_threads.transpose(a), [0, 1], list)[0]
+        submitted.clear()                               # the map's own hand-outs
+    else:
+        out = shares_threads.transpose(a)
+    np.testing.assert_array_equal(out, np.ascontiguousarray(a.T))
+    assert out.flags.c_contiguous and not submitted
+
+
+def test_a_taps_convolution_lays_its_weight_out_and_back_through_the_kernel():
+    import tinygrad_cnn as tc
+    import tinygrad_cnn.nn.functional as F
+    rng = np.random.default_rng(5)
+    # ResNet-18's last stage in small: 3x3 maps, too many channels for a dense weight
+    x = tc.tensor(rng.standard_normal((2, 128, 3, 3)).astype(np.float32), requires_grad=True)
+    W = tc.tensor(rng.standard_normal((128, 128, 3, 3)).astype(np.float32), requires_grad=True)
+    with kernels.counting() as counts:
+        y = F.conv2d(x, W, padding=1)
+        assert y.grad_fn.name == "Conv2d[taps]"
+        y.sum().backward()
+    assert counts["transpose"] == 2                     # the weight out, its gradient back
+
+
 # ---------------------------------------------------------------- independent products
 def linear_backward_pairs(batch, n_in, n_out, dtype=np.float32, seed=4):
     """A fully connected layer's backward products: dx = dy W and dW = dyᵀ x."""

@@ -27,8 +27,6 @@ its copy into a product's operand streams; each chunk of the batch
 (``kernels.map_chunks``, at least one per thread) is transposed in and out
 once.
 """
-import numpy as np
-
 import kernels
 from kernels.geometry import batch_chunks, conv_output_hw, taps_inside
 
@@ -43,8 +41,6 @@ TAPS_MAX_SHARE = 2 / 3
 # Thinner products run too far below the machine's speed for the saving to
 # pay (KH·KW products of (O, C) @ (C, n·|R_t|) instead of one).
 TAPS_MIN_CHANNELS = 64
-# (o, c) rows of W per block of _taps_first's copy
-TRANSPOSE_BLOCK = 4096
 
 
 def tap_windows(in_size, out_size, kernel, stride, pad_before, dilation):
@@ -95,7 +91,7 @@ class Conv2dTaps(Function):
         out_hw = conv_output_hw(x.shape, (KH, KW), self.stride, self.padding, self.dilation)
         self.taps = tap_list((H, Wd), out_hw, (KH, KW), self.stride, self.padding,
                              self.dilation)
-        by_tap = _taps_first(W)                                       # (KH, KW, O, C)
+        by_tap = kernels.transpose(W.reshape(O * C, KH * KW)).reshape(KH, KW, O, C)
         self.save_for_backward(x if need_W else None, by_tap if need_x else None)
         self.x_shape, self.kernel_hw = x.shape, (KH, KW)
         # per image: x and y in the images-last layout, and the largest window's copy;
@@ -142,7 +138,8 @@ class Conv2dTaps(Function):
             gb = gy[chunk].sum(axis=(0, 2, 3)) if need_b else None
             return gW_by_tap, gb
         gW_by_tap, gb = kernels.map_chunks(gy, run, self.chunks, combine=add_terms)
-        gW = xp.ascontiguousarray(gW_by_tap.transpose(2, 3, 0, 1)) if need_W else None
+        gW = (kernels.transpose(gW_by_tap.reshape(KH * KW, O * C)).reshape(O, C, KH, KW)
+              if need_W else None)
         return (gx, gW, gb) if self.has_bias else (gx, gW)
 
 
@@ -160,22 +157,6 @@ def tap_list(in_hw, out_hw, kernel_hw, stride, padding, dilation):
             for i, (lo, hi, start) in enumerate(rows) if hi > lo
             for j, (c_lo, c_hi, c_start) in enumerate(cols) if c_hi > c_lo]
     return sorted(taps, key=lambda tap: not _whole(tap[2:4], out_hw))
-
-
-def _taps_first(W):
-    """W (O, C, KH, KW) laid out tap by tap, (KH, KW, O, C), contiguous.  Copied
-    a block of (o, c) rows at a time on the CPU: the block's KH·KW output rows
-    stay in the cache, where one transposing copy of a large W writes KH·KW
-    streams at once at a third of the speed.  On a GPU, one copy: each block
-    would be a kernel launch of its own."""
-    xp = get_array_module(W)
-    O, C, KH, KW = W.shape
-    rows = W.reshape(O * C, KH * KW)
-    out = xp.empty((KH * KW, O * C), dtype=W.dtype)
-    block = TRANSPOSE_BLOCK if isinstance(W, np.ndarray) else O * C
-    for start in range(0, O * C, block):
-        out[:, start:start + block] = rows[start:start + block].T
-    return out.reshape(KH, KW, O, C)
 
 
 def _zero_taps_missing(by_tap, taps):
