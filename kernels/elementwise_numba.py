@@ -279,12 +279,16 @@ def sgd_update(param, grad, momentum_buffer, lr, momentum, dampening, weight_dec
                                             dampening, weight_decay, nesterov)
     buf = np.empty_like(param) if first_step else momentum_buffer
     flat_param = param.reshape(-1)      # a view: param is contiguous
-    # the loop needs an array of param's type for buf even when it never touches it
-    flat_buf = buf.reshape(-1) if has_momentum else flat_param[:0]
+    # the loop needs an array of param's type for buf even when it never touches it:
+    # then an empty one, passed whole to every slice
+    sliced = (flat_param, _flat(grad)) + ((buf.reshape(-1),) if has_momentum else ())
+    unsliced = () if has_momentum else (flat_param[:0],)
     scalar = param.dtype.type           # factors in the arrays' dtype, as NumPy casts Python floats
-    _compiled().sgd(flat_param, _flat(grad), flat_buf, scalar(lr),
+    # slices of a large parameter side by side, as the other loops that stream memory
+    threads.over_batch(_compiled().sgd, sliced, *unsliced, scalar(lr),
                        has_momentum, scalar(momentum), scalar(1 - dampening),
-                       weight_decay != 0, scalar(weight_decay), bool(nesterov), first_step)
+                       weight_decay != 0, scalar(weight_decay), bool(nesterov), first_step,
+                       slices=threads.stream_slices)
     return buf
 
 

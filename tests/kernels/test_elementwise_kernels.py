@@ -302,6 +302,35 @@ def test_sgd_update_equals_reference_step_by_step(options, shape, dtype):
             assert_identical(actual, expected)
 
 
+@pytest.mark.parametrize("threads", [2, 3])
+@pytest.mark.parametrize("options", SGD_OPTIONS.values(), ids=SGD_OPTIONS.keys())
+def test_sgd_update_cut_into_slices_equals_reference(options, threads, monkeypatch):
+    # a large parameter's update is cut into slices for the thread pool: here a
+    # small one too, an odd number of elements over two slices per thread, with
+    # and without a momentum buffer (which, without momentum, no slice touches)
+    monkeypatch.setattr(kernels.threads, "STREAM_MIN_BYTES", 0)
+    monkeypatch.setattr(kernels.threads, "PARALLEL_MIN_BYTES", 0)
+    jobs = []
+    run_all = kernels.threads.run_all
+    monkeypatch.setattr(kernels.threads, "run_all", lambda js: jobs.append(len(js)) or run_all(js))
+    previous = kernels.threads.get_num_threads()
+    kernels.threads.set_num_threads(threads)
+    try:
+        grads = gradients((3, 5, 7), np.float32)
+        params = {name: random_array((3, 5, 7), np.float32, seed=4) for name in ("numpy", "numba")}
+        buffers = {name: sgd_steps(module, params[name], grads, options) for name, module in
+                   (("numpy", elementwise_numpy), ("numba", elementwise_numba))}
+        slices = 2 * kernels.threads.numba_threads()    # at most the cores Numba has
+    finally:
+        kernels.threads.set_num_threads(previous)
+    assert_identical(params["numba"], params["numpy"])
+    for actual, expected in zip(buffers["numba"], buffers["numpy"]):
+        assert (actual is None) == (expected is None)
+        if expected is not None:
+            assert_identical(actual, expected)
+    assert jobs == [slices] * STEPS and slices >= 4
+
+
 @pytest.mark.parametrize("options", SGD_OPTIONS.values(), ids=SGD_OPTIONS.keys())
 def test_sgd_update_reads_non_contiguous_gradients(options):
     shape = (3, 5, 4)
