@@ -46,10 +46,10 @@ written); NumPy's copy releases the GIL.
 weights laid out tap by tap, 9.4 MB, and their gradients back, three of
 each per step, each on the calling thread alone until then), its long axis
 cut into slices; within a slice the copy goes TRANSPOSE_BLOCK rows (or
-columns) at a time, so the block's short output rows stay in the cache,
-where one copy of a whole (O·C, 9) weight into (9, O·C) writes nine streams
-at once, several times slower (benchmarks/results.md, "Where the threads'
-time goes").
+columns) at a time, so that a block's nine short output rows stay in the
+cache while it is written (NumPy's one copy of a whole weight ran no
+faster on one thread: benchmarks/results.md, "Where the threads' time
+goes").
 
 Stacks or batches too short to share, one thread, work already inside a
 share, and anything but NumPy float32/float64 arrays go to the reference
