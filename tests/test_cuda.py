@@ -296,7 +296,8 @@ def test_gpu_kernels_fall_back_to_the_reference_without_numba_cuda(monkeypatch):
         **{name: "kernels.winograd_numpy" for name in WINOGRAD},
         **{name: "kernels.conv_direct_numpy" for name in CONV_DIRECT},
         "matmul": "kernels.shares_numpy", "matmuls": "kernels.shares_numpy",
-        "map_chunks": "kernels.shares_numpy", "concatenate": "kernels.shares_numpy"}
+        "map_chunks": "kernels.shares_numpy", "concatenate": "kernels.shares_numpy",
+        "transpose": "kernels.shares_numpy"}
 
 
 def test_gpu_kernels_are_the_cuda_ones_when_numba_reaches_the_gpu(monkeypatch):
@@ -306,17 +307,18 @@ def test_gpu_kernels_are_the_cuda_ones_when_numba_reaches_the_gpu(monkeypatch):
     assert sorted(chosen) == sorted(kernels.KERNELS)
     assert {f.__module__ for name, f in chosen.items()
             if name not in ADAPTIVE + ELEMENTWISE + WINOGRAD + CONV_DIRECT
-            + ("matmul", "matmuls", "map_chunks", "concatenate", "batchnorm_forward_eval")} == {
+            + ("matmul", "matmuls", "map_chunks", "concatenate", "transpose",
+               "batchnorm_forward_eval")} == {
         "kernels.conv_cuda", "kernels.pool_cuda", "kernels.bn_cuda"}
     # Adaptive pooling has no CUDA loops: its reference is matrix products
     # (cuBLAS on CuPy arrays) and, for the global pool, a mean.  Nor have the
     # elementwise kernels: CuPy runs each reference expression as one GPU kernel;
     # nor the Winograd transforms or the direct convolution (einsum on CuPy
     # arrays); the stacked products are cuBLAS's, through CuPy's matmul, and a
-    # concatenation is CuPy's.
+    # concatenation or a transposing copy is CuPy's.
     assert {chosen[name].__module__ for name in ADAPTIVE} == {"kernels.pool_numpy"}
     assert {chosen[name].__module__ for name in ("matmul", "matmuls", "map_chunks",
-                                                 "concatenate")} == {
+                                                 "concatenate", "transpose")} == {
         "kernels.shares_numpy"}
     assert {chosen[name].__module__ for name in ELEMENTWISE} == {"kernels.elementwise_numpy"}
     assert {chosen[name].__module__ for name in WINOGRAD} == {"kernels.winograd_numpy"}
