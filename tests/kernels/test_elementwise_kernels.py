@@ -185,46 +185,50 @@ def test_tanh_cost_is_measured_once_per_dtype():
         np.dtype(np.float32))
 
 
-@pytest.mark.parametrize("threads", [2, 3])
-@pytest.mark.parametrize("dtype", DTYPES)
-def test_activations_cut_into_slices_equal_reference(dtype, threads, monkeypatch):
-    # large arrays are cut into slices for the thread pool: here even small ones,
-    # an odd number of elements over two slices per thread (the sigmoid's forward
-    # runs NumPy's expressions on each slice, the others their compiled loops)
+@pytest.fixture(params=[2, 3], ids=["2-threads", "3-threads"])
+def every_array_sliced(request, monkeypatch):
+    """2 or 3 threads, and every array cut into slices for the thread pool, even a
+    small one (large ones are): yields the list of how many slices each
+    ``run_all`` call got."""
     monkeypatch.setattr(kernels.threads, "STREAM_MIN_BYTES", 0)
     monkeypatch.setattr(kernels.threads, "PARALLEL_MIN_BYTES", 0)
     jobs = []
     run_all = kernels.threads.run_all
     monkeypatch.setattr(kernels.threads, "run_all", lambda js: jobs.append(len(js)) or run_all(js))
     previous = kernels.threads.get_num_threads()
-    kernels.threads.set_num_threads(threads)
-    try:
-        x, gy = (random_array((3, 5, 7), dtype, seed=s, special=True) for s in (3, 4))
-        y = elementwise_numpy.relu_forward(x)
-        s = np.asarray(1 / (1 + np.exp(-random_array((3, 5, 7), dtype, seed=5))), dtype=dtype)
-        assert_identical(elementwise_numba.relu_forward(x), y)
-        assert_identical(elementwise_numba.relu_backward(gy, y),
-                         elementwise_numpy.relu_backward(gy, y))
+    kernels.threads.set_num_threads(request.param)
+    yield jobs
+    kernels.threads.set_num_threads(previous)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_activations_cut_into_slices_equal_reference(dtype, every_array_sliced):
+    # an odd number of elements over two slices per thread (the sigmoid's forward
+    # runs NumPy's expressions on each slice, the others their compiled loops)
+    x, gy = (random_array((3, 5, 7), dtype, seed=s, special=True) for s in (3, 4))
+    y = elementwise_numpy.relu_forward(x)
+    s = np.asarray(1 / (1 + np.exp(-random_array((3, 5, 7), dtype, seed=5))), dtype=dtype)
+    assert_identical(elementwise_numba.relu_forward(x), y)
+    assert_identical(elementwise_numba.relu_backward(gy, y),
+                     elementwise_numpy.relu_backward(gy, y))
+    with np.errstate(invalid="ignore"):
+        expected = elementwise_numpy.sigmoid_backward(gy, s)
+    assert_identical(elementwise_numba.sigmoid_backward(gy, s), expected)
+    if dtype == np.float64:
+        expected = elementwise_numpy.sigmoid_forward(x)
+    else:                       # the float32 loop on the whole array, on this thread
+        expected = np.empty_like(x)
+        elementwise_numba._compiled().sigmoid_forward_float32(x.reshape(-1),
+                                                              expected.reshape(-1))
+    assert_identical(elementwise_numba.sigmoid_forward(x), expected)
+    for name, out in [("relu_backward", y), ("sigmoid_backward", s)]:    # over gy
         with np.errstate(invalid="ignore"):
-            expected = elementwise_numpy.sigmoid_backward(gy, s)
-        assert_identical(elementwise_numba.sigmoid_backward(gy, s), expected)
-        if dtype == np.float64:
-            expected = elementwise_numpy.sigmoid_forward(x)
-        else:                       # the float32 loop on the whole array, on this thread
-            expected = np.empty_like(x)
-            elementwise_numba._compiled().sigmoid_forward_float32(x.reshape(-1),
-                                                                  expected.reshape(-1))
-        assert_identical(elementwise_numba.sigmoid_forward(x), expected)
-        for name, out in [("relu_backward", y), ("sigmoid_backward", s)]:    # over gy
-            with np.errstate(invalid="ignore"):
-                expected = getattr(elementwise_numpy, name)(gy, out)
-            given = gy.copy()
-            assert_identical(getattr(elementwise_numba, name)(given, out, overwrite_gy=True),
-                             expected)
-        slices = 2 * kernels.threads.numba_threads()    # at most the cores Numba has
-    finally:
-        kernels.threads.set_num_threads(previous)
-    assert jobs == [slices] * 6 and slices >= 4
+            expected = getattr(elementwise_numpy, name)(gy, out)
+        given = gy.copy()
+        assert_identical(getattr(elementwise_numba, name)(given, out, overwrite_gy=True),
+                         expected)
+    slices = 2 * kernels.threads.numba_threads()        # at most the cores Numba has
+    assert every_array_sliced == [slices] * 6 and slices >= 4
 
 
 @pytest.mark.parametrize("name", ["relu_backward", "sigmoid_backward"])
@@ -302,33 +306,21 @@ def test_sgd_update_equals_reference_step_by_step(options, shape, dtype):
             assert_identical(actual, expected)
 
 
-@pytest.mark.parametrize("threads", [2, 3])
 @pytest.mark.parametrize("options", SGD_OPTIONS.values(), ids=SGD_OPTIONS.keys())
-def test_sgd_update_cut_into_slices_equals_reference(options, threads, monkeypatch):
-    # a large parameter's update is cut into slices for the thread pool: here a
-    # small one too, an odd number of elements over two slices per thread, with
-    # and without a momentum buffer (which, without momentum, no slice touches)
-    monkeypatch.setattr(kernels.threads, "STREAM_MIN_BYTES", 0)
-    monkeypatch.setattr(kernels.threads, "PARALLEL_MIN_BYTES", 0)
-    jobs = []
-    run_all = kernels.threads.run_all
-    monkeypatch.setattr(kernels.threads, "run_all", lambda js: jobs.append(len(js)) or run_all(js))
-    previous = kernels.threads.get_num_threads()
-    kernels.threads.set_num_threads(threads)
-    try:
-        grads = gradients((3, 5, 7), np.float32)
-        params = {name: random_array((3, 5, 7), np.float32, seed=4) for name in ("numpy", "numba")}
-        buffers = {name: sgd_steps(module, params[name], grads, options) for name, module in
-                   (("numpy", elementwise_numpy), ("numba", elementwise_numba))}
-        slices = 2 * kernels.threads.numba_threads()    # at most the cores Numba has
-    finally:
-        kernels.threads.set_num_threads(previous)
+def test_sgd_update_cut_into_slices_equals_reference(options, every_array_sliced):
+    # an odd number of elements over two slices per thread, with and without a
+    # momentum buffer (which, without momentum, no slice touches)
+    grads = gradients((3, 5, 7), np.float32)
+    params = {name: random_array((3, 5, 7), np.float32, seed=4) for name in ("numpy", "numba")}
+    buffers = {name: sgd_steps(module, params[name], grads, options) for name, module in
+               (("numpy", elementwise_numpy), ("numba", elementwise_numba))}
     assert_identical(params["numba"], params["numpy"])
     for actual, expected in zip(buffers["numba"], buffers["numpy"]):
         assert (actual is None) == (expected is None)
         if expected is not None:
             assert_identical(actual, expected)
-    assert jobs == [slices] * STEPS and slices >= 4
+    slices = 2 * kernels.threads.numba_threads()        # at most the cores Numba has
+    assert every_array_sliced == [slices] * STEPS and slices >= 4
 
 
 @pytest.mark.parametrize("options", SGD_OPTIONS.values(), ids=SGD_OPTIONS.keys())

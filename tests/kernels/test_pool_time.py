@@ -15,14 +15,6 @@ pytestmark = pytest.mark.kernel_free
 NAP = 0.02
 
 
-@pytest.fixture
-def two_threads():
-    before = threads.get_num_threads()
-    threads.set_num_threads(2)
-    yield
-    threads.set_num_threads(before)
-
-
 def napping_job(ran):
     def job(*args):
         time.sleep(NAP)

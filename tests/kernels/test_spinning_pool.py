@@ -162,14 +162,6 @@ def test_a_job_longer_than_the_spin_is_waited_for_asleep(monkeypatch):
 
 
 # ---------------------------------------------------------------- threads' pool
-@pytest.fixture
-def two_threads():
-    before = threads.get_num_threads()
-    threads.set_num_threads(2)
-    yield
-    threads.set_num_threads(before)
-
-
 def parks(monkeypatch):
     """Record the parks of the pool in use."""
     recorded = []
