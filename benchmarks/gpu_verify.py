@@ -366,18 +366,20 @@ def parse_op_scaling(stdout):
         in_table = line.startswith("|")
     if not tables:
         raise ValueError("no table in benchmarks.op_scaling's output")
+    from benchmarks.op_scaling import POOL_TITLE
     result = {"table": tables[0][1]}
     for title, lines in tables[1:]:
-        result["pool" if "where the threads' time goes" in title else "layers"] = lines
+        result["pool" if title.startswith(POOL_TITLE) else "layers"] = lines
     return result
 
 
 def pool_losses(lines):
     """"serial X, waiting Y, extra work Z ms on N threads" from the last row of
     ``benchmarks.op_scaling``'s table of where the threads' time goes."""
+    from benchmarks.op_scaling import LOSSES
     row = dict(zip(_cells(lines[0]), _cells(lines[-1])))
-    return (f"serial {row['lost: serial ms']}, waiting {row['lost: waiting ms']}, extra work "
-            f"{row['lost: extra work ms']} ms on {row['threads']} threads")
+    return (", ".join(f"{part} {row[f'lost: {part} ms']}" for part in LOSSES)
+            + f" ms on {row['threads']} threads")
 
 
 def parse_cpu_scaling(report):

@@ -53,6 +53,9 @@ KINDS = (
 )
 OTHER = "other"
 WARMUP_STEPS = 2
+# the title above ``pool_table`` and its three losses, as gpu_verify reads them back
+POOL_TITLE = "ours, where the threads' time goes"
+LOSSES = ("serial", "waiting", "extra work")
 
 
 def kind_of(op_name):
@@ -249,8 +252,7 @@ def pool_table(ours, thread_counts):
     (``kernels.pool_time``)."""
     from kernels import pool_time
     header = ["threads", "step ms", "outside the pool ms", "inside the pool ms",
-              "jobs' time ms", "threads busy inside", "lost: serial ms", "lost: waiting ms",
-              "lost: extra work ms"]
+              "jobs' time ms", "threads busy inside"] + [f"lost: {part} ms" for part in LOSSES]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     baseline = ours[thread_counts[0]]["pool"]
     for threads in thread_counts:
@@ -260,8 +262,7 @@ def pool_table(ours, thread_counts):
         busy = f"{measured['busy'] / (threads * inside):.2f}" if inside > 0 else ""
         cells = [str(threads)] + [f"{1e3 * v:.2f}" for v in (
             measured["step"], measured["step"] - inside, inside, measured["busy"])]
-        cells += [busy] + [f"{1e3 * lost[part]:.2f}" for part in ("serial", "waiting",
-                                                                  "extra work")]
+        cells += [busy] + [f"{1e3 * lost[part]:.2f}" for part in LOSSES]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -322,8 +323,8 @@ def main(argv=None):
             results[engine][threads] = run_worker(engine, args.network, batch, threads, steps)
     print(f"{args.network}, batch {batch}, {steps} profiled steps per measurement")
     print(table(results, thread_counts))
-    print("\nours, where the threads' time goes (ms per step; lost: against a perfect "
-          f"speed-up of the {thread_counts[0]}-thread work)")
+    print(f"\n{POOL_TITLE} (ms per step; lost: against a perfect speed-up of the "
+          f"{thread_counts[0]}-thread work)")
     print(pool_table(results["ours"], thread_counts))
     if args.by_op:
         print(f"\nours, the {args.by_op} layers that lose most against perfect scaling")
