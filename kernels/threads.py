@@ -466,7 +466,11 @@ def over_batch(loop, batch_arrays, *args, slices=batch_slices):
     outputs, sliced alike; ``args`` go to every slice unchanged; ``slices``
     cuts the batch from its length and the arrays' bytes: ``batch_slices``, or
     ``stream_slices`` for loops that only move memory."""
-    cut = slices(batch_arrays[0].shape[0], sum(a.nbytes for a in batch_arrays))
+    length = batch_arrays[0].shape[0]
+    cut = slices(length, sum(a.nbytes for a in batch_arrays))
+    if cut == [(0, length)]:    # the whole batch, one job on this thread: no slices to make
+        run_all([functools.partial(loop, *batch_arrays, *args)])
+        return
     run_all([functools.partial(loop, *(a[lo:hi] for a in batch_arrays), *args)
              for lo, hi in cut])
 
