@@ -135,6 +135,15 @@ def _spin_while(watched, value, parked=_NEVER_PARKED, settle=0, ended=_NOTHING_E
     return _compiled().spin_while(watched, value, parked, turns, settle, ended)
 
 
+def held_lock():
+    """A lock, already acquired, to be released when what it stands for is
+    done: a waiter sleeps on it (``with lock: pass``).  Made in a tenth of a
+    µs, where a ``threading.Event`` takes 2-3 µs."""
+    lock = threading.Lock()
+    lock.acquire()
+    return lock
+
+
 class Task:
     """A job handed to the pool: ``cancel()`` and ``result()`` as a
     ``concurrent.futures.Future``'s."""
@@ -143,8 +152,7 @@ class Task:
         self._job, self._pool = job, pool
         self._taken = False                         # by a pool thread, or cancelled
         self._done = np.zeros(1, dtype=np.int64)    # 1 once the job ended: what a waiter spins on
-        self._finished = threading.Lock()           # held until the job ended: what a waiter sleeps on
-        self._finished.acquire()                    # (a Lock is cheaper to make than an Event)
+        self._finished = held_lock()                # released when the job ended: what a waiter sleeps on
         self._error = None
 
     def cancel(self):
