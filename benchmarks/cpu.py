@@ -402,9 +402,23 @@ def run_module(module, args, env):
 
 
 # ================================================================ the machine
+# Variables that choose OpenBLAS's kernels or blocking, read when NumPy loads it:
+# OPENBLAS_CORETYPE=Haswell on an AVX-512 CPU halves its products' speed, so a
+# table must say when one was set (benchmarks/results.md, "A fourth machine").
+BLAS_KERNEL_VARIABLES = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
+
+
+def blas_kernel_settings(environment=None):
+    """The BLAS_KERNEL_VARIABLES set in ``environment`` (the user's), as 'NAME=value' strings."""
+    environment = USER_ENVIRONMENT if environment is None else environment
+    return [f"{name}={environment[name]}" for name in BLAS_KERNEL_VARIABLES
+            if name in environment]
+
+
 def machine():
     info = {"python": platform.python_version(), "numpy": np.__version__,
-            "cpus": os.cpu_count(), "load_average": os.getloadavg()}
+            "cpus": os.cpu_count(), "load_average": os.getloadavg(),
+            "blas_settings": blas_kernel_settings()}
     try:
         with open("/proc/cpuinfo") as f:
             models_ = [line.split(":", 1)[1].strip() for line in f
@@ -555,7 +569,8 @@ def markdown(report):
         "",
         f"Machine: {m['cpu']}, {m['cpus']} CPUs, {a['threads']} threads per engine "
         f"({PROTOCOLS[a.get('protocol', 'environment')]}); "
-        f"Python {m['python']}, NumPy {m['numpy']} ({'; '.join(m['blas'])}), "
+        f"Python {m['python']}, NumPy {m['numpy']} ({'; '.join(m['blas'])}"
+        f"{'; set in the environment: ' + ', '.join(m['blas_settings']) if m.get('blas_settings') else ''}), "
         f"Numba {m['numba']}, PyTorch {m['torch']}. "
         f"Load average at start: {', '.join(f'{x:.1f}' for x in m['load_average'])}.",
         "",

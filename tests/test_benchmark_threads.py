@@ -88,3 +88,23 @@ def test_a_function_run_in_another_thread_gives_its_result_or_its_error():
     ("torch", "PyTorch")])
 def test_engine_labels(engine, label):
     assert cpu.engine_label(engine) == label
+
+
+def machine_line(blas_settings):
+    machine = {"cpu": "x", "cpus": 2, "python": "3", "numpy": "2", "numba": "0", "torch": None,
+               "load_average": (0.0, 0.0, 0.0), "blas": ["openblas 0.3 (Haswell, 2 threads)"],
+               "blas_settings": blas_settings}
+    report = {"machine": machine, "args": {"threads": "2", "protocol": "user"}, "argv": [],
+              "date": "today", "networks": []}
+    return next(line for line in cpu.markdown(report).splitlines() if line.startswith("Machine:"))
+
+
+def test_the_machine_line_names_the_blas_kernel_variables_the_user_set():
+    # OPENBLAS_CORETYPE=Haswell on an AVX-512 CPU halves the products' speed:
+    # a table run with it must say so
+    user = {"PATH": "/bin", "OPENBLAS_CORETYPE": "Haswell", "OPENBLAS_NUM_THREADS": "2"}
+    assert cpu.blas_kernel_settings(user) == ["OPENBLAS_CORETYPE=Haswell"]
+    assert cpu.blas_kernel_settings({"PATH": "/bin"}) == []
+    assert "(openblas 0.3 (Haswell, 2 threads); set in the environment: " \
+           "OPENBLAS_CORETYPE=Haswell)" in machine_line(["OPENBLAS_CORETYPE=Haswell"])
+    assert "(openblas 0.3 (Haswell, 2 threads))" in machine_line([])
