@@ -538,7 +538,7 @@ def map_in_shares(work, items, collect=list):
     results = [None] * len(items)
     # one lock per item, held until the item is done: made in a tenth of a µs,
     # where a threading.Event took 2.6 µs, delaying the pool's first item by
-    # 20 µs for 8 items (benchmarks/results.md, "Where a hand-over's time goes")
+    # 20 µs for 8 items (benchmarks/results.md, "What a hand-over to the pool costs")
     running = [spinning_pool.held_lock() for _ in items]
     taken = itertools.count()       # next() on it is atomic: each item is taken once
     errors, stop = [], []
