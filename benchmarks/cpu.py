@@ -555,6 +555,13 @@ def scaling_table(report):
     return lines
 
 
+def blas_description(machine_info):
+    """The BLAS libraries, then the kernel variables the user set, if any."""
+    settings = machine_info.get("blas_settings")
+    return "; ".join(machine_info["blas"]) + (
+        f"; set in the environment: {', '.join(settings)}" if settings else "")
+
+
 def markdown(report):
     m, a = report["machine"], report["args"]
     evaluating = a.get("mode") == "eval"
@@ -569,8 +576,7 @@ def markdown(report):
         "",
         f"Machine: {m['cpu']}, {m['cpus']} CPUs, {a['threads']} threads per engine "
         f"({PROTOCOLS[a.get('protocol', 'environment')]}); "
-        f"Python {m['python']}, NumPy {m['numpy']} ({'; '.join(m['blas'])}"
-        f"{'; set in the environment: ' + ', '.join(m['blas_settings']) if m.get('blas_settings') else ''}), "
+        f"Python {m['python']}, NumPy {m['numpy']} ({blas_description(m)}), "
         f"Numba {m['numba']}, PyTorch {m['torch']}. "
         f"Load average at start: {', '.join(f'{x:.1f}' for x in m['load_average'])}.",
         "",

@@ -152,7 +152,7 @@ class Task:
         self._job, self._pool = job, pool
         self._taken = False                         # by a pool thread, or cancelled
         self._done = np.zeros(1, dtype=np.int64)    # 1 once the job ended: what a waiter spins on
-        self._finished = held_lock()                # released when the job ended: what a waiter sleeps on
+        self._finished = held_lock()                # released at the end: what a waiter sleeps on
         self._error = None
 
     def cancel(self):
