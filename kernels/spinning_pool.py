@@ -137,8 +137,9 @@ def _spin_while(watched, value, parked=_NEVER_PARKED, settle=0, ended=_NOTHING_E
 
 def held_lock():
     """A lock, already acquired, to be released when what it stands for is
-    done: a waiter sleeps on it (``with lock: pass``).  Made in a tenth of a
-    µs, where a ``threading.Event`` takes 2-3 µs."""
+    done: a waiter sleeps on it (``with lock: pass``).  Far cheaper to make
+    than a ``threading.Event`` (benchmarks/results.md, "What a hand-over to
+    the pool costs")."""
     lock = threading.Lock()
     lock.acquire()
     return lock

@@ -536,9 +536,9 @@ def map_in_shares(work, items, collect=list):
     turns there (benchmarks/results.md, "The calling thread takes chunks")."""
     items = list(items)
     results = [None] * len(items)
-    # one lock per item, held until the item is done: made in a tenth of a µs,
-    # where a threading.Event took 2.6 µs, delaying the pool's first item by
-    # 20 µs for 8 items (benchmarks/results.md, "What a hand-over to the pool costs")
+    # one lock per item, held until the item is done: a threading.Event per item
+    # took long enough to make that it delayed the pool's first item
+    # (benchmarks/results.md, "What a hand-over to the pool costs")
     running = [spinning_pool.held_lock() for _ in items]
     taken = itertools.count()       # next() on it is atomic: each item is taken once
     errors, stop = [], []
