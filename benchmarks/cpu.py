@@ -454,12 +454,17 @@ def best(runs):
     return result
 
 
+def round_ratios(runs, their_runs, key="examples_per_s"):
+    """ours / theirs within each round where both ran without an error."""
+    return [r[key] / t[key] for r, t in zip(runs, their_runs)
+            if "error" not in r and "error" not in t and t[key] > 0]
+
+
 def paired_ratio(runs, their_runs, key="examples_per_s"):
     """The median over rounds of ours / theirs within each round: both ran
     minutes apart, under the same load, so this ratio moves less than one of
     two best rounds, which may come from quiet and busy moments alike."""
-    ratios = [r[key] / t[key] for r, t in zip(runs, their_runs)
-              if "error" not in r and "error" not in t and t[key] > 0]
+    ratios = round_ratios(runs, their_runs, key)
     return statistics.median(ratios) if ratios else None
 
 
@@ -506,11 +511,28 @@ def paired_efficiency(runs, threads, base_runs, base_threads):
     """The median over rounds of the scaling efficiency within each round (round
     k's run on ``threads`` against round k's on ``base_threads``): the two ran
     minutes apart, under the same load, where the two best runs may come from a
-    quiet and a busy moment.  None without a round where both ran.  (The
-    efficiency is the speed-up scaled by a constant, so its median is the
-    median speed-up, ``paired_ratio``'s, scaled alike.)"""
-    speed_up = paired_ratio(runs, base_runs)
-    return None if speed_up is None else speed_up * base_threads / threads
+    quiet and a busy moment.  None without a round where both ran."""
+    efficiencies = round_efficiencies(runs, threads, base_runs, base_threads)
+    return statistics.median(efficiencies) if efficiencies else None
+
+
+def round_efficiencies(runs, threads, base_runs, base_threads):
+    """The scaling efficiency within each round where both runs ran, sorted."""
+    return sorted(ratio * base_threads / threads for ratio in round_ratios(runs, base_runs))
+
+
+def efficiency_per_round_cell(runs, threads, base_runs, base_threads):
+    """``paired_efficiency`` as a table cell, with the lowest and highest
+    round's after it where two rounds or more ran: how far the rounds agree,
+    which says whether two engines' efficiencies differ by more than the
+    machine's noise.  Blank without a round where both ran."""
+    efficiencies = round_efficiencies(runs, threads, base_runs, base_threads)
+    if not efficiencies:
+        return ""
+    cell = f"{statistics.median(efficiencies):.2f}"
+    if len(efficiencies) > 1:
+        cell += f" ({efficiencies[0]:.2f}–{efficiencies[-1]:.2f})"
+    return cell
 
 
 def scaling_table(report):
@@ -523,9 +545,9 @@ def scaling_table(report):
     lines = ["", "Scaling with threads: best examples/s per thread count; efficiency = "
              f"speed-up over {counts[0]} thread(s) ÷ the growth in threads (1.00 is perfect), "
              "from the best runs, and per round: the median over rounds of the efficiency "
-             "within each round; cores busy = the process's CPU time ÷ wall time over the "
-             "timed steps of that best run (threads that spin while they wait for work count "
-             "as busy).",
+             "within each round (the lowest and highest round's in brackets); cores busy = "
+             "the process's CPU time ÷ wall time over the timed steps of that best run "
+             "(threads that spin while they wait for work count as busy).",
              "", "| network | engine | " + " | ".join(f"{t} threads" for t in counts)
              + " | " + " | ".join(f"efficiency {counts[0]}→{t}" for t in counts[1:])
              + " | " + " | ".join(f"per round {counts[0]}→{t}" for t in counts[1:])
@@ -547,9 +569,8 @@ def scaling_table(report):
             base = rates.get(counts[0])
             cells += [f"{scaling_efficiency(rates[t], t, base, counts[0]):.2f}"
                       if base and t in rates else "" for t in counts[1:]]
-            paired = [paired_efficiency(runs.get(t, []), t, runs.get(counts[0], []), counts[0])
-                      for t in counts[1:]]
-            cells += ["" if e is None else f"{e:.2f}" for e in paired]
+            cells += [efficiency_per_round_cell(runs.get(t, []), t, runs.get(counts[0], []),
+                                                counts[0]) for t in counts[1:]]
             cells += [f"{busy[t]:.2f}" if busy.get(t) is not None else "" for t in counts]
             lines.append(f"| {name} | {engine_label(engine)} | " + " | ".join(cells) + " |")
     return lines

@@ -63,6 +63,21 @@ def test_per_round_efficiency_pairs_the_runs_of_one_round():
     assert cpu.paired_efficiency([{"error": "boom"}], 2, one, 1) is None
 
 
+def test_per_round_efficiency_cell_gives_the_rounds_range():
+    # three rounds: 150/100, 120/60, 153/90 -> 0.75, 1.00, 0.85 on twice the threads
+    one = [run(100.0), run(60.0), run(90.0)]
+    two = [run(150.0), run(120.0), run(153.0)]
+    assert cpu.efficiency_per_round_cell(two, 2, one, 1) == "0.85 (0.75–1.00)"
+    # one round where both ran: no range to give; none: a blank cell
+    assert cpu.efficiency_per_round_cell([run(150.0), {"error": "boom"}], 2, one, 1) == "0.75"
+    assert cpu.efficiency_per_round_cell([{"error": "boom"}], 2, one, 1) == ""
+    report = {"networks": [{"name": "lenet", "threads": 1, "runs": {"numba": one}},
+                           {"name": "lenet", "threads": 2, "runs": {"numba": two}}]}
+    row = next(line for line in cpu.scaling_table(report) if line.startswith("| lenet"))
+    # best against best: 153 / 100 on twice the threads
+    assert "| 100.0 | 153.0 | 0.77 | 0.85 (0.75–1.00) |" in row
+
+
 def test_one_thread_count_makes_no_scaling_table():
     report = {"networks": [{"name": "lenet", "threads": 2, "runs": {"numba": [run(1.0)]}}]}
     assert cpu.scaling_table(report) == []
