@@ -526,10 +526,11 @@ def efficiency_per_round_cell(runs, threads, base_runs, base_threads):
     round's after it where two rounds or more ran: how far the rounds agree,
     which says whether two engines' efficiencies differ by more than the
     machine's noise.  Blank without a round where both ran."""
-    efficiencies = round_efficiencies(runs, threads, base_runs, base_threads)
-    if not efficiencies:
+    median = paired_efficiency(runs, threads, base_runs, base_threads)
+    if median is None:
         return ""
-    cell = f"{statistics.median(efficiencies):.2f}"
+    cell = f"{median:.2f}"
+    efficiencies = round_efficiencies(runs, threads, base_runs, base_threads)
     if len(efficiencies) > 1:
         cell += f" ({efficiencies[0]:.2f}–{efficiencies[-1]:.2f})"
     return cell
